@@ -1,0 +1,49 @@
+"""Root typer app: one module of commands per stage, each registering its own commands.
+
+Heavy imports (polars, duckdb, numpy) happen inside the commands, so `tlbreplay --help`
+stays fast. Every command is wrapped by :func:`pipeline.clikit.command`, which turns a
+``TlbReplayError`` into one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from pipeline.analyze import commands as analyze_commands
+from pipeline.ingest import commands as ingest_commands
+from pipeline.replay import commands as replay_commands
+
+app = typer.Typer(
+    name="tlbreplay",
+    help="How many TLB shootdowns does NUMA balancing cost a VM, and what would each kernel "
+    "policy save? ingest/synth -> replay -> query/report/calibrate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def main() -> None:
+    """tlbreplay: NUMA-balancing TLB-shootdown replay for KVM."""
+
+
+ingest_commands.register(app)
+replay_commands.register(app)
+analyze_commands.register(app)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the tool and schema versions."""
+    from pipeline import __version__
+    from pipeline.schema import table_names, table_schema
+
+    typer.echo(f"tlbreplay {__version__}")
+    for name in table_names():
+        typer.echo(f"  schema {name} v{table_schema(name).version}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

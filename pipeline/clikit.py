@@ -1,0 +1,96 @@
+"""CLI plumbing shared by the stage command modules: error wrapping and progress bars."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from pipeline.errors import TlbReplayError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="no progress bar")
+
+
+def fail(message: str) -> None:
+    """Print one error line on stderr and exit with code 1."""
+    typer.echo(f"tlbreplay: error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[F], F]:
+    """Register ``fn`` as command ``name`` of ``app``; project errors become one line + exit 1."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except TlbReplayError as exc:
+                fail(str(exc))
+            except KeyboardInterrupt:
+                typer.echo("tlbreplay: interrupted", err=True)
+                raise typer.Exit(code=130) from None
+            return None
+
+        app.command(name, **kwargs)(wrapper)
+        return fn
+
+    return decorate
+
+
+class Reporter:
+    """Progress for one command: a rich bar on a terminal, nothing with --quiet or in pipes."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+
+    def task(self, description: str, total: float | None = None, *, bytes_: bool = False) -> int:
+        if self._progress is None:
+            return 0
+        return self._progress.add_task(description, total=total)
+
+    def advance(self, task: int, amount: float = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(task, amount)
+
+    def update(self, task: int, **kwargs: Any) -> None:
+        if self._progress is not None:
+            self._progress.update(task, **kwargs)
+
+
+@contextmanager
+def reporter(quiet: bool, *, bytes_: bool = False) -> Iterator[Reporter]:
+    """A :class:`Reporter` showing a bar on stderr when it is a terminal and not ``quiet``."""
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield Reporter(None)
+        return
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
+    if bytes_:
+        columns += [DownloadColumn(), TransferSpeedColumn()]
+    else:
+        columns += [MofNCompleteColumn()]
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield Reporter(progress)
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,356 @@
+"""schemas/*.toml -> Arrow and polars schemas; conform(); atomic Parquet and manifest writes.
+
+Every table's columns, types, units and docs live once in ``schemas/<table>.toml``. Every
+Parquet file the project writes goes through :func:`conform` (cast to the declared types,
+reject missing or extra columns) and is written atomically (temporary file, fsync, rename).
+
+Type grammar of a column's ``type``: an Arrow primitive name (``int8`` .. ``uint64``,
+``float32``, ``float64``, ``bool``, ``string``), ``list<T>``, or ``struct<name: T, ...>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import __version__
+from pipeline.errors import OutputError, SchemaMismatchError, TlbReplayError
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+_PRIMITIVES: dict[str, pa.DataType] = {
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "string": pa.string(),
+}
+
+
+def parse_type(text: str) -> pa.DataType:
+    """Parse the schema type grammar (see module doc) into an Arrow type."""
+    text = text.strip()
+    if text in _PRIMITIVES:
+        return _PRIMITIVES[text]
+    if text.startswith("list<") and text.endswith(">"):
+        return pa.list_(parse_type(text[5:-1]))
+    if text.startswith("struct<") and text.endswith(">"):
+        fields = []
+        for part in _split_top_level(text[7:-1]):
+            name, _, sub = part.partition(":")
+            fields.append(pa.field(name.strip(), parse_type(sub)))
+        return pa.struct(fields)
+    msg = f"unknown column type `{text}` in schemas/"
+    raise TlbReplayError(msg)
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p for p in parts if p.strip()]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: name, Arrow type, unit (empty when dimensionless) and a one-line doc."""
+
+    name: str
+    type: pa.DataType
+    unit: str
+    doc: str
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """A table as declared in schemas/<name>.toml."""
+
+    name: str
+    version: int
+    grain: str
+    doc: str
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def arrow(self) -> pa.Schema:
+        """The Arrow schema, with unit and doc in each field's metadata."""
+        fields = [
+            pa.field(
+                c.name,
+                c.type,
+                nullable=c.nullable,
+                metadata={"unit": c.unit, "doc": c.doc},
+            )
+            for c in self.columns
+        ]
+        return pa.schema(
+            fields,
+            metadata={"table": self.name, "schema_version": str(self.version)},
+        )
+
+    def polars(self) -> pl.Schema:
+        """The polars schema with the same dtypes."""
+        frame = pl.from_arrow(self.arrow().empty_table())
+        assert isinstance(frame, pl.DataFrame)
+        return frame.schema
+
+    def empty(self) -> pa.Table:
+        return self.arrow().empty_table()
+
+
+@cache
+def table_schema(name: str) -> TableSchema:
+    """Load schemas/<name>.toml (cached)."""
+    path = SCHEMA_DIR / f"{name}.toml"
+    if not path.is_file():
+        msg = f"no schema `{name}` in {SCHEMA_DIR}"
+        raise TlbReplayError(msg)
+    raw = tomllib.loads(path.read_text())
+    head = raw["table"]
+    columns = tuple(
+        Column(
+            name=c["name"],
+            type=parse_type(c["type"]),
+            unit=c.get("unit", ""),
+            doc=c["doc"],
+            nullable=bool(c.get("nullable", False)),
+        )
+        for c in raw["columns"]
+    )
+    return TableSchema(
+        name=head["name"],
+        version=int(head["version"]),
+        grain=head["grain"],
+        doc=head["doc"],
+        columns=columns,
+    )
+
+
+def table_names() -> list[str]:
+    """Every declared table (schemas/*.toml except enums.toml)."""
+    return sorted(p.stem for p in SCHEMA_DIR.glob("*.toml") if p.stem != "enums")
+
+
+@cache
+def enums() -> dict[str, Any]:
+    """schemas/enums.toml: the kernel enums the project names once."""
+    return tomllib.loads((SCHEMA_DIR / "enums.toml").read_text())
+
+
+def conform(data: pa.Table | pl.DataFrame, name: str) -> pa.Table:
+    """Cast ``data`` to table ``name``'s schema, in its column order.
+
+    Raises SchemaMismatchError on missing or extra columns, on a cast that fails, and on a
+    null in a non-nullable column.
+    """
+    schema = table_schema(name)
+    table = data.to_arrow() if isinstance(data, pl.DataFrame) else data
+    have = list(table.column_names)
+    missing = [n for n in schema.names if n not in have]
+    extra = [n for n in have if n not in schema.names]
+    if missing or extra:
+        raise SchemaMismatchError(name, missing, extra)
+    arrays = []
+    for col in schema.columns:
+        arr = table.column(col.name)
+        try:
+            arr = arr.cast(col.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaMismatchError(name, detail=f"column `{col.name}`: {exc}") from None
+        if not col.nullable and arr.null_count:
+            raise SchemaMismatchError(name, detail=f"column `{col.name}` has {arr.null_count} nulls")
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=schema.arrow())
+
+
+def _kv_metadata(name: str, params: Mapping[str, Any] | None) -> dict[bytes, bytes]:
+    schema = table_schema(name)
+    meta = {
+        "tlbreplay.table": name,
+        "tlbreplay.schema_version": str(schema.version),
+        "tlbreplay.version": __version__,
+        "tlbreplay.params": json.dumps(params or {}, sort_keys=True, default=str),
+    }
+    return {k.encode(): v.encode() for k, v in meta.items()}
+
+
+def _fsync_and_rename(tmp: Path, path: Path) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_parquet(
+    data: pa.Table | pl.DataFrame,
+    path: Path,
+    name: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    row_group_size: int = 1 << 20,
+) -> Path:
+    """Conform ``data`` to table ``name`` and write it to ``path`` atomically (zstd)."""
+    table = conform(data, name)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), **_kv_metadata(name, params)}
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
+        _fsync_and_rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+class ParquetStream:
+    """Append record batches of table ``name`` to one Parquet file, atomically on close.
+
+    Use as a context manager; on an exception the temporary file is removed and nothing is
+    left at ``path``. Rows are conformed batch by batch, so memory stays constant.
+    """
+
+    def __init__(
+        self, path: Path, name: str, *, params: Mapping[str, Any] | None = None
+    ) -> None:
+        self.path = path
+        self.name = name
+        self.rows = 0
+        schema = table_schema(name).arrow()
+        self._schema = schema.with_metadata({**(schema.metadata or {}), **_kv_metadata(name, params)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_name(f".{path.name}.tmp")
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self._tmp, self._schema, compression="zstd"
+        )
+
+    def write(self, data: pa.Table | pl.DataFrame) -> None:
+        if self._writer is None:
+            msg = f"parquet stream for `{self.name}` is closed"
+            raise RuntimeError(msg)
+        table = conform(data, self.name)
+        if table.num_rows:
+            self._writer.write_table(table.replace_schema_metadata(self._schema.metadata))
+            self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            _fsync_and_rename(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ParquetStream:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_parquet(path: Path, name: str) -> pl.DataFrame:
+    """Read one table file and check it against its schema."""
+    return pl.from_arrow(conform(pq.read_table(path), name))  # type: ignore[return-value]
+
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(directory: Path, manifest: Mapping[str, Any]) -> Path:
+    """Write ``manifest.json`` atomically, keys sorted, so equal runs give equal bytes."""
+    path = directory / MANIFEST
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    _fsync_and_rename(tmp, path)
+    return path
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    from pipeline.errors import DatasetError
+
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise DatasetError(directory, f"no `{MANIFEST}`: not a tlbreplay output directory")
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(path, f"corrupt manifest ({exc.msg} at line {exc.lineno})") from None
+    return data
+
+
+@contextmanager
+def atomic_output_dir(out: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success it replaces ``out`` in one rename.
+
+    ``out`` may not exist, may be empty, or may be an earlier tlbreplay output (it has a
+    manifest.json); anything else is refused so a user's directory is never clobbered. On an
+    exception the temporary directory is removed and ``out`` is left as it was.
+    """
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(out, "exists and is not a directory; choose another `--out`")
+        if any(out.iterdir()) and not (out / MANIFEST).is_file():
+            raise OutputError(
+                out, "exists, is not empty and is not a tlbreplay output; choose another `--out`"
+            )
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise OutputError(out, f"cannot create output directory ({exc.strerror})") from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
