@@ -23,7 +23,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def main() -> None:
     """tlbreplay: NUMA-balancing TLB-shootdown replay for KVM."""

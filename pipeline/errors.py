@@ -65,7 +65,9 @@ class SchemaMismatchError(TlbReplayError):
             parts.append(f"unexpected columns {', '.join(self.extra)}")
         if detail:
             parts.append(detail)
-        super().__init__(f"table `{table}` does not match schemas/{table}.toml: " + "; ".join(parts))
+        super().__init__(
+            f"table `{table}` does not match schemas/{table}.toml: " + "; ".join(parts)
+        )
 
 
 class SpecError(TlbReplayError):

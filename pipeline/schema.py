@@ -189,7 +189,9 @@ def conform(data: pa.Table | pl.DataFrame, name: str) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise SchemaMismatchError(name, detail=f"column `{col.name}`: {exc}") from None
         if not col.nullable and arr.null_count:
-            raise SchemaMismatchError(name, detail=f"column `{col.name}` has {arr.null_count} nulls")
+            raise SchemaMismatchError(
+                name, detail=f"column `{col.name}` has {arr.null_count} nulls"
+            )
         arrays.append(arr)
     return pa.Table.from_arrays(arrays, schema=schema.arrow())
 
@@ -245,14 +247,14 @@ class ParquetStream:
     left at ``path``. Rows are conformed batch by batch, so memory stays constant.
     """
 
-    def __init__(
-        self, path: Path, name: str, *, params: Mapping[str, Any] | None = None
-    ) -> None:
+    def __init__(self, path: Path, name: str, *, params: Mapping[str, Any] | None = None) -> None:
         self.path = path
         self.name = name
         self.rows = 0
         schema = table_schema(name).arrow()
-        self._schema = schema.with_metadata({**(schema.metadata or {}), **_kv_metadata(name, params)})
+        self._schema = schema.with_metadata(
+            {**(schema.metadata or {}), **_kv_metadata(name, params)}
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.with_name(f".{path.name}.tmp")
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
@@ -354,3 +356,58 @@ def atomic_output_dir(out: Path) -> Iterator[Path]:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+PARTITION_KEYS = ("policy", "vm")
+
+
+def write_partitioned(
+    data: pa.Table | pl.DataFrame,
+    root: Path,
+    name: str,
+    *,
+    partition_by: tuple[str, ...] = PARTITION_KEYS,
+    params: Mapping[str, Any] | None = None,
+    part: str = "part-0",
+) -> list[Path]:
+    """Write table ``name`` under ``root/<k>=<v>/.../<part>.parquet`` (hive layout).
+
+    The rows are conformed to the full schema first; the partition columns then live only
+    in the directory names (as Spark, Trino and DuckDB's ``hive_partitioning`` expect).
+    Every file is written atomically. Returns the files written, in sorted order.
+    """
+    table = conform(data, name)
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    written = []
+    if frame.height == 0:
+        return written
+    for keys, group in sorted(frame.group_by(list(partition_by)), key=lambda kv: kv[0]):
+        sub = root
+        for col, value in zip(partition_by, keys, strict=True):
+            sub = sub / f"{col}={value}"
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"{part}.parquet"
+        body = conform(group, name).drop_columns(list(partition_by))
+        meta = {**(body.schema.metadata or {}), **_kv_metadata(name, params)}
+        body = body.replace_schema_metadata(meta)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            pq.write_table(body, tmp, compression="zstd")
+            _fsync_and_rename(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        written.append(path)
+    return written
+
+
+def read_partitioned(root: Path, name: str) -> pl.DataFrame:
+    """Read a hive-partitioned table written by :func:`write_partitioned`, conformed."""
+    files = sorted(root.rglob("*.parquet"))
+    if not files:
+        return pl.from_arrow(table_schema(name).empty())  # type: ignore[return-value]
+    frame = pl.scan_parquet(
+        [str(f) for f in files], hive_partitioning=True, hive_schema=None
+    ).collect()
+    return pl.from_arrow(conform(frame.select(table_schema(name).names), name))  # type: ignore[return-value]

@@ -122,3 +122,21 @@ def test_atomic_output_dir(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="not a tlbreplay output"), atomic_output_dir(mine):
         pass
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_partitioned_roundtrip(tmp_path: Path) -> None:
+    from pipeline.schema import read_partitioned, write_partitioned
+
+    rows = {c.name: [] for c in table_schema("vcpu_epochs").columns}
+    for policy in ("linux-6.5", "oracle"):
+        for vm in ("a", "b"):
+            for name, col in rows.items():
+                col.append({"policy": policy, "vm": vm}.get(name, 1))
+    files = write_partitioned(pl.DataFrame(rows), tmp_path / "vcpu_epochs", "vcpu_epochs")
+    assert [f.relative_to(tmp_path).as_posix() for f in files][0] == (
+        "vcpu_epochs/policy=linux-6.5/vm=a/part-0.parquet"
+    )
+    assert "policy" not in pq.read_schema(files[0]).names
+    back = read_partitioned(tmp_path / "vcpu_epochs", "vcpu_epochs")
+    assert back.height == 4
+    assert sorted(set(back["policy"])) == ["linux-6.5", "oracle"]
