@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import typer
 
+from pipeline.analyze import calibrate_commands
 from pipeline.analyze import commands as analyze_commands
 from pipeline.ingest import commands as ingest_commands
+from pipeline.ingest import lab_commands, synth_commands
 from pipeline.replay import commands as replay_commands
+from pipeline.replay import sweep_commands
 
 app = typer.Typer(
     name="tlbreplay",
@@ -28,9 +31,16 @@ def main() -> None:
     """tlbreplay: NUMA-balancing TLB-shootdown replay for KVM."""
 
 
-ingest_commands.register(app)
-replay_commands.register(app)
-analyze_commands.register(app)
+for module in (
+    ingest_commands,
+    synth_commands,
+    lab_commands,
+    replay_commands,
+    sweep_commands,
+    analyze_commands,
+    calibrate_commands,
+):
+    module.register(app)
 
 
 @app.command("version")

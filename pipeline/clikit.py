@@ -15,6 +15,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -61,16 +62,16 @@ class Reporter:
     def __init__(self, progress: Progress | None) -> None:
         self._progress = progress
 
-    def task(self, description: str, total: float | None = None, *, bytes_: bool = False) -> int:
+    def task(self, description: str, total: float | None = None) -> TaskID:
         if self._progress is None:
-            return 0
+            return TaskID(0)
         return self._progress.add_task(description, total=total)
 
-    def advance(self, task: int, amount: float = 1) -> None:
+    def advance(self, task: TaskID, amount: float = 1) -> None:
         if self._progress is not None:
             self._progress.advance(task, amount)
 
-    def update(self, task: int, **kwargs: Any) -> None:
+    def update(self, task: TaskID, **kwargs: Any) -> None:
         if self._progress is not None:
             self._progress.update(task, **kwargs)
 

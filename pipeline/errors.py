@@ -121,5 +121,5 @@ class QueryError(TlbReplayError):
     """A SQL query that DuckDB rejected, or a write attempted on the read-only views."""
 
 
-class EnvironmentProblem(TlbReplayError):
+class MissingFacilityError(TlbReplayError):
     """The machine lacks something a command needs (root, tracefs, /dev/kvm, trace-cmd)."""

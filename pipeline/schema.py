@@ -379,7 +379,7 @@ def write_partitioned(
     table = conform(data, name)
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    written = []
+    written: list[Path] = []
     if frame.height == 0:
         return written
     for keys, group in sorted(frame.group_by(list(partition_by)), key=lambda kv: kv[0]):

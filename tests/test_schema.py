@@ -133,7 +133,7 @@ def test_partitioned_roundtrip(tmp_path: Path) -> None:
             for name, col in rows.items():
                 col.append({"policy": policy, "vm": vm}.get(name, 1))
     files = write_partitioned(pl.DataFrame(rows), tmp_path / "vcpu_epochs", "vcpu_epochs")
-    assert [f.relative_to(tmp_path).as_posix() for f in files][0] == (
+    assert next(f.relative_to(tmp_path).as_posix() for f in files) == (
         "vcpu_epochs/policy=linux-6.5/vm=a/part-0.parquet"
     )
     assert "policy" not in pq.read_schema(files[0]).names
