@@ -68,17 +68,24 @@ class PartWriter:
         self._pending_rows = 0
 
     def add(self, table: pa.Table) -> None:
-        """Append whole epoch batches; a part is closed only between two calls."""
-        if self._stream is not None and self._stream.rows + self._pending_rows >= (
-            self.rows_per_part
-        ):
-            self._flush()
-            self._stream.close()
-            self._stream = None
+        """Append whole epoch batches; a part is closed only after a whole batch.
+
+        A part holds at least ``rows_per_part`` rows (except the last), plus the rest of the
+        batch that crossed the mark.
+        """
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        if self._pending_rows >= ROWS_PER_WRITE:
+        part_rows = self._stream.rows if self._stream is not None else 0
+        if part_rows + self._pending_rows >= self.rows_per_part:
             self._flush()
+            self._close_part()
+        elif self._pending_rows >= ROWS_PER_WRITE:
+            self._flush()
+
+    def _close_part(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def _flush(self) -> None:
         if not self._pending:
@@ -97,9 +104,7 @@ class PartWriter:
             path = self.root / "part-00000.parquet"
             self._stream = ParquetStream(path, "accesses", params=self.params)
             self.parts.append(path)
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        self._close_part()
 
     def abort(self) -> None:
         if self._stream is not None:

@@ -1,0 +1,163 @@
+"""The synth spec: workloads, phases, validation messages; the sample specs in traces/."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import SpecError
+from pipeline.ingest.spec import load_spec, parse_spec
+
+TRACES = Path(__file__).resolve().parents[2] / "traces"
+
+
+def base(**workload: Any) -> dict[str, Any]:
+    """A 2-node host, one 4 GiB VM with vCPUs 0,1 on node 0 and 2,3 on node 1."""
+    doc: dict[str, Any] = {
+        "duration_s": 10,
+        "host": {"nodes": 2},
+        "vm": [
+            {
+                "name": "v",
+                "vcpus": 4,
+                "region": [{"name": "lo", "size_gib": 1}, {"name": "hi", "size_gib": 3}],
+            }
+        ],
+    }
+    if workload:
+        doc["vm"][0]["workload"] = [workload]
+    return doc
+
+
+def parse(doc: dict[str, Any], **kw: Any) -> Any:
+    return parse_spec(copy.deepcopy(doc), Path("s.toml"), **kw)
+
+
+def error(doc: dict[str, Any]) -> str:
+    with pytest.raises(SpecError) as info:
+        parse(doc)
+    return str(info.value)
+
+
+def test_defaults_and_one_phase_shorthand() -> None:
+    spec = parse(base(kind="zipf", rate_mib_per_s=10))
+    assert spec.epoch_ms == 100
+    assert spec.seed == 0
+    assert spec.nr_epochs == 100
+    (w,) = spec.workloads[0]
+    assert w.vcpus == (0, 1, 2, 3)
+    (p,) = w.phases
+    assert p.kind == "zipf"
+    assert (p.start_ms, p.end_ms) == (0, 10_000)
+    assert p.region == "lo"
+    assert (p.win_gfn_start, p.win_nr_pages) == (0, 1 << 18)
+    assert p.hot_nr_pages == 1 << 18
+    assert p.skew == 1.0
+    assert p.granule_pages == 512
+
+
+def test_phases_run_in_sequence_from_start_s() -> None:
+    doc = base(
+        vcpus="node:1",
+        start_s=1,
+        phase=[
+            {"kind": "sweep", "duration_s": 2, "rate_mib_per_s": 64, "region": "hi"},
+            {"kind": "idle", "duration_s": 3},
+            {"kind": "uniform", "rate_mib_per_s": 4, "offset_mib": 512, "window_mib": 256},
+        ],
+    )
+    (w,) = parse(doc).workloads[0]
+    assert w.vcpus == (2, 3)
+    assert [(p.kind, p.start_ms, p.end_ms) for p in w.phases] == [
+        ("sweep", 1000, 3000),
+        ("idle", 3000, 6000),
+        ("uniform", 6000, 10_000),
+    ]
+    sweep, _, uniform = w.phases
+    assert sweep.win_gfn_start == (1 << 30) >> 12  # region `hi` follows `lo`
+    assert uniform.win_gfn_start == (512 << 20) >> 12
+    assert uniform.win_nr_pages == (256 << 20) >> 12
+
+
+def test_seed_override_and_sample_specs_load() -> None:
+    assert parse(base(), seed=5).seed == 5
+    names = sorted(p.name for p in TRACES.glob("*.toml"))
+    assert {"vfio-pinned.toml", "no-device.toml", "mixed.toml", "large-1tib.toml"} <= set(names)
+    for name in names:
+        spec = load_spec(TRACES / name)
+        assert len(spec.sha256) == 64
+        assert all(spec.workloads), name
+
+
+def test_vfio_and_no_device_differ_only_in_pinning() -> None:
+    a = load_spec(TRACES / "vfio-pinned.toml")
+    b = load_spec(TRACES / "no-device.toml")
+    assert a.workloads == b.workloads
+    assert a.model.host == b.model.host
+    assert a.model.vms[0].regions[0].pinned == ((0, 8 << 18),)
+    assert b.model.vms[0].regions[0].pinned == ()
+    assert len(set(a.model.vms[0].vcpu_nodes)) == 2
+
+
+@pytest.mark.parametrize(
+    ("workload", "fragment"),
+    [
+        ({"kind": "random"}, "`kind` = `random`; expected one of uniform, zipf, sweep"),
+        ({"kind": "zipf", "rate_mib_per_s": 1, "skw": 1}, "unknown key `skw`; did you mean"),
+        ({"kind": "sweep", "rate_mib_per_s": 1, "hot_mib": 1}, "unknown key `hot_mib`"),
+        ({"kind": "zipf"}, "missing `rate_mib_per_s`"),
+        ({"kind": "zipf", "rate_mib_per_s": -1}, "`rate_mib_per_s` = `-1`; expected a number"),
+        ({"kind": "uniform", "rate_mib_per_s": 1, "region": "mid"}, "one of this VM's regions"),
+        (
+            {"kind": "uniform", "rate_mib_per_s": 1, "offset_mib": 1000, "window_mib": 100},
+            "does not fit in region `lo`",
+        ),
+        ({"kind": "zipf", "rate_mib_per_s": 1, "hot_gib": 2}, "larger than its window"),
+        ({"kind": "uniform", "rate_mib_per_s": 1, "granule_kib": 24}, "a power of two"),
+        ({"kind": "uniform", "rate_mib_per_s": 1, "write_fraction": 2}, "in [0, 1]"),
+        ({"kind": "idle", "vcpus": [0, 4]}, "a vCPU index in [0, 3]"),
+        ({"kind": "idle", "vcpus": [1, 1]}, "without repeats"),
+        ({"kind": "idle", "vcpus": "node:5"}, "no vCPU of this VM runs on host node 5"),
+        (
+            {"kind": "moving", "vcpus": "node:0", "rate_mib_per_s": 1, "move_every_s": 1},
+            "at least two host nodes",
+        ),
+        ({"kind": "moving", "rate_mib_per_s": 1, "move_every_s": 0.01}, "at least one epoch"),
+        ({"kind": "idle", "start_s": 10}, "at or after the end of the run"),
+        ({"kind": "idle", "duration_s": 0.05}, "at least one epoch"),
+        (
+            {"phase": [{"kind": "idle"}, {"kind": "idle"}]},
+            "phase 1: missing `duration_s` (only the last phase",
+        ),
+        ({"phase": [{"kind": "idle"}], "kind": "idle"}, "workload 1: unknown key `kind`"),
+    ],
+)
+def test_workload_errors(workload: dict[str, Any], fragment: str) -> None:
+    message = error(base(**workload))
+    assert message.startswith("s.toml: vm `v`: workload 1")
+    assert fragment in message
+
+
+def test_top_level_errors() -> None:
+    doc = base()
+    del doc["duration_s"]
+    assert "missing `duration_s`" in error(doc)
+    doc = base()
+    doc["epoch_ms"] = 0
+    assert "`epoch_ms` = `0`; expected an integer in [1," in error(doc)
+    doc = base()
+    doc["durations"] = 3
+    assert "unknown key `durations`; did you mean `duration_s`?" in error(doc)
+    doc = base()
+    doc["vm"][0]["workload"] = {"kind": "idle"}
+    assert "write `[[vm.workload]]`" in error(doc)
+
+
+def test_load_spec_reports_toml_syntax_with_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("duration_s = 10\n[host\n")
+    with pytest.raises(SpecError, match=r"bad.toml: not valid TOML: .*line 2"):
+        load_spec(path)
