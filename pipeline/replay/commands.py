@@ -1,9 +1,50 @@
-"""CLI commands of stage 2 (the engine): replay, policies, sweep."""
+"""CLI commands of stage 2 (the engine): replay, policies."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from pipeline.clikit import QUIET_OPTION, command
+
+DATASET_ARG = typer.Argument(..., help="DATASET directory (ingest/synth output)")
+OUT_OPTION = typer.Option(..., "--out", "-o", help="RESULTS directory to write")
+POLICY_OPTION = typer.Option(
+    [], "--policy", "-p", help="policy to run (repeatable; default: every policy)"
+)
+EPOCH_OPTION = typer.Option(100, "--epoch-ms", help="replay epoch, a multiple of the dataset's")
+SEED_OPTION = typer.Option(
+    0, "--seed", help="recorded in the manifest (the model is deterministic)"
+)
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
+
+    @command(app, "replay")
+    def replay(  # noqa: PLR0917 - typer maps parameters to options
+        dataset: Path = DATASET_ARG,
+        out: Path = OUT_OPTION,
+        policy: list[str] = POLICY_OPTION,
+        epoch_ms: int = EPOCH_OPTION,
+        seed: int = SEED_OPTION,
+        quiet: bool = QUIET_OPTION,
+    ) -> None:
+        """Replay a DATASET under NUMA-balancing policies and write RESULTS."""
+        from pipeline.replay.runner import ReplayParams, run_replay
+
+        path = run_replay(
+            dataset, out, policy or None, ReplayParams(epoch_ms=epoch_ms), quiet=quiet, seed=seed
+        )
+        if not quiet:
+            typer.echo(f"wrote {path}", err=True)
+
+    @command(app, "policies")
+    def policies() -> None:
+        """List the policies, one line each."""
+        from pipeline.replay.policies import POLICIES
+
+        width = max(len(n) for n in POLICIES)
+        for name, pol in POLICIES.items():
+            typer.echo(f"{name:<{width}}  {pol.summary}")

@@ -1,0 +1,156 @@
+"""The epoch engine: the only loop over time (STYLE.md, SimPy's step()/run(until=)).
+
+``Engine.step()`` advances every VM of the replay by one epoch under one policy: first the
+epoch's guest accesses (faults on what earlier scans zapped or protected), then the scheduler
+ticks of the threads that ran, which may run task_numa_work (its zaps hit the next epoch's
+accesses). No clock, no RNG: time is ``epoch * epoch_ms``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.replay.context import EpochCtx
+from pipeline.replay.counters import Counters
+from pipeline.replay.fault import FaultPath
+from pipeline.replay.intervals import IntervalSet
+from pipeline.replay.kvm import Kvm, YieldModel
+from pipeline.replay.mprotect import ChangeProtNuma
+from pipeline.replay.policies.base import Policy
+from pipeline.replay.scanner import Scanner, TaskNuma
+from pipeline.replay.state import HostState, VmConfig, VmState
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class VmAccesses:
+    """One VM's access runs as arrays sorted by epoch (then vcpu, gfn)."""
+
+    epoch: I64
+    vcpu: I64
+    gfn_start: I64
+    nr_pages: I64
+
+    def bounds(self, n_epochs: int) -> I64:
+        out: I64 = np.searchsorted(self.epoch, np.arange(n_epochs + 1)).astype(np.int64)
+        return out
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Model switches that are not the policy's (see runner.ReplayParams)."""
+
+    epoch_ms: int
+    yields: YieldModel
+    vmm_thread: bool = False
+    shadow_guest_2m: bool = False
+
+
+class VmRun:
+    """Everything one VM needs during a replay under one policy."""
+
+    def __init__(
+        self,
+        cfg: VmConfig,
+        acc: VmAccesses,
+        policy: Policy,
+        host: HostState,
+        *,
+        opts: EngineOptions,
+        n_epochs: int,
+        knobs: dict[str, int],
+    ) -> None:
+        self.cfg = cfg
+        self.acc = acc
+        self.bounds = acc.bounds(n_epochs)
+        self.state = VmState(cfg, host)
+        self.dirty = IntervalSet.of(
+            [r.gfn_start for r in cfg.regions], [r.gfn_end for r in cfg.regions]
+        )
+        self.kvm = Kvm(self.state, policy, opts.yields, shadow_2m=opts.shadow_guest_2m)
+        self.cprot = ChangeProtNuma(self.state, self.kvm, policy, self.dirty)
+        self.tasks = [
+            TaskNuma(
+                index=i,
+                pid=int(cfg.vcpu_tids[i]),
+                node=int(cfg.vcpu_nodes[i]),
+                nodes=cfg.host_nodes,
+            )
+            for i in range(cfg.vcpus)
+        ]
+        if opts.vmm_thread:
+            pid = int(cfg.vcpu_tids[0]) - 1 if cfg.vcpus else 1
+            node = int(cfg.vcpu_nodes[0]) if cfg.vcpus else 0
+            self.tasks.append(TaskNuma(index=cfg.vcpus, pid=pid, node=node, nodes=cfg.host_nodes))
+        self.vmm_thread = opts.vmm_thread
+        self.scanner = Scanner(self.state, policy, self.cprot, self.tasks, knobs)
+        self.fault = FaultPath(
+            self.state, self.kvm, policy, scanner=self.scanner, tasks=self.tasks, dirty=self.dirty
+        )
+        self.counters = Counters(n_epochs, len(self.tasks))
+        self.trace: list[tuple[str, int, int]] | None = None
+
+
+class Engine:
+    """All VMs of one replay under one policy, advanced epoch by epoch."""
+
+    def __init__(self, runs: list[VmRun], epoch_ms: int, n_epochs: int) -> None:
+        self.runs = runs
+        self.epoch_ms = epoch_ms
+        self.n_epochs = n_epochs
+        self.epoch = 0
+
+    def step(self) -> None:
+        """Advance every VM by one epoch."""
+        e = self.epoch
+        for run in self.runs:
+            self._step_vm(run, e)
+        self.epoch += 1
+
+    def run(self, until: int | None = None, progress: Callable[[int], None] | None = None) -> None:
+        """Step until epoch ``until`` (default: the end of the accesses)."""
+        stop = self.n_epochs if until is None else min(until, self.n_epochs)
+        while self.epoch < stop:
+            self.step()
+            if progress is not None:
+                progress(self.epoch)
+
+    def _step_vm(self, run: VmRun, e: int) -> None:
+        lo, hi = int(run.bounds[e]), int(run.bounds[e + 1])
+        acc = run.acc
+        vcpu = acc.vcpu[lo:hi]
+        start = acc.gfn_start[lo:hi]
+        active = np.zeros(run.cfg.vcpus, bool)
+        active[vcpu] = True
+        ctx = EpochCtx(
+            epoch=e,
+            now_ms=e * self.epoch_ms,
+            active=active,
+            run_vcpu=vcpu,
+            run_start=start,
+            run_end=start + acc.nr_pages[lo:hi],
+            counters=run.counters,
+            trace=run.trace,
+        )
+        run.fault.apply(ctx)
+        # scheduler ticks at the end of the epoch, threads in a rotating order
+        ctx.now_ms = (e + 1) * self.epoch_ms
+        n = len(run.tasks)
+        ran = [
+            t
+            for t in run.tasks
+            if (t.index < run.cfg.vcpus and active[t.index]) or t.index >= run.cfg.vcpus
+        ]
+        for t in ran:
+            t.runtime_ms += self.epoch_ms
+        if ran:
+            k = e % n
+            order = sorted(ran, key=lambda t: (t.index - k) % n)
+            for t in order:
+                run.scanner.task_tick_numa(ctx, t)
+        run.counters.scan_period_ms[e, :] = [t.numa_scan_period for t in run.tasks]

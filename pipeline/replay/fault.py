@@ -1,0 +1,313 @@
+"""Guest accesses of one epoch: first touch, EPT refaults, NUMA hinting faults, migration.
+
+Models the KVM fault path of KERNEL.md §5.4 (EPT violation -> GUP -> handle_mm_fault) and the
+hinting-fault path of §8: mm/memory.c do_numa_page(), mm/huge_memory.c
+do_huge_pmd_numa_page(), mm/mempolicy.c mpol_misplaced() ->
+kernel/sched/fair.c should_numa_migrate_memory(), mm/migrate.c migrate_misplaced_page()
+(v6.5) / migrate_misplaced_folio() (v7.x), and the task_numa_fault() bookkeeping (§3.5).
+
+Only pages in the dirty set (possibly unmapped: never touched, zapped or PROT_NONE) cost any
+work; accesses to mapped pages change nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.replay.context import EpochCtx
+from pipeline.replay.counters import PS_2M, PS_4K, V
+from pipeline.replay.intervals import IntervalSet, expand, intersect
+from pipeline.replay.kvm import Kvm
+from pipeline.replay.policies.base import Policy
+from pipeline.replay.scanner import NUMA_NO_NODE, Scanner, TaskNuma, pid_bit
+from pipeline.replay.state import (
+    CPUPID_UNSET,
+    P_FAULTED,
+    P_PROTNONE,
+    P_SPTE,
+    PAGES_PER_PMD,
+    VmState,
+    encode_cpupid,
+)
+
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+NR_MAX_MIGRATE_PAGES_RETRY = 10  # mm/migrate.c, MIGRATE_ASYNC passes for a failing folio
+PTE_PREFETCH_NUM = 8  # arch/x86/kvm/mmu/mmu.c direct_pte_prefetch()
+
+
+class FaultPath:
+    """Applies one epoch's accesses of one VM."""
+
+    def __init__(
+        self,
+        vm: VmState,
+        kvm: Kvm,
+        policy: Policy,
+        *,
+        scanner: Scanner,
+        tasks: list[TaskNuma],
+        dirty: IntervalSet,
+    ) -> None:
+        self.vm = vm
+        self.kvm = kvm
+        self.policy = policy
+        self.scanner = scanner
+        self.tasks = tasks
+        self.dirty = dirty
+        self.vnode = vm.cfg.vcpu_nodes.astype(np.int16)
+        self.pid8 = (vm.cfg.vcpu_tids & 0xFF).astype(np.int32)
+
+    # -- entry point ---------------------------------------------------------------------------
+    def apply(self, ctx: EpochCtx) -> None:
+        """Process the epoch's access runs in ``ctx`` (sorted by vcpu, gfn)."""
+        s, e, ai = intersect(ctx.run_start, ctx.run_end, self.dirty.starts, self.dirty.ends)
+        if s.size == 0:
+            return
+        pages = expand(s, e)
+        vcpus = np.repeat(ctx.run_vcpu[ai], e - s)
+        pages, first = np.unique(pages, return_index=True)
+        vcpus = vcpus[first]
+        self._first_touch(ctx, pages, vcpus)
+        self._thp_units(ctx, pages, vcpus)
+        self._page_units(ctx, pages, vcpus)
+        self.dirty.subtract(s, e)
+
+    # -- population (first touch) -------------------------------------------------------
+    def _first_touch(self, ctx: EpochCtx, pages: I64, vcpus: I64) -> None:
+        """Anonymous first touch: a THP (or hugetlbfs page) for a PMD-mapped region, else a
+        4K page, on the node of the placement policy (first-touch: the vCPU's node)."""
+        vm = self.vm
+        g = pages // PAGES_PER_PMD
+        unpop = ~vm.page_populated(pages)
+        if not unpop.any():
+            return
+        gpm = np.asarray([r.pmd_mapped for r in vm.cfg.regions])[vm.g_region[g]]
+        sel = unpop & gpm
+        if sel.any():
+            ug, i = np.unique(g[sel], return_index=True)
+            v = vcpus[sel][i]
+            for reg in vm.cfg.regions:
+                m = vm.g_region[ug] == reg.index
+                if m.any():
+                    vm.populate_granules(ug[m], vm.placement_nodes(reg, ug[m], self.vnode[v[m]]))
+        sel = unpop & ~gpm
+        if sel.any():
+            p, v = pages[sel], vcpus[sel]
+            for reg in vm.cfg.regions:
+                m = vm.g_region[p // PAGES_PER_PMD] == reg.index
+                if m.any():
+                    nodes = vm.placement_nodes(reg, p[m] // PAGES_PER_PMD, self.vnode[v[m]])
+                    vm.populate_pages(p[m], nodes)
+
+    # -- 2 MiB units ------------------------------------------------------------------------
+    def _thp_units(self, ctx: EpochCtx, pages: I64, vcpus: I64) -> None:
+        vm = self.vm
+        g = pages // PAGES_PER_PMD
+        is_thp = vm.g_thp[g]
+        if not is_thp.any():
+            return
+        ug, i = np.unique(g[is_thp], return_index=True)
+        v = vcpus[is_thp][i]
+        tdp2m = self.kvm.spte_2m
+        if tdp2m:
+            missing = ~vm.g_spte2m[ug]
+            ug, v = ug[missing], v[missing]
+        prot = vm.g_nprot[ug] == PAGES_PER_PMD
+        if prot.any():
+            self._hinting_faults(ctx, ug[prot] * PAGES_PER_PMD, v[prot], thp=True)
+        if not tdp2m:
+            return  # shadow MMU: the 4K SPTEs are handled as page units
+        refault = vm.g_faulted2m[ug]
+        self._count_ept(ctx, v[refault], PS_2M)
+        self._count_faultin(ctx, v[~refault])
+        vm.g_spte2m[ug] = True
+        vm.g_faulted2m[ug] = True
+
+    # -- 4 KiB units --------------------------------------------------------------------------
+    def _page_units(self, ctx: EpochCtx, pages: I64, vcpus: I64) -> None:
+        vm = self.vm
+        g = pages // PAGES_PER_PMD
+        sel = ~vm.g_thp[g] if self.kvm.spte_2m else np.ones(pages.size, bool)
+        p, v = pages[sel], vcpus[sel]
+        flags = vm.pflags[p]
+        missing = (flags & P_SPTE) == 0
+        p, v, flags = p[missing], v[missing], flags[missing]
+        if p.size == 0:
+            return
+        prot = ((flags & P_PROTNONE) != 0) & ~vm.g_thp[p // PAGES_PER_PMD]
+        if prot.any():
+            self._hinting_faults(ctx, p[prot], v[prot], thp=False)
+        faulting = np.ones(p.size, bool)
+        if self.kvm.shadow:
+            # direct_pte_prefetch(): one fault maps the aligned block of 8 (GUP-fast-able
+            # neighbours); later touches in the block find their SPTE present
+            block = p // PTE_PREFETCH_NUM
+            faulting = prot | np.concatenate([[True], block[1:] != block[:-1]])
+        refault = (flags & P_FAULTED) != 0
+        self._count_ept(ctx, v[faulting & refault], PS_4K)
+        self._count_faultin(ctx, v[faulting & ~refault])
+        self._install_4k(p)
+        if self.kvm.shadow:
+            blocks = np.unique(p // PTE_PREFETCH_NUM) * PTE_PREFETCH_NUM
+            near = expand(blocks, np.minimum(blocks + PTE_PREFETCH_NUM, vm.cfg.nr_pages))
+            ok = vm.page_populated(near) & ((vm.pflags[near] & (P_SPTE | P_PROTNONE)) == 0)
+            ok &= ~(
+                vm.g_thp[near // PAGES_PER_PMD]
+                & (vm.g_nprot[near // PAGES_PER_PMD] == PAGES_PER_PMD)
+            )
+            self._install_4k(near[ok])
+
+    def _install_4k(self, pages: I64) -> None:
+        vm = self.vm
+        new = pages[(vm.pflags[pages] & P_SPTE) == 0]
+        vm.pflags[new] |= P_SPTE | P_FAULTED
+        np.add.at(vm.g_nspte, new // PAGES_PER_PMD, 1)
+
+    def _count_ept(self, ctx: EpochCtx, vcpus: I64, page_size: int) -> None:
+        ctx.counters.add(ctx.epoch, page_size, "ept_violations", int(vcpus.size))
+        np.add.at(ctx.counters.threads[ctx.epoch, :, V["ept_violations"]], vcpus, 1)
+
+    def _count_faultin(self, ctx: EpochCtx, vcpus: I64) -> None:
+        np.add.at(ctx.counters.threads[ctx.epoch, :, V["spte_faultins"]], vcpus, 1)
+
+    # -- NUMA hinting faults -------------------------------------------------------------------
+    def _hinting_faults(self, ctx: EpochCtx, heads: I64, vcpus: I64, *, thp: bool) -> None:
+        """do_numa_page() / do_huge_pmd_numa_page() for each faulting folio (``heads`` are
+        first gfns; ``thp`` means 2 MiB folios), in the vCPU thread that touched it."""
+        vm = self.vm
+        c = ctx.counters
+        ps = PS_2M if thp else PS_4K
+        nr_pages = PAGES_PER_PMD if thp else 1
+        g = heads // PAGES_PER_PMD
+        node = vm.g_node[g].astype(np.int16) if thp else vm.page_nodes(heads)
+        dst = self.vnode[vcpus]
+        pid8 = self.pid8[vcpus]
+        pinned = vm.g_npinned[g] > 0 if thp else vm.page_pinned(heads)
+        # vma_set_access_pid_bit() and the vmstat counters (numa_migrate_prep/_check)
+        for reg_index in np.unique(vm.g_region[g]).tolist():
+            numab = self.scanner.numab.get(reg_index)
+            if numab is not None:
+                for v in np.unique(vcpus[vm.g_region[g] == reg_index]).tolist():
+                    numab.pids_active[1] |= pid_bit(int(vm.cfg.vcpu_tids[v]))
+        local = node == dst
+        c.add(ctx.epoch, ps, "numa_hint_faults", int(heads.size))
+        c.add(ctx.epoch, ps, "numa_hint_faults_local", int(local.sum()))
+        th = c.threads[ctx.epoch]
+        np.add.at(th[:, V["numa_hint_faults"]], vcpus, 1)
+        np.add.at(th[:, V["numa_hint_faults_local"]], vcpus[local], 1)
+        # mpol_misplaced() -> should_numa_migrate_memory(): xchg last_cpupid, two-stage filter
+        cpupid_arr = vm.g_cpupid if thp else vm.pcpupid
+        idx = g if thp else heads
+        last = cpupid_arr[idx].copy()
+        cpupid_arr[idx] = encode_cpupid(dst, pid8)
+        unset = last == CPUPID_UNSET
+        last_pid8 = (last - 1) & 0xFF
+        last_nid = (last - 1) // 256
+        same_pid = ~unset & (last_pid8 == pid8)
+        if self.policy.migrate_filter == "oracle":
+            want = np.ones(heads.size, bool)
+        else:
+            early = (
+                np.asarray(
+                    [
+                        self.tasks[v].numa_preferred_nid == NUMA_NO_NODE
+                        or self.tasks[v].numa_scan_seq <= 4
+                        for v in vcpus.tolist()
+                    ],
+                    bool,
+                )
+                if vcpus.size
+                else np.zeros(0, bool)
+            )
+            want = (early & (unset | same_pid)) | unset | (last_nid == dst)
+        misplaced = want & ~local
+        # migrate_misplaced_*: pinned folios fail after the retry passes, others need room
+        fail_pin = misplaced & pinned
+        try_move = misplaced & ~pinned
+        room = np.zeros(heads.size, bool)
+        if try_move.any():
+            room[try_move] = vm.host.has_room(dst[try_move], nr_pages)
+        moved = try_move & room
+        failed = fail_pin | (try_move & ~room)
+        self._migration_notifiers(ctx, heads[moved], nr_pages, passes=1, page_size=ps)
+        self._migration_notifiers(
+            ctx, heads[fail_pin], nr_pages, passes=NR_MAX_MIGRATE_PAGES_RETRY, page_size=ps
+        )
+        if moved.any():
+            vm.host.move(node[moved], dst[moved], nr_pages)
+            if thp:
+                vm.g_node[g[moved]] = dst[moved]
+            else:
+                vm.set_page_nodes(heads[moved], dst[moved])
+        c.add(ctx.epoch, ps, "numa_pages_migrated", int(moved.sum()) * nr_pages)
+        c.add(ctx.epoch, ps, "numa_migrate_failed", int(failed.sum()) * nr_pages)
+        np.add.at(th[:, V["numa_pages_migrated"]], vcpus[moved], nr_pages)
+        np.add.at(th[:, V["numa_migrate_failed"]], vcpus[failed], nr_pages)
+        # out_map: the PTE/PMD is present again (migration installs a normal PTE too)
+        if thp:
+            vm.g_nprot[g] = 0
+        else:
+            vm.pflags[heads] &= ~P_PROTNONE
+            np.subtract.at(vm.g_nprot, g, 1)
+        # task_numa_fault()
+        mem_node = np.where(moved, dst, node)
+        priv = unset | same_pid
+        for v in np.unique(vcpus).tolist():
+            m = vcpus == v
+            self._task_numa_fault(
+                ctx.now_ms,
+                self.tasks[v],
+                nr_pages,
+                priv=priv[m],
+                local=local[m],
+                failed=failed[m],
+                mem_node=mem_node[m],
+            )
+
+    def _migration_notifiers(
+        self, ctx: EpochCtx, heads: I64, nr_pages: int, *, passes: int, page_size: int
+    ) -> None:
+        """try_to_migrate(): one MMU_NOTIFY_CLEAR notifier over the folio per pass (§5.5).
+        A PMD migration entry is installed with pmdp_invalidate(), an immediate 2 MiB host
+        flush; a PROT_NONE PTE is inaccessible, so its batched flush is skipped (4d4b6d66db)."""
+        if heads.size == 0:
+            return
+        for _ in range(passes):
+            for h in heads.tolist():
+                s = np.asarray([h], np.int64)
+                e = s + nr_pages
+                self.kvm.invalidate_range_start(ctx, s, e, page_size)
+                self.kvm.invalidate_range_end(ctx, s, e)
+        if nr_pages > 1:
+            n = passes * int(heads.size)
+            ctx.counters.add(ctx.epoch, page_size, "host_tlb_flushes", n)
+            ctx.counters.add(ctx.epoch, page_size, "host_tlb_flush_ipis", n * ctx.others_in_guest())
+
+    def _task_numa_fault(
+        self,
+        now_ms: int,
+        task: TaskNuma,
+        nr_pages: int,
+        *,
+        priv: B,
+        local: B,
+        failed: B,
+        mem_node: npt.NDArray[np.int16],
+    ) -> None:
+        """task_numa_fault() for a batch of faults of one thread in one epoch: placement (and
+        so update_task_scan_period()) sees the faults recorded before this epoch."""
+        if not task.has_faults:
+            task.has_faults = True
+            task.locality = [0, 0, 0]
+        if now_ms > task.numa_migrate_retry_ms:
+            self.scanner.task_numa_placement(now_ms, task)
+            if task.numa_preferred_nid != NUMA_NO_NODE:
+                task.numa_migrate_retry_ms = now_ms + min(1000, task.numa_scan_period // 16)
+        task.locality[2] += int(failed.sum()) * nr_pages
+        task.faults_buf[1] += int(priv.sum()) * nr_pages
+        task.faults_buf[0] += int((~priv).sum()) * nr_pages
+        task.locality[1] += int(local.sum()) * nr_pages
+        task.locality[0] += int((~local).sum()) * nr_pages
+        np.add.at(task.faults_mem, mem_node.astype(np.int64), nr_pages)

@@ -1,0 +1,129 @@
+"""Sorted disjoint half-open integer intervals as numpy arrays (gfn ranges).
+
+The engine keeps the set of guest frames whose mapping may be incomplete (no SPTE, PROT_NONE
+host PTE, not yet populated) as such a set, so that an epoch's accesses cost work only where
+they meet it (docs/engine.md, "dirty set"). All operations are vectorized over intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+I64 = npt.NDArray[np.int64]
+
+
+def normalize(starts: I64, ends: I64) -> tuple[I64, I64]:
+    """Sort, drop empty and merge overlapping or touching intervals."""
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    if starts.size == 0:
+        return starts.astype(np.int64), ends.astype(np.int64)
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    run_end = np.maximum.accumulate(ends)
+    new = np.empty(starts.size, dtype=bool)
+    new[0] = True
+    new[1:] = starts[1:] > run_end[:-1]
+    idx = np.flatnonzero(new)
+    out_starts = starts[idx]
+    last = np.append(idx[1:], starts.size) - 1
+    out_ends = run_end[last]
+    return out_starts.astype(np.int64), out_ends.astype(np.int64)
+
+
+@dataclass
+class IntervalSet:
+    """A set of gfns stored as sorted, disjoint, non-touching ``[start, end)`` intervals."""
+
+    starts: I64
+    ends: I64
+
+    @classmethod
+    def empty(cls) -> IntervalSet:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64))
+
+    @classmethod
+    def of(cls, starts: npt.ArrayLike, ends: npt.ArrayLike) -> IntervalSet:
+        s, e = normalize(np.asarray(starts, np.int64), np.asarray(ends, np.int64))
+        return cls(s, e)
+
+    def __len__(self) -> int:
+        return int(self.starts.size)
+
+    def total(self) -> int:
+        return int((self.ends - self.starts).sum())
+
+    def add(self, starts: npt.ArrayLike, ends: npt.ArrayLike) -> None:
+        """Union with the given intervals."""
+        s = np.concatenate([self.starts, np.asarray(starts, np.int64).ravel()])
+        e = np.concatenate([self.ends, np.asarray(ends, np.int64).ravel()])
+        self.starts, self.ends = normalize(s, e)
+
+    def subtract(self, starts: npt.ArrayLike, ends: npt.ArrayLike) -> None:
+        """Remove the given intervals (any order, may overlap)."""
+        if self.starts.size == 0:
+            return
+        cs, ce = normalize(np.asarray(starts, np.int64).ravel(), np.asarray(ends, np.int64).ravel())
+        if cs.size == 0:
+            return
+        # Complement of the cut set within [min, max), intersected with self.
+        lo = min(int(self.starts[0]), int(cs[0]))
+        hi = max(int(self.ends[-1]), int(ce[-1]))
+        comp_s = np.concatenate([[lo], ce])
+        comp_e = np.concatenate([cs, [hi]])
+        self.starts, self.ends = intersect(self.starts, self.ends, comp_s, comp_e)[:2]
+
+    def clip(self, lo: int, hi: int) -> tuple[I64, I64]:
+        """The parts of the set inside ``[lo, hi)``."""
+        i = int(np.searchsorted(self.ends, lo, side="right"))
+        j = int(np.searchsorted(self.starts, hi, side="left"))
+        s = np.maximum(self.starts[i:j], lo)
+        e = np.minimum(self.ends[i:j], hi)
+        return s, e
+
+
+def intersect(a_s: I64, a_e: I64, b_s: I64, b_e: I64) -> tuple[I64, I64, I64]:
+    """Intersections of intervals ``a`` (any, possibly overlapping) with disjoint sorted ``b``.
+
+    Returns ``(starts, ends, a_index)``: every non-empty overlap of an ``a`` interval with a
+    ``b`` interval, ordered by ``a`` index then position, with the index of its ``a`` interval.
+    """
+    if a_s.size == 0 or b_s.size == 0:
+        z = np.empty(0, np.int64)
+        return z, z.copy(), z.copy()
+    first = np.searchsorted(b_e, a_s, side="right")
+    last = np.searchsorted(b_s, a_e, side="left")
+    counts = np.maximum(last - first, 0)
+    total = int(counts.sum())
+    if total == 0:
+        z = np.empty(0, np.int64)
+        return z, z.copy(), z.copy()
+    a_idx = np.repeat(np.arange(a_s.size, dtype=np.int64), counts)
+    offs = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    b_idx = np.repeat(first, counts) + offs
+    s = np.maximum(a_s[a_idx], b_s[b_idx])
+    e = np.minimum(a_e[a_idx], b_e[b_idx])
+    keep = e > s
+    return s[keep], e[keep], a_idx[keep]
+
+
+def expand(starts: I64, ends: I64) -> I64:
+    """All integers of the intervals, concatenated in order (one entry per page)."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, np.int64)
+    base = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return base + np.arange(total, dtype=np.int64)
+
+
+def runs(mask: npt.NDArray[np.bool_]) -> tuple[I64, I64]:
+    """``[start, end)`` of the maximal runs of True in a boolean array."""
+    if mask.size == 0:
+        z = np.empty(0, np.int64)
+        return z, z.copy()
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return np.flatnonzero(d == 1).astype(np.int64), np.flatnonzero(d == -1).astype(np.int64)

@@ -1,0 +1,203 @@
+"""The KVM side: MMU-notifier invalidation, SPTE zaps, remote TLB flushes, EPT refaults.
+
+Models virt/kvm/kvm_main.c kvm_mmu_notifier_invalidate_range_start()/_end() and
+__kvm_handle_hva_range(), arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_zap_leafs() and
+kvm_flush_remote_tlbs() (KERNEL.md §5.1-§5.4), with the RFC v2 ``numa_protect`` callback
+(§2.2). KVM never looks at the notifier event in v6.5 or v7.1: every invalidation is a full
+unmap of the present SPTEs in the range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.replay.context import EpochCtx
+from pipeline.replay.counters import PS_2M, PS_4K
+from pipeline.replay.policies.base import Policy
+from pipeline.replay.state import P_SPTE, PAGE_SIZE, PAGES_PER_PMD, VmState
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class YieldModel:
+    """The yield-while-pending term Y of KERNEL.md §5.2 / §7 (``F = 1[zapped] + Y``).
+
+    tdp_mmu_zap_leafs() flushes before each yield when a flush is pending; it yields when
+    ``rwlock_needbreak(&kvm->mmu_lock)``, i.e. when vCPUs that fault inside the range being
+    invalidated contend for mmu_lock. The model charges, per invalidation that zapped
+    something, an expected ``per_vcpu * n`` extra flushes, where ``n`` is the number of vCPUs
+    whose accesses of the epoch fall in the range:
+
+    * ``per_vcpu`` default 64: Yan Zhao's boot data (§2.5) averaged 8625 flushes for 35
+      ranges, about 246 per range, on a preemptible v6.5-rc host; with ~4 vCPUs faulting in
+      the range that is about 60 per faulting vCPU (the vCPU count was not stated).
+    * ``d02c357e5bfa_factor`` default 0.02: from v6.8 a faulting vCPU checks
+      mmu_invalidate_retry_gfn_unsafe() before taking mmu_lock, so only faults already past
+      that check contend (Peter Xu's 6.12 commit message relies on it; no published number).
+    * Y is 0 unless the lock yields on contention: always with preempt=full; before
+      c793a62823d1 (~v6.11) also with none/voluntary when ``preempt_dynamic`` (distro
+      kernels with CONFIG_PREEMPT_DYNAMIC=y yielded even in non-preemptible mode, per the
+      6.8 KVM pull request).
+
+    Deterministic: the expected value is accumulated per VM and whole flushes are emitted as
+    the running sum crosses integers.
+    """
+
+    per_vcpu: float = 64.0
+    d02c357e5bfa_factor: float = 0.02
+    preempt_dynamic: bool = True
+
+    def rate(self, policy: Policy, preempt: str) -> float:
+        yields = preempt == "full" or (
+            not policy.needbreak_iff_preemptible and self.preempt_dynamic
+        )
+        if not yields or policy.migrate_filter == "oracle":
+            return 0.0
+        factor = self.d02c357e5bfa_factor if policy.fault_retry_precheck else 1.0
+        return self.per_vcpu * factor
+
+
+class Kvm:
+    """KVM's view of one VM: counts and zaps on its :class:`VmState`."""
+
+    def __init__(self, vm: VmState, policy: Policy, yields: YieldModel, *, shadow_2m: bool) -> None:
+        self.vm = vm
+        self.policy = policy
+        self.shadow = vm.cfg.mmu == "shadow"
+        self.spte_2m = not self.shadow or shadow_2m
+        self.yield_rate = yields.rate(policy, vm.cfg.preempt)
+        self.yield_carry = 0.0
+        self.in_progress = 0
+
+    # -- SPTE zaps ------------------------------------------------------------------------
+    def zap_range(self, gfn_start: int, gfn_end: int) -> tuple[int, int]:
+        """Models tdp_mmu_zap_leafs() over ``[gfn_start, gfn_end)``: clear every present leaf
+        SPTE overlapping it (a 2M leaf is zapped if it overlaps at all). Returns (4K, 2M)."""
+        vm = self.vm
+        g0, g1 = gfn_start // PAGES_PER_PMD, -(-gfn_end // PAGES_PER_PMD)
+        n2m = int(np.count_nonzero(vm.g_spte2m[g0:g1]))
+        if n2m:
+            vm.g_spte2m[g0:g1] = False
+        counts = vm.g_nspte[g0:g1]
+        nz = np.flatnonzero(counts)
+        if nz.size == 0:
+            return 0, n2m
+        aligned = gfn_start % PAGES_PER_PMD == 0 and gfn_end % PAGES_PER_PMD == 0
+        if aligned:
+            n4k = int(counts.sum())
+            lo, hi = (g0 + int(nz[0])) * PAGES_PER_PMD, (g0 + int(nz[-1]) + 1) * PAGES_PER_PMD
+            vm.pflags[lo:hi] &= ~P_SPTE
+            counts[:] = 0
+            return n4k, n2m
+        lo = max(gfn_start, (g0 + int(nz[0])) * PAGES_PER_PMD)
+        hi = min(gfn_end, (g0 + int(nz[-1]) + 1) * PAGES_PER_PMD)
+        idx = np.flatnonzero(vm.pflags[lo:hi] & P_SPTE) + lo
+        return self.zap_pages(idx), n2m
+
+    def zap_pages(self, pages: I64) -> int:
+        """Clear the 4K SPTEs of these pages; returns how many were present."""
+        vm = self.vm
+        if pages.size == 0:
+            return 0
+        present = pages[(vm.pflags[pages] & P_SPTE) != 0]
+        if present.size:
+            vm.pflags[present] &= ~P_SPTE
+            np.subtract.at(vm.g_nspte, present // PAGES_PER_PMD, 1)
+        return int(present.size)
+
+    def _account_zap(self, ctx: EpochCtx, n4k: int, n2m: int) -> None:
+        ctx.counters.add(ctx.epoch, PS_4K, "spte_zapped", n4k)
+        ctx.counters.add(ctx.epoch, PS_2M, "spte_zapped", n2m)
+
+    # -- flushes --------------------------------------------------------------------------
+    def flush_remote_tlbs(self, ctx: EpochCtx, page_size: int, nr: int) -> None:
+        """Models kvm_flush_remote_tlbs() ``nr`` times: KVM_REQ_TLB_FLUSH to every vCPU, an
+        IPI to each one in guest mode other than the caller (kvm_make_all_cpus_request)."""
+        if nr <= 0:
+            return
+        c = ctx.counters
+        c.add(ctx.epoch, page_size, "remote_tlb_flushes", nr)
+        c.add(ctx.epoch, page_size, "shootdown_ipis", nr * ctx.others_in_guest())
+        for v in np.flatnonzero(ctx.active).tolist():
+            if v != ctx.thread:
+                c.add_thread(ctx.epoch, v, "shootdown_ipis", nr)
+
+    def _yields(self, ctx: EpochCtx, gfn_start: int, gfn_end: int) -> int:
+        if self.yield_rate == 0.0:
+            return 0
+        self.yield_carry += self.yield_rate * ctx.vcpus_touching(gfn_start, gfn_end).size
+        whole = math.floor(self.yield_carry)
+        self.yield_carry -= whole
+        return whole
+
+    # -- notifier entry points --------------------------------------------------------------
+    def invalidate_range_start(
+        self,
+        ctx: EpochCtx,
+        starts: I64,
+        ends: I64,
+        page_size: int,
+        *,
+        zap: bool = True,
+    ) -> int:
+        """Models kvm_mmu_notifier_invalidate_range_start() for one notifier call covering the
+        gfn sub-ranges ``[starts, ends)`` (one range, except the batched notify-changed
+        proposal). Fires kvm_unmap_hva_range, marks the range in progress
+        (kvm_mmu_invalidate_begin), and unless ``zap`` is False (RFC v2 NUMA range) runs
+        kvm_unmap_gfn_range per sub-range and flushes once if anything was zapped, plus the
+        yields (§5.2). Returns the SPTEs zapped."""
+        c = ctx.counters
+        self.in_progress += 1
+        if ctx.trace is not None:
+            ctx.trace.append(("start", int(starts.min()), int(ends.max())))
+        c.add(ctx.epoch, page_size, "mmu_notifier_invalidations", 1)
+        c.add(ctx.epoch, page_size, "notifier_bytes", int((ends - starts).sum()) * PAGE_SIZE)
+        if not zap:
+            return 0
+        c.add(ctx.epoch, page_size, "kvm_unmap_gfn_range_calls", int(starts.size))
+        n4k = n2m = 0
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            a, b = self.zap_range(s, e)
+            n4k += a
+            n2m += b
+        self._account_zap(ctx, n4k, n2m)
+        if n4k + n2m:
+            extra = self._yields(ctx, int(starts.min()), int(ends.max()))
+            self.flush_remote_tlbs(ctx, page_size, 1 + extra)
+        return n4k + n2m
+
+    def invalidate_range_end(self, ctx: EpochCtx, starts: I64, ends: I64) -> None:
+        """Models kvm_mmu_notifier_invalidate_range_end(): no zap, no flush."""
+        self.in_progress -= 1
+        if ctx.trace is not None:
+            ctx.trace.append(("end", int(starts.min()), int(ends.max())))
+
+    def numa_protect(self, ctx: EpochCtx, pages: I64, granules: I64, page_size: int) -> None:
+        """Models RFC v2 kvm_mmu_notifier_numa_protect(): kvm_handle_hva_range() with
+        kvm_unmap_gfn_range, may_block false, flush_on_ret: one call per protected PTE or PMD,
+        one flush per call whose SPTE was present (§2.2, ``F_p``)."""
+        vm = self.vm
+        c = ctx.counters
+        calls = int(pages.size + granules.size)
+        c.add(ctx.epoch, page_size, "kvm_unmap_gfn_range_calls", calls)
+        flushes = self.zap_pages(pages)
+        n4k = flushes
+        n2m = 0
+        if granules.size:
+            present2m = vm.g_spte2m[granules]
+            n2m = int(present2m.sum())
+            vm.g_spte2m[granules] = False
+            flushes += n2m
+            # shadow MMU: 4K SPTEs under a THP; one flush per PMD call that zapped any
+            for i in np.flatnonzero(vm.g_nspte[granules] > 0).tolist():
+                g = int(granules[i])
+                z = self.zap_range(g * PAGES_PER_PMD, (g + 1) * PAGES_PER_PMD)[0]
+                n4k += z
+                flushes += int(z > 0 and not present2m[i])
+        self._account_zap(ctx, n4k, n2m)
+        self.flush_remote_tlbs(ctx, page_size, flushes)

@@ -1,0 +1,212 @@
+"""change_prot_numa() of one scanner chunk: notifier ranges, per-page rules, host flush.
+
+Models mm/mempolicy.c change_prot_numa() -> mm/mprotect.c change_protection_range() ->
+change_pud_range() / change_pmd_range() -> change_pte_range() / mm/huge_memory.c
+change_huge_pmd() (KERNEL.md §4.1-§4.4), for the rules of each policy (§7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.replay.context import EpochCtx
+from pipeline.replay.counters import PS_2M, PS_4K
+from pipeline.replay.intervals import IntervalSet, expand, normalize
+from pipeline.replay.kvm import Kvm
+from pipeline.replay.policies.base import Policy
+from pipeline.replay.state import (
+    P4D_SIZE,
+    P_PINNED,
+    P_POP,
+    P_PROTNONE,
+    PAGES_PER_PMD,
+    PUD_SIZE,
+    Region,
+    VmState,
+)
+
+I64 = npt.NDArray[np.int64]
+NUMA_BALANCING_NORMAL = 1
+
+
+@dataclass
+class ChunkResult:
+    """What one change_prot_numa() call did."""
+
+    nr_updated: int  # base pages made PROT_NONE (the return value; THP counts 512)
+    notifiers: int
+
+
+def notifier_ranges_pud(vm: VmState, region: Region, g0: int, g1: int) -> list[tuple[int, int]]:
+    """Models the v6.5 (to v6.11) notifier in change_pmd_range(): per PUD (1 GiB of hva) the
+    range runs from the first non-none PMD in the chunk to the end of the PUD range clipped
+    to the chunk end, and is sent before any per-page check (§4.1). Returns gfn ranges."""
+    pop = vm.g_npop[g0:g1] > 0
+    if not pop.any():
+        return []
+    gfn0, gfn1 = g0 * PAGES_PER_PMD, g1 * PAGES_PER_PMD
+    hva0, hva1 = region.gfn_to_hva(gfn0), region.gfn_to_hva(gfn1)
+    out = []
+    pud = hva0 - hva0 % PUD_SIZE
+    while pud < hva1:
+        lo, hi = max(pud, hva0), min(pud + PUD_SIZE, hva1)
+        a, b = (
+            (region.hva_to_gfn(lo) - gfn0) // PAGES_PER_PMD,
+            (region.hva_to_gfn(hi) - gfn0) // PAGES_PER_PMD,
+        )
+        first = np.flatnonzero(pop[a:b])
+        if first.size:
+            out.append((gfn0 + (a + int(first[0])) * PAGES_PER_PMD, region.hva_to_gfn(hi)))
+        pud += PUD_SIZE
+    return out
+
+
+def notifier_ranges_p4d(vm: VmState, region: Region, g0: int, g1: int) -> list[tuple[int, int]]:
+    """Models the v6.12+ notifier in change_pud_range(): per P4D (512 GiB) range, from the
+    first non-none PUD (its whole 1 GiB holds any PMD table) at or after the chunk start to
+    the P4D end clipped to the chunk end (§4.1; Peter Xu, "push mmu notifier to PUDs")."""
+    gfn0, gfn1 = g0 * PAGES_PER_PMD, g1 * PAGES_PER_PMD
+    hva0, hva1 = region.gfn_to_hva(gfn0), region.gfn_to_hva(gfn1)
+    out = []
+    p4d = hva0 - hva0 % P4D_SIZE
+    while p4d < hva1:
+        lo, hi = max(p4d, hva0), min(p4d + P4D_SIZE, hva1)
+        pud = lo - lo % PUD_SIZE
+        while pud < hi:
+            # the PUD's PMD table exists if anything of the region in that 1 GiB is populated
+            plo = max(pud, region.hva_start)
+            phi = min(pud + PUD_SIZE, region.hva_end)
+            ga = region.hva_to_gfn(plo) // PAGES_PER_PMD
+            gb = region.hva_to_gfn(phi) // PAGES_PER_PMD
+            if (vm.g_npop[ga:gb] > 0).any():
+                out.append((region.hva_to_gfn(max(pud, lo)), region.hva_to_gfn(hi)))
+                break
+            pud += PUD_SIZE
+        p4d += P4D_SIZE
+    return out
+
+
+class ChangeProtNuma:
+    """change_prot_numa() for one VM under one policy."""
+
+    def __init__(self, vm: VmState, kvm: Kvm, policy: Policy, dirty: IntervalSet) -> None:
+        self.vm = vm
+        self.kvm = kvm
+        self.policy = policy
+        self.dirty = dirty
+
+    # -- per-page rules ---------------------------------------------------------------------
+    def _changes(self, ctx: EpochCtx, region: Region, g0: int, g1: int) -> tuple[I64, I64]:
+        """Models change_pte_range() and change_huge_pmd() decisions for the chunk: returns
+        (4K pages, THP granules) that become PROT_NONE. Already PROT_NONE entries are skipped
+        ("Avoid TLB flush if possible"), then the policy's can_map_prot_numa()."""
+        vm = self.vm
+        empty = np.empty(0, np.int64)
+        if not vm.cfg.numa_balancing & NUMA_BALANCING_NORMAL:
+            return empty, empty  # every node is toptier: row 8 of §4.2 skips all
+        gs = np.arange(g0, g1, dtype=np.int64)
+        pop = vm.g_npop[g0:g1] > 0
+        thp = vm.g_thp[g0:g1] & pop
+        cand_g = gs[thp & (vm.g_nprot[g0:g1] == 0)]
+        ok = self.policy.can_map_prot_numa(vm.g_npinned[cand_g] > 0, region, pmd=True)
+        thp_changed = cand_g[ok]
+        small_g = gs[pop & ~thp & (vm.g_nprot[g0:g1] < vm.g_npop[g0:g1])]
+        pages = empty
+        if small_g.size:
+            pages = expand(small_g * PAGES_PER_PMD, (small_g + 1) * PAGES_PER_PMD)
+            flags = vm.pflags[pages]
+            full = np.repeat(vm.g_npop[small_g] == PAGES_PER_PMD, PAGES_PER_PMD)
+            full_pin = np.repeat(vm.g_npinned[small_g] == PAGES_PER_PMD, PAGES_PER_PMD)
+            keep = (full | ((flags & P_POP) != 0)) & ((flags & P_PROTNONE) == 0)
+            pinned = full_pin | ((flags & P_PINNED) != 0)
+            keep[keep] = self.policy.can_map_prot_numa(pinned[keep], region, pmd=False)
+            pages = pages[keep]
+        if self.policy.migrate_filter == "oracle":
+            pages, thp_changed = self._will_migrate(ctx, pages, thp_changed)
+        return pages, thp_changed
+
+    def _will_migrate(self, ctx: EpochCtx, pages: I64, granules: I64) -> tuple[I64, I64]:
+        """The oracle's knowledge: keep the pages a vCPU on another node touched this epoch."""
+        vm = self.vm
+        nodes = vm.cfg.vcpu_nodes
+        want_p = np.full(pages.size, -1, np.int16)
+        want_g = np.full(granules.size, -1, np.int16)
+        for v, s, e in zip(
+            ctx.run_vcpu.tolist(), ctx.run_start.tolist(), ctx.run_end.tolist(), strict=True
+        ):
+            lo, hi = np.searchsorted(pages, [s, e])
+            want_p[lo:hi] = np.where(want_p[lo:hi] < 0, nodes[v], want_p[lo:hi])
+            glo, ghi = np.searchsorted(granules, [s // PAGES_PER_PMD, -(-e // PAGES_PER_PMD)])
+            want_g[glo:ghi] = np.where(want_g[glo:ghi] < 0, nodes[v], want_g[glo:ghi])
+        keep_p = (want_p >= 0) & (want_p != vm.page_nodes(pages))
+        keep_g = (want_g >= 0) & (want_g != vm.g_node[granules])
+        return pages[keep_p], granules[keep_g]
+
+    # -- the call -----------------------------------------------------------------------------
+    def __call__(self, ctx: EpochCtx, region: Region, gfn_start: int, gfn_end: int) -> ChunkResult:
+        """Models change_prot_numa(vma, start, end) for a 2 MiB-aligned chunk of ``region``."""
+        vm = self.vm
+        g0, g1 = gfn_start // PAGES_PER_PMD, -(-gfn_end // PAGES_PER_PMD)
+        pages, thps = self._changes(ctx, region, g0, g1)
+        ps = region.page_size
+        # 1. the notifier(s), sent before the per-page changes
+        if self.policy.notifier_scope in ("pud", "p4d"):
+            finder = (
+                notifier_ranges_pud if self.policy.notifier_scope == "pud" else notifier_ranges_p4d
+            )
+            ranges = [
+                (np.asarray([s], np.int64), np.asarray([e], np.int64))
+                for s, e in finder(vm, region, g0, g1)
+            ]
+        else:
+            sub_s, sub_e = normalize(
+                np.concatenate([pages, thps * PAGES_PER_PMD]),
+                np.concatenate([pages + 1, (thps + 1) * PAGES_PER_PMD]),
+            )
+            ranges = [(sub_s, sub_e)] if sub_s.size else []
+        zap = self.policy.kvm_zaps_numa_range
+        for s, e in ranges:
+            self.kvm.invalidate_range_start(ctx, s, e, ps, zap=zap)
+            if zap:
+                self.dirty.add(s, e)
+        # 2. change_pte_range() / change_huge_pmd(): PROT_NONE, under the notifier
+        nr_updated = self._apply(ctx, pages, thps)
+        if self.policy.numa_protect and nr_updated:
+            self.kvm.numa_protect(ctx, pages, thps, ps)
+        for s, e in ranges:
+            self.kvm.invalidate_range_end(ctx, s, e)
+        # 3. tlb_finish_mmu(): one flush_tlb_mm_range() if anything changed (§4.4)
+        if nr_updated:
+            ctx.counters.add(ctx.epoch, ps, "host_tlb_flushes", 1)
+            ctx.counters.add(ctx.epoch, ps, "host_tlb_flush_ipis", ctx.others_in_guest())
+        return ChunkResult(nr_updated=nr_updated, notifiers=len(ranges))
+
+    def _apply(self, ctx: EpochCtx, pages: I64, thps: I64) -> int:
+        vm = self.vm
+        if pages.size:
+            vm.pflags[pages] |= P_PROTNONE | P_POP
+            np.add.at(vm.g_nprot, pages // PAGES_PER_PMD, 1)
+            s, e = runs_of(pages)
+            self.dirty.add(s, e)
+        if thps.size:
+            vm.g_nprot[thps] = PAGES_PER_PMD
+            self.dirty.add(thps * PAGES_PER_PMD, (thps + 1) * PAGES_PER_PMD)
+        nr = int(pages.size) + PAGES_PER_PMD * int(thps.size)
+        ctx.counters.add(ctx.epoch, PS_4K, "numa_pte_updates", int(pages.size))
+        ctx.counters.add(ctx.epoch, PS_2M, "numa_pte_updates", PAGES_PER_PMD * int(thps.size))
+        ctx.counters.add(ctx.epoch, PS_2M, "numa_huge_pte_updates", int(thps.size))
+        return nr
+
+
+def runs_of(pages: I64) -> tuple[I64, I64]:
+    """Maximal runs of consecutive page numbers in a sorted array, as [start, end)."""
+    if pages.size == 0:
+        z = np.empty(0, np.int64)
+        return z, z.copy()
+    brk = np.flatnonzero(np.diff(pages) != 1)
+    starts = np.concatenate([[pages[0]], pages[brk + 1]])
+    ends = np.concatenate([pages[brk], [pages[-1]]]) + 1
+    return starts.astype(np.int64), ends.astype(np.int64)

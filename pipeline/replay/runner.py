@@ -1,0 +1,369 @@
+"""Run the engine over a DATASET or over frames, for several policies, and write RESULTS.
+
+The public API of stage 2: :class:`ReplayParams`, :func:`replay_frames`,
+:func:`replay_dataset`, :func:`run_replay` (docs/engine.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline.errors import DatasetError
+from pipeline.replay.cost import CostModel
+from pipeline.replay.counters import EPOCH_COUNTERS, PAGE_SIZES, VCPU_COUNTERS
+from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
+from pipeline.replay.kvm import YieldModel
+from pipeline.replay.policies import POLICIES, get_policy
+from pipeline.schema import conform, table_schema
+
+KNOBS = ("scan_delay_ms", "scan_period_min_ms", "scan_period_max_ms", "scan_size_mb")
+
+
+@dataclass(frozen=True)
+class ReplayParams:
+    """Engine parameters; every field has a documented default (docs/engine.md).
+
+    * ``epoch_ms`` 100: replay epoch; a multiple of the dataset's epoch_ms.
+    * ``scan_size_mb``, ``scan_delay_ms``, ``scan_period_min_ms``, ``scan_period_max_ms``:
+      override the VM rows' NUMA-balancing knobs (None: use the dataset).
+    * ``yields``: the KVM yield-while-pending model (:class:`YieldModel`).
+    * ``cost``: the cost model (:class:`CostModel`).
+    * ``mmu``: override every VM's ``mmu`` (``tdp`` | ``shadow``; None: use the dataset).
+    * ``preempt``: override every VM's host preemption model (None: use the dataset).
+    * ``vmm_thread`` False: also let the VMM main thread run task_numa_work (KERNEL.md §10a).
+    * ``shadow_guest_2m`` False: on a shadow MMU, assume the guest maps 2 MiB where the host
+      has a THP, so SPTEs are 2M there (else 4K).
+    """
+
+    epoch_ms: int = 100
+    scan_size_mb: int | None = None
+    scan_delay_ms: int | None = None
+    scan_period_min_ms: int | None = None
+    scan_period_max_ms: int | None = None
+    yields: YieldModel = field(default_factory=YieldModel)
+    cost: CostModel = field(default_factory=CostModel)
+    mmu: str | None = None
+    preempt: str | None = None
+    vmm_thread: bool = False
+    shadow_guest_2m: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReplayOutput:
+    """The three result tables, conforming to schemas/epochs, vcpu_epochs, scans."""
+
+    epochs: pl.DataFrame
+    vcpu_epochs: pl.DataFrame
+    scans: pl.DataFrame
+
+
+def _check_params(params: ReplayParams) -> None:
+    if params.epoch_ms <= 0:
+        raise DatasetError("--epoch-ms", f"must be positive, got {params.epoch_ms}")
+    for name in KNOBS:
+        value = getattr(params, name)
+        if value is not None and value <= 0:
+            raise DatasetError(f"--{name.replace('_', '-')}", f"must be positive, got {value}")
+    if params.mmu not in (None, "tdp", "shadow"):
+        raise DatasetError("mmu", f"unknown mmu `{params.mmu}`; choose tdp or shadow")
+
+
+def _vm_rows(vms: pl.DataFrame, params: ReplayParams) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = conform(vms, "vms").to_pylist()
+    for row in rows:
+        for name in KNOBS:
+            if getattr(params, name) is not None:
+                row[name] = getattr(params, name)
+        if params.mmu is not None:
+            row["mmu"] = params.mmu
+        if params.preempt is not None:
+            row["preempt"] = params.preempt
+    return rows
+
+
+def _accesses_by_vm(
+    accesses: pl.DataFrame | pl.LazyFrame, names: list[str]
+) -> dict[str, VmAccesses]:
+    lf = accesses.lazy() if isinstance(accesses, pl.DataFrame) else accesses
+    frame = (
+        lf.select("vm", "epoch", "vcpu", "gfn_start", "nr_pages")
+        .sort("vm", "epoch", "vcpu", "gfn_start")
+        .collect()
+    )
+    out: dict[str, VmAccesses] = {}
+    for name in names:
+        sub = frame.filter(pl.col("vm") == name)
+        out[name] = VmAccesses(
+            epoch=sub["epoch"].to_numpy().astype(np.int64),
+            vcpu=sub["vcpu"].to_numpy().astype(np.int64),
+            gfn_start=sub["gfn_start"].to_numpy().astype(np.int64),
+            nr_pages=sub["nr_pages"].to_numpy().astype(np.int64),
+        )
+    return out
+
+
+def _validate_accesses(name: str, acc: VmAccesses, vcpus: int, nr_pages: int) -> None:
+    if acc.epoch.size == 0:
+        return
+    bad = []
+    if acc.epoch.min() < 0:
+        bad.append("negative epoch")
+    if acc.vcpu.min() < 0 or acc.vcpu.max() >= vcpus:
+        bad.append(f"vcpu outside 0..{vcpus - 1}")
+    if acc.nr_pages.min() <= 0:
+        bad.append("nr_pages <= 0")
+    if acc.gfn_start.min() < 0 or (acc.gfn_start + acc.nr_pages).max() > nr_pages:
+        bad.append(f"gfn outside guest RAM (0..{nr_pages})")
+    if bad:
+        raise DatasetError("accesses", f"vm `{name}`: " + ", ".join(bad))
+
+
+def replay_frames(
+    vms: pl.DataFrame,
+    accesses: pl.DataFrame | pl.LazyFrame,
+    policies: Sequence[str] | None = None,
+    params: ReplayParams = ReplayParams(),
+    seed: int = 0,
+    *,
+    progress: Callable[[int], None] | None = None,
+    trace: bool = False,
+) -> ReplayOutput:
+    """Replay ``accesses`` (table accesses, epochs of ``params.epoch_ms``) on ``vms``.
+
+    The model is deterministic (expected values, no RNG); ``seed`` is recorded only.
+    ``progress`` is called with the number of epochs done per policy step; ``trace`` keeps the
+    notifier start/end events on the output (attribute ``traces``) for tests.
+    """
+    from pipeline.replay.state import HostState, vm_config
+
+    _check_params(params)
+    names = list(POLICIES) if policies is None else list(dict.fromkeys(policies))
+    chosen = [get_policy(n) for n in names]
+    rows = _vm_rows(vms, params)
+    cfgs = [vm_config(r) for r in rows]
+    acc = _accesses_by_vm(accesses, [c.name for c in cfgs])
+    for cfg in cfgs:
+        _validate_accesses(cfg.name, acc[cfg.name], cfg.vcpus, cfg.nr_pages)
+    n_epochs = max((int(a.epoch.max()) + 1 for a in acc.values() if a.epoch.size), default=0)
+    opts = EngineOptions(
+        epoch_ms=params.epoch_ms,
+        yields=params.yields,
+        vmm_thread=params.vmm_thread,
+        shadow_guest_2m=params.shadow_guest_2m,
+    )
+    weights = params.cost.weights()
+    ep_frames, vc_frames, sc_frames = [], [], []
+    traces: dict[tuple[str, str], list[tuple[str, int, int]]] = {}
+    for policy in chosen:
+        host = (
+            HostState(cfgs[0].node_mem_pages.copy()) if cfgs else HostState(np.zeros(1, np.int64))
+        )
+        runs = []
+        for cfg, row in zip(cfgs, rows, strict=True):
+            run = VmRun(
+                cfg,
+                acc[cfg.name],
+                policy,
+                host,
+                opts=opts,
+                n_epochs=n_epochs,
+                knobs={k: int(row[k]) for k in KNOBS},
+            )
+            if trace:
+                run.trace = traces.setdefault((policy.name, cfg.name), [])
+            runs.append(run)
+        engine = Engine(runs, params.epoch_ms, n_epochs)
+        engine.run(progress=progress)
+        for run in runs:
+            ep_frames.append(_epochs_frame(policy.name, run, params.epoch_ms, weights))
+            vc_frames.append(_vcpu_frame(policy.name, run, params.epoch_ms))
+            sc_frames.append(_scans_frame(policy.name, run))
+    out = ReplayOutput(
+        epochs=_concat(ep_frames, "epochs"),
+        vcpu_epochs=_concat(vc_frames, "vcpu_epochs"),
+        scans=_concat(sc_frames, "scans"),
+    )
+    if trace:
+        object.__setattr__(out, "traces", traces)
+    return out
+
+
+def _concat(frames: list[pl.DataFrame], name: str) -> pl.DataFrame:
+    frames = [f for f in frames if f.height]
+    if not frames:
+        return pl.from_arrow(table_schema(name).empty())  # type: ignore[return-value]
+    return pl.from_arrow(conform(pl.concat(frames, how="vertical_relaxed"), name))  # type: ignore[return-value]
+
+
+def _epochs_frame(policy: str, run: VmRun, epoch_ms: int, weights: np.ndarray) -> pl.DataFrame:
+    arr = run.counters.epochs  # [epoch, page_size, counter]
+    cost = arr.astype(np.float64) @ weights
+    e_idx, p_idx = np.nonzero(arr.any(axis=2) | (cost > 0))
+    data: dict[str, Any] = {
+        "policy": [policy] * e_idx.size,
+        "vm": [run.cfg.name] * e_idx.size,
+        "page_size": [PAGE_SIZES[i] for i in p_idx.tolist()],
+        "epoch": e_idx.astype(np.int64),
+        "t_ms": e_idx.astype(np.int64) * epoch_ms,
+    }
+    for k, name in enumerate(EPOCH_COUNTERS):
+        data[name] = arr[e_idx, p_idx, k]
+    data["cost_us"] = cost[e_idx, p_idx]
+    return pl.DataFrame(data)
+
+
+def _vcpu_frame(policy: str, run: VmRun, epoch_ms: int) -> pl.DataFrame:
+    arr = run.counters.threads  # [epoch, thread, counter]
+    e_idx, t_idx = np.nonzero(arr.any(axis=2))
+    vcpus = run.cfg.vcpus
+    data: dict[str, Any] = {
+        "policy": [policy] * e_idx.size,
+        "vm": [run.cfg.name] * e_idx.size,
+        "vcpu": np.where(t_idx < vcpus, t_idx, -1).astype(np.int32),
+        "epoch": e_idx.astype(np.int64),
+        "t_ms": e_idx.astype(np.int64) * epoch_ms,
+    }
+    for k, name in enumerate(VCPU_COUNTERS):
+        data[name] = arr[e_idx, t_idx, k]
+    data["scan_period_ms"] = run.counters.scan_period_ms[e_idx, t_idx]
+    return pl.DataFrame(data)
+
+
+def _scans_frame(policy: str, run: VmRun) -> pl.DataFrame:
+    recs = run.scanner.records
+    vcpus = run.cfg.vcpus
+    return pl.DataFrame(
+        {
+            "policy": [policy] * len(recs),
+            "vm": [run.cfg.name] * len(recs),
+            "epoch": [r.epoch for r in recs],
+            "t_ms": [r.t_ms for r in recs],
+            "vcpu": [r.thread if r.thread < vcpus else -1 for r in recs],
+            "numa_scan_seq": [r.numa_scan_seq for r in recs],
+            "scan_period_ms": [r.scan_period_ms for r in recs],
+            "gfn_start": [r.gfn_start for r in recs],
+            "gfn_end": [r.gfn_end for r in recs],
+            "chunks": [r.chunks for r in recs],
+            "notifiers": [r.notifiers for r in recs],
+            "nr_pte_updates": [r.nr_pte_updates for r in recs],
+            "virt_pages": [r.virt_pages for r in recs],
+        },
+        schema_overrides={"epoch": pl.Int64, "t_ms": pl.Int64, "vcpu": pl.Int32},
+    )
+
+
+# -- DATASET / RESULTS ----------------------------------------------------------------------
+def load_dataset(
+    dataset: Path, params: ReplayParams
+) -> tuple[pl.DataFrame, pl.LazyFrame, dict[str, Any]]:
+    """Read a DATASET's manifest, vms and accesses (lazily), re-binned to ``params.epoch_ms``."""
+    from pipeline.schema import read_manifest, read_parquet
+
+    dataset = Path(dataset)
+    manifest = read_manifest(dataset)
+    if manifest.get("kind") != "dataset":
+        raise DatasetError(dataset, f"manifest kind is `{manifest.get('kind')}`, want `dataset`")
+    ds_ms = manifest.get("epoch_ms")
+    if not isinstance(ds_ms, int) or ds_ms <= 0:
+        raise DatasetError(dataset / "manifest.json", "missing or bad `epoch_ms`")
+    if params.epoch_ms % ds_ms:
+        raise DatasetError(
+            dataset,
+            f"--epoch-ms {params.epoch_ms} is not a multiple of the dataset's epoch_ms {ds_ms}; "
+            f"use a multiple of {ds_ms}",
+        )
+    vms_path = dataset / "vms.parquet"
+    if not vms_path.is_file():
+        raise DatasetError(dataset, "no `vms.parquet`: not a complete DATASET")
+    vms = read_parquet(vms_path, "vms")
+    files = sorted((dataset / "accesses").glob("*.parquet"))
+    if not files:
+        raise DatasetError(dataset, "no `accesses/*.parquet`: not a complete DATASET")
+    lf = pl.scan_parquet([str(f) for f in files])
+    missing = [
+        c
+        for c in ("vm", "epoch", "vcpu", "gfn_start", "nr_pages")
+        if c not in lf.collect_schema().names()
+    ]
+    if missing:
+        raise DatasetError(files[0], f"accesses lack columns {', '.join(missing)}")
+    factor = params.epoch_ms // ds_ms
+    if factor > 1:
+        lf = lf.with_columns(pl.col("epoch") // factor)
+    return vms, lf, manifest
+
+
+def replay_dataset(
+    dataset: Path,
+    policies: Sequence[str] | None = None,
+    params: ReplayParams = ReplayParams(),
+    seed: int = 0,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayOutput:
+    """Replay a DATASET directory under ``policies`` (default: all)."""
+    vms, lf, _ = load_dataset(dataset, params)
+    return replay_frames(vms, lf, policies, params, seed, progress=progress)
+
+
+def run_replay(
+    dataset: Path,
+    out: Path,
+    policies: Sequence[str] | None,
+    params: ReplayParams = ReplayParams(),
+    *,
+    quiet: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Replay and write RESULTS atomically: manifest.json + epochs/, vcpu_epochs/, scans/."""
+    from pipeline import __version__
+    from pipeline.clikit import reporter
+    from pipeline.schema import atomic_output_dir, write_manifest, write_partitioned
+
+    names = list(POLICIES) if not policies else list(dict.fromkeys(policies))
+    for n in names:
+        get_policy(n)
+    vms, lf, manifest = load_dataset(dataset, params)
+    n_epochs = int(lf.select(pl.col("epoch").max()).collect().item() or 0) + 1
+    with reporter(quiet) as rep:
+        task = rep.task("replay", total=n_epochs * len(names))
+        result = replay_frames(vms, lf, names, params, seed, progress=lambda _e: rep.advance(task))
+    meta = {"policies": ",".join(names), "epoch_ms": params.epoch_ms, "seed": seed}
+    with atomic_output_dir(Path(out)) as tmp:
+        write_partitioned(result.epochs, tmp / "epochs", "epochs", params=meta)
+        write_partitioned(result.vcpu_epochs, tmp / "vcpu_epochs", "vcpu_epochs", params=meta)
+        write_partitioned(result.scans, tmp / "scans", "scans", params=meta)
+        write_manifest(
+            tmp,
+            {
+                "kind": "results",
+                "tool_version": __version__,
+                "dataset": str(Path(dataset).resolve()),
+                "dataset_epoch_ms": manifest.get("epoch_ms"),
+                "policies": names,
+                "params": _jsonable(replace(params).as_dict()),
+                "epoch_ms": params.epoch_ms,
+                "seed": seed,
+                "rows": {
+                    "epochs": result.epochs.height,
+                    "vcpu_epochs": result.vcpu_epochs.height,
+                    "scans": result.scans.height,
+                },
+            },
+        )
+    return Path(out)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,323 @@
+"""The NUMA-balancing scanner of one mm: task_tick_numa(), task_numa_work(), the adaptive
+scan period (kernel/sched/fair.c; KERNEL.md §3).
+
+The threads that can run task_numa_work are the vCPU threads (their task_work runs before the
+next guest entry, §3.3) and optionally the VMM main thread (§10a). A thread's runtime
+advances by the epoch length in every epoch it ran (a vCPU ran if it accessed memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.replay.context import EpochCtx
+from pipeline.replay.mprotect import ChangeProtNuma
+from pipeline.replay.policies.base import Policy
+from pipeline.replay.state import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, Region, VmState
+
+MAX_SCAN_WINDOW = 2560  # MB/s
+NUMA_PERIOD_SLOTS = 10
+NUMA_PERIOD_THRESHOLD = 7
+VIRT_BUDGET_FACTOR = 8
+NUMA_NO_NODE = -1
+BITS_PER_LONG = 64
+GOLDEN_RATIO_32 = 0x61C88647
+
+
+def hash_32(val: int, bits: int) -> int:
+    """include/linux/hash.h hash_32()."""
+    return ((val * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
+
+
+def pid_bit(pid: int) -> int:
+    """The access_pids bit of a pid: hash_32(pid, ilog2(BITS_PER_LONG)) (§3.4)."""
+    return 1 << hash_32(pid, 6)
+
+
+@dataclass
+class TaskNuma:
+    """The NUMA fields of one task_struct (a vCPU thread or the VMM main thread)."""
+
+    index: int
+    pid: int
+    node: int
+    nodes: int
+    runtime_ms: int = 0
+    node_stamp_ms: int = 0
+    numa_scan_period: int = 0  # ms; set to scan_delay by init_numa_balancing()
+    numa_scan_period_max: int = 0
+    numa_scan_seq: int = 0
+    numa_preferred_nid: int = NUMA_NO_NODE
+    numa_migrate_retry_ms: int = 0
+    has_faults: bool = False  # p->numa_faults allocated
+    locality: list[int] = field(default_factory=lambda: [0, 0, 0])  # remote, local, failed
+    faults_buf: list[int] = field(default_factory=lambda: [0, 0])  # shared, private since placement
+    faults_mem: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+
+    def __post_init__(self) -> None:
+        self.faults_mem = np.zeros(self.nodes, np.float64)
+
+
+@dataclass
+class VmaNumab:
+    """vma->numab_state of one guest-RAM region."""
+
+    next_scan_ms: int
+    pid_reset_ms: int
+    pids_active: list[int]
+    start_scan_seq: int
+    prev_scan_seq: int
+
+
+@dataclass
+class ScanRecord:
+    """One task_numa_work() that walked memory (a row of table ``scans``)."""
+
+    epoch: int
+    t_ms: int
+    thread: int
+    numa_scan_seq: int
+    scan_period_ms: int
+    gfn_start: int
+    gfn_end: int
+    chunks: int
+    notifiers: int
+    nr_pte_updates: int
+    virt_pages: int
+
+
+class Scanner:
+    """mm->numa_* state and the scan of one VM under one policy."""
+
+    def __init__(
+        self,
+        vm: VmState,
+        policy: Policy,
+        cprot: ChangeProtNuma,
+        tasks: list[TaskNuma],
+        knobs: dict[str, int],
+    ) -> None:
+        self.vm = vm
+        self.policy = policy
+        self.cprot = cprot
+        self.tasks = tasks
+        self.scan_delay = knobs["scan_delay_ms"]
+        self.period_min = knobs["scan_period_min_ms"]
+        self.period_max = knobs["scan_period_max_ms"]
+        self.scan_size_mb = knobs["scan_size_mb"]
+        # init_numa_balancing(): mm and tasks
+        self.numa_next_scan = self.scan_delay
+        self.numa_scan_seq = 0
+        self.numa_scan_offset = 0  # hva
+        self.numab: dict[int, VmaNumab] = {}
+        for t in tasks:
+            t.numa_scan_period = self.scan_delay
+        self.records: list[ScanRecord] = []
+
+    # -- §3.2 bounds -------------------------------------------------------------------------
+    def scan_pages(self) -> int:
+        return self.scan_size_mb << (20 - PAGE_SHIFT)
+
+    def nr_scan_windows(self) -> int:
+        sp = self.scan_pages()
+        rss = max(self.vm.rss_pages, sp)
+        return -(-rss // sp)
+
+    def task_scan_min(self) -> int:
+        windows = MAX_SCAN_WINDOW // self.scan_size_mb if self.scan_size_mb < MAX_SCAN_WINDOW else 1
+        floor = 1000 // windows
+        return max(floor, self.period_min // self.nr_scan_windows())
+
+    def task_scan_start(self) -> int:
+        return self.task_scan_min()  # no numa_group in this model
+
+    def task_scan_max(self) -> int:
+        smin = self.task_scan_min()
+        return max(smin, self.period_max // self.nr_scan_windows())
+
+    # -- §3.3 tick ---------------------------------------------------------------------------
+    def task_tick_numa(self, ctx: EpochCtx, task: TaskNuma) -> None:
+        """Models task_tick_numa() after ``task`` ran for an epoch (one check per epoch)."""
+        period = task.numa_scan_period
+        if task.runtime_ms > task.node_stamp_ms + period:
+            if task.node_stamp_ms == 0:
+                task.numa_scan_period = self.task_scan_start()
+            task.node_stamp_ms += period
+            if ctx.now_ms >= self.numa_next_scan:
+                self.task_numa_work(ctx, task)
+
+    # -- §3.4 ------------------------------------------------------------------------------
+    def _vma_skipped_unsuitable(self, region: Region) -> bool:
+        """vma_migratable() / vma_policy_mof() / is_vm_hugetlb_page(): hugetlbfs never; shmem
+        and memfd only with an MPOL_F_MOF (MPOL_F_NUMA_BALANCING) shared policy (§3.6)."""
+        if region.backing == "hugetlbfs":
+            return True
+        return region.backing == "shared" and not region.mof_policy
+
+    def _vma_is_accessed(self, region: Region, numab: VmaNumab, task: TaskNuma) -> bool:
+        """v6.5 vma_is_accessed(vma) or v6.7+ vma_is_accessed(mm, vma) (§3.4)."""
+        pids = numab.pids_active[0] | numab.pids_active[1]
+        hit = bool(pids & pid_bit(task.pid))
+        if not self.policy.pid_filter_v67:
+            return self.numa_scan_seq < 2 or hit
+        if self.numa_scan_seq - numab.start_scan_seq < 2 or hit:
+            return True
+        if self.numa_scan_offset > region.hva_start:
+            return True  # NUMAB_SKIP_IGNORE_PID: finish a partly scanned VMA
+        return self.numa_scan_seq > numab.prev_scan_seq + len(self.tasks)
+
+    def task_numa_work(self, ctx: EpochCtx, task: TaskNuma) -> None:
+        """Models task_numa_work(): one winner per period per mm, VMA walk from
+        numa_scan_offset, 2 MiB-aligned chunks, 256 MB page budget counting only chunks that
+        changed something, 8x virtual budget, numa_scan_seq on wrap (§3.4)."""
+        now = ctx.now_ms
+        if now < self.numa_next_scan:
+            return
+        self.numa_next_scan = now + task.numa_scan_period  # the cmpxchg winner
+        ctx.thread = task.index
+        ctx.counters.add_thread(ctx.epoch, task.index, "task_numa_work_runs", 1)
+        pages = self.scan_pages()
+        virtpages = pages * VIRT_BUDGET_FACTOR
+        regions = sorted(self.vm.cfg.regions, key=lambda r: r.hva_start)
+        v67 = self.policy.pid_filter_v67
+        rec = {"gfn_start": -1, "gfn_end": -1, "chunks": 0, "notifiers": 0, "nr": 0, "virt": 0}
+        forced = False
+        pids_skipped = False
+        start = self.numa_scan_offset
+        while True:  # the retry label of v6.7+
+            todo = [r for r in regions if r.hva_end > start]
+            if not todo:
+                self._reset_ptenuma_scan()
+                start = 0
+                todo = regions
+            stopped = None
+            for region in todo:
+                start = max(start, region.hva_start)
+                if self._vma_skipped_unsuitable(region):
+                    continue
+                numab = self.numab.get(region.index)
+                if numab is None:
+                    numab = VmaNumab(
+                        next_scan_ms=now + self.scan_delay,
+                        pid_reset_ms=now + self.scan_delay + 4 * self.scan_delay,
+                        pids_active=[0, 0],
+                        start_scan_seq=self.numa_scan_seq,
+                        prev_scan_seq=self.numa_scan_seq - 1,
+                    )
+                    self.numab[region.index] = numab
+                if self.numa_scan_seq and now < numab.next_scan_ms:
+                    continue  # scan_delay
+                if not v67 and not self._vma_is_accessed(region, numab, task):
+                    continue
+                if self.numa_scan_seq and now > numab.pid_reset_ms:
+                    numab.pid_reset_ms += 4 * self.scan_delay
+                    numab.pids_active = [numab.pids_active[1], 0]
+                if v67:
+                    if numab.prev_scan_seq == self.numa_scan_seq:
+                        self.numa_scan_offset = region.hva_end
+                        continue  # seq_completed
+                    if not forced and not self._vma_is_accessed(region, numab, task):
+                        pids_skipped = True
+                        continue  # pid_inactive
+                while True:
+                    end = min(_align_up(start + pages * PAGE_SIZE, PMD_SIZE), region.hva_end)
+                    g_s, g_e = region.hva_to_gfn(start), region.hva_to_gfn(end)
+                    res = self.cprot(ctx, region, g_s, g_e)
+                    nr = (end - start) // PAGE_SIZE
+                    if res.nr_updated:
+                        pages -= nr
+                    virtpages -= nr
+                    rec["chunks"] += 1
+                    rec["notifiers"] += res.notifiers
+                    rec["nr"] += res.nr_updated
+                    rec["virt"] += nr
+                    rec["gfn_start"] = g_s if rec["gfn_start"] < 0 else min(rec["gfn_start"], g_s)
+                    rec["gfn_end"] = max(rec["gfn_end"], g_e)
+                    start = end
+                    if pages <= 0 or virtpages <= 0:
+                        stopped = region
+                        break
+                    if end == region.hva_end:
+                        break
+                if stopped is not None:
+                    break
+                if v67:
+                    numab.prev_scan_seq = self.numa_scan_seq
+                    if forced:
+                        stopped = region
+                        break
+            if stopped is None and v67 and not forced and pids_skipped:
+                forced = True
+                start = self.numa_scan_offset
+                continue
+            if stopped is not None:
+                self.numa_scan_offset = start
+            else:
+                self._reset_ptenuma_scan()
+            break
+        if rec["chunks"]:
+            self.records.append(
+                ScanRecord(
+                    epoch=ctx.epoch,
+                    t_ms=now,
+                    thread=task.index,
+                    numa_scan_seq=self.numa_scan_seq,
+                    scan_period_ms=task.numa_scan_period,
+                    gfn_start=rec["gfn_start"],
+                    gfn_end=rec["gfn_end"],
+                    chunks=rec["chunks"],
+                    notifiers=rec["notifiers"],
+                    nr_pte_updates=rec["nr"],
+                    virt_pages=rec["virt"],
+                )
+            )
+
+    def _reset_ptenuma_scan(self) -> None:
+        """reset_ptenuma_scan(): a full pass is done."""
+        self.numa_scan_seq += 1
+        self.numa_scan_offset = 0
+
+    # -- §3.5 ------------------------------------------------------------------------------
+    def task_numa_placement(self, now_ms: int, task: TaskNuma) -> None:
+        """Models task_numa_placement() as far as the scan period needs it: once per pass,
+        decay the memory-fault stats, pick the preferred node, update_task_scan_period()."""
+        if task.numa_scan_seq == self.numa_scan_seq:
+            return
+        task.numa_scan_seq = self.numa_scan_seq
+        task.numa_scan_period_max = self.task_scan_max()
+        shared, private = task.faults_buf
+        task.faults_buf = [0, 0]
+        if task.faults_mem.any():
+            task.numa_preferred_nid = int(np.argmax(task.faults_mem))
+        task.faults_mem /= 2
+        self.update_task_scan_period(now_ms, task, shared, private)
+
+    def update_task_scan_period(
+        self, now_ms: int, task: TaskNuma, shared: int, private: int
+    ) -> None:
+        """Models update_task_scan_period() exactly as written (§3.5), including the sticky
+        doubling once numa_faults_locality[2] (migrate failures) is non-zero."""
+        remote, local, failed = task.locality
+        if local + shared == 0 or failed:
+            task.numa_scan_period = min(task.numa_scan_period_max, 2 * task.numa_scan_period)
+            self.numa_next_scan = now_ms + task.numa_scan_period
+            return
+        slot = -(-task.numa_scan_period // NUMA_PERIOD_SLOTS)
+        lr = (local * NUMA_PERIOD_SLOTS) // (local + remote)
+        ps = (private * NUMA_PERIOD_SLOTS) // (private + shared)
+        if ps >= NUMA_PERIOD_THRESHOLD:
+            diff = max(ps - NUMA_PERIOD_THRESHOLD, 1) * slot
+        elif lr >= NUMA_PERIOD_THRESHOLD:
+            diff = max(lr - NUMA_PERIOD_THRESHOLD, 1) * slot
+        else:
+            diff = -(NUMA_PERIOD_THRESHOLD - max(lr, ps)) * slot
+        task.numa_scan_period = min(
+            max(task.numa_scan_period + diff, self.task_scan_min()), self.task_scan_max()
+        )
+        task.locality = [0, 0, 0]
+
+
+def _align_up(x: int, a: int) -> int:
+    return -(-x // a) * a
