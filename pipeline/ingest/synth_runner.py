@@ -26,7 +26,7 @@ from pipeline.schema import ParquetStream, atomic_output_dir, write_manifest, wr
 #: start a new accesses part once the current one holds this many rows
 ROWS_PER_PART = 4_000_000
 #: rows buffered before a write (one Parquet row group per write, at most)
-ROWS_PER_WRITE = 1 << 20
+ROWS_PER_WRITE = 1 << 18
 
 Progress = Callable[[int], None]
 

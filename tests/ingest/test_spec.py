@@ -161,3 +161,34 @@ def test_load_spec_reports_toml_syntax_with_line(tmp_path: Path) -> None:
     path.write_text("duration_s = 10\n[host\n")
     with pytest.raises(SpecError, match=r"bad.toml: not valid TOML: .*line 2"):
         load_spec(path)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "spec.md"
+
+
+def test_docs_full_example_parses(tmp_path: Path) -> None:
+    text = DOCS.read_text()
+    example = text.split("## Full example", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    path = tmp_path / "example.toml"
+    path.write_text(example)
+    spec = load_spec(path)
+    assert [w.name for w in spec.workloads[0]] == ["boot", "page-cache", "kernel"]
+
+
+def test_docs_name_every_key() -> None:
+    from pipeline.ingest import spec as spec_module
+    from pipeline.ingest import vmmodel
+
+    text = DOCS.read_text()
+    keys = {
+        *vmmodel.HOST_KEYS,
+        *vmmodel.VM_KEYS,
+        *vmmodel.REGION_KEYS,
+        *spec_module.TOP_KEYS,
+        *spec_module.WORKLOAD_KEYS,
+        *spec_module.PHASE_KEYS,
+        *(k for keys in spec_module.KIND_KEYS.values() for k in keys),
+        *spec_module.KINDS,
+    }
+    missing = sorted(k for k in keys if f"`{k}`" not in text)
+    assert not missing, f"docs/spec.md does not document {missing}"
