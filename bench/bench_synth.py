@@ -67,7 +67,8 @@ def main() -> None:
                 f"synth {label:>10}: {r['epochs']:.0f} epochs x 100 ms, {r['rows']:,.0f} rows "
                 f"in {r['files']:.0f} files, {r['seconds']:.2f} s "
                 f"({r['rows'] / r['seconds'] / 1e6:.2f} M rows/s), "
-                f"{r['bytes'] / 2**20:.1f} MiB on disk, peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB "
+                f"{r['bytes'] / 2**20:.1f} MiB on disk, "
+                f"peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB "
                 f"(after imports {r['base_rss_kib'] / 1024:.0f} MiB)",
                 flush=True,
             )

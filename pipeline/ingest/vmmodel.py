@@ -674,13 +674,22 @@ def vms_frame(model: VmModel, *, inferred: bool = False) -> pl.DataFrame:
     return out
 
 
-def parse_vm_tables(doc: Mapping[str, Any], path: str | Path) -> pl.DataFrame:
-    """Validate the ``[host]`` and ``[[vm]]`` tables of ``doc``; rows of table ``vms``.
+#: top-level tables a sidecar may carry for other stages: ``[lab]`` (written by ``tlbreplay
+#: lab``: the guest's known workload, read by calibrate)
+SIDECAR_EXTRA_TABLES = ("lab",)
 
-    Only ``host`` and ``vm`` are allowed at the top level (callers that add their own keys use
-    :func:`parse_vm_model` with ``top_keys``/``vm_keys``).
+
+def parse_vm_tables(doc: Mapping[str, Any], path: str | Path) -> pl.DataFrame:
+    """Validate the ``[host]`` and ``[[vm]]`` tables of a sidecar; rows of table ``vms``.
+
+    Besides ``host`` and ``vm`` only the tables of ``SIDECAR_EXTRA_TABLES`` are allowed at the
+    top level (and left to their readers). Callers that add keys of their own (the synth spec)
+    use :func:`parse_vm_model` with ``top_keys``/``vm_keys``.
     """
-    return vms_frame(parse_vm_model(doc, path))
+    for key in SIDECAR_EXTRA_TABLES:
+        if key in doc and not isinstance(doc[key], dict):
+            raise SpecError(path, "", f"`{key}` must be a table: write `[{key}]`")
+    return vms_frame(parse_vm_model(doc, path, top_keys=SIDECAR_EXTRA_TABLES))
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

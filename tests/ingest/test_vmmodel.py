@@ -238,3 +238,12 @@ def test_file_errors(tmp_path: Path) -> None:
     vm_not_array.write_text('[vm]\nname = "a"\n')
     with pytest.raises(SpecError, match=r"\[\[vm\]\]"):
         load_vm_file(vm_not_array)
+
+
+def test_sidecar_may_carry_a_lab_table(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text(SIDECAR + '\n[lab]\npattern = "touch-all"\nmem_mib = 1024\n')
+    assert load_vm_file(path).height == 1
+    path.write_text("lab = 3\n" + SIDECAR)
+    with pytest.raises(SpecError, match=r"`lab` must be a table"):
+        load_vm_file(path)
