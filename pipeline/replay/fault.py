@@ -67,8 +67,13 @@ class FaultPath:
             return
         pages = expand(s, e)
         vcpus = np.repeat(ctx.run_vcpu[ai], e - s)
-        pages, first = np.unique(pages, return_index=True)
-        vcpus = vcpus[first]
+        # A page touched by several vCPUs in one epoch faults once, in the vCPU that gets
+        # there first; which one that is rotates with the epoch (deterministic, unbiased).
+        n = max(self.vm.cfg.vcpus, 1)
+        order = np.lexsort(((vcpus - ctx.epoch) % n, pages))
+        pages, vcpus = pages[order], vcpus[order]
+        first = np.concatenate([[True], pages[1:] != pages[:-1]])
+        pages, vcpus = pages[first], vcpus[first]
         self._first_touch(ctx, pages, vcpus)
         self._thp_units(ctx, pages, vcpus)
         self._page_units(ctx, pages, vcpus)
