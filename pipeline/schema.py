@@ -158,8 +158,10 @@ def table_schema(name: str) -> TableSchema:
 
 
 def table_names() -> list[str]:
-    """Every declared table (schemas/*.toml except enums.toml)."""
-    return sorted(p.stem for p in SCHEMA_DIR.glob("*.toml") if p.stem != "enums")
+    """Every declared table (schemas/*.toml except enums.toml, and schemas/ftrace/*.toml)."""
+    names = [p.stem for p in SCHEMA_DIR.glob("*.toml") if p.stem != "enums"]
+    names += [f"ftrace/{p.stem}" for p in (SCHEMA_DIR / "ftrace").glob("*.toml")]
+    return sorted(names)
 
 
 @cache

@@ -1,0 +1,1046 @@
+"""Pure ftrace text grammar: the line header and one payload grammar per event. Never opens files.
+
+A trace line, as printed by the kernel's ``print_trace_line()`` (tracefs ``trace`` and
+``trace_pipe``) and by ``trace-cmd report``, is::
+
+    <comm>-<pid> [(<tgid>)] [<cpu>] [<flags>] <sec>.<frac>: <event>: <payload>
+
+``flags`` is the irqs-off/need-resched/hardirq/preempt-depth column (absent with
+``-o noirq-info`` and in default ``trace-cmd report`` output); ``frac`` has 6 digits
+(microseconds: tracefs, default ``trace-cmd report``) or 9 (``trace-cmd report -t``). The
+payload is the event's ``TP_printk`` output (KERNEL.md section 9; formats checked against
+``/sys/kernel/tracing/events/*/*/format`` on Linux 6.18 and the v6.5 sources), or, with
+``trace-cmd report -R``, the raw ``field=value`` list.
+
+:func:`parse_chunk` parses a block of complete lines. Its fast path finds the header's
+structural characters for all lines at once with numpy and extracts payload fields with one
+polars regex per event; any line the fast path is not sure of goes to the exact per-line
+grammar (:func:`parse_line`), which either parses it or quarantines it with a reason. Both paths
+give the same answer for every line (checked by the property tests).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from pipeline.schema import conform, enums, table_schema
+
+COMMON_COLUMNS = ("ts_ns", "cpu", "pid", "comm", "flags")
+OTHER_TABLE = "ftrace/_other"
+
+# --------------------------------------------------------------------------- event grammars
+
+# Field kinds: how a captured group becomes a value.
+#   dec   decimal, optional minus      hex   hex digits, optional 0x prefix
+#   num   0x-hex or decimal (raw -R)   str   text as printed
+#   flag  true when the group matched  noflag  true when the group did not match
+#   wrap  0x-hex or decimal read as u64, stored as the two's-complement int64 (raw %ld)
+#   enum:<name>  raw number mapped through a symbolic table (``_SYMBOLS``)
+_MIGRATE_MODES = {0: "MIGRATE_ASYNC", 1: "MIGRATE_SYNC_LIGHT", 2: "MIGRATE_SYNC"}
+# include/trace/events/migrate.h MIGRATE_REASON (v6.5 stops at demotion, v7.x adds damon).
+_MIGRATE_REASONS = {
+    0: "compaction",
+    1: "memory_failure",
+    2: "memory_hotplug",
+    3: "syscall_or_cpuset",
+    4: "mempolicy_mbind",
+    5: "numa_misplaced",
+    6: "contig_range",
+    7: "longterm_pin",
+    8: "demotion",
+    9: "damon",
+}
+
+
+@cache
+def _symbols() -> dict[str, dict[int, str]]:
+    e = enums()
+    return {
+        "migrate_mode": _MIGRATE_MODES,
+        "migrate_reason": _MIGRATE_REASONS,
+        "tlb_flush_reason": {int(k): v for k, v in e["tlb_flush_reason"]["codes"].items()},
+        "numab_skip_reason": dict(enumerate(e["numab_skip_reason"]["values"])),
+    }
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """One payload format: an anchored regex with named groups and how to read each group."""
+
+    pattern: str
+    kinds: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """An ftrace event: the table it goes to and its payload grammars, pretty first then raw."""
+
+    event: str
+    table: str
+    grammars: tuple[Grammar, ...]
+    source: str
+    constants: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(c for c in table_schema(self.table).names if c not in COMMON_COLUMNS)
+
+
+H = r"[0-9a-fA-F]+"
+D = r"-?[0-9]+"
+U = r"[0-9]+"
+NUM = r"[^ ]+"
+
+
+def _g(pattern: str, **kinds: str) -> Grammar:
+    return Grammar(pattern, kinds)
+
+
+def _raw(pairs: list[tuple[str, str, str]], optional: tuple[str, ...] = ()) -> Grammar:
+    """A ``trace-cmd report -R`` grammar: ``rawname=value`` for each (rawname, column, kind)."""
+    parts, kinds = [], {}
+    for raw, col, kind in pairs:
+        body = f"{raw}=(?P<{col}>{NUM})"
+        parts.append(f"(?: {body})?" if raw in optional else f" {body}")
+        kinds[col] = kind
+    return Grammar("^" + "".join(parts)[1:] + "$" if not optional else _join(parts), kinds)
+
+
+def _join(parts: list[str]) -> str:
+    first = parts[0]
+    first = first[1:] if first.startswith(" ") else first
+    return "^" + first + "".join(parts[1:]) + "$"
+
+
+_KVM_MMU = "arch/x86/kvm/mmu/mmutrace.h"
+SPECS: dict[str, EventSpec] = {
+    spec.event: spec
+    for spec in (
+        EventSpec(
+            "kvm_unmap_hva_range",
+            "ftrace/kvm_unmap_hva_range",
+            (
+                # %#016lx prints 0 without the 0x prefix, hence the optional prefix.
+                _g(
+                    rf"^mmu notifier unmap range: (?:0x)?(?P<hva_start>{H}) -- "
+                    rf"(?:0x)?(?P<hva_end>{H})$",
+                    hva_start="hex",
+                    hva_end="hex",
+                ),
+                _raw([("start", "hva_start", "num"), ("end", "hva_end", "num")]),
+            ),
+            "include/trace/events/kvm.h kvm_unmap_hva_range (v6.5, v7)",
+        ),
+        EventSpec(
+            "kvm_page_fault",
+            "ftrace/kvm_page_fault",
+            (
+                _g(
+                    rf"^vcpu (?P<vcpu>{U}) rip 0x(?P<rip>{H}) address 0x(?P<gpa>{H}) "
+                    rf"error_code 0x(?P<error_code>{H})$",
+                    vcpu="dec",
+                    rip="hex",
+                    gpa="hex",
+                    error_code="hex",
+                ),
+                _raw(
+                    [
+                        ("vcpu_id", "vcpu", "num"),
+                        ("guest_rip", "rip", "num"),
+                        ("fault_address", "gpa", "num"),
+                        ("error_code", "error_code", "num"),
+                    ]
+                ),
+            ),
+            "arch/x86/kvm/trace.h kvm_page_fault (v6.5, v7)",
+        ),
+        EventSpec(
+            "kvm_tdp_mmu_spte_changed",
+            "ftrace/kvm_tdp_mmu_spte_changed",
+            (
+                _g(
+                    rf"^as id (?P<as_id>{U}) gfn (?P<gfn>{H}) level (?P<level>{U}) "
+                    rf"old_spte (?P<old_spte>{H}) new_spte (?P<new_spte>{H})$",
+                    as_id="dec",
+                    gfn="hex",
+                    level="dec",
+                    old_spte="hex",
+                    new_spte="hex",
+                ),
+                _raw(
+                    [
+                        ("gfn", "gfn", "num"),
+                        ("old_spte", "old_spte", "num"),
+                        ("new_spte", "new_spte", "num"),
+                        ("level", "level", "num"),
+                        ("as_id", "as_id", "num"),
+                    ]
+                ),
+            ),
+            f"{_KVM_MMU} kvm_tdp_mmu_spte_changed (v6.5, v7)",
+        ),
+        EventSpec(
+            "kvm_mmu_spte_requested",
+            "ftrace/kvm_mmu_spte_requested",
+            (
+                _g(
+                    rf"^gfn (?P<gfn>{H}) pfn (?P<pfn>{H}) level (?P<level>{U})$",
+                    gfn="hex",
+                    pfn="hex",
+                    level="dec",
+                ),
+                _raw([("gfn", "gfn", "num"), ("pfn", "pfn", "num"), ("level", "level", "num")]),
+            ),
+            f"{_KVM_MMU} kvm_mmu_spte_requested (v6.5, v7)",
+        ),
+        EventSpec(
+            "kvm_mmu_set_spte",
+            "ftrace/kvm_mmu_set_spte",
+            (
+                _g(
+                    rf"^gfn (?P<gfn>{H}) spte (?P<spte>{H}) \((?P<access>[r-][w-][x-][u-]?)\) "
+                    rf"level (?P<level>{U}) at (?P<sptep>{H})$",
+                    gfn="hex",
+                    spte="hex",
+                    access="str",
+                    level="dec",
+                    sptep="hex",
+                ),
+            ),
+            f"{_KVM_MMU} kvm_mmu_set_spte (v6.5, v7)",
+        ),
+        EventSpec(
+            "kvm_mmu_prepare_zap_page",
+            "ftrace/kvm_mmu_prepare_zap_page",
+            (
+                _g(
+                    rf"^sp gen (?P<mmu_valid_gen>{U}) gfn (?P<gfn>{H}) l(?P<level>{U}) "
+                    rf"(?P<gpte_bytes>{U})-byte q(?P<quadrant>{U})(?P<direct> direct)? "
+                    r"(?P<access>[w-][u-][x-])(?P<invalid> invalid)? (?P<efer_nx>!)?nxe "
+                    rf"(?P<ad_disabled>!)?ad root (?P<root_count>{U}) (?P<unsync>un)?sync$",
+                    mmu_valid_gen="dec",
+                    gfn="hex",
+                    level="dec",
+                    gpte_bytes="dec",
+                    quadrant="dec",
+                    direct="flag",
+                    access="str",
+                    invalid="flag",
+                    efer_nx="noflag",
+                    ad_disabled="flag",
+                    root_count="dec",
+                    unsync="flag",
+                ),
+            ),
+            f"{_KVM_MMU} KVM_MMU_PAGE_PRINTK (v6.5, v7)",
+        ),
+        EventSpec(
+            "kvm_exit",
+            "ftrace/kvm_exit",
+            (
+                # v7 appends `requests 0x%016llx`; the reason may contain spaces ("DE excp").
+                _g(
+                    rf"^vcpu (?P<vcpu>{U}) reason (?P<reason>.+?) rip 0x(?P<rip>{H}) "
+                    rf"info1 0x(?P<info1>{H}) info2 0x(?P<info2>{H}) "
+                    rf"intr_info 0x(?P<intr_info>{H}) error_code 0x(?P<error_code>{H})"
+                    rf"(?: requests 0x(?P<requests>{H}))?$",
+                    vcpu="dec",
+                    reason="str",
+                    rip="hex",
+                    info1="hex",
+                    info2="hex",
+                    intr_info="hex",
+                    error_code="hex",
+                    requests="hex",
+                ),
+            ),
+            "arch/x86/kvm/trace.h kvm_exit (v6.5; v7 adds requests)",
+        ),
+        EventSpec(
+            "kvm_entry",
+            "ftrace/kvm_entry",
+            (
+                # v6.5: "vcpu %u, rip 0x%lx"; v6.9+ appends "[immediate exit]";
+                # v7 adds " intr_info 0x%08x error_code 0x%08x" before it.
+                _g(
+                    rf"^vcpu (?P<vcpu>{U}), rip 0x(?P<rip>{H})"
+                    rf"(?: intr_info 0x(?P<intr_info>{H}) error_code 0x(?P<error_code>{H}))?"
+                    r"(?P<immediate_exit>\[immediate exit\])?$",
+                    vcpu="dec",
+                    rip="hex",
+                    intr_info="hex",
+                    error_code="hex",
+                    immediate_exit="flag",
+                ),
+            ),
+            "arch/x86/kvm/trace.h kvm_entry (v6.5, v6.9, v7)",
+        ),
+        EventSpec(
+            "tlb_flush",
+            "ftrace/tlb_flush",
+            (
+                # The strings changed case in v7 ("local MM shootdown"); the code did not.
+                _g(
+                    rf"^pages:(?P<pages>{D}) reason:(?P<reason>.+) \((?P<reason_code>{D})\)$",
+                    pages="dec",
+                    reason="str",
+                    reason_code="dec",
+                ),
+                _g(
+                    rf"^reason=(?P<reason_code>{NUM}) pages=(?P<pages>{NUM})$",
+                    reason_code="num",
+                    pages="wrap",
+                    reason="enum:tlb_flush_reason@reason_code",
+                ),
+            ),
+            "include/trace/events/tlb.h tlb_flush (v6.5, v7 strings differ)",
+        ),
+        EventSpec(
+            "ipi_send_cpumask",
+            "ftrace/ipi_send_cpumask",
+            (
+                _g(
+                    r"^cpumask=(?P<cpumask>[^ ]*) callsite=(?P<callsite>[^ ]+) "
+                    r"callback=(?P<callback>[^ ]+)$",
+                    cpumask="str",
+                    callsite="str",
+                    callback="str",
+                ),
+            ),
+            "include/trace/events/ipi.h ipi_send_cpumask (v6.5, v7)",
+        ),
+        EventSpec(
+            "sched_skip_vma_numa",
+            "ftrace/sched_skip_vma_numa",
+            (
+                _g(
+                    rf"^numa_scan_offset=(?P<numa_scan_offset>{H}) vm_start=(?P<vm_start>{H}) "
+                    rf"vm_end=(?P<vm_end>{H}) reason=(?P<reason>[a-z_]+)$",
+                    numa_scan_offset="hex",
+                    vm_start="hex",
+                    vm_end="hex",
+                    reason="str",
+                ),
+                _raw(
+                    [
+                        ("numa_scan_offset", "numa_scan_offset", "num"),
+                        ("vm_start", "vm_start", "num"),
+                        ("vm_end", "vm_end", "num"),
+                        ("reason", "reason", "enum:numab_skip_reason"),
+                    ]
+                ),
+            ),
+            "include/trace/events/sched.h sched_skip_vma_numa (v6.7+, v7)",
+        ),
+        *(
+            EventSpec(
+                name,
+                f"ftrace/{name}",
+                (
+                    _g(
+                        rf"^pid=(?P<task_pid>{D}) tgid=(?P<tgid>{D}) ngid=(?P<ngid>{D}) "
+                        rf"src_cpu=(?P<src_cpu>{D}) src_nid=(?P<src_nid>{D}) "
+                        rf"dst_cpu=(?P<dst_cpu>{D}) dst_nid=(?P<dst_nid>{D})$",
+                        **dict.fromkeys(
+                            ("task_pid", "tgid", "ngid", "src_cpu", "src_nid", "dst_cpu"),
+                            "dec",
+                        ),
+                        dst_nid="dec",
+                    ),
+                    _raw(
+                        [
+                            ("pid", "task_pid", "num"),
+                            *(
+                                (c, c, "num")
+                                for c in ("tgid", "ngid", "src_cpu", "src_nid", "dst_cpu")
+                            ),
+                            ("dst_nid", "dst_nid", "num"),
+                        ]
+                    ),
+                ),
+                "include/trace/events/sched.h sched_move_numa (v6.5, v7)",
+            )
+            for name in ("sched_move_numa",)
+        ),
+        *(
+            EventSpec(
+                name,
+                f"ftrace/{name}",
+                (
+                    _g(
+                        "^"
+                        + " ".join(
+                            f"{side}_{f}=(?P<{side}_{f}>{D})"
+                            for side in ("src", "dst")
+                            for f in ("pid", "tgid", "ngid", "cpu", "nid")
+                        )
+                        + "$",
+                        **{
+                            f"{side}_{f}": "dec"
+                            for side in ("src", "dst")
+                            for f in ("pid", "tgid", "ngid", "cpu", "nid")
+                        },
+                    ),
+                    _raw(
+                        [
+                            (f"{side}_{f}", f"{side}_{f}", "num")
+                            for side in ("src", "dst")
+                            for f in ("pid", "tgid", "ngid", "cpu", "nid")
+                        ]
+                    ),
+                ),
+                f"include/trace/events/sched.h {name} (sched_numa_pair_template; v6.5, v7)",
+            )
+            for name in ("sched_stick_numa", "sched_swap_numa")
+        ),
+        EventSpec(
+            "mm_migrate_pages",
+            "ftrace/mm_migrate_pages",
+            (
+                # v7.x inserts nr_split=%lu after nr_thp_split.
+                _g(
+                    rf"^nr_succeeded=(?P<nr_succeeded>{U}) nr_failed=(?P<nr_failed>{U}) "
+                    rf"nr_thp_succeeded=(?P<nr_thp_succeeded>{U}) "
+                    rf"nr_thp_failed=(?P<nr_thp_failed>{U}) nr_thp_split=(?P<nr_thp_split>{U})"
+                    rf"(?: nr_split=(?P<nr_split>{U}))? mode=(?P<mode>[A-Z_]+) "
+                    r"reason=(?P<reason>[a-z_]+)$",
+                    nr_succeeded="dec",
+                    nr_failed="dec",
+                    nr_thp_succeeded="dec",
+                    nr_thp_failed="dec",
+                    nr_thp_split="dec",
+                    nr_split="dec",
+                    mode="str",
+                    reason="str",
+                ),
+                _raw(
+                    [
+                        ("succeeded", "nr_succeeded", "num"),
+                        ("failed", "nr_failed", "num"),
+                        ("thp_succeeded", "nr_thp_succeeded", "num"),
+                        ("thp_failed", "nr_thp_failed", "num"),
+                        ("thp_split", "nr_thp_split", "num"),
+                        ("large_folio_split", "nr_split", "num"),
+                        ("mode", "mode", "enum:migrate_mode"),
+                        ("reason", "reason", "enum:migrate_reason"),
+                    ],
+                    optional=("large_folio_split",),
+                ),
+            ),
+            "include/trace/events/migrate.h mm_migrate_pages (v6.5; v7 adds nr_split)",
+        ),
+        EventSpec(
+            "mm_migrate_pages_start",
+            "ftrace/mm_migrate_pages_start",
+            (
+                _g(
+                    r"^mode=(?P<mode>[A-Z_]+) reason=(?P<reason>[a-z_]+)$",
+                    mode="str",
+                    reason="str",
+                ),
+                _raw(
+                    [
+                        ("mode", "mode", "enum:migrate_mode"),
+                        ("reason", "reason", "enum:migrate_reason"),
+                    ]
+                ),
+            ),
+            "include/trace/events/migrate.h mm_migrate_pages_start (v6.5, v7)",
+        ),
+        EventSpec(
+            "damon_aggregated",
+            "ftrace/damon_aggregated",
+            (
+                _g(
+                    rf"^target_id=(?P<target_id>{U}) nr_regions=(?P<nr_regions>{U}) "
+                    rf"(?P<start>{U})-(?P<end>{U}): (?P<nr_accesses>{U}) (?P<age>{U})$",
+                    **dict.fromkeys(
+                        ("target_id", "nr_regions", "start", "end", "nr_accesses", "age"), "dec"
+                    ),
+                ),
+                _raw(
+                    [
+                        (c, c, "num")
+                        for c in ("target_id", "nr_regions", "start", "end", "nr_accesses", "age")
+                    ]
+                ),
+            ),
+            "include/trace/events/damon.h damon_aggregated (v6.5, v7)",
+        ),
+        EventSpec(
+            "page_fault_user",
+            "ftrace/page_fault_user",
+            (
+                # %ps of a user address prints it as 0x-hex; a symbol would be quarantined.
+                _g(
+                    r"^address=(?P<address>0x[0-9a-f]+) ip=(?P<ip>0x[0-9a-f]+) "
+                    rf"error_code=0x(?P<error_code>{H})$",
+                    address="num",
+                    ip="num",
+                    error_code="hex",
+                ),
+                _raw(
+                    [
+                        ("address", "address", "num"),
+                        ("ip", "ip", "num"),
+                        ("error_code", "error_code", "num"),
+                    ]
+                ),
+            ),
+            "arch/x86/include/asm/trace/exceptions.h (v6.5), "
+            "include/trace/events/exceptions.h (v7)",
+        ),
+        EventSpec(
+            "tracing_mark_write",
+            "ftrace/tracing_mark_write",
+            (_g(r"^(?P<buf>.*)$", buf="str"),),
+            "kernel/trace/trace_output.c trace_print_print (ftrace:print, tracefs)",
+        ),
+        EventSpec(
+            "print",
+            "ftrace/tracing_mark_write",
+            (_g(r"^tracing_mark_write: ?(?P<buf>.*)$", buf="str"),),
+            "ftrace:print as named by trace-cmd report",
+        ),
+    )
+}
+
+
+def event_tables() -> list[str]:
+    """Every table ingest writes under ftrace/ (one per known event, then _other)."""
+    return [*sorted({s.table for s in SPECS.values()}), OTHER_TABLE]
+
+
+# --------------------------------------------------------------------------- line grammar
+
+HEADER_RE = re.compile(
+    r"^[ ]*(?P<comm>.+?)-(?P<pid>[0-9]{1,10})[ ]+(?:\([ ]*(?:[0-9]+|-+)\)[ ]+)?"
+    r"\[(?P<cpu>[0-9]{1,6})\][ ]+(?:(?P<flags>[^ ]+)[ ]+)?"
+    r"(?P<sec>[0-9]{1,12})\.(?P<frac>[0-9]{1,9}):[ ](?P<event>[^ :]+):(?:[ ]+(?P<payload>.*))?\Z",
+    re.DOTALL,
+)
+LOST_RE = re.compile(r"^[ ]*CPU:(?P<cpu>[0-9]+) \[LOST (?P<count>[0-9]+) EVENTS\][ ]*\Z")
+# Non-event lines tracefs and trace-cmd print: headers, buffer-start marks, report preamble.
+_META_RE = re.compile(
+    r"^[ ]*(?:#.*|cpus=[0-9]+|version = [0-9]+.*|CPU [0-9]+ is empty|"
+    r"CPU[0-9]+ data recorded at offset=.*|[0-9]+ bytes in size.*)?[ \r]*\Z",
+    re.DOTALL,
+)
+TRAILING = " \r\x00"
+_INT_RANGE = {
+    "int8": (-(1 << 7), (1 << 7) - 1),
+    "int16": (-(1 << 15), (1 << 15) - 1),
+    "int32": (-(1 << 31), (1 << 31) - 1),
+    "int64": (-(1 << 63), (1 << 63) - 1),
+    "uint8": (0, (1 << 8) - 1),
+    "uint16": (0, (1 << 16) - 1),
+    "uint32": (0, (1 << 32) - 1),
+    "uint64": (0, (1 << 64) - 1),
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """A parsed event line: header fields plus the typed payload columns of its table."""
+
+    table: str
+    ts_ns: int
+    cpu: int
+    pid: int
+    comm: str | None
+    flags: str | None
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Comment:
+    """A header, blank or metadata line; ``lost`` is (cpu, count) for a ring-buffer loss mark."""
+
+    lost: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A line that cannot be parsed, with the reason."""
+
+    reason: str
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.DOTALL)
+
+
+def _type_name(table: str, column: str) -> str:
+    for col in table_schema(table).columns:
+        if col.name == column:
+            return str(col.type)
+    msg = f"no column `{column}` in table `{table}`"
+    raise KeyError(msg)
+
+
+_DEC_TEXT = re.compile(r"[+-]?[0-9]+")
+_HEX_TEXT = re.compile(r"\+?[0-9a-fA-F]+")
+_UDEC_TEXT = re.compile(r"\+?[0-9]+")
+_NEG_TEXT = re.compile(r"-[0-9]+")
+
+
+def _read_int(text: str, kind: str, signed: bool) -> int | None:
+    """Integer text -> int with exactly the rules of polars ``str.to_integer`` used below."""
+    if kind == "dec":
+        return int(text) if _DEC_TEXT.fullmatch(text) else None
+    if kind == "hex":
+        body = text[2:] if text.startswith("0x") else text
+        return int(body, 16) if _HEX_TEXT.fullmatch(body) else None
+    # num / wrap / enum: 0x-hex, or decimal; a minus sign only into a signed column
+    if text.startswith("0x"):
+        return int(text[2:], 16) if _HEX_TEXT.fullmatch(text[2:]) else None
+    if text.startswith("-"):
+        return int(text) if signed and kind == "num" and _NEG_TEXT.fullmatch(text) else None
+    return int(text) if _UDEC_TEXT.fullmatch(text) else None
+
+
+def _convert(text: str | None, kind: str, type_name: str) -> tuple[bool, Any]:
+    """One captured group -> value, as the vectorized path does it. Returns (ok, value)."""
+    if kind == "flag":
+        return True, text is not None
+    if kind == "noflag":
+        return True, text is None
+    if text is None:
+        return True, None
+    if kind == "str":
+        return True, text
+    value = _read_int(text, kind, type_name.startswith("int"))
+    if value is None:
+        return False, None
+    if kind == "wrap":
+        if value >= 1 << 64:
+            return False, None
+        return True, value - (1 << 64) if value >= 1 << 63 else value
+    if kind.startswith("enum:"):
+        name = _symbols()[kind[5:]].get(value)
+        return name is not None, name
+    if kind != "dec" and value >= 1 << 64:
+        return False, None
+    if kind == "dec" and not -(1 << 63) <= value < (1 << 63) and type_name != "uint64":
+        return False, None
+    lo, hi = _INT_RANGE[type_name]
+    return (True, value) if lo <= value <= hi else (False, None)
+
+
+def parse_payload(event: str, payload: str) -> tuple[str, dict[str, Any]] | Bad:
+    """Parse one payload with the event's grammars; unknown events go to ftrace/_other."""
+    spec = SPECS.get(event)
+    if spec is None:
+        return OTHER_TABLE, {"event": event, "payload": payload}
+    for grammar in spec.grammars:
+        m = _compiled(grammar.pattern).match(payload)
+        if m is None:
+            continue
+        values: dict[str, Any] = {}
+        ok = True
+        for col in spec.columns:
+            kind = grammar.kinds.get(col)
+            if kind is None:
+                values[col] = None
+                continue
+            kind, _, group = kind.partition("@")
+            good, value = _convert(m.group(group or col), kind, _type_name(spec.table, col))
+            if not good:
+                ok = False
+                break
+            values[col] = value
+        if ok:
+            return spec.table, values
+    return Bad(f"payload does not match the `{event}` format")
+
+
+def parse_line(line: str, *, last: bool = False) -> Event | Comment | Bad:
+    """Parse one line (no newline) exactly; the reference for the vectorized path."""
+    text = line.rstrip("\n")
+    lost = LOST_RE.match(text)
+    if lost:
+        return Comment((int(lost["cpu"]), int(lost["count"])))
+    if _META_RE.match(text):
+        return Comment()
+    m = HEADER_RE.match(text)
+    if m is None:
+        return Bad(_cut(last, "not an ftrace event line"))
+    pid = int(m["pid"])
+    if pid > _INT_RANGE["int32"][1]:
+        return Bad(_cut(last, "pid out of range"))
+    frac = m["frac"]
+    ts_ns = int(m["sec"]) * 1_000_000_000 + int(frac) * 10 ** (9 - len(frac))
+    comm = m["comm"]
+    payload = (m["payload"] or "").rstrip(TRAILING)
+    result = parse_payload(m["event"], payload)
+    if isinstance(result, Bad):
+        return Bad(_cut(last, result.reason))
+    table, values = result
+    return Event(
+        table=table,
+        ts_ns=ts_ns,
+        cpu=int(m["cpu"]),
+        pid=pid,
+        comm=None if comm == "<...>" else comm,
+        flags=m["flags"],
+        values=values,
+    )
+
+
+def _cut(last: bool, reason: str) -> str:
+    return f"cut-off last line (no newline at end of input): {reason}" if last else reason
+
+
+# --------------------------------------------------------------------------- vectorized path
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk of lines produced; counts satisfy lines == parsed + comments + quarantined."""
+
+    tables: dict[str, pa.Table]
+    quarantine: pa.Table
+    lines: int = 0
+    parsed: int = 0
+    comments: int = 0
+    quarantined: int = 0
+    lost: dict[int, int] = field(default_factory=dict)
+    first_ts_ns: int | None = None
+
+
+def _digits(
+    a: np.ndarray, start: np.ndarray, length: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decimal values of a[start:start+length] per row, and whether each was all digits."""
+    val = np.zeros(len(start), np.int64)
+    ok = (length >= 1) & (length <= max_len)
+    for j in range(max_len):
+        m = ok & (j < length)
+        if not m.any():
+            break
+        d = a[np.where(m, start + j, 0)].astype(np.int64) - 48
+        ok &= ~m | ((d >= 0) & (d <= 9))
+        val = np.where(m & ok, val * 10 + d, val)
+    return val, ok
+
+
+def _first_after(pos: np.ndarray, x: np.ndarray, sentinel: int) -> np.ndarray:
+    """For each x, the first element of sorted ``pos`` that is >= x (``sentinel`` if none)."""
+    i = np.searchsorted(pos, x, side="left")
+    out = np.full(len(x), sentinel, np.int64)
+    have = i < len(pos)
+    out[have] = pos[i[have]]
+    return out
+
+
+def _last_before(pos: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """For each x, the last element of sorted ``pos`` that is < x (-1 if none)."""
+    i = np.searchsorted(pos, x, side="left") - 1
+    out = np.full(len(x), -1, np.int64)
+    have = i >= 0
+    out[have] = pos[i[have]]
+    return out
+
+
+def _count_in(pos: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Number of elements of sorted ``pos`` in [lo, hi)."""
+    return np.searchsorted(pos, hi, side="left") - np.searchsorted(pos, lo, side="left")
+
+
+def _lines_series(buf: bytes, starts: np.ndarray) -> pl.Series:
+    """Each line of ``buf`` (with its newline, if any) as one string, zero-copy into Arrow."""
+    offsets = np.empty(len(starts) + 1, np.int64)
+    offsets[:-1] = starts
+    offsets[-1] = len(buf)
+    arr = pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(buf))
+    series = pl.from_arrow(arr)
+    assert isinstance(series, pl.Series)
+    return series.alias("line")
+
+
+def _header_fast(
+    buf: bytes, starts: np.ndarray, ends: np.ndarray, candidates: np.ndarray
+) -> tuple[np.ndarray, pl.DataFrame]:
+    """Split the headers of all lines at once from the positions of their structural bytes.
+
+    Returns the mask of lines handled here and a frame (row, common columns, event, payload)
+    for them. A line is handled only when its structure is unambiguous (no tgid column, no
+    ``[`` or ``": "`` in the comm, ASCII, ...); the rest go to :func:`parse_line`.
+    """
+    a = np.frombuffer(buf, np.uint8)
+    n_bytes = len(a)
+    big = n_bytes + 1
+    colons = np.flatnonzero(a == 58)
+    cs = colons[colons + 1 < n_bytes]
+    cs = cs[a[cs + 1] == 32]
+    spaces = np.flatnonzero(a == 32)
+    dashes = np.flatnonzero(a == 45)
+    k1 = _first_after(cs, starts, big)  # ": " after the timestamp
+    k2 = _first_after(cs, k1 + 1, big)  # ": " after the event name
+    lb = _first_after(np.flatnonzero(a == 91), starts, big)
+    rb = _first_after(np.flatnonzero(a == 93), lb, big)
+    d = _last_before(dashes, lb)
+    ts0 = _last_before(spaces, k1)  # the space before the timestamp
+    dot = _first_after(np.flatnonzero(a == 46), ts0 + 1, big)
+    h = _first_after(np.flatnonzero(a == 35), starts, big)
+    ok = candidates & (starts <= d) & (d < lb) & (lb < rb) & (rb + 1 < ts0)
+    ok &= (ts0 < dot) & (dot < k1) & (k2 < ends)
+    ok &= ~((h < ends) & (_count_in(spaces, starts, h) == h - starts))  # '#' comment
+    ps = _first_after(spaces, d + 1, big)  # pid digits, then only spaces up to '['
+    ok &= (ps < lb) & (_count_in(spaces, ps, lb) == lb - ps)
+    safe = np.where(ok, 1, 0).astype(bool)
+    pid, good = _digits(a, np.where(safe, d + 1, 0), np.where(safe, ps - d - 1, 0), 10)
+    ok &= good & (pid <= (1 << 31) - 1)
+    cpu, good = _digits(a, np.where(ok, lb + 1, 0), np.where(ok, rb - lb - 1, 0), 6)
+    ok &= good
+    ok &= a[np.where(ok, rb + 1, 0)] == 32
+    sec, good = _digits(a, np.where(ok, ts0 + 1, 0), np.where(ok, dot - ts0 - 1, 0), 12)
+    ok &= good
+    frac_len = np.where(ok, k1 - dot - 1, 0)
+    frac, good = _digits(a, np.where(ok, dot + 1, 0), frac_len, 9)
+    ok &= good
+    ok &= (k2 > k1 + 2) & (_count_in(spaces, k1 + 2, k2) == 0)
+    ok &= _count_in(colons, k1 + 2, k2) == 0
+    idx = np.flatnonzero(ok)
+    ts_ns = sec[idx] * 1_000_000_000 + frac[idx] * 10 ** (9 - frac_len[idx])
+    base = starts[idx]
+    frame = pl.DataFrame(
+        {
+            "row": idx.astype(np.int64),
+            "line": _lines_series(buf, starts).gather(idx),
+            "ts_ns": ts_ns.astype(np.int64),
+            "cpu": cpu[idx].astype(np.int32),
+            "pid": pid[idx].astype(np.int32),
+            "_c": d[idx] - base,
+            "_f0": rb[idx] + 1 - base,
+            "_f1": ts0[idx] - rb[idx] - 1,
+            "_e0": k1[idx] + 2 - base,
+            "_e1": k2[idx] - k1[idx] - 2,
+            "_p0": k2[idx] + 2 - base,
+        }
+    )
+    line = pl.col("line")
+    frame = frame.select(
+        "row",
+        "ts_ns",
+        "cpu",
+        "pid",
+        line.str.slice(0, pl.col("_c")).str.strip_chars_start(" ").alias("comm"),
+        line.str.slice(pl.col("_f0"), pl.col("_f1")).str.strip_chars(" ").alias("flags"),
+        line.str.slice(pl.col("_e0"), pl.col("_e1")).alias("event"),
+        line.str.slice(pl.col("_p0"))
+        .str.strip_chars_end("\n")
+        .str.strip_chars_start(" ")
+        .str.strip_chars_end(TRAILING)
+        .alias("payload"),
+    )
+    # one flags token and a non-empty comm, else the exact grammar decides
+    unsure = frame.select(
+        pl.col("flags").str.contains(" ", literal=True) | (pl.col("comm") == "")
+    ).to_series()
+    if unsure.any():
+        ok[frame.filter(unsure)["row"].to_numpy()] = False
+        frame = frame.filter(~unsure)
+    frame = frame.with_columns(
+        pl.when(pl.col("comm") != "<...>").then(pl.col("comm")).alias("comm"),
+        pl.when(pl.col("flags") != "").then(pl.col("flags")).alias("flags"),
+    )
+    return ok, frame
+
+
+def _convert_expr(group: str, kind: str, dtype: pl.DataType) -> pl.Expr:
+    """The polars twin of :func:`_convert` for a whole column of captured groups."""
+    g = pl.col(group)
+    if kind == "flag":
+        return g.is_not_null()
+    if kind == "noflag":
+        return g.is_null()
+    if kind == "str":
+        return g
+    if kind == "dec":
+        wide = pl.UInt64 if dtype == pl.UInt64 else pl.Int64
+        return g.str.to_integer(base=10, dtype=wide, strict=False).cast(dtype, strict=False)
+    if kind == "hex":
+        body = pl.when(g.str.starts_with("0x")).then(g.str.slice(2)).otherwise(g)
+        return body.str.to_integer(base=16, dtype=pl.UInt64, strict=False).cast(dtype, strict=False)
+    unsigned = (
+        pl.when(g.str.starts_with("0x"))
+        .then(g.str.slice(2).str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+        .when(g.str.starts_with("-"))
+        .then(None)
+        .otherwise(g.str.to_integer(base=10, dtype=pl.UInt64, strict=False))
+    )
+    if kind == "num":
+        if dtype in (pl.Int8, pl.Int16, pl.Int32, pl.Int64):
+            negative = g.str.to_integer(base=10, dtype=pl.Int64, strict=False)
+            return (
+                pl.when(g.str.starts_with("-"))
+                .then(negative)
+                .otherwise(unsigned.cast(pl.Int64, strict=False))
+                .cast(dtype, strict=False)
+            )
+        return unsigned.cast(dtype, strict=False)
+    if kind == "wrap":
+        return unsigned.reinterpret(signed=True).cast(dtype, strict=False)
+    if kind.startswith("enum:"):
+        mapping = _symbols()[kind[5:]]
+        return unsigned.replace_strict(
+            list(mapping), list(mapping.values()), default=None, return_dtype=pl.String
+        )
+    msg = f"unknown field kind {kind}"  # pragma: no cover - a grammar bug
+    raise ValueError(msg)
+
+
+_MATCH = "m_all"
+
+
+@cache
+def _wrapped(pattern: str) -> str:
+    """The pattern with one outer group, non-null exactly when the whole pattern matched."""
+    assert pattern.startswith("^") and pattern.endswith("$")
+    return f"^(?P<{_MATCH}>{pattern[1:-1]})$"
+
+
+def _apply_grammar(spec: EventSpec, grammar: Grammar, rows: pl.DataFrame) -> pl.DataFrame:
+    """Match ``rows.payload`` against one grammar: typed columns and ``_ok`` per row."""
+    pattern = _wrapped(grammar.pattern)
+    m = rows.select(
+        "row", *COMMON_COLUMNS, pl.col("payload").str.extract_groups(pattern).alias("_m")
+    ).unnest("_m")
+    dtypes = table_schema(spec.table).polars()
+    exprs: list[pl.Expr] = []
+    checks: list[pl.Expr] = [pl.col(_MATCH).is_not_null()]
+    for col in spec.columns:
+        full = grammar.kinds.get(col)
+        if full is None:
+            exprs.append(pl.lit(None, dtype=dtypes[col]).alias(col))
+            continue
+        kind, _, group = full.partition("@")
+        expr = _convert_expr(group or col, kind, dtypes[col])
+        exprs.append(expr.alias(col))
+        if kind not in ("flag", "noflag", "str"):
+            checks.append(pl.col(group or col).is_null() | expr.is_not_null())
+    return m.select("row", *COMMON_COLUMNS, *exprs, pl.all_horizontal(checks).alias("_ok"))
+
+
+def _parse_events(frame: pl.DataFrame) -> tuple[dict[str, list[pl.DataFrame]], pl.DataFrame]:
+    """Per event, run its grammars once over all its rows. Returns typed frames and bad rows."""
+    out: dict[str, list[pl.DataFrame]] = {}
+    bad: list[pl.DataFrame] = []
+    for (event,), rows in frame.group_by("event"):
+        name = str(event)
+        spec = SPECS.get(name)
+        if spec is None:
+            out.setdefault(OTHER_TABLE, []).append(
+                rows.select("row", *COMMON_COLUMNS, "event", "payload")
+            )
+            continue
+        pending = rows
+        for grammar in spec.grammars:
+            done = _apply_grammar(spec, grammar, pending)
+            good = done["_ok"]
+            if good.any():
+                out.setdefault(spec.table, []).append(
+                    done.filter(good).select("row", *COMMON_COLUMNS, *spec.columns)
+                )
+            pending = pending.filter(~good)
+            if pending.height == 0:
+                break
+        if pending.height:
+            reason = f"payload does not match the `{name}` format"
+            bad.append(pending.select("row", pl.lit(reason).alias("reason")))
+    empty = pl.DataFrame(schema={"row": pl.Int64, "reason": pl.String})
+    return out, pl.concat(bad) if bad else empty
+
+
+def parse_chunk(
+    buf: bytes, *, source: str, first_lineno: int = 1, final: bool = False
+) -> ChunkResult:
+    """Parse a block of whole lines; ``lines == parsed + comments + quarantined`` in the result.
+
+    ``buf`` ends with a newline unless it holds the end of the input (``final``), whose last
+    line, if it has no newline and does not parse, is reported as cut off.
+    """
+    if not buf.isascii():
+        buf = buf.decode("utf-8", "replace").encode("utf-8")
+    a = np.frombuffer(buf, np.uint8)
+    nl = np.flatnonzero(a == 10)
+    open_end = len(buf) > 0 and buf[-1:] != b"\n"
+    starts = np.concatenate(([0], nl + 1)).astype(np.int64)[: len(nl) + int(open_end)]
+    ends = np.concatenate((nl, [len(buf)])).astype(np.int64)[: len(starts)]
+    n_lines = len(starts)
+    candidates = np.ones(n_lines, bool)
+    high = np.flatnonzero(a >= 128)
+    if len(high):
+        candidates[np.searchsorted(starts, high, side="right") - 1] = False
+    if n_lines:
+        fast, frame = _header_fast(buf, starts, ends, candidates)
+    else:
+        fast, frame = candidates, pl.DataFrame()
+    cut_last = final and open_end
+    last_row = n_lines - 1
+
+    def text(r: int) -> str:
+        return buf[starts[r] : ends[r]].decode("utf-8", "replace")
+
+    quarantine_rows: list[tuple[int, str]] = []
+    comments = 0
+    lost: dict[int, int] = {}
+    slow_events: dict[str, list[dict[str, Any]]] = {}
+    for r in np.flatnonzero(~fast).tolist():
+        res = parse_line(text(r), last=cut_last and r == last_row)
+        if isinstance(res, Comment):
+            comments += 1
+            if res.lost is not None:
+                lost[res.lost[0]] = lost.get(res.lost[0], 0) + res.lost[1]
+        elif isinstance(res, Bad):
+            quarantine_rows.append((r, res.reason))
+        else:
+            row: dict[str, Any] = {"row": r, "ts_ns": res.ts_ns, "cpu": res.cpu, "pid": res.pid}
+            row |= {"comm": res.comm, "flags": res.flags, **res.values}
+            slow_events.setdefault(res.table, []).append(row)
+    typed, bad = _parse_events(frame) if frame.height else ({}, None)
+    for table, rows in slow_events.items():
+        schema = pl.Schema({"row": pl.Int64(), **table_schema(table).polars()})
+        typed.setdefault(table, []).append(pl.DataFrame(rows, schema=schema))
+    if bad is not None:
+        for r, reason in bad.iter_rows():
+            quarantine_rows.append((r, _cut(cut_last and r == last_row, reason)))
+    tables: dict[str, pa.Table] = {}
+    parsed = 0
+    first_ts: int | None = None
+    for table, parts in sorted(typed.items()):
+        merged = pl.concat(parts, how="vertical_relaxed").sort("row")
+        parsed += merged.height
+        t = merged["ts_ns"].min()
+        if isinstance(t, int):
+            first_ts = t if first_ts is None else min(first_ts, t)
+        tables[table] = conform(merged.select(table_schema(table).names), table)
+    quarantine_rows.sort()
+    quarantine = pa.table(
+        {
+            "source": pa.array([source] * len(quarantine_rows), pa.string()),
+            "lineno": pa.array([first_lineno + r for r, _ in quarantine_rows], pa.int64()),
+            "line": pa.array([text(r) for r, _ in quarantine_rows], pa.string()),
+            "reason": pa.array([reason for _, reason in quarantine_rows], pa.string()),
+        }
+    )
+    return ChunkResult(
+        tables=tables,
+        quarantine=conform(quarantine, "quarantine"),
+        lines=n_lines,
+        parsed=parsed,
+        comments=comments,
+        quarantined=len(quarantine_rows),
+        lost=lost,
+        first_ts_ns=first_ts,
+    )

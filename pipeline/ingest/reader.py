@@ -1,0 +1,396 @@
+"""Ingest I/O: open text/.gz/.zst/stdin/trace.dat, stream chunks, parse, append to Parquet.
+
+Memory stays constant: the input is read in ``CHUNK_BYTES`` blocks cut at the last newline,
+each block is parsed by :func:`pipeline.ingest.ftrace.parse_chunk` (in a 2-process pool once
+the input is larger than one block) and its rows are appended to one
+:class:`~pipeline.schema.ParquetStream` per table. Every line is accounted for per source:
+``lines_total == parsed + comments + quarantined``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import multiprocessing
+import os
+import sys
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+from pipeline.errors import InputError
+from pipeline.ingest import ftrace
+from pipeline.schema import ParquetStream
+
+CHUNK_BYTES = 16 << 20
+MAX_LINE_BYTES = 64 << 20
+WORKERS = 2
+IN_FLIGHT = 4
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
+_CONTROL = bytes(b for b in range(32) if b not in (9, 10, 13)) + b"\x7f"
+
+
+@dataclass
+class SourceStats:
+    """Per-source accounting recorded in manifest.json."""
+
+    path: str
+    format: str = "text"
+    sha256: str = ""
+    bytes: int = 0
+    bytes_text: int = 0
+    lines_total: int = 0
+    parsed: int = 0
+    comments: int = 0
+    quarantined: int = 0
+    lost_events: dict[str, int] = field(default_factory=dict)
+    first_ts_ns: int | None = None
+
+    def add(self, result: ftrace.ChunkResult) -> None:
+        self.lines_total += result.lines
+        self.parsed += result.parsed
+        self.comments += result.comments
+        self.quarantined += result.quarantined
+        for cpu, count in result.lost.items():
+            key = str(cpu)
+            self.lost_events[key] = self.lost_events.get(key, 0) + count
+        if result.first_ts_ns is not None:
+            t = result.first_ts_ns
+            self.first_ts_ns = t if self.first_ts_ns is None else min(self.first_ts_ns, t)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "bytes_text": self.bytes_text,
+            "lines_total": self.lines_total,
+            "parsed": self.parsed,
+            "comments": self.comments,
+            "quarantined": self.quarantined,
+            "lost_events": dict(sorted(self.lost_events.items(), key=lambda kv: int(kv[0]))),
+        }
+
+
+class HashingReader:
+    """A binary reader that hashes and counts the raw bytes and reports progress."""
+
+    def __init__(self, raw: IO[bytes], progress: Callable[[int], None] | None = None) -> None:
+        self._raw = raw
+        self._sha = hashlib.sha256()
+        self._progress = progress
+        self.count = 0
+        self._head = b""
+
+    def peek_head(self, n: int) -> bytes:
+        while len(self._head) < n:
+            more = self._read_raw(n - len(self._head))
+            if not more:
+                break
+            self._head += more
+        return self._head[:n]
+
+    def _read_raw(self, n: int) -> bytes:
+        data = self._raw.read(n)
+        if data:
+            self._sha.update(data)
+            self.count += len(data)
+            if self._progress is not None:
+                self._progress(len(data))
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            head = self._head if n < 0 else self._head[:n]
+            self._head = self._head[len(head) :]
+            if n < 0:
+                return head + self._read_raw(-1)
+            return head
+        return self._read_raw(n)
+
+    def readable(self) -> bool:
+        return True
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+class ZstdFrames:
+    """Decompress concatenated zstd frames; a frame cut off at the end raises EOFError."""
+
+    def __init__(self, raw: HashingReader, zstandard: Any) -> None:
+        self._raw = raw
+        self._zstd = zstandard
+        self._dobj = zstandard.ZstdDecompressor().decompressobj()
+        self._open = False  # bytes of an unfinished frame were fed
+        self._out = b""
+        self._eof = False
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            self._open = True
+            self._out += self._dobj.decompress(data)
+            if not self._dobj.eof:
+                return
+            data = self._dobj.unused_data
+            self._dobj = self._zstd.ZstdDecompressor().decompressobj()
+            self._open = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._out) < n):
+            data = self._raw.read(1 << 20)
+            if not data:
+                self._eof = True
+                if self._open:
+                    raise EOFError
+                break
+            self._feed(data)
+        if n < 0:
+            out, self._out = self._out, b""
+        else:
+            out, self._out = self._out[:n], self._out[n:]
+        return out
+
+
+def check_source(src: str) -> None:
+    """Refuse a missing path, a directory or an unreadable file before any output exists."""
+    if src == "-":
+        return
+    path = Path(src)
+    if not path.exists():
+        raise InputError(src, "no such file; check the path")
+    if path.is_dir():
+        raise InputError(src, "is a directory; pass the trace file(s) inside it")
+    if not os.access(path, os.R_OK):
+        raise InputError(src, "is not readable; check its permissions")
+
+
+def _decompressed(src: str, raw: HashingReader, stats: SourceStats) -> IO[bytes] | HashingReader:
+    head = raw.peek_head(len(TRACE_DAT_MAGIC))
+    if head.startswith(GZIP_MAGIC):
+        stats.format = "gzip"
+        return cast(IO[bytes], gzip.GzipFile(fileobj=cast(IO[bytes], raw), mode="rb"))
+    if head.startswith(ZSTD_MAGIC):
+        import zstandard
+
+        stats.format = "zstd"
+        return cast(IO[bytes], ZstdFrames(raw, zstandard))
+    if head.startswith(TRACE_DAT_MAGIC):
+        msg = "is a trace.dat but was given on stdin; pass it as a file path"
+        raise InputError(src, msg)
+    return raw
+
+
+def _read_block(src: str, stream: IO[bytes] | HashingReader, fmt: str, n: int) -> bytes:
+    try:
+        return stream.read(n)
+    except EOFError:
+        msg = f"truncated {fmt} stream; the file was cut off: copy or compress it again"
+        raise InputError(src, msg) from None
+    except (OSError, zlib.error) as exc:
+        raise InputError(src, f"corrupt {fmt} data ({exc}); copy or compress it again") from None
+    except Exception as exc:
+        if type(exc).__name__ == "ZstdError":
+            msg = f"corrupt or truncated zstd data ({exc}); copy or compress it again"
+            raise InputError(src, msg) from None
+        raise
+
+
+def _looks_binary(block: bytes) -> bool:
+    sample = block[: 1 << 16]
+    if not sample:
+        return False
+    control = len(sample) - len(sample.translate(None, _CONTROL))
+    return control > len(sample) // 20
+
+
+def iter_blocks(
+    src: str, stream: IO[bytes] | HashingReader, stats: SourceStats
+) -> Iterator[tuple[bytes, int, bool]]:
+    """Yield (block of whole lines, first line number, is-last) from a decompressed stream."""
+    carry = b""
+    lineno = 1
+    first = True
+    while True:
+        block = _read_block(src, stream, stats.format, CHUNK_BYTES)
+        if first:
+            first = False
+            if not block:
+                raise InputError(src, "is empty; nothing to ingest")
+            if _looks_binary(block):
+                msg = "is a binary file, not ftrace text; pass a `trace`/`trace_pipe` text file, "
+                msg += "`trace-cmd report` output, a .gz/.zst of one, or a trace.dat"
+                raise InputError(src, msg)
+        stats.bytes_text += len(block)
+        if not block:
+            if carry:
+                yield carry, lineno, True
+            return
+        data = carry + block if carry else block
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            if len(data) > MAX_LINE_BYTES:
+                msg = f"a line longer than {MAX_LINE_BYTES >> 20} MiB; not ftrace text"
+                raise InputError(src, msg, lineno=lineno)
+            carry = data
+            continue
+        whole, carry = data[: cut + 1], data[cut + 1 :]
+        yield whole, lineno, False
+        lineno += whole.count(b"\n")
+
+
+class TableSinks:
+    """One ParquetStream per ftrace table plus quarantine, under a dataset directory."""
+
+    def __init__(self, root: Path, params: dict[str, Any]) -> None:
+        self.streams: dict[str, ParquetStream] = {}
+        for table in ftrace.event_tables():
+            path = root / f"{table}.parquet"
+            self.streams[table] = ParquetStream(path, table, params=params)
+        self.streams["quarantine"] = ParquetStream(
+            root / "quarantine.parquet", "quarantine", params=params
+        )
+
+    def write(self, result: ftrace.ChunkResult) -> None:
+        for table, rows in result.tables.items():
+            self.streams[table].write(rows)
+        if result.quarantine.num_rows:
+            self.streams["quarantine"].write(result.quarantine)
+
+    def rows(self) -> dict[str, int]:
+        return {name: s.rows for name, s in sorted(self.streams.items())}
+
+    def close(self) -> None:
+        for s in self.streams.values():
+            s.close()
+
+    def abort(self) -> None:
+        for s in self.streams.values():
+            s.abort()
+
+
+class ChunkParser:
+    """Parses blocks in order: in-process for small inputs, in a 2-process pool for big ones."""
+
+    def __init__(self, sink: Callable[[ftrace.ChunkResult], None], workers: int = WORKERS) -> None:
+        self._sink = sink
+        self._workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: deque[Future[ftrace.ChunkResult]] = deque()
+        self._held: tuple[bytes, str, int, bool] | None = None
+
+    def submit(self, block: bytes, source: str, lineno: int, final: bool) -> None:
+        if self._pool is None and self._held is None and not final and self._workers > 1:
+            self._held = (block, source, lineno, final)  # wait: is the input bigger than this?
+            return
+        if self._held is not None:
+            held, self._held = self._held, None
+            if self._workers > 1 and self._pool is None:
+                ctx = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(self._workers, mp_context=ctx)
+            self._enqueue(*held)
+        self._enqueue(block, source, lineno, final)
+
+    def _enqueue(self, block: bytes, source: str, lineno: int, final: bool) -> None:
+        if self._pool is None:
+            self._sink(ftrace.parse_chunk(block, source=source, first_lineno=lineno, final=final))
+            return
+        fut = self._pool.submit(
+            ftrace.parse_chunk, block, source=source, first_lineno=lineno, final=final
+        )
+        self._pending.append(fut)
+        while len(self._pending) >= IN_FLIGHT:
+            self._sink(self._pending.popleft().result())
+
+    def flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._enqueue(*held)
+        while self._pending:
+            self._sink(self._pending.popleft().result())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for fut in self._pending:
+                fut.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()
+
+
+def ingest_source(
+    src: str,
+    parser: ChunkParser,
+    stats: SourceStats,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Stream one source through ``parser``; fills ``stats`` (hash, sizes, line counts)."""
+    from pipeline.ingest import tracedat
+
+    if src != "-" and tracedat.is_trace_dat(Path(src)):
+        stats.format = "trace.dat"
+        with open(src, "rb") as f:
+            hashed = HashingReader(f)
+            while hashed.read(CHUNK_BYTES):
+                pass
+        stats.sha256, stats.bytes = hashed.hexdigest(), hashed.count
+        with tracedat.report_stream(Path(src)) as stream:
+            wrapped = HashingReader(stream, progress)
+            for block, lineno, final in iter_blocks(src, wrapped, stats):
+                parser.submit(block, src, lineno, final)
+            parser.flush()
+        return
+    raw_file: IO[bytes] = sys.stdin.buffer if src == "-" else open(src, "rb")  # noqa: SIM115
+    try:
+        hashed = HashingReader(raw_file, progress)
+        text = _decompressed(src, hashed, stats)
+        for block, lineno, final in iter_blocks(src, text, stats):
+            parser.submit(block, src, lineno, final)
+        parser.flush()
+        stats.sha256, stats.bytes = hashed.hexdigest(), hashed.count
+    finally:
+        if src != "-":
+            raw_file.close()
+
+
+def _collector(stats: SourceStats, sinks: TableSinks) -> Callable[[ftrace.ChunkResult], None]:
+    def collect(result: ftrace.ChunkResult) -> None:
+        stats.add(result)
+        sinks.write(result)
+
+    return collect
+
+
+def ingest_all(
+    sources: list[str],
+    root: Path,
+    *,
+    params: dict[str, Any],
+    progress: Callable[[int], None] | None = None,
+    workers: int = WORKERS,
+) -> tuple[list[SourceStats], dict[str, int]]:
+    """Parse every source into ``root/ftrace/*.parquet`` and ``root/quarantine.parquet``."""
+    sinks = TableSinks(root, params)
+    all_stats: list[SourceStats] = []
+    parser: ChunkParser | None = None
+    try:
+        for src in sources:
+            stats = SourceStats(path=src)
+            all_stats.append(stats)
+            parser = ChunkParser(_collector(stats, sinks), workers)
+            try:
+                ingest_source(src, parser, stats, progress)
+            finally:
+                parser.close()
+    except BaseException:
+        sinks.abort()
+        raise
+    sinks.close()
+    return all_stats, sinks.rows()

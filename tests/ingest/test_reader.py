@@ -1,0 +1,111 @@
+"""Reader: compressed inputs, accounting, losses, bad input errors, chunk boundaries."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from pipeline.errors import InputError
+from pipeline.ingest import reader
+from pipeline.ingest.runner import run_ingest
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "ftrace"
+V7 = DATA / "v7_tracefs.txt"
+
+
+def lines_of(path: Path) -> int:
+    return path.read_bytes().count(b"\n")
+
+
+@pytest.mark.parametrize("kind", ["plain", "gzip", "zstd", "zstd-2-frames"])
+def test_compressed_inputs_give_the_same_tables(tmp_path: Path, kind: str) -> None:
+    raw = V7.read_bytes()
+    src = tmp_path / "trace"
+    if kind == "plain":
+        src.write_bytes(raw)
+    elif kind == "gzip":
+        src.write_bytes(gzip.compress(raw))
+    else:
+        z = zstandard.ZstdCompressor()
+        half = len(raw) // 2
+        data = (
+            z.compress(raw) if kind == "zstd" else z.compress(raw[:half]) + z.compress(raw[half:])
+        )
+        src.write_bytes(data)
+    m = run_ingest([str(src)], tmp_path / "ds", workers=1)
+    (s,) = m["sources"]
+    assert s["lines_total"] == lines_of(V7) == s["parsed"] + s["comments"] + s["quarantined"]
+    assert s["quarantined"] == 0 and s["bytes"] == src.stat().st_size and len(s["sha256"]) == 64
+    assert s["format"] == {"plain": "text", "gzip": "gzip"}.get(kind, "zstd")
+    assert pq.read_table(tmp_path / "ds" / "ftrace" / "tlb_flush.parquet").num_rows == 2
+
+
+def test_several_sources_and_losses(tmp_path: Path) -> None:
+    srcs = [str(DATA / n) for n in ("v6.5_tracefs.txt", "trace_cmd_report.txt")]
+    m = run_ingest(srcs, tmp_path / "ds", workers=1)
+    assert [s["path"] for s in m["sources"]] == srcs
+    assert m["sources"][1]["lost_events"] == {"1": 7}
+    assert m["lines_total"] == m["parsed"] + m["comments"] + m["quarantined"]
+    assert m["tables"]["ftrace/_other"] == 1
+
+
+def test_chunk_boundaries_and_pool_keep_every_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny chunks cut lines everywhere; the 2-process pool keeps order and counts."""
+    body = V7.read_bytes() * 20 + b"garbage\n" + b"  a-1 [000] .... 1.000001: tlb_flush: pag"
+    src = tmp_path / "t.txt"
+    src.write_bytes(body)
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 997)
+    m = run_ingest([str(src)], tmp_path / "ds", workers=2)
+    (s,) = m["sources"]
+    assert s["lines_total"] == body.count(b"\n") + 1
+    assert s["quarantined"] == 2
+    q = pq.read_table(tmp_path / "ds" / "quarantine.parquet").to_pylist()
+    assert [r["lineno"] for r in q] == [s["lines_total"] - 1, s["lines_total"]]
+    assert q[1]["reason"].startswith("cut-off last line")
+    flush = pq.read_table(tmp_path / "ds" / "ftrace" / "tlb_flush.parquet")
+    assert flush.num_rows == 40
+    ts = flush.column("ts_ns").to_pylist()
+    assert ts[:2] == [200_000_018_000, 200_000_019_000]
+
+
+def test_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Stdin:
+        buffer = io.BytesIO(gzip.compress(V7.read_bytes()))
+
+    monkeypatch.setattr("sys.stdin", Stdin)
+    m = run_ingest(["-"], tmp_path / "ds", workers=1)
+    assert m["sources"][0]["path"] == "-" and m["sources"][0]["format"] == "gzip"
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (lambda p: p.write_bytes(bytes(range(256)) * 100), "binary"),
+        (lambda p: p.write_bytes(gzip.compress(V7.read_bytes() * 50)[:300]), "truncated gzip"),
+        (
+            lambda p: p.write_bytes(zstandard.ZstdCompressor().compress(V7.read_bytes())[:200]),
+            "truncated zstd",
+        ),
+    ],
+)
+def test_bad_inputs_raise_one_clear_error_and_leave_nothing(
+    tmp_path: Path, make: object, needle: str
+) -> None:
+    src = tmp_path / "in"
+    make(src)  # type: ignore[operator]
+    out = tmp_path / "ds"
+    with pytest.raises(InputError) as err:
+        run_ingest([str(src)], out, workers=1)
+    assert needle in str(err.value) and str(src) in str(err.value)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"] * src.exists()
