@@ -1,9 +1,99 @@
-"""CLI commands of stage 3 (DuckDB): query, report, calibrate."""
+"""CLI commands of stage 3 (DuckDB): query and report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from pipeline.clikit import QUIET_OPTION, command
+from pipeline.errors import QueryError
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
+
+    @command(app, "query")
+    def query(
+        results: Annotated[Path, typer.Argument(help="RESULTS directory written by `replay`")],
+        sql: Annotated[
+            str | None, typer.Argument(help="one SELECT statement over the views")
+        ] = None,
+        *,
+        fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+        views: Annotated[
+            bool, typer.Option("--views", help="list the views and their columns")
+        ] = False,
+        audit: Annotated[
+            bool, typer.Option("--audit", help="run every audit; exit 1 if any returns rows")
+        ] = False,
+        quiet: bool = QUIET_OPTION,
+    ) -> None:
+        """Read-only SQL over the views of a RESULTS directory (`--views` lists them)."""
+        from rich.console import Console
+
+        from pipeline.analyze import query as q
+        from pipeline.analyze.catalog import describe
+        from pipeline.analyze.output import rich_table, to_csv, to_json
+        from pipeline.analyze.views import connect
+
+        if fmt not in q.FORMATS:
+            msg = f"unknown format `{fmt}`; choose from: {', '.join(q.FORMATS)}"
+            raise QueryError(msg)
+        given = sum((sql is not None, views, audit))
+        if given != 1:
+            msg = 'give exactly one of: "SQL", `--views`, `--audit`'
+            raise QueryError(msg)
+        console = Console(soft_wrap=False, width=None if Console().is_terminal else 200)
+        con, run = connect(results)
+        try:
+            docs = q.public_views(run)
+            if views:
+                for view in docs:
+                    console.print(f"[bold]{view.name}[/bold]  {view.doc}", highlight=False)
+                    for col in describe(con, view):
+                        console.print(
+                            f"    {col.name:<28} {col.type:<10} {col.doc}", highlight=False
+                        )
+                return
+            if audit:
+                failed = 0
+                for result in q.run_audits(con):
+                    status = "ok" if result.rows.num_rows == 0 else "FAIL"
+                    if not quiet or result.rows.num_rows:
+                        console.print(f"{status:<4} {result.name}: {result.doc}", highlight=False)
+                    if result.rows.num_rows:
+                        failed += 1
+                        console.print(rich_table(result.rows))
+                if failed:
+                    typer.echo(f"tlbreplay: {failed} audit(s) returned rows", err=True)
+                    raise typer.Exit(code=1)
+                return
+            assert sql is not None
+            rows = q.run_query(con, sql, docs)
+        finally:
+            con.close()
+        if fmt == "csv":
+            typer.echo(to_csv(rows), nl=False)
+        elif fmt == "json":
+            typer.echo(to_json(rows), nl=False)
+        else:
+            console.print(rich_table(rows))
+
+    @command(app, "report")
+    def report(
+        results: Annotated[
+            list[Path],
+            typer.Argument(help="one or more RESULTS directories (one report section each)"),
+        ],
+        *,
+        out: Annotated[Path, typer.Option("--out", "-o", help="directory for report.html + PNGs")],
+        quiet: bool = QUIET_OPTION,
+    ) -> None:
+        """Write report.html (self-contained: inline CSS, embedded PNGs) and the PNG plots."""
+        from pipeline.analyze.report import write_report
+
+        path = write_report(results, out, quiet=quiet)
+        if not quiet:
+            typer.echo(f"report: {path}")

@@ -1,0 +1,167 @@
+"""The report's plots, drawn with matplotlib's Agg canvas. Runs no queries: each ``plot_*``
+takes the rows of one view (as polars) and writes one PNG.
+
+No pyplot: figures are plain ``Figure`` objects on an Agg canvas, so there is no global state,
+no display is needed, and the PNG bytes depend only on the rows (no timestamp or version in
+the file's metadata).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+#: Counters drawn in the per-policy bars, with axis labels.
+BAR_COUNTERS = (
+    ("remote_tlb_flushes", "KVM TLB shootdowns (remote flushes)"),
+    ("spte_zapped", "SPTEs zapped"),
+    ("ept_violations", "EPT violations (refaults)"),
+    ("cost_us", "modelled cost (µs)"),
+)
+DPI = 100
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def _empty(ax: Axes, text: str = "no rows") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _panels(
+    labels: list[str], shape: tuple[int, int], *, title: str, size: tuple[float, float]
+) -> tuple[Figure, list[Axes]]:
+    """A figure with one titled panel per label (row-major), the x axis shared by columns."""
+    fig = Figure(figsize=size, layout="constrained")
+    grid = fig.subplots(*shape, sharex="col", squeeze=False)
+    axes: list[Axes] = list(grid.flat)
+    if title:
+        fig.suptitle(title)
+    for ax, label in zip(axes, labels, strict=True):
+        ax.set_title(label, fontsize=10)
+    return fig, axes
+
+
+def _legend(fig: Figure, ax: Axes, title: str) -> None:
+    handles, names = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="outside right upper", fontsize=8, title=title)
+
+
+def _colors(n: int) -> list[tuple[float, float, float, float]]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20" if n > 10 else "tab10"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def plot_policy_bars(shootdowns: pl.DataFrame, path: Path, *, title: str = "") -> Path:
+    """Stacked bars per policy, one panel per counter of :data:`BAR_COUNTERS`.
+
+    ``shootdowns``: rows of view ``shootdowns`` (policy, vm, page_size and the counters); each
+    bar is stacked by (vm, page_size).
+    """
+    fig, axes = _panels([label for _, label in BAR_COUNTERS], (2, 2), title=title, size=(12, 7.5))
+    policies = sorted(shootdowns["policy"].unique().to_list()) if shootdowns.height else []
+    stacks = (
+        shootdowns.select("vm", "page_size").unique().sort("vm", "page_size").rows()
+        if shootdowns.height
+        else []
+    )
+    colors = _colors(len(stacks))
+    for ax, (counter, _) in zip(axes, BAR_COUNTERS, strict=True):
+        if not policies:
+            _empty(ax)
+            continue
+        bottom = [0.0] * len(policies)
+        for color, (vm, page_size) in zip(colors, stacks, strict=True):
+            part = shootdowns.filter((pl.col("vm") == vm) & (pl.col("page_size") == page_size))
+            by_policy = dict(zip(part["policy"].to_list(), part[counter].to_list(), strict=True))
+            heights = [float(by_policy.get(p) or 0) for p in policies]
+            ax.bar(policies, heights, bottom=bottom, color=color, label=f"{vm} {page_size}")
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    _legend(fig, axes[0], "vm, page size")
+    return _save(fig, path)
+
+
+def plot_timeline(timeline: pl.DataFrame, path: Path, *, title: str = "") -> Path:
+    """Per-epoch KVM shootdowns and scanner activity, one line per policy (VMs summed).
+
+    ``timeline``: rows of view ``timeline`` (policy, vm, epoch, t_ms, remote_tlb_flushes,
+    scan_notifiers, scan_pte_updates, ...).
+    """
+    panels = (
+        ("remote_tlb_flushes", "KVM TLB shootdowns per epoch"),
+        ("scan_notifiers", "scanner notifiers per epoch"),
+        ("scan_pte_updates", "pages made PROT_NONE per epoch"),
+    )
+    fig, axes = _panels([label for _, label in panels], (3, 1), title=title, size=(12, 8))
+    if timeline.height == 0:
+        for ax in axes:
+            _empty(ax)
+        return _save(fig, path)
+    per_policy = (
+        timeline.group_by("policy", "t_ms")
+        .agg(pl.col(c).sum() for c, _ in panels)
+        .sort("policy", "t_ms")
+    )
+    policies = sorted(per_policy["policy"].unique().to_list())
+    colors = _colors(len(policies))
+    for ax, (counter, _) in zip(axes, panels, strict=True):
+        for color, policy in zip(colors, policies, strict=True):
+            part = per_policy.filter(pl.col("policy") == policy)
+            seconds = [t / 1000 for t in part["t_ms"].to_list()]
+            ax.step(seconds, part[counter].to_list(), where="post", color=color, label=policy)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("time (s)")
+    _legend(fig, axes[0], "policy")
+    return _save(fig, path)
+
+
+def plot_by_vcpu(
+    by_vcpu: pl.DataFrame, path: Path, *, title: str = "", max_vcpus: int = 64
+) -> Path:
+    """Per-vCPU shootdown IPIs received and EPT violations taken, grouped bars per policy.
+
+    ``by_vcpu``: rows of view ``by_vcpu`` (policy, vm, vcpu, shootdown_ipis, ept_violations,
+    ...). At most ``max_vcpus`` (vm, vcpu) groups are drawn, the first in (vm, vcpu) order.
+    """
+    panels = (
+        ("shootdown_ipis", "shootdown IPIs received per vCPU"),
+        ("ept_violations", "EPT violations per vCPU"),
+    )
+    fig, axes = _panels([label for _, label in panels], (2, 1), title=title, size=(12, 7))
+    if by_vcpu.height == 0:
+        for ax in axes:
+            _empty(ax)
+        return _save(fig, path)
+    groups = by_vcpu.select("vm", "vcpu").unique().sort("vm", "vcpu").rows()[:max_vcpus]
+    labels = [f"{vm}/{vcpu}" for vm, vcpu in groups]
+    policies = sorted(by_vcpu["policy"].unique().to_list())
+    colors = _colors(len(policies))
+    width = 0.8 / max(len(policies), 1)
+    for ax, (counter, _) in zip(axes, panels, strict=True):
+        for k, (color, policy) in enumerate(zip(colors, policies, strict=True)):
+            part = by_vcpu.filter(pl.col("policy") == policy)
+            values = {(vm, vcpu): v for vm, vcpu, v in part.select("vm", "vcpu", counter).rows()}
+            xs = [i + k * width - 0.4 + width / 2 for i in range(len(groups))]
+            ax.bar(
+                xs, [float(values.get(g) or 0) for g in groups], width, color=color, label=policy
+            )
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xticks(range(len(groups)), labels, rotation=60, fontsize=7)
+    axes[-1].set_xlabel("vm/vcpu")
+    _legend(fig, axes[0], "policy")
+    return _save(fig, path)

@@ -1,0 +1,113 @@
+"""Read-only SQL over the views of one RESULTS directory: queries, the view list, audits.
+
+The connection is in-memory and holds only views; a statement is run only if DuckDB parses it
+as a ``SELECT`` (``WITH``, ``FROM``-first, ``VALUES``, ``DESCRIBE``, ``SUMMARIZE`` included),
+so nothing can create, change, copy out or attach anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from pipeline.analyze.catalog import (
+    MANIFEST_DOC,
+    ViewDoc,
+    source_view_docs,
+    sql_view_docs,
+)
+from pipeline.analyze.views import AUDIT_DIR, Run, sql_files
+from pipeline.errors import QueryError
+
+FORMATS = ("table", "csv", "json")
+
+
+def public_views(run: Run) -> list[ViewDoc]:
+    """Every view a user may query: source views, the manifest, then sql/*.sql public views."""
+    return [
+        *source_view_docs(run.sources()),
+        MANIFEST_DOC,
+        *(v for v in sql_view_docs() if v.is_public),
+    ]
+
+
+def _refuse_non_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        msg = f"bad SQL: {_first_line(exc)}"
+        raise QueryError(msg) from None
+    if not statements:
+        msg = "empty query; give one SELECT statement"
+        raise QueryError(msg)
+    if len(statements) > 1:
+        msg = f"{len(statements)} statements given; give exactly one SELECT statement"
+        raise QueryError(msg)
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        name = str(kind).rsplit(".", 1)[-1]
+        msg = f"the views are read-only: `{name}` statements are refused; only SELECT runs"
+        raise QueryError(msg)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run_query(con: duckdb.DuckDBPyConnection, sql: str, views: list[ViewDoc]) -> pa.Table:
+    """Run one SELECT on ``con`` and return its rows.
+
+    Raises QueryError for a write statement, several statements, or SQL DuckDB rejects; the
+    message ends with the list of views.
+    """
+    _refuse_non_select(con, sql)
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error as exc:
+        names = ", ".join(v.name for v in views)
+        msg = f"query failed: {_first_line(exc)}; views: {names} (see `--views`)"
+        raise QueryError(msg) from None
+
+
+@dataclass(frozen=True)
+class Audit:
+    """One audit: its file stem, the invariant it checks, and the rows that break it."""
+
+    name: str
+    doc: str
+    rows: pa.Table
+
+
+def audit_files(directory: Path = AUDIT_DIR) -> list[Path]:
+    """The audit queries, in name order."""
+    return sql_files(directory)
+
+
+def _audit_doc(text: str) -> str:
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            break
+        body = line[2:].strip()
+        if body.lower().startswith("returns:"):
+            break
+        lines.append(body.removeprefix("Audit:").strip())
+    return " ".join(lines)
+
+
+def run_audits(con: duckdb.DuckDBPyConnection, directory: Path = AUDIT_DIR) -> list[Audit]:
+    """Run every audit query; an audit passes when it returns no rows."""
+    out: list[Audit] = []
+    for path in audit_files(directory):
+        text = path.read_text()
+        try:
+            rows = con.sql(text).to_arrow_table()
+        except duckdb.Error as exc:
+            msg = f"audit {path.name}: {_first_line(exc)}"
+            raise QueryError(msg) from None
+        out.append(Audit(path.stem, _audit_doc(text), rows))
+    return out

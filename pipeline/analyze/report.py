@@ -1,0 +1,286 @@
+"""report.html: one self-contained page (inline CSS, PNGs as data URIs) over RESULTS dirs.
+
+Each RESULTS directory (one replayed dataset) gets one section: the headline table
+(``shootdowns``), the savings (``savings_headline``), the plots, the audits, observed vs
+simulated numbers for a real trace, the run's parameters and the input manifests. The PNGs
+are written beside the page too. Every number comes from a view (``SELECT ... FROM view``);
+this module only arranges them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from pipeline import __version__
+from pipeline.analyze import plots
+from pipeline.analyze.output import cell_text
+from pipeline.analyze.query import Audit, run_audits
+from pipeline.analyze.views import Run, connect
+from pipeline.clikit import reporter
+from pipeline.errors import OutputError
+from pipeline.schema import atomic_output_dir, write_manifest
+
+REPORT = "report.html"
+
+#: The report's queries: (key, title, SQL over the views).
+TABLES = (
+    (
+        "summary",
+        "Savings, all VMs together",
+        "SELECT * FROM savings_total ORDER BY policy",
+    ),
+    (
+        "headline",
+        "Shootdowns per policy, VM and page size",
+        "SELECT policy, vm, page_size, remote_tlb_flushes, shootdown_ipis, "
+        "kvm_unmap_gfn_range_calls, mmu_notifier_invalidations, spte_zapped, ept_violations, "
+        "numa_hint_faults, numa_pages_migrated, numa_migrate_failed, host_tlb_flushes, cost_us "
+        "FROM shootdowns ORDER BY vm, page_size, policy",
+    ),
+    (
+        "savings",
+        "Savings per VM against linux-6.5 and linux-7.1",
+        "SELECT * FROM savings_headline ORDER BY vm, policy",
+    ),
+    (
+        "observed",
+        "Observed (ftrace) vs simulated",
+        "SELECT * FROM observed_vs_simulated ORDER BY vm, counter, policy",
+    ),
+    (
+        "observed_raw",
+        "Observed event counts",
+        "SELECT * FROM observed ORDER BY vm NULLS LAST, counter, detail",
+    ),
+)
+PLOT_SQL = {
+    "shootdowns": "SELECT * FROM shootdowns ORDER BY policy, vm, page_size",
+    "timeline": "SELECT * FROM timeline ORDER BY policy, vm, epoch",
+    "by_vcpu": "SELECT * FROM by_vcpu ORDER BY policy, vm, vcpu",
+}
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1250px; color: #1d1d1f; padding: 0 1em; }
+h1 { font-size: 1.7em; margin-bottom: .2em; } h2 { margin-top: 2em; border-bottom: 2px solid #ddd; }
+h3 { margin-top: 1.5em; } .muted { color: #666; }
+table { border-collapse: collapse; margin: .5em 0 1em; font-size: 12.5px; }
+th, td { border: 1px solid #d5d5d5; padding: 3px 7px; white-space: nowrap; }
+.scroll { overflow-x: auto; max-width: 100%; }
+th { background: #f2f4f7; text-align: left; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr:nth-child(even) td { background: #fafafa; }
+img { max-width: 100%; border: 1px solid #e3e3e3; margin: .5em 0; }
+pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: 12px; }
+.ok { color: #137333; } .fail { color: #b3261e; font-weight: bold; }
+nav a { margin-right: 1em; }
+"""
+
+
+@dataclass
+class Section:
+    """The report section of one RESULTS directory, everything already computed."""
+
+    name: str
+    run: Run
+    tables: dict[str, pa.Table]
+    images: dict[str, Path]
+    audits: list[Audit]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def _names(results: list[Path]) -> list[str]:
+    names: list[str] = []
+    for path in results:
+        base = _slug(Path(path).resolve().name)
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def build_section(results: Path, name: str, out: Path) -> Section:
+    """Query the views of ``results`` and draw its plots into ``out``."""
+    con, run = connect(results)
+    try:
+        tables = {key: con.sql(sql).to_arrow_table() for key, _, sql in TABLES}
+        frames = {key: _polars(con.sql(sql).to_arrow_table()) for key, sql in PLOT_SQL.items()}
+        audits = run_audits(con)
+    finally:
+        con.close()
+    images = {
+        "shootdowns": plots.plot_policy_bars(
+            frames["shootdowns"], out / f"{name}-shootdowns.png", title=f"{name}: per policy"
+        ),
+        "timeline": plots.plot_timeline(
+            frames["timeline"], out / f"{name}-timeline.png", title=f"{name}: per epoch"
+        ),
+        "by_vcpu": plots.plot_by_vcpu(
+            frames["by_vcpu"], out / f"{name}-by_vcpu.png", title=f"{name}: per vCPU"
+        ),
+    }
+    return Section(name, run, tables, images, audits)
+
+
+def _polars(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _is_numeric(dtype: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_decimal(dtype)
+    )
+
+
+def html_table(rows: pa.Table, *, cls: str = "") -> str:
+    """An HTML table of ``rows``; numbers right-aligned; values escaped."""
+    numeric = [_is_numeric(f.type) for f in rows.schema]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in rows.column_names)
+    body = []
+    for record in rows.to_pylist():
+        cells = "".join(
+            f'<td class="num">{html.escape(cell_text(v))}</td>'
+            if num
+            else f"<td>{html.escape(cell_text(v))}</td>"
+            for v, num in zip(record.values(), numeric, strict=True)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    attr = f' class="{cls}"' if cls else ""
+    return (
+        f'<div class="scroll"><table{attr}><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (
+        f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
+        f'data-file="{html.escape(path.name)}">'
+    )
+
+
+def _pre(obj: Any) -> str:
+    return f"<pre>{html.escape(json.dumps(obj, indent=2, sort_keys=True, default=str))}</pre>"
+
+
+def render_section(section: Section) -> str:
+    """The HTML of one section (``<section class="run" id=...>`` with sub-sections)."""
+    s, t = section.name, section.tables
+    esc = html.escape
+    run = section.run
+    dataset = str(run.dataset) if run.dataset else f"{run.manifest.get('dataset')} (missing)"
+    parts = [
+        f'<section class="run" id="run-{esc(s)}" data-results="{esc(str(run.results))}">',
+        f"<h2>{esc(s)}</h2>",
+        f'<p class="muted">RESULTS {esc(str(run.results))}<br>DATASET {esc(dataset)}</p>',
+        f'<section class="part" data-part="summary"><h3>{esc(TABLES[0][1])}</h3>',
+        html_table(t["summary"]),
+        "</section>",
+        f'<section class="part" data-part="headline"><h3>{esc(TABLES[1][1])}</h3>',
+        html_table(t["headline"]),
+        "</section>",
+        f'<section class="part" data-part="savings"><h3>{esc(TABLES[2][1])}</h3>',
+        '<p class="muted">Percent of the reference kernel\'s count that the policy avoids '
+        "(negative: it does more). Empty when the reference was not replayed or did nothing."
+        "</p>",
+        html_table(t["savings"]),
+        "</section>",
+        '<section class="part" data-part="plots"><h3>Plots</h3>',
+        _img(
+            section.images["shootdowns"], f"{s}: counters per policy, stacked by VM and page size"
+        ),
+        _img(section.images["timeline"], f"{s}: shootdowns and scanner activity per epoch"),
+        _img(section.images["by_vcpu"], f"{s}: per vCPU"),
+        "</section>",
+    ]
+    if t["observed_raw"].num_rows:
+        parts += [
+            f'<section class="part" data-part="observed"><h3>{esc(TABLES[3][1])}</h3>',
+            "<p class=\"muted\">The real kernel's counts from the trace next to the engine's; "
+            "the policy matching the traced kernel is the calibration row.</p>",
+            html_table(t["observed"]),
+            f"<h4>{esc(TABLES[4][1])}</h4>",
+            html_table(t["observed_raw"]),
+            "</section>",
+        ]
+    audit_rows = "".join(
+        f'<li><span class="{"ok" if a.rows.num_rows == 0 else "fail"}">'
+        f"{'ok' if a.rows.num_rows == 0 else 'FAIL'}</span> <b>{esc(a.name)}</b>: {esc(a.doc)}"
+        + (html_table(a.rows.slice(0, 50)) if a.rows.num_rows else "")
+        + "</li>"
+        for a in section.audits
+    )
+    parts += [
+        f'<section class="part" data-part="audits"><h3>Audits</h3><ul>{audit_rows}</ul></section>',
+        '<section class="part" data-part="parameters"><h3>Run parameters</h3>',
+        _pre(run.manifest),
+        "</section>",
+        '<section class="part" data-part="manifest"><h3>Input manifest</h3>',
+        _pre(run.dataset_manifest)
+        if run.dataset_manifest is not None
+        else "<p>dataset missing</p>",
+        "</section>",
+        "</section>",
+    ]
+    return "\n".join(parts)
+
+
+def render_page(sections: list[Section]) -> str:
+    """The whole page."""
+    nav = "".join(
+        f'<a href="#run-{html.escape(s.name)}">{html.escape(s.name)}</a>' for s in sections
+    )
+    body = "\n".join(render_section(s) for s in sections)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>tlbreplay report</title>"
+        f"<style>{CSS}</style></head><body>"
+        "<h1>tlbreplay report</h1>"
+        '<p class="muted">How many TLB shootdowns does NUMA balancing cost each VM, and what '
+        f"would each kernel policy save? tlbreplay {html.escape(__version__)}.</p>"
+        f"<nav>{nav}</nav>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report(results: list[Path], out: Path, *, quiet: bool = True) -> Path:
+    """Write ``out/report.html`` and the PNGs of every RESULTS dir; return the page's path.
+
+    ``out`` is replaced atomically (nothing is left behind on an error).
+    """
+    if not results:
+        msg = "give at least one RESULTS directory"
+        raise OutputError(out, msg)
+    names = _names(results)
+    with atomic_output_dir(out) as tmp, reporter(quiet) as rep:
+        task = rep.task("report", total=len(results))
+        sections = []
+        for path, name in zip(results, names, strict=True):
+            sections.append(build_section(path, name, tmp))
+            rep.advance(task)
+        (tmp / REPORT).write_text(render_page(sections))
+        write_manifest(
+            tmp,
+            {
+                "kind": "report",
+                "tool": f"tlbreplay {__version__}",
+                "results": [str(s.run.results) for s in sections],
+                "files": sorted(p.name for p in tmp.iterdir() if p.suffix in {".html", ".png"}),
+            },
+        )
+    return Path(out) / REPORT

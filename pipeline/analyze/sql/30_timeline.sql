@@ -1,0 +1,102 @@
+-- Area: timeline. The run epoch by epoch: what KVM and the host did, and what the
+-- NUMA-balancing scanner (task_numa_work) walked.
+
+-- Epoch length of the run, from the RESULTS manifest.
+CREATE VIEW _timeline_epoch_ms AS
+SELECT coalesce(CAST(manifest ->> 'epoch_ms' AS BIGINT), 100) AS epoch_ms
+FROM results_manifest;
+
+-- Every epoch from 0 to the last one any table of the run reaches for the VM, per policy.
+CREATE VIEW _timeline_grid AS
+SELECT r.policy, r.vm, e.epoch
+FROM _runs AS r
+JOIN (
+    SELECT vm, max(epoch) AS last_epoch
+    FROM (
+        SELECT vm, epoch FROM epochs
+        UNION ALL SELECT vm, epoch FROM vcpu_epochs
+        UNION ALL SELECT vm, epoch FROM scans
+    )
+    GROUP BY vm
+) AS l USING (vm)
+CROSS JOIN LATERAL (SELECT unnest(range(0, l.last_epoch + 1)) AS epoch) AS e;
+
+-- Scanner passes summed per epoch.
+CREATE VIEW _timeline_scans AS
+SELECT
+    policy,
+    vm,
+    epoch,
+    count(*) AS scans,
+    sum(chunks) AS scan_chunks,
+    sum(notifiers) AS scan_notifiers,
+    sum(nr_pte_updates) AS scan_pte_updates,
+    sum(virt_pages) AS scan_virt_pages
+FROM scans
+GROUP BY policy, vm, epoch;
+
+-- Epoch counters, all page sizes together.
+CREATE VIEW _timeline_epochs AS
+SELECT
+    policy,
+    vm,
+    epoch,
+    sum(remote_tlb_flushes) AS remote_tlb_flushes,
+    sum(shootdown_ipis) AS shootdown_ipis,
+    sum(mmu_notifier_invalidations) AS mmu_notifier_invalidations,
+    sum(kvm_unmap_gfn_range_calls) AS kvm_unmap_gfn_range_calls,
+    sum(spte_zapped) AS spte_zapped,
+    sum(ept_violations) AS ept_violations,
+    sum(numa_hint_faults) AS numa_hint_faults,
+    sum(numa_pages_migrated) AS numa_pages_migrated,
+    sum(host_tlb_flushes) AS host_tlb_flushes,
+    sum(cost_us) AS cost_us
+FROM epochs
+GROUP BY policy, vm, epoch;
+
+-- One row per policy, VM and epoch, every epoch of the run (zeros where nothing happened).
+CREATE VIEW timeline (
+    policy,                      -- policy name
+    vm,                          -- VM name
+    epoch,                       -- epoch index
+    t_ms,                        -- start of the epoch from the start of the trace [ms]
+    remote_tlb_flushes,          -- the VM's TLB shootdowns [flushes]
+    shootdown_ipis,              -- IPIs KVM sent for them [ipis]
+    mmu_notifier_invalidations,  -- invalidate_range_start calls reaching KVM [calls]
+    kvm_unmap_gfn_range_calls,   -- zap requests KVM executed [calls]
+    spte_zapped,                 -- leaf SPTEs zapped, all levels [sptes]
+    ept_violations,              -- guest refaults on zapped SPTEs [faults]
+    numa_hint_faults,            -- NUMA hinting faults [faults]
+    numa_pages_migrated,         -- base pages migrated [pages]
+    host_tlb_flushes,            -- primary-MMU flushes [flushes]
+    cost_us,                     -- modelled CPU time [us]
+    scans,                       -- task_numa_work passes that walked memory [runs]
+    scan_chunks,                 -- change_prot_numa calls of those passes [calls]
+    scan_notifiers,              -- invalidate_range_start calls sent by the scanner [calls]
+    scan_pte_updates,            -- base pages the scanner made PROT_NONE [pages]
+    scan_virt_pages              -- 4 KiB pages of address space walked [pages]
+) AS
+SELECT
+    g.policy,
+    g.vm,
+    g.epoch,
+    g.epoch * m.epoch_ms,
+    coalesce(e.remote_tlb_flushes, 0)::BIGINT,
+    coalesce(e.shootdown_ipis, 0)::BIGINT,
+    coalesce(e.mmu_notifier_invalidations, 0)::BIGINT,
+    coalesce(e.kvm_unmap_gfn_range_calls, 0)::BIGINT,
+    coalesce(e.spte_zapped, 0)::BIGINT,
+    coalesce(e.ept_violations, 0)::BIGINT,
+    coalesce(e.numa_hint_faults, 0)::BIGINT,
+    coalesce(e.numa_pages_migrated, 0)::BIGINT,
+    coalesce(e.host_tlb_flushes, 0)::BIGINT,
+    coalesce(e.cost_us, 0)::DOUBLE,
+    coalesce(s.scans, 0)::BIGINT,
+    coalesce(s.scan_chunks, 0)::BIGINT,
+    coalesce(s.scan_notifiers, 0)::BIGINT,
+    coalesce(s.scan_pte_updates, 0)::BIGINT,
+    coalesce(s.scan_virt_pages, 0)::BIGINT
+FROM _timeline_grid AS g
+CROSS JOIN _timeline_epoch_ms AS m
+LEFT JOIN _timeline_epochs AS e USING (policy, vm, epoch)
+LEFT JOIN _timeline_scans AS s USING (policy, vm, epoch);

@@ -1,0 +1,16 @@
+-- Audit: an epoch starts at epoch * epoch_ms (DESIGN.md: the engine steps one epoch of
+-- --epoch-ms at a time), in every results table, and scans happen inside their epoch.
+-- Returns: one row per offending row, with the table it comes from.
+WITH m AS (SELECT epoch_ms FROM _timeline_epoch_ms)
+SELECT 'epochs' AS source, policy, vm, epoch, t_ms, epoch * m.epoch_ms AS expected_t_ms
+FROM epochs, m
+WHERE t_ms <> epoch * m.epoch_ms
+UNION ALL
+SELECT 'vcpu_epochs', policy, vm, epoch, t_ms, epoch * m.epoch_ms
+FROM vcpu_epochs, m
+WHERE t_ms <> epoch * m.epoch_ms
+UNION ALL
+SELECT 'scans', policy, vm, epoch, t_ms, epoch * m.epoch_ms
+FROM scans, m
+WHERE t_ms < epoch * m.epoch_ms OR t_ms >= (epoch + 1) * m.epoch_ms
+ORDER BY source, policy, vm, epoch

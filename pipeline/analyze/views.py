@@ -1,0 +1,252 @@
+"""A DuckDB connection over one RESULTS directory, with the views of ``sql/*.sql`` loaded.
+
+Two layers, Perfetto style:
+
+1. *Source views*, made here because they name files: one per table of the run, read as it
+   lies on disk (``epochs``, ``vcpu_epochs``, ``scans`` from the RESULTS' hive partitions;
+   ``vms``, ``quarantine`` and ``ftrace_<event>`` from the DATASET the manifest names). A
+   table with no file yet is an empty view with the schema's columns, so every view binds on
+   every run (a synthetic dataset has no ftrace tables: ``observed`` is then empty).
+2. *Analysis views*, ``sql/*.sql`` loaded in file-name order: ``CREATE VIEW`` only, documented
+   in comments (see :mod:`pipeline.analyze.catalog`).
+
+Nothing here runs an analysis query; callers do (``query.py``, ``report.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from pipeline.errors import DatasetError, QueryError
+from pipeline.schema import MANIFEST, read_manifest, table_schema
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+AUDIT_DIR = SQL_DIR / "audits"
+
+#: Results tables written by replay (hive-partitioned by policy and vm).
+RESULTS_TABLES = ("epochs", "vcpu_epochs", "scans")
+#: Dataset tables with a schema in schemas/ (single Parquet files).
+DATASET_TABLES = ("vms", "quarantine")
+#: Hive partition columns: only in directory names, always read as text.
+PARTITION_COLUMNS = ("policy", "vm")
+
+#: ftrace tables the analysis views read, with the columns they use (common columns ``ts_ns,
+#: cpu, pid, comm`` first). Used only to make an empty view when the dataset has no such file;
+#: when the file exists it is read as it is, so columns added by ingest are kept.
+FTRACE_COLUMNS: dict[str, dict[str, str]] = {
+    "kvm_unmap_hva_range": {"hva_start": "UBIGINT", "hva_end": "UBIGINT"},
+    "kvm_page_fault": {
+        "vcpu": "INTEGER",
+        "rip": "UBIGINT",
+        "gpa": "UBIGINT",
+        "error_code": "UBIGINT",
+    },
+    "kvm_tdp_mmu_spte_changed": {
+        "as_id": "INTEGER",
+        "gfn": "UBIGINT",
+        "level": "INTEGER",
+        "old_spte": "UBIGINT",
+        "new_spte": "UBIGINT",
+    },
+    "kvm_mmu_spte_requested": {"gfn": "UBIGINT", "pfn": "UBIGINT", "level": "INTEGER"},
+    "tlb_flush": {"pages": "BIGINT", "reason": "VARCHAR", "reason_code": "INTEGER"},
+    "ipi_send_cpumask": {"cpumask": "VARCHAR", "callsite": "VARCHAR", "callback": "VARCHAR"},
+    "mm_migrate_pages": {
+        "nr_succeeded": "BIGINT",
+        "nr_failed": "BIGINT",
+        "nr_thp_succeeded": "BIGINT",
+        "nr_thp_failed": "BIGINT",
+        "nr_thp_split": "BIGINT",
+        "mode": "VARCHAR",
+        "reason": "VARCHAR",
+    },
+}
+FTRACE_COMMON = {"ts_ns": "BIGINT", "cpu": "INTEGER", "pid": "INTEGER", "comm": "VARCHAR"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source view: its name, where it reads from (None: empty) and a one-line doc."""
+
+    name: str
+    files: str | None
+    doc: str
+    column_docs: dict[str, str] = field(default_factory=dict)
+
+
+def sql_literal(text: str) -> str:
+    """``text`` as a single-quoted SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+_DUCK_PRIMITIVES = {
+    "int8": "TINYINT",
+    "int16": "SMALLINT",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "uint8": "UTINYINT",
+    "uint16": "USMALLINT",
+    "uint32": "UINTEGER",
+    "uint64": "UBIGINT",
+    "float": "FLOAT",
+    "double": "DOUBLE",
+    "bool": "BOOLEAN",
+    "string": "VARCHAR",
+}
+
+
+def _duck_type(arrow: pa.DataType) -> str:
+    """The DuckDB type of an Arrow type of the schema grammar, for empty placeholder views."""
+    if pa.types.is_list(arrow):
+        return f"{_duck_type(arrow.value_type)}[]"
+    if pa.types.is_struct(arrow):
+        fields = ", ".join(f"{f.name} {_duck_type(f.type)}" for f in arrow)
+        return f"STRUCT({fields})"
+    return _DUCK_PRIMITIVES[str(arrow)]
+
+
+def _empty_select(columns: dict[str, str]) -> str:
+    cols = ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in columns.items())
+    return f"SELECT {cols} WHERE false"
+
+
+def _schema_columns(name: str) -> dict[str, str]:
+    return {c.name: _duck_type(c.type) for c in table_schema(name).columns}
+
+
+def _has_parquet(root: Path) -> bool:
+    return any(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+
+
+@dataclass
+class Run:
+    """A RESULTS directory and the DATASET its manifest names."""
+
+    results: Path
+    manifest: dict[str, Any]
+    dataset: Path | None
+    dataset_manifest: dict[str, Any] | None
+
+    @classmethod
+    def open(cls, results: Path) -> Run:
+        """Check ``results`` is a replay output and find its dataset (which may be gone)."""
+        results = Path(results).resolve()
+        if not results.is_dir():
+            raise DatasetError(results, "no such RESULTS directory; run `tlbreplay replay` first")
+        manifest = read_manifest(results)
+        if manifest.get("kind") != "results":
+            kind = manifest.get("kind", "unknown")
+            msg = (
+                f"`{MANIFEST}` says kind `{kind}`, not `results`; pass a `tlbreplay replay` output"
+            )
+            raise DatasetError(results, msg)
+        dataset: Path | None = None
+        dataset_manifest: dict[str, Any] | None = None
+        named = manifest.get("dataset")
+        if named:
+            candidate = Path(str(named))
+            if not candidate.is_absolute():
+                candidate = (results / candidate).resolve()
+            if (candidate / MANIFEST).is_file():
+                dataset = candidate
+                dataset_manifest = read_manifest(candidate)
+        return cls(results, manifest, dataset, dataset_manifest)
+
+    def sources(self) -> list[Source]:
+        """Every source view of this run, with its files (None when there are none)."""
+        out: list[Source] = []
+        for name in RESULTS_TABLES:
+            root = self.results / name
+            files = str(root / "**" / "*.parquet") if root.is_dir() and _has_parquet(root) else None
+            out.append(_schema_source(name, files, hive=True))
+        for name in DATASET_TABLES:
+            path = self.dataset / f"{name}.parquet" if self.dataset else None
+            files = str(path) if path is not None and path.is_file() else None
+            out.append(_schema_source(name, files, hive=False))
+        ftrace_dir = self.dataset / "ftrace" if self.dataset else None
+        present = (
+            {p.stem: p for p in ftrace_dir.glob("*.parquet") if not p.name.startswith(".")}
+            if ftrace_dir is not None and ftrace_dir.is_dir()
+            else {}
+        )
+        for event in sorted(set(present) | set(FTRACE_COLUMNS)):
+            view = "ftrace_other" if event == "_other" else f"ftrace_{event}"
+            path = present.get(event)
+            out.append(
+                Source(
+                    view,
+                    str(path) if path is not None else None,
+                    f"ftrace event `{event}` of the dataset, one row per event (ingest)",
+                )
+            )
+        return out
+
+
+def _schema_source(name: str, files: str | None, *, hive: bool) -> Source:
+    schema = table_schema(name)
+    docs = {c.name: c.doc + (f" [{c.unit}]" if c.unit else "") for c in schema.columns}
+    where = "RESULTS" if hive else "DATASET"
+    return Source(name, files, f"{schema.doc} ({where}: {schema.grain})", docs)
+
+
+def _source_sql(source: Source, *, hive: bool) -> str:
+    name = source.name
+    if source.files is None:
+        if name.startswith("ftrace_"):
+            event = name.removeprefix("ftrace_")
+            columns = {**FTRACE_COMMON, **FTRACE_COLUMNS.get(event, {})}
+        else:
+            columns = _schema_columns(name)
+        return f"CREATE VIEW {name} AS {_empty_select(columns)}"
+    files = sql_literal(source.files)
+    if hive:
+        types = ", ".join(f"{sql_literal(c)}: 'VARCHAR'" for c in PARTITION_COLUMNS)
+        keys = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in PARTITION_COLUMNS)
+        plain = ", ".join(PARTITION_COLUMNS)
+        return (
+            f"CREATE VIEW {name} AS SELECT {keys}, * EXCLUDE ({plain}) FROM read_parquet("
+            f"{files}, hive_partitioning = true, hive_types = {{{types}}})"
+        )
+    return f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files})"
+
+
+def sql_files(directory: Path = SQL_DIR) -> list[Path]:
+    """The ``.sql`` files of ``directory`` in load order (file name)."""
+    return sorted(directory.glob("*.sql"))
+
+
+def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
+    """An in-memory DuckDB connection with the source views and every ``sql/*.sql`` view.
+
+    Raises DatasetError if ``results`` is not a RESULTS directory.
+    """
+    run = Run.open(results)
+    con = duckdb.connect(":memory:")
+    try:
+        for source in run.sources():
+            con.execute(_source_sql(source, hive=source.name in RESULTS_TABLES))
+        con.execute(
+            "CREATE VIEW results_manifest AS SELECT "
+            f"CAST({sql_literal(json.dumps(run.manifest, sort_keys=True))} AS JSON) AS manifest"
+        )
+        for path in sql_files():
+            try:
+                con.execute(path.read_text())
+            except duckdb.Error as exc:
+                msg = f"{path.name}: {_first_line(exc)}"
+                raise QueryError(msg) from None
+    except BaseException:
+        con.close()
+        raise
+    return con, run
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,182 @@
+"""Fixtures for the analysis tests: small hand-made RESULTS + DATASET directories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from pipeline.analyze.views import connect
+from tests.analyze.results_builder import make_dataset, make_results, vm_row
+
+POLICIES = ["linux-6.5", "linux-7.1", "oracle"]
+
+
+@pytest.fixture
+def small_run(tmp_path: Path) -> Path:
+    """Two VMs (vm0 fully pinned 4K, vm1 unpinned THP), three policies, a few epochs."""
+    ds = make_dataset(tmp_path / "ds", [vm_row("vm0", pinned="all"), vm_row("vm1", thp=True)])
+    return make_results(
+        tmp_path / "res",
+        ds,
+        policies=POLICIES,
+        epochs=[
+            {
+                "policy": "linux-6.5",
+                "vm": "vm0",
+                "page_size": "4K",
+                "epoch": 1,
+                "remote_tlb_flushes": 6,
+                "shootdown_ipis": 12,
+                "spte_zapped": 600,
+                "ept_violations": 300,
+                "mmu_notifier_invalidations": 6,
+                "kvm_unmap_gfn_range_calls": 6,
+                "cost_us": 30.0,
+            },
+            {
+                "policy": "linux-6.5",
+                "vm": "vm0",
+                "page_size": "4K",
+                "epoch": 3,
+                "remote_tlb_flushes": 4,
+                "shootdown_ipis": 8,
+                "spte_zapped": 400,
+                "ept_violations": 200,
+                "mmu_notifier_invalidations": 4,
+                "kvm_unmap_gfn_range_calls": 4,
+                "cost_us": 20.0,
+            },
+            {
+                "policy": "linux-7.1",
+                "vm": "vm0",
+                "page_size": "4K",
+                "epoch": 1,
+                "remote_tlb_flushes": 5,
+                "shootdown_ipis": 10,
+                "spte_zapped": 500,
+                "ept_violations": 250,
+                "cost_us": 25.0,
+            },
+            {
+                "policy": "linux-6.5",
+                "vm": "vm1",
+                "page_size": "2M",
+                "epoch": 2,
+                "remote_tlb_flushes": 2,
+                "shootdown_ipis": 4,
+                "spte_zapped": 2,
+                "numa_hint_faults": 2,
+                "numa_pages_migrated": 1024,
+                "numa_pte_updates": 1024,
+                "numa_huge_pte_updates": 2,
+                "cost_us": 8.0,
+            },
+            {
+                "policy": "linux-7.1",
+                "vm": "vm1",
+                "page_size": "2M",
+                "epoch": 2,
+                "remote_tlb_flushes": 2,
+                "shootdown_ipis": 4,
+                "spte_zapped": 2,
+                "numa_hint_faults": 2,
+                "numa_pages_migrated": 1024,
+                "numa_pte_updates": 1024,
+                "numa_huge_pte_updates": 2,
+                "cost_us": 8.0,
+            },
+            {
+                "policy": "oracle",
+                "vm": "vm1",
+                "page_size": "2M",
+                "epoch": 2,
+                "remote_tlb_flushes": 1,
+                "shootdown_ipis": 2,
+                "spte_zapped": 2,
+                "numa_hint_faults": 2,
+                "numa_pages_migrated": 1024,
+                "numa_pte_updates": 1024,
+                "numa_huge_pte_updates": 2,
+                "cost_us": 4.0,
+            },
+        ],
+        vcpu_epochs=[
+            {
+                "policy": "linux-6.5",
+                "vm": "vm0",
+                "vcpu": 0,
+                "epoch": 1,
+                "ept_violations": 200,
+                "shootdown_ipis": 6,
+                "task_numa_work_runs": 1,
+                "scan_period_ms": 1000,
+            },
+            {
+                "policy": "linux-6.5",
+                "vm": "vm0",
+                "vcpu": 1,
+                "epoch": 1,
+                "ept_violations": 100,
+                "shootdown_ipis": 6,
+                "scan_period_ms": 1000,
+            },
+            {
+                "policy": "linux-6.5",
+                "vm": "vm0",
+                "vcpu": 0,
+                "epoch": 3,
+                "ept_violations": 200,
+                "shootdown_ipis": 8,
+                "task_numa_work_runs": 1,
+                "scan_period_ms": 2000,
+            },
+        ],
+        scans=[
+            {
+                "policy": "linux-6.5",
+                "vm": "vm0",
+                "epoch": 1,
+                "t_ms": 130,
+                "vcpu": 0,
+                "chunks": 4,
+                "notifiers": 4,
+                "nr_pte_updates": 0,
+                "virt_pages": 262144,
+            },
+            {
+                "policy": "linux-6.5",
+                "vm": "vm0",
+                "epoch": 3,
+                "t_ms": 310,
+                "vcpu": 0,
+                "chunks": 2,
+                "notifiers": 2,
+                "nr_pte_updates": 0,
+                "virt_pages": 131072,
+            },
+        ],
+    )
+
+
+@pytest.fixture
+def con_of() -> Iterator[Callable[[Path], duckdb.DuckDBPyConnection]]:
+    """Open the views of a RESULTS dir; closed at the end of the test."""
+    opened: list[duckdb.DuckDBPyConnection] = []
+
+    def open_(results: Path) -> duckdb.DuckDBPyConnection:
+        con, _ = connect(results)
+        opened.append(con)
+        return con
+
+    yield open_
+    for con in opened:
+        con.close()
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` as tuples."""
+    return [tuple(r) for r in con.sql(sql).fetchall()]

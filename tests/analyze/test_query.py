@@ -1,0 +1,174 @@
+"""`tlbreplay query`: formats, read-only refusal, errors listing the views, --views, --audit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["query", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_table_format(small_run: Path) -> None:
+    code, out, _ = run(
+        str(small_run),
+        "SELECT policy, remote_tlb_flushes FROM shootdowns_by_vm WHERE vm = 'vm0' ORDER BY policy",
+    )
+    assert code == 0
+    lines = [line for line in out.splitlines() if "linux" in line or "oracle" in line]
+    assert [line.split("│")[1:3] for line in lines] == [
+        [" linux-6.5 ", "                 10 "],
+        [" linux-7.1 ", "                  5 "],
+        [" oracle    ", "                  0 "],
+    ]
+
+
+def test_csv_and_json_formats(small_run: Path) -> None:
+    sql = "SELECT policy, vm, cost_us FROM shootdowns_by_vm WHERE vm = 'vm1' ORDER BY policy"
+    code, out, _ = run(str(small_run), sql, "--format", "csv")
+    assert code == 0
+    assert out == "policy,vm,cost_us\nlinux-6.5,vm1,8.0\nlinux-7.1,vm1,8.0\noracle,vm1,4.0\n"
+    code, out, _ = run(str(small_run), sql, "--format", "json")
+    assert code == 0
+    assert json.loads(out) == [
+        {"policy": "linux-6.5", "vm": "vm1", "cost_us": 8.0},
+        {"policy": "linux-7.1", "vm": "vm1", "cost_us": 8.0},
+        {"policy": "oracle", "vm": "vm1", "cost_us": 4.0},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind"),
+    [
+        ("CREATE TABLE t AS SELECT 1", "CREATE"),
+        ("DROP VIEW shootdowns", "DROP"),
+        ("COPY (SELECT 1) TO '/tmp/tlbreplay-should-not-exist.csv'", "COPY"),
+        ("INSERT INTO epochs VALUES (1)", "INSERT"),
+        ("ATTACH '/tmp/tlbreplay-x.db' AS x", "ATTACH"),
+        ("SET threads = 1", "SET"),
+    ],
+)
+def test_writes_are_refused(small_run: Path, sql: str, kind: str) -> None:
+    code, _, err = run(str(small_run), sql)
+    assert code == 1
+    assert err.strip() == (
+        f"tlbreplay: error: the views are read-only: `{kind}` statements are refused; "
+        "only SELECT runs"
+    )
+    assert not Path("/tmp/tlbreplay-should-not-exist.csv").exists()
+
+
+def test_several_statements_refused(small_run: Path) -> None:
+    code, _, err = run(str(small_run), "SELECT 1; SELECT 2")
+    assert code == 1
+    assert "2 statements given" in err
+
+
+def test_bad_sql_lists_views(small_run: Path) -> None:
+    code, _, err = run(str(small_run), "SELECT * FROM shootdown")
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("tlbreplay: error: query failed: ")
+    assert "shootdowns" in err and "savings, " in err and "timeline" in err
+    assert "--views" in err
+    code, _, err = run(str(small_run), "SELEC 1")
+    assert code == 1
+    assert "syntax error" in err.lower()
+
+
+def test_views_lists_views_and_column_docs(small_run: Path) -> None:
+    code, out, _ = run(str(small_run), "--views")
+    assert code == 0
+    for name in ("epochs", "shootdowns", "savings", "timeline", "by_vcpu", "observed"):
+        assert f"\n{name}  " in "\n" + out
+    assert "remote_tlb_flushes" in out and "kvm_flush_remote_tlbs calls" in out
+    assert "\n_runs " not in "\n" + out  # private views are not listed
+
+
+def test_argument_errors(small_run: Path, tmp_path: Path) -> None:
+    assert run(str(small_run))[0] == 1
+    code, _, err = run(str(small_run), "SELECT 1", "--format", "xml")
+    assert code == 1 and "unknown format `xml`" in err
+    code, _, err = run(str(tmp_path / "missing"), "SELECT 1")
+    assert code == 1 and "no such RESULTS directory" in err
+
+
+def test_audit_passes_on_consistent_results(tmp_path: Path) -> None:
+    from tests.analyze.results_builder import make_dataset, make_results, vm_row
+
+    ds = make_dataset(tmp_path / "ds", [vm_row("vm0")])
+    res = make_results(
+        tmp_path / "r",
+        ds,
+        policies=["linux-6.5", "oracle"],
+        epochs=[
+            {
+                "policy": "linux-6.5",
+                "vm": "vm0",
+                "page_size": "4K",
+                "epoch": 0,
+                "remote_tlb_flushes": 1,
+                "shootdown_ipis": 2,
+                "ept_violations": 3,
+            }
+        ],
+        vcpu_epochs=[
+            {
+                "policy": "linux-6.5",
+                "vm": "vm0",
+                "vcpu": 0,
+                "epoch": 0,
+                "shootdown_ipis": 1,
+                "ept_violations": 3,
+            },
+            {"policy": "linux-6.5", "vm": "vm0", "vcpu": 1, "epoch": 0, "shootdown_ipis": 1},
+        ],
+    )
+    code, out, _ = run(str(res), "--audit")
+    assert code == 0, out
+    assert out.count("ok ") == 5
+
+
+def test_audit_fails_and_prints_rows(small_run: Path) -> None:
+    # small_run's vcpu_epochs cover only part of linux-6.5/vm0 on purpose
+    code, out, err = run(str(small_run), "--audit")
+    assert code == 1
+    assert "FAIL vcpu_totals_match_epochs" in out
+    assert "audit(s) returned rows" in err
+
+
+def test_query_as_a_subprocess(small_run: Path) -> None:
+    """The installed entry point: exit codes and one-line errors, no traceback."""
+    exe = Path(sys.executable).parent / "tlbreplay"
+    ok = subprocess.run(
+        [
+            str(exe),
+            "query",
+            str(small_run),
+            "SELECT count(*) AS n FROM shootdowns",
+            "--format",
+            "csv",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (ok.returncode, ok.stdout) == (0, "n\n6\n")
+    bad = subprocess.run(
+        [str(exe), "query", str(small_run), "DELETE FROM epochs"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1

@@ -1,0 +1,202 @@
+"""`tlbreplay report`: the page has its sections and embedded images, and renders."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.analyze.report import write_report
+from pipeline.cli import app
+from pipeline.errors import OutputError
+from tests.analyze.results_builder import make_dataset, make_results, vm_row
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class Page(HTMLParser):
+    """What a reader sees: runs, parts per run, images, external references."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[str] = []
+        self.parts: dict[str, list[str]] = {}
+        self.images: list[dict[str, str]] = []
+        self.external: list[str] = []
+        self.tables = 0
+        self.h3: list[str] = []
+        self._in_h3 = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "section" and a.get("class") == "run":
+            self.runs.append(a["id"])
+            self.parts[a["id"]] = []
+        elif tag == "section" and a.get("class") == "part":
+            self.parts[self.runs[-1]].append(a["data-part"])
+        elif tag == "img":
+            self.images.append(a)
+        elif tag == "table":
+            self.tables += 1
+        elif tag == "h3":
+            self._in_h3 = True
+        for key in ("src", "href"):
+            value = a.get(key, "")
+            if value and not value.startswith(("data:", "#")):
+                self.external.append(value)
+        if tag == "link":
+            self.external.append(a.get("href", "link"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "h3":
+            self._in_h3 = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_h3:
+            self.h3.append(data)
+
+
+def parse(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text())
+    return page
+
+
+def test_report_sections_and_images(small_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    result = CliRunner().invoke(app, ["report", str(small_run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = parse(out / "report.html")
+    assert page.runs == ["run-res"]
+    assert page.parts["run-res"] == [
+        "summary",
+        "headline",
+        "savings",
+        "plots",
+        "audits",
+        "parameters",
+        "manifest",
+    ]
+    assert page.external == []  # self-contained: no network, no other file needed
+    assert len(page.images) == 3
+    for img in page.images:
+        assert img["src"].startswith("data:image/png;base64,")
+        data = base64.b64decode(img["src"].split(",", 1)[1])
+        assert data.startswith(PNG_MAGIC)
+        assert (out / img["data-file"]).read_bytes() == data  # the PNG is beside the page too
+        assert img["alt"]
+    text = (out / "report.html").read_text()
+    assert "linux-6.5" in text and "oracle" in text and "&quot;epoch_ms&quot;: 100" in text
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "report.html",
+        "res-by_vcpu.png",
+        "res-shootdowns.png",
+        "res-timeline.png",
+    ]
+
+
+def test_report_of_several_results_and_observed(tmp_path: Path, small_run: Path) -> None:
+    ftrace = {
+        "kvm_unmap_hva_range": [
+            {
+                "ts_ns": 1,
+                "cpu": 0,
+                "pid": 1000,
+                "comm": "qemu",
+                "flags": "....",
+                "hva_start": 0x7F0000000000,
+                "hva_end": 0x7F0000200000,
+            },
+        ]
+    }
+    ds = make_dataset(tmp_path / "ds2", [vm_row("real")], ftrace=ftrace)
+    real = make_results(
+        tmp_path / "real",
+        ds,
+        policies=["linux-6.5"],
+        epochs=[
+            {
+                "policy": "linux-6.5",
+                "vm": "real",
+                "page_size": "4K",
+                "epoch": 0,
+                "mmu_notifier_invalidations": 2,
+            }
+        ],
+    )
+    path = write_report([small_run, real], tmp_path / "rep")
+    page = parse(path)
+    assert page.runs == ["run-res", "run-real"]
+    assert "observed" not in page.parts["run-res"]  # synthetic: no observed section
+    assert "observed" in page.parts["run-real"]
+    assert len(page.images) == 6
+
+
+def test_report_is_reproducible(small_run: Path, tmp_path: Path) -> None:
+    a = write_report([small_run], tmp_path / "a")
+    b = write_report([small_run], tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_report_refuses_a_foreign_out_dir(small_run: Path, tmp_path: Path) -> None:
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("x")
+    with pytest.raises(OutputError, match="not a tlbreplay output"):
+        write_report([small_run], foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+
+
+def test_report_bad_results_leaves_nothing(tmp_path: Path, small_run: Path) -> None:
+    out = tmp_path / "rep"
+    result = CliRunner().invoke(
+        app, ["report", str(small_run), str(tmp_path / "nope"), "--out", str(out)]
+    )
+    assert result.exit_code == 1
+    assert "no such RESULTS directory" in result.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep")]
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="chromium not installed (make system-deps)"
+)
+def test_report_renders_in_headless_chromium(small_run: Path, tmp_path: Path) -> None:
+    """A person's check: the page renders to a screenshot with content in it."""
+    from matplotlib.image import imread
+
+    page = write_report([small_run], tmp_path / "rep")
+    shot = tmp_path / "shot.png"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                f"--screenshot={shot}",
+                "--window-size=1280,2400",
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    pixels = imread(shot)
+    assert pixels.shape[:2] == (2400, 1280)
+    # not blank: many distinct colours (tables, text and the embedded plots)
+    flat = (pixels[:, :, :3] * 255).astype("uint8").reshape(-1, 3)
+    assert len({tuple(p) for p in flat[::97]}) > 50
