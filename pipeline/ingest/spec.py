@@ -25,10 +25,14 @@ from pipeline.ingest.vmmodel import (
     MIB,
     PAGE_BYTES,
     Keys,
+    Loc,
+    PathLike,
+    Source,
     Vm,
     VmModel,
     parse_vm_model,
-    read_toml,
+    read_source,
+    where_path,
 )
 
 #: the phase kinds; see docs/spec.md "Phases"
@@ -107,15 +111,19 @@ class SynthSpec:
 def load_spec(path: str | Path, *, seed: int | None = None) -> SynthSpec:
     """Read and validate a synth spec; ``seed`` overrides the file's ``seed``."""
     p = Path(path)
-    doc = read_toml(p)
+    doc, source = read_source(p)
     sha = hashlib.sha256(p.read_bytes()).hexdigest()
-    return parse_spec(doc, p, sha256=sha, seed=seed)
+    return parse_spec(doc, source, sha256=sha, seed=seed)
 
 
 def parse_spec(
-    doc: dict[str, Any], path: Path, *, sha256: str = "", seed: int | None = None
+    doc: dict[str, Any], path: PathLike, *, sha256: str = "", seed: int | None = None
 ) -> SynthSpec:
-    """Validate a parsed spec document (see :func:`load_spec`)."""
+    """Validate a parsed spec document (see :func:`load_spec`).
+
+    ``path`` is a :class:`~pipeline.ingest.vmmodel.Source` when the text is at hand, so that
+    errors name the line.
+    """
     top = Keys(doc, path, "")
     top.only(("host", "vm", *TOP_KEYS))
     duration_s = top.positive("duration_s")
@@ -127,8 +135,8 @@ def parse_spec(
     model = parse_vm_model(doc, path, seed=run_seed, top_keys=TOP_KEYS, vm_keys=("workload",))
     end_ms = round(duration_s * 1000)
     workloads = []
-    for vm, vm_table in zip(model.vms, doc["vm"], strict=True):
-        wkeys = Keys(vm_table, path, f"vm `{vm.name}`")
+    for v, (vm, vm_table) in enumerate(zip(model.vms, doc["vm"], strict=True)):
+        wkeys = Keys(vm_table, path, f"vm `{vm.name}`", (("vm", v),))
         tables = wkeys.tables("workload", "vm.workload")
         workloads.append(
             tuple(
@@ -136,6 +144,7 @@ def parse_spec(
                     t,
                     path,
                     f"vm `{vm.name}`: workload {i + 1}",
+                    loc=(("vm", v), ("workload", i)),
                     vm=vm,
                     end_ms=end_ms,
                     epoch_ms=epoch_ms,
@@ -144,7 +153,7 @@ def parse_spec(
             )
         )
     return SynthSpec(
-        path=path,
+        path=path.path if isinstance(path, Source) else Path(path),
         sha256=sha256,
         duration_s=duration_s,
         epoch_ms=epoch_ms,
@@ -178,10 +187,10 @@ def parse_vcpus(keys: Keys, vm: Vm) -> tuple[int, ...]:
 
 
 def parse_workload(
-    table: object, path: Path, where: str, *, vm: Vm, end_ms: int, epoch_ms: int
+    table: object, path: PathLike, where: str, *, loc: Loc, vm: Vm, end_ms: int, epoch_ms: int
 ) -> Workload:
     """Validate one ``[[vm.workload]]``: its vCPU group, start and phases."""
-    keys = Keys(table, path, where)
+    keys = Keys(table, path, where, loc)
     name = keys.string("name", f"w{where.rsplit(' ', 1)[-1]}")
     assert name is not None
     vcpus = parse_vcpus(keys, vm)
@@ -190,14 +199,16 @@ def parse_workload(
     if phase_tables:
         keys.only(WORKLOAD_KEYS)
         wheres = [f"{where}: phase {i + 1}" for i in range(len(phase_tables))]
+        locs = [(*loc, ("phase", i)) for i in range(len(phase_tables))]
     else:  # the workload is one phase: its other keys are the phase's
         phase_tables = [{k: v for k, v in keys.table.items() if k not in WORKLOAD_KEYS}]
         wheres = [where]
+        locs = [loc]
     phases = []
-    for i, (pt, pwhere) in enumerate(zip(phase_tables, wheres, strict=True)):
+    for i, (pt, pwhere, ploc) in enumerate(zip(phase_tables, wheres, locs, strict=True)):
         if start_ms >= end_ms:
             raise SpecError(
-                path,
+                where_path(path, ploc, "start_s"),
                 pwhere,
                 f"starts at {start_ms / 1000:g} s, at or after the end of the run "
                 f"(`duration_s` = {end_ms / 1000:g})",
@@ -207,6 +218,7 @@ def parse_workload(
             pt,
             path,
             pwhere,
+            loc=ploc,
             vm=vm,
             vcpus=vcpus,
             start_ms=start_ms,
@@ -221,9 +233,10 @@ def parse_workload(
 
 def parse_phase(
     table: object,
-    path: Path,
+    path: PathLike,
     where: str,
     *,
+    loc: Loc,
     vm: Vm,
     vcpus: tuple[int, ...],
     start_ms: int,
@@ -232,7 +245,7 @@ def parse_phase(
     last: bool,
 ) -> Phase:
     """Validate one phase; resolve its region window, hot set and granule to pages."""
-    keys = Keys(table, path, where)
+    keys = Keys(table, path, where, loc)
     kind = keys.choice("kind", None, KINDS)
     keys.only((*PHASE_KEYS, *KIND_KEYS[kind]))
     if keys.has("duration_s"):

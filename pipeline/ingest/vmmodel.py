@@ -71,6 +71,73 @@ def show(value: object) -> str:
     return str(value)
 
 
+Loc = tuple[tuple[str, int | None], ...]
+"""Where a table sits in the document: ``(("vm", 0), ("region", 1))`` is the 2nd region of
+the 1st VM; ``(("host", None),)`` is ``[host]``; ``()`` is the top level."""
+
+_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([A-Za-z_][A-Za-z0-9_.\- ]*?)\s*\]\]?\s*(#.*)?$")
+_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+
+class Source:
+    """A TOML file's path and text, so errors can name the line of a table or key.
+
+    tomllib keeps no positions; this scans ``[table]`` / ``[[array]]`` headers and
+    ``key =`` lines. It is best effort: keys inside inline tables get their table's line or
+    none, and then the error names the file only.
+    """
+
+    def __init__(self, path: str | Path, text: str) -> None:
+        self.path = Path(path)
+        self.tables: dict[Loc, tuple[int, dict[str, int]]] = {(): (0, {})}
+        counters: dict[tuple[Loc, str], int] = {}
+        latest: dict[tuple[str, ...], Loc] = {}
+        current: Loc = ()
+        for lineno, line in enumerate(text.splitlines(), 1):
+            header = _HEADER_RE.match(line)
+            if header:
+                names = tuple(n.strip() for n in header.group(2).split("."))
+                parent = latest.get(names[:-1], tuple((n, None) for n in names[:-1]))
+                index = None
+                if header.group(1) == "[[":
+                    index = counters.get((parent, names[-1]), 0)
+                    counters[(parent, names[-1])] = index + 1
+                current = (*parent, (names[-1], index))
+                latest[names] = current
+                self.tables[current] = (lineno, {})
+                continue
+            key = _KEY_RE.match(line)
+            if key and current in self.tables:
+                self.tables[current][1].setdefault(key.group(1), lineno)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def line_of(self, loc: Loc, key: str | None = None) -> int | None:
+        """The line of ``key`` in table ``loc``, else of the table's header, else None.
+
+        A table written inline (``phase = [{...}]``) has no header: it gets the line of its
+        key in the enclosing table.
+        """
+        found = self.tables.get(loc)
+        if found is None:
+            return self.line_of(loc[:-1], loc[-1][0]) if loc else None
+        header, keys = found
+        line = keys.get(key) if key is not None else None
+        return line or header or None
+
+
+PathLike = str | Path | Source
+
+
+def where_path(path: PathLike, loc: Loc, key: str | None = None) -> str:
+    """``file:line`` when the line is known, else ``file``."""
+    if isinstance(path, Source):
+        line = path.line_of(loc, key)
+        return f"{path.path}:{line}" if line else str(path.path)
+    return str(path)
+
+
 class Keys:
     """One TOML table under validation: typed getters that remember which keys were read.
 
@@ -78,19 +145,20 @@ class Keys:
     never silently ignored.
     """
 
-    def __init__(self, table: object, path: str | Path, where: str) -> None:
+    def __init__(self, table: object, path: PathLike, where: str, loc: Loc = ()) -> None:
         self.path = path
         self.where = where
+        self.loc = loc
         if not isinstance(table, dict):
             self.fail(f"expected a table, got `{show(table)}`")
         self.table: dict[str, Any] = table
         self.known: set[str] = set()
 
-    def fail(self, problem: str) -> NoReturn:
-        raise SpecError(self.path, self.where, problem)
+    def fail(self, problem: str, key: str | None = None) -> NoReturn:
+        raise SpecError(where_path(self.path, self.loc, key), self.where, problem)
 
     def bad(self, key: str, value: object, allowed: str) -> NoReturn:
-        self.fail(f"`{key}` = `{show(value)}`; expected {allowed}")
+        self.fail(f"`{key}` = `{show(value)}`; expected {allowed}", key)
 
     def has(self, key: str) -> bool:
         self.known.add(key)
@@ -168,7 +236,7 @@ class Keys:
         given = [(f"{base}_{u}", m) for u, m in _SIZE_UNITS.items() if self.has(f"{base}_{u}")]
         names = ", ".join(f"`{base}_{u}`" for u in _SIZE_UNITS)
         if len(given) > 1:
-            self.fail(f"give only one of {names}")
+            self.fail(f"give only one of {names}", given[1][0])
         if not given:
             if required:
                 self.fail(f"missing {what or 'size'}: give one of {names}")
@@ -181,7 +249,7 @@ class Keys:
         given = [(f"{base}_{u}", m) for u, m in _SIZE_UNITS.items() if self.has(f"{base}_{u}")]
         if len(given) > 1:
             names = ", ".join(f"`{base}_{u}`" for u in _SIZE_UNITS)
-            self.fail(f"give only one of {names}")
+            self.fail(f"give only one of {names}", given[1][0])
         if not given:
             return None
         key, mult = given[0]
@@ -222,7 +290,7 @@ class Keys:
             if key not in allowed:
                 close = difflib.get_close_matches(key, sorted(allowed), n=1)
                 hint = f"; did you mean `{close[0]}`?" if close else ""
-                self.fail(f"unknown key `{key}`{hint} allowed: {', '.join(sorted(allowed))}")
+                self.fail(f"unknown key `{key}`{hint} allowed: {', '.join(sorted(allowed))}", key)
 
     def tables(self, key: str, header: str) -> list[Any]:
         """An array of tables (``[[header]]``); empty when absent."""
@@ -325,9 +393,9 @@ REGION_KEYS = (
 )
 
 
-def parse_host(table: object, path: str | Path, guest_bytes: int) -> Host:
+def parse_host(table: object, path: PathLike, guest_bytes: int) -> Host:
     """Validate ``[host]``; ``guest_bytes`` (all VMs' RAM) sizes nodes when memory is not given."""
-    keys = Keys(table if table is not None else {}, path, "host")
+    keys = Keys(table if table is not None else {}, path, "host", (("host", None),))
     keys.only(HOST_KEYS)
     nodes = keys.int_("nodes", 1, lo=1, hi=1024)
     node_mem = keys.sizes("node_mem", nodes)
@@ -447,17 +515,18 @@ REGION_PLACEMENTS = ("first-touch", "interleave", "node:N")
 
 def parse_region(
     table: object,
-    path: str | Path,
+    path: PathLike,
     where: str,
     *,
     nodes: int,
     default_name: str,
+    loc: Loc,
     gpa_next: int,
     hva_next: int,
     rng: np.random.Generator,
 ) -> Region:
     """Validate one ``[[vm.region]]`` (see docs/spec.md for every key)."""
-    keys = Keys(table, path, where)
+    keys = Keys(table, path, where, loc)
     keys.only(REGION_KEYS)
     name = keys.string("name", default_name)
     assert name is not None
@@ -517,7 +586,7 @@ def _align_up(value: int, align: int) -> int:
 
 def parse_vm(
     table: object,
-    path: str | Path,
+    path: PathLike,
     index: int,
     *,
     nodes: int,
@@ -525,7 +594,7 @@ def parse_vm(
     extra_keys: Collection[str] = (),
 ) -> Vm:
     """Validate one ``[[vm]]`` and its regions; ``extra_keys`` are left to the caller."""
-    keys = Keys(table, path, f"vm {index + 1}")
+    keys = Keys(table, path, f"vm {index + 1}", (("vm", index),))
     name = keys.raw("name")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         keys.bad("name", name if name is not None else "", "a name of letters, digits, _ . -")
@@ -559,6 +628,7 @@ def parse_vm(
             f"vm `{name}`: region {i + 1}",
             nodes=nodes,
             default_name="ram" if len(region_tables) == 1 else f"region{i + 1}",
+            loc=(("vm", index), ("region", i)),
             gpa_next=gpa_next,
             hva_next=hva_next,
             rng=np.random.default_rng([seed, index, i]),
@@ -598,7 +668,7 @@ def _check_regions(keys: Keys, regions: list[Region], mem: int | None) -> None:
 
 def parse_vm_model(
     doc: Mapping[str, Any],
-    path: str | Path,
+    path: PathLike,
     *,
     seed: int = 0,
     top_keys: Collection[str] = (),
@@ -614,7 +684,7 @@ def parse_vm_model(
     if not vm_tables:
         top.fail("no `[[vm]]` table: describe at least one VM")
     host_table = top.raw("host", {})
-    nodes = Keys(host_table, path, "host").int_("nodes", 1, lo=1, hi=1024)
+    nodes = Keys(host_table, path, "host", (("host", None),)).int_("nodes", 1, lo=1, hi=1024)
     vms = [
         parse_vm(t, path, i, nodes=nodes, seed=seed, extra_keys=vm_keys)
         for i, t in enumerate(vm_tables)
@@ -622,7 +692,10 @@ def parse_vm_model(
     names = [v.name for v in vms]
     for n in names:
         if names.count(n) > 1:
-            raise SpecError(path, f"vm `{n}`", "two VMs have this name; names must be unique")
+            loc = (("vm", len(names) - 1 - names[::-1].index(n)),)
+            raise SpecError(
+                where_path(path, loc), f"vm `{n}`", "two VMs have this name; names must be unique"
+            )
     host = parse_host(host_table, path, sum(v.mem_bytes for v in vms))
     top.finish(top_keys)
     return VmModel(host=host, vms=tuple(vms))
@@ -679,7 +752,7 @@ def vms_frame(model: VmModel, *, inferred: bool = False) -> pl.DataFrame:
 SIDECAR_EXTRA_TABLES = ("lab",)
 
 
-def parse_vm_tables(doc: Mapping[str, Any], path: str | Path) -> pl.DataFrame:
+def parse_vm_tables(doc: Mapping[str, Any], path: PathLike) -> pl.DataFrame:
     """Validate the ``[host]`` and ``[[vm]]`` tables of a sidecar; rows of table ``vms``.
 
     Besides ``host`` and ``vm`` only the tables of ``SIDECAR_EXTRA_TABLES`` are allowed at the
@@ -688,12 +761,17 @@ def parse_vm_tables(doc: Mapping[str, Any], path: str | Path) -> pl.DataFrame:
     """
     for key in SIDECAR_EXTRA_TABLES:
         if key in doc and not isinstance(doc[key], dict):
-            raise SpecError(path, "", f"`{key}` must be a table: write `[{key}]`")
+            raise SpecError(
+                where_path(path, (), key), "", f"`{key}` must be a table: write `[{key}]`"
+            )
     return vms_frame(parse_vm_model(doc, path, top_keys=SIDECAR_EXTRA_TABLES))
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; a missing file or a syntax error is a one-line SpecError."""
+def read_source(path: str | Path) -> tuple[dict[str, Any], Source]:
+    """Read a TOML file: the document and its :class:`Source` (for line numbers in errors).
+
+    A missing file or a syntax error is a one-line SpecError (tomllib names line and column).
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -702,11 +780,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(p, "", f"cannot read ({exc})") from None
     try:
-        return tomllib.loads(text)
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(p, "", f"not valid TOML: {exc}") from None
+    return doc, Source(p, text)
 
 
 def load_vm_file(path: str | Path) -> pl.DataFrame:
     """Read and validate a VM description file (a sidecar); rows of table ``vms``."""
-    return parse_vm_tables(read_toml(path), path)
+    doc, source = read_source(path)
+    return parse_vm_tables(doc, source)

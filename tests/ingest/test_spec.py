@@ -192,3 +192,21 @@ def test_docs_name_every_key() -> None:
     }
     missing = sorted(k for k in keys if f"`{k}`" not in text)
     assert not missing, f"docs/spec.md does not document {missing}"
+
+
+def test_errors_name_the_line_of_nested_and_inline_phases(tmp_path: Path) -> None:
+    head = 'duration_s = 5\n[[vm]]\nname = "v"\nmem_gib = 1\nvcpus = 2\n'
+    path = tmp_path / "s.toml"
+    path.write_text(
+        head + "[[vm.workload]]\nvcpus = [0]\n"  # lines 6-7
+        '[[vm.workload.phase]]\nkind = "idle"\nduration_s = 1\n'  # lines 8-10
+        '[[vm.workload.phase]]\nkind = "zipf"\n\nrate_mib_per_s = 0\n'  # lines 11-14
+    )
+    with pytest.raises(SpecError, match=r"s.toml:14: vm `v`: workload 1: phase 2: `rate_mib"):
+        load_spec(path)
+    path.write_text(
+        head + "[[vm.workload]]\nvcpus = [0]\n"
+        'phase = [{ kind = "idle", duration_s = 1 }, { kind = "zipf", skw = 1 }]\n'  # line 8
+    )
+    with pytest.raises(SpecError, match=r"s.toml:8: vm `v`: workload 1: phase 2: unknown key"):
+        load_spec(path)

@@ -38,7 +38,7 @@ def test_bad_spec_is_one_line_and_no_output(tmp_path: Path) -> None:
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f"tlbreplay: error: {spec}: vm `v`: workload 1: unknown key")
+    assert lines[0].startswith(f"tlbreplay: error: {spec}:8: vm `v`: workload 1: unknown key")
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
 

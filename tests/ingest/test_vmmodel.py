@@ -247,3 +247,24 @@ def test_sidecar_may_carry_a_lab_table(tmp_path: Path) -> None:
     path.write_text("lab = 3\n" + SIDECAR)
     with pytest.raises(SpecError, match=r"`lab` must be a table"):
         load_vm_file(path)
+
+
+def test_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "vm.toml"
+    lines = SIDECAR.splitlines()
+    text = SIDECAR + '\n[[vm.region]]\nname = "hi"\nsize_gib = 1\n\nbacking = "tmpfs"\n'
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_vm_file(path)
+    bad_line = text.splitlines().index('backing = "tmpfs"') + 1
+    assert str(info.value).startswith(f"{path}:{bad_line}: vm `vm0`: region 2: `backing`")
+    path.write_text(SIDECAR.replace('preempt = "voluntary"', 'preempt = "rt"'))
+    preempt_line = lines.index('preempt = "voluntary"') + 1
+    with pytest.raises(SpecError, match=rf"vm.toml:{preempt_line}: host: `preempt`"):
+        load_vm_file(path)
+    path.write_text(SIDECAR.replace("[[vm.region]]", "[[vm.region]]\nsize = 1"))
+    with pytest.raises(SpecError) as info:
+        load_vm_file(path)
+    assert f"vm.toml:{lines.index('[[vm.region]]') + 2}: vm `vm0`: region 1: unknown key" in str(
+        info.value
+    )
