@@ -131,18 +131,21 @@ class ChangeProtNuma:
     def _will_migrate(self, ctx: EpochCtx, pages: I64, granules: I64) -> tuple[I64, I64]:
         """The oracle's knowledge: keep the pages a vCPU on another node touched this epoch."""
         vm = self.vm
-        nodes = vm.cfg.vcpu_nodes
-        want_p = np.full(pages.size, -1, np.int16)
-        want_g = np.full(granules.size, -1, np.int16)
-        for v, s, e in zip(
-            ctx.run_vcpu.tolist(), ctx.run_start.tolist(), ctx.run_end.tolist(), strict=True
-        ):
-            lo, hi = np.searchsorted(pages, [s, e])
-            want_p[lo:hi] = np.where(want_p[lo:hi] < 0, nodes[v], want_p[lo:hi])
-            glo, ghi = np.searchsorted(granules, [s // PAGES_PER_PMD, -(-e // PAGES_PER_PMD)])
-            want_g[glo:ghi] = np.where(want_g[glo:ghi] < 0, nodes[v], want_g[glo:ghi])
-        keep_p = (want_p >= 0) & (want_p != vm.page_nodes(pages))
-        keep_g = (want_g >= 0) & (want_g != vm.g_node[granules])
+        vnode = vm.cfg.vcpu_nodes.astype(np.int16)[ctx.run_vcpu]
+        keep_p = np.zeros(pages.size, bool)
+        keep_g = np.zeros(granules.size, bool)
+        if pages.size:
+            lo = np.searchsorted(pages, ctx.run_start)
+            hi = np.searchsorted(pages, ctx.run_end)
+            idx = expand(lo, hi)
+            node = np.repeat(vnode, hi - lo)
+            keep_p[idx[node != vm.page_nodes(pages)[idx]]] = True
+        if granules.size:
+            lo = np.searchsorted(granules, ctx.run_start // PAGES_PER_PMD)
+            hi = np.searchsorted(granules, -(-ctx.run_end // PAGES_PER_PMD))
+            idx = expand(lo, hi)
+            node = np.repeat(vnode, hi - lo)
+            keep_g[idx[node != vm.g_node[granules][idx]]] = True
         return pages[keep_p], granules[keep_g]
 
     # -- the call -----------------------------------------------------------------------------
