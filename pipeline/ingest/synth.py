@@ -101,6 +101,18 @@ def counts_per_epoch(rate: float, n_epochs: int, rng: np.random.Generator) -> I6
     return np.full(n_epochs, base, np.int64) + extra
 
 
+def granule_span(phase: Phase) -> tuple[int, int]:
+    """(first, count) of the gfn-aligned granules that cover the phase's hot set.
+
+    Granules are aligned in gfn space (a 2 MiB granule is a THP-sized, 2M-SPTE-sized block)
+    and clipped to the hot set (the first ``hot_nr_pages`` of the window; all of it when 0).
+    """
+    limit = phase.hot_nr_pages or phase.win_nr_pages
+    first = phase.win_gfn_start // phase.granule_pages
+    end = -(-(phase.win_gfn_start + limit) // phase.granule_pages)
+    return first, end - first
+
+
 class Sampler:
     """Draws granule indices of a phase's hot set: uniform, or zipf over seeded ranks.
 
@@ -110,8 +122,7 @@ class Sampler:
     """
 
     def __init__(self, phase: Phase, rng: np.random.Generator) -> None:
-        hot_pages = phase.hot_nr_pages or phase.win_nr_pages
-        self.nr_granules = -(-hot_pages // phase.granule_pages)
+        self.nr_granules = granule_span(phase)[1]
         self.cdf: npt.NDArray[np.float64] | None = None
         self.perm: I64 | None = None
         if phase.skew > 0:
@@ -130,11 +141,13 @@ class Sampler:
 
 
 def granule_ranges(phase: Phase, granules: I64) -> tuple[I64, I64]:
-    """(gfn_start, nr_pages) of window granules, the last one clipped to the hot set/window."""
-    limit = phase.hot_nr_pages or phase.win_nr_pages
-    start = granules * phase.granule_pages
-    nr = np.minimum(start + phase.granule_pages, limit) - start
-    return phase.win_gfn_start + start, nr
+    """(gfn_start, nr_pages) of hot-set granules (indices from :func:`granule_span`)."""
+    first, _ = granule_span(phase)
+    lo = phase.win_gfn_start
+    hi = lo + (phase.hot_nr_pages or phase.win_nr_pages)
+    start = np.maximum((first + granules) * phase.granule_pages, lo)
+    end = np.minimum((first + granules + 1) * phase.granule_pages, hi)
+    return start, end - start
 
 
 def phase_epochs(phase: Phase, epochs: I64, epoch_ms: int) -> I64:

@@ -227,3 +227,18 @@ def test_same_seed_same_rows_other_seed_other_rows() -> None:
         assert np.array_equal(getattr(a, f), getattr(b, f))
     assert not np.array_equal(a.gfn_start, c.gfn_start) or len(a) != len(c)
     assert 0.3 < a.write.mean() < 0.7
+
+
+def test_granules_are_gfn_aligned_and_clipped_to_the_window() -> None:
+    spec = make_spec(
+        [{"kind": "uniform", "offset_mib": 1, "window_mib": 9, "rate_mib_per_s": 400}],
+        duration_s=2,
+    )
+    r = collect(spec)
+    lo, hi = 256, 256 + 9 * 256  # gfns of [1 MiB, 10 MiB)
+    ends = r.gfn_start + r.nr_pages
+    assert r.gfn_start.min() == lo
+    assert ends.max() == hi
+    # every run starts and ends on a 2 MiB boundary unless clipped at the window's edges
+    assert ((r.gfn_start % 512 == 0) | (r.gfn_start == lo)).all()
+    assert ((ends % 512 == 0) | (ends == hi)).all()
