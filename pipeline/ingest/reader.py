@@ -222,6 +222,9 @@ def iter_blocks(
         block = _read_block(src, stream, stats.format, CHUNK_BYTES)
         if first:
             first = False
+            if not block and stats.format == "trace.dat":
+                msg = "`trace-cmd report` printed nothing: the trace.dat is empty or corrupt"
+                raise InputError(src, msg)
             if not block:
                 raise InputError(src, "is empty; nothing to ingest")
             if _looks_binary(block):

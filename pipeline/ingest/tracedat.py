@@ -54,6 +54,12 @@ def report_stream(path: Path) -> Iterator[IO[bytes]]:
         assert proc.stdout is not None
         try:
             yield proc.stdout
+        except InputError:
+            # trace-cmd failing (no output, garbage) is the better explanation
+            code = proc.wait()
+            if code != 0:
+                raise _failed(path, errors, code) from None
+            raise
         except BaseException:
             proc.kill()
             proc.wait()
@@ -62,8 +68,12 @@ def report_stream(path: Path) -> Iterator[IO[bytes]]:
             proc.stdout.close()
         code = proc.wait()
         if code != 0:
-            errors.seek(0)
-            lines = [ln.strip() for ln in errors.read().decode("utf-8", "replace").splitlines()]
-            last = next((ln for ln in reversed(lines) if ln), f"exit code {code}")
-            msg = f"`trace-cmd report` failed: {last}; check that the file is a complete trace.dat"
-            raise InputError(path, msg)
+            raise _failed(path, errors, code)
+
+
+def _failed(path: Path, errors: IO[bytes], code: int) -> InputError:
+    errors.seek(0)
+    lines = [ln.strip() for ln in errors.read().decode("utf-8", "replace").splitlines()]
+    last = next((ln for ln in reversed(lines) if ln), f"exit code {code}")
+    msg = f"`trace-cmd report` failed: {last}; check that the file is a complete trace.dat"
+    return InputError(path, msg)
