@@ -58,63 +58,90 @@ class FaultPath:
         self.dirty = dirty
         self.vnode = vm.cfg.vcpu_nodes.astype(np.int16)
         self.pid8 = (vm.cfg.vcpu_tids & 0xFF).astype(np.int32)
+        by_gfn = sorted(vm.cfg.regions, key=lambda r: r.gfn_start)
+        self.rg_start = np.asarray([r.gfn_start for r in by_gfn], np.int64)
+        self.rg_end = np.asarray([r.gfn_end for r in by_gfn], np.int64)
+        self.rg_pmd = np.asarray([r.pmd_mapped for r in by_gfn], bool)
 
     # -- entry point ---------------------------------------------------------------------------
     def apply(self, ctx: EpochCtx) -> None:
-        """Process the epoch's access runs in ``ctx`` (sorted by vcpu, gfn)."""
+        """Process the epoch's access runs in ``ctx`` (sorted by vcpu, gfn).
+
+        Runs are cut to the dirty set, then at region boundaries. PMD-mapped regions (THP,
+        hugetlbfs) are handled per 2 MiB granule, never per page, under TDP; 4K regions (and
+        every region's 4K SPTEs on a shadow MMU) per page.
+        """
         s, e, ai = intersect(ctx.run_start, ctx.run_end, self.dirty.starts, self.dirty.ends)
         if s.size == 0:
             return
-        pages = expand(s, e)
-        vcpus = np.repeat(ctx.run_vcpu[ai], e - s)
-        # A page touched by several vCPUs in one epoch faults once, in the vCPU that gets
-        # there first; which one that is rotates with the epoch (deterministic, unbiased).
-        n = max(self.vm.cfg.vcpus, 1)
-        order = np.lexsort(((vcpus - ctx.epoch) % n, pages))
-        pages, vcpus = pages[order], vcpus[order]
-        first = np.concatenate([[True], pages[1:] != pages[:-1]])
-        pages, vcpus = pages[first], vcpus[first]
-        self._first_touch(ctx, pages, vcpus)
-        self._thp_units(ctx, pages, vcpus)
-        self._page_units(ctx, pages, vcpus)
+        s2, e2, bi = intersect(s, e, self.rg_start, self.rg_end)
+        v2 = ctx.run_vcpu[ai][bi]
+        reg = np.searchsorted(self.rg_start, s2, side="right") - 1
+        gran = self.rg_pmd[reg]
+        if gran.any():
+            gs, ge = s2[gran] // PAGES_PER_PMD, -(-e2[gran] // PAGES_PER_PMD)
+            granules, gv = self._first_per_unit(
+                expand(gs, ge), np.repeat(v2[gran], ge - gs), ctx.epoch
+            )
+            self._first_touch_granules(granules, gv)
+            self._thp_units(ctx, granules, gv)
+        by_page = np.ones(s2.size, bool) if self.kvm.shadow else ~gran
+        if by_page.any():
+            ps, pe = s2[by_page], e2[by_page]
+            pages, pv = self._first_per_unit(
+                expand(ps, pe), np.repeat(v2[by_page], pe - ps), ctx.epoch
+            )
+            self._first_touch(ctx, pages, pv)
+            self._page_units(ctx, pages, pv)
         self.dirty.subtract(s, e)
 
+    def _first_per_unit(self, units: I64, vcpus: I64, epoch: int) -> tuple[I64, I64]:
+        """A unit (page or granule) touched by several vCPUs in one epoch faults once, in the
+        vCPU that gets there first; which one rotates with the epoch (deterministic, fair)."""
+        n = max(self.vm.cfg.vcpus, 1)
+        order = np.lexsort(((vcpus - epoch) % n, units))
+        units, vcpus = units[order], vcpus[order]
+        first = np.concatenate([[True], units[1:] != units[:-1]])
+        return units[first], vcpus[first]
+
     # -- population (first touch) -------------------------------------------------------
+    def _first_touch_granules(self, granules: I64, vcpus: I64) -> None:
+        """First touch in a PMD-mapped region: a THP (or hugetlbfs page) on the node of the
+        placement policy (first-touch: the vCPU's node)."""
+        vm = self.vm
+        new = vm.g_npop[granules] == 0
+        if not new.any():
+            return
+        ug, v = granules[new], vcpus[new]
+        regs = vm.g_region[ug]
+        for index in np.unique(regs).tolist():
+            m = regs == index
+            reg = vm.cfg.regions[index]
+            vm.populate_granules(ug[m], vm.placement_nodes(reg, ug[m], self.vnode[v[m]]))
+
     def _first_touch(self, ctx: EpochCtx, pages: I64, vcpus: I64) -> None:
-        """Anonymous first touch: a THP (or hugetlbfs page) for a PMD-mapped region, else a
-        4K page, on the node of the placement policy (first-touch: the vCPU's node)."""
+        """First touch of 4K pages of a 4K region, on the placement policy's node."""
         vm = self.vm
         g = pages // PAGES_PER_PMD
-        unpop = ~vm.page_populated(pages)
+        unpop = ~vm.page_populated(pages) & ~vm.g_thp[g]
         if not unpop.any():
             return
-        gpm = np.asarray([r.pmd_mapped for r in vm.cfg.regions])[vm.g_region[g]]
-        sel = unpop & gpm
-        if sel.any():
-            ug, i = np.unique(g[sel], return_index=True)
-            v = vcpus[sel][i]
-            for reg in vm.cfg.regions:
-                m = vm.g_region[ug] == reg.index
-                if m.any():
-                    vm.populate_granules(ug[m], vm.placement_nodes(reg, ug[m], self.vnode[v[m]]))
-        sel = unpop & ~gpm
-        if sel.any():
-            p, v = pages[sel], vcpus[sel]
-            for reg in vm.cfg.regions:
-                m = vm.g_region[p // PAGES_PER_PMD] == reg.index
-                if m.any():
-                    nodes = vm.placement_nodes(reg, p[m] // PAGES_PER_PMD, self.vnode[v[m]])
-                    vm.populate_pages(p[m], nodes)
+        p, v = pages[unpop], vcpus[unpop]
+        regs = vm.g_region[p // PAGES_PER_PMD]
+        for index in np.unique(regs).tolist():
+            m = regs == index
+            reg = vm.cfg.regions[index]
+            if reg.pmd_mapped:
+                continue  # populated per granule (shadow MMU path)
+            nodes = vm.placement_nodes(reg, p[m] // PAGES_PER_PMD, self.vnode[v[m]])
+            vm.populate_pages(p[m], nodes)
 
     # -- 2 MiB units ------------------------------------------------------------------------
-    def _thp_units(self, ctx: EpochCtx, pages: I64, vcpus: I64) -> None:
+    def _thp_units(self, ctx: EpochCtx, granules: I64, vcpus: I64) -> None:
+        """Faults on PMD-mapped folios (distinct granules, populated): the hinting fault of a
+        PROT_NONE PMD, and under TDP the 2M EPT violation or first fault-in."""
         vm = self.vm
-        g = pages // PAGES_PER_PMD
-        is_thp = vm.g_thp[g]
-        if not is_thp.any():
-            return
-        ug, i = np.unique(g[is_thp], return_index=True)
-        v = vcpus[is_thp][i]
+        ug, v = granules, vcpus
         tdp2m = self.kvm.spte_2m
         if tdp2m:
             missing = ~vm.g_spte2m[ug]
@@ -214,18 +241,10 @@ class FaultPath:
         if self.policy.migrate_filter == "oracle":
             want = np.ones(heads.size, bool)
         else:
-            early = (
-                np.asarray(
-                    [
-                        self.tasks[v].numa_preferred_nid == NUMA_NO_NODE
-                        or self.tasks[v].numa_scan_seq <= 4
-                        for v in vcpus.tolist()
-                    ],
-                    bool,
-                )
-                if vcpus.size
-                else np.zeros(0, bool)
+            early_task = np.asarray(
+                [t.numa_preferred_nid == NUMA_NO_NODE or t.numa_scan_seq <= 4 for t in self.tasks]
             )
+            early = early_task[vcpus]
             want = (early & (unset | same_pid)) | unset | (last_nid == dst)
         misplaced = want & ~local
         # migrate_misplaced_*: pinned folios fail after the retry passes, others need room
@@ -256,19 +275,32 @@ class FaultPath:
         else:
             vm.pflags[heads] &= ~P_PROTNONE
             np.subtract.at(vm.g_nprot, g, 1)
-        # task_numa_fault()
-        mem_node = np.where(moved, dst, node)
+        # task_numa_fault(), aggregated per thread
+        k = len(self.tasks)
+        nodes = vm.cfg.host_nodes
         priv = unset | same_pid
+        w = float(nr_pages)
+
+        def per_task(mask: B) -> npt.NDArray[np.float64]:
+            out: npt.NDArray[np.float64] = (
+                np.bincount(vcpus[mask], minlength=k).astype(np.float64) * w
+            )
+            return out
+
+        n_priv, n_shared = per_task(priv), per_task(~priv)
+        n_local, n_remote, n_failed = per_task(local), per_task(~local), per_task(failed)
+        mem_node = np.where(moved, dst, node).astype(np.int64)
+        mem = np.bincount(vcpus * nodes + mem_node, minlength=k * nodes).reshape(k, nodes) * w
         for v in np.unique(vcpus).tolist():
-            m = vcpus == v
             self._task_numa_fault(
                 ctx.now_ms,
                 self.tasks[v],
-                nr_pages,
-                priv=priv[m],
-                local=local[m],
-                failed=failed[m],
-                mem_node=mem_node[m],
+                shared=int(n_shared[v]),
+                private=int(n_priv[v]),
+                local=int(n_local[v]),
+                remote=int(n_remote[v]),
+                failed=int(n_failed[v]),
+                mem=mem[v],
             )
 
     def _migration_notifiers(
@@ -294,15 +326,17 @@ class FaultPath:
         self,
         now_ms: int,
         task: TaskNuma,
-        nr_pages: int,
         *,
-        priv: B,
-        local: B,
-        failed: B,
-        mem_node: npt.NDArray[np.int16],
+        shared: int,
+        private: int,
+        local: int,
+        remote: int,
+        failed: int,
+        mem: npt.NDArray[np.float64],
     ) -> None:
-        """task_numa_fault() for a batch of faults of one thread in one epoch: placement (and
-        so update_task_scan_period()) sees the faults recorded before this epoch."""
+        """task_numa_fault() for a batch of faults of one thread in one epoch (in base
+        pages): placement (and so update_task_scan_period()) sees the faults recorded before
+        this epoch; then locality, TNF_MIGRATE_FAIL and the per-node memory faults."""
         if not task.has_faults:
             task.has_faults = True
             task.locality = [0, 0, 0]
@@ -310,9 +344,9 @@ class FaultPath:
             self.scanner.task_numa_placement(now_ms, task)
             if task.numa_preferred_nid != NUMA_NO_NODE:
                 task.numa_migrate_retry_ms = now_ms + min(1000, task.numa_scan_period // 16)
-        task.locality[2] += int(failed.sum()) * nr_pages
-        task.faults_buf[1] += int(priv.sum()) * nr_pages
-        task.faults_buf[0] += int((~priv).sum()) * nr_pages
-        task.locality[1] += int(local.sum()) * nr_pages
-        task.locality[0] += int((~local).sum()) * nr_pages
-        np.add.at(task.faults_mem, mem_node.astype(np.int64), nr_pages)
+        task.locality[2] += failed
+        task.faults_buf[1] += private
+        task.faults_buf[0] += shared
+        task.locality[1] += local
+        task.locality[0] += remote
+        task.faults_mem += mem
