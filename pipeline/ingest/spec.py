@@ -54,6 +54,12 @@ DEFAULT_EPOCH_MS = 100
 DEFAULT_GRANULE_KIB = HPAGE_PMD_NR * PAGE_BYTES // 1024
 #: a zipf/moving/shared hot set is sampled through a CDF over its granules; cap its size
 MAX_HOT_GRANULES = 1 << 24
+#: longest run, in epochs
+MAX_EPOCHS = 10_000_000
+#: most granule touches one vCPU may make in one epoch (bounds a batch's memory)
+MAX_TOUCHES_PER_EPOCH = 100_000
+#: fastest rate accepted (MiB/s per vCPU): 1 TiB/s
+MAX_RATE_MIB_PER_S = float(1 << 20)
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,12 @@ def parse_spec(
     top.only(("host", "vm", *TOP_KEYS))
     duration_s = top.positive("duration_s")
     epoch_ms = top.int_("epoch_ms", DEFAULT_EPOCH_MS, lo=1, hi=3_600_000)
+    if duration_s * 1000 / epoch_ms > MAX_EPOCHS:
+        top.fail(
+            f"`duration_s` = {duration_s:g} at `epoch_ms` = {epoch_ms} gives more than "
+            f"{MAX_EPOCHS} epochs; shorten the run or lengthen the epochs",
+            "duration_s",
+        )
     file_seed = top.int_("seed", 0, lo=0, hi=(1 << 63) - 1)
     run_seed = file_seed if seed is None else seed
     if run_seed < 0:
@@ -282,7 +294,10 @@ def parse_phase(
     }
     if kind == "idle":
         return Phase(**common)
-    common["rate_mib_per_s"] = keys.positive("rate_mib_per_s")
+    rate = keys.positive("rate_mib_per_s")
+    if rate > MAX_RATE_MIB_PER_S:
+        keys.bad("rate_mib_per_s", rate, f"at most {MAX_RATE_MIB_PER_S:g} MiB/s per vCPU")
+    common["rate_mib_per_s"] = rate
     if kind == "sweep":
         split = keys.bool_("split", True)
         if split and len(vcpus) > window // PAGE_BYTES:
@@ -292,6 +307,14 @@ def parse_phase(
     if granule_kib & (granule_kib - 1):
         keys.bad("granule_kib", granule_kib, "a power of two from 4 to 2048")
     granule_pages = granule_kib * 1024 // PAGE_BYTES
+    touches = rate * 1024 / granule_kib * epoch_ms / 1000
+    if touches > MAX_TOUCHES_PER_EPOCH:
+        keys.fail(
+            f"`rate_mib_per_s` = {rate:g} with `granule_kib` = {granule_kib} makes "
+            f"{touches:.0f} granule touches per vCPU and epoch; at most "
+            f"{MAX_TOUCHES_PER_EPOCH} (raise `granule_kib` or lower the rate)",
+            "rate_mib_per_s",
+        )
     extra: dict[str, Any] = {"granule_pages": granule_pages}
     if kind != "uniform":
         hot = keys.size("hot", required=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import math
 import re
 import tomllib
@@ -38,6 +39,10 @@ HPAGE_PMD_BYTES = 2 << 20
 HPAGE_PMD_NR = HPAGE_PMD_BYTES // PAGE_BYTES
 GIB = 1 << 30
 MIB = 1 << 20
+#: largest size accepted anywhere (the 52-bit guest physical address space)
+MAX_BYTES = 1 << 52
+#: largest hva (57-bit, 5-level paging)
+MAX_HVA = 1 << 57
 
 #: default hva of a VM's first region; later regions start at the next 1 GiB boundary
 DEFAULT_HVA_BASE = 0x7F00_0000_0000
@@ -63,12 +68,15 @@ def show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value
+        text = value if value.isprintable() and "`" not in value else json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
     if isinstance(value, list):
-        return "[" + ", ".join(show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {show(v)}" for k, v in value.items()) + "}"
-    return str(value)
+        text = "[" + ", ".join(show(v) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k} = {show(v)}" for k, v in value.items()) + "}"
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 Loc = tuple[tuple[str, int | None], ...]
@@ -193,12 +201,16 @@ class Keys:
     def number(
         self, key: str, default: float | None = None, *, lo: float = 0.0, hi: float | None = None
     ) -> float:
-        """A non-negative int or float (``hi`` inclusive)."""
+        """A finite int or float in [lo, hi] (default: non-negative)."""
         value = self.raw(key, default)
         if value is None:
             self.fail(f"missing `{key}`")
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            self.bad(key, value, "a number")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            self.bad(key, value, "a finite number")
         if value < lo or (hi is not None and value > hi):
             span = f"a number >= {lo:g}" if hi is None else f"a number in [{lo:g}, {hi:g}]"
             self.bad(key, value, span)
@@ -261,10 +273,11 @@ class Keys:
         return [self.to_bytes(key, v, mult) for v in value]
 
     def to_bytes(self, key: str, value: object, mult: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             self.bad(key, value, "a size > 0")
-        assert isinstance(value, int | float)
         nbytes = value * mult
+        if nbytes > MAX_BYTES:
+            self.bad(key, value, f"a size of at most {MAX_BYTES >> 50} PiB")
         if nbytes != int(nbytes) or int(nbytes) % PAGE_BYTES:
             self.bad(key, value, "a whole number of 4 KiB pages")
         return int(nbytes)
@@ -544,8 +557,8 @@ def parse_region(
             f"`mof_policy` = true with `backing` = {backing}; it applies only to shared "
             "(anon is always scannable, hugetlbfs never)"
         )
-    gpa_start = keys.int_("gpa_start", gpa_next, lo=0)
-    hva_start = keys.int_("hva_start", hva_next, lo=0)
+    gpa_start = keys.int_("gpa_start", gpa_next, lo=0, hi=MAX_BYTES - size)
+    hva_start = keys.int_("hva_start", hva_next, lo=0, hi=MAX_HVA - size)
     align = HPAGE_PMD_BYTES if backing == "hugetlbfs" else PAGE_BYTES
     for key, value in (("gpa_start", gpa_start), ("hva_start", hva_start), ("size", size)):
         if value % align:

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import SpecError
 from pipeline.ingest.spec import load_spec, parse_spec
@@ -210,3 +212,55 @@ def test_errors_name_the_line_of_nested_and_inline_phases(tmp_path: Path) -> Non
     )
     with pytest.raises(SpecError, match=r"s.toml:8: vm `v`: workload 1: phase 2: unknown key"):
         load_spec(path)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key/index path of a parsed TOML document."""
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.append((*prefix, k))
+            out.extend(_paths(v, (*prefix, k)))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out.append((*prefix, i))
+            out.extend(_paths(v, (*prefix, i)))
+    return out
+
+
+WEIRD = st.one_of(
+    st.integers(-(1 << 64), 1 << 64),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=12),
+    st.sampled_from(["all", "none", "node:1", "node:x", "first-touch", "zipf", "anon"]),
+    st.lists(st.integers(-5, 5), max_size=3),
+    st.lists(st.lists(st.integers(-5, 1 << 20), max_size=3), max_size=2),
+    st.dictionaries(st.sampled_from(["kind", "name", "x"]), st.integers(0, 3), max_size=2),
+    st.builds(list),
+    st.builds(dict),
+)
+
+
+@pytest.mark.parametrize("sample", ["mixed.toml", "vfio-pinned.toml"])
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_any_mutated_spec_parses_or_is_a_spec_error(sample: str, data: st.DataObject) -> None:
+    import tomllib
+
+    doc = tomllib.loads((TRACES / sample).read_text())
+    paths = _paths(doc)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        node = doc
+        try:
+            for step in path[:-1]:
+                node = node[step]
+            node[path[-1]] = data.draw(WEIRD)
+        except (KeyError, IndexError, TypeError):
+            continue
+    try:
+        parse_spec(doc, Path("m.toml"))
+    except SpecError as exc:
+        assert str(exc).startswith("m.toml")
+        assert "\n" not in str(exc)
