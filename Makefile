@@ -44,5 +44,41 @@ format: setup ## apply ruff format and safe fixes
 bench: setup ## run the benchmarks in bench/ and print the figures
 	$(BIN)/python -m bench
 
+# ---- make pipeline: the default data end to end (docs/analysis.md) --------------------------
+# Every stage output is a file target (its manifest.json), rebuilt only when its input or the
+# sources of its stage changed; the stages run in parallel across datasets.
+SPECS ?= vfio-pinned no-device mixed
+REAL_NAMES := $(patsubst traces/real/%.trace.zst,%,$(wildcard traces/real/*.trace.zst))
+DATASETS := $(SPECS) $(addprefix real-,$(REAL_NAMES))
+RESULTS := $(addprefix $(OUT)/results/,$(DATASETS))
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+SCHEMA_SRC := pipeline/schema.py pipeline/errors.py $(wildcard schemas/*.toml schemas/ftrace/*.toml)
+INGEST_SRC := $(SCHEMA_SRC) $(shell find pipeline/ingest -name '*.py' 2>/dev/null)
+REPLAY_SRC := $(SCHEMA_SRC) $(shell find pipeline/replay -name '*.py' 2>/dev/null)
+ANALYZE_SRC := $(SCHEMA_SRC) $(shell find pipeline/analyze -name '*.py' -o -name '*.sql' 2>/dev/null)
+HEADLINE_SQL := SELECT s.* FROM savings_total AS s JOIN run_policies USING (policy) ORDER BY policy_rank
+
+$(OUT)/datasets/%/manifest.json: traces/%.toml $(INGEST_SRC) | $(VENV)/.installed
+	$(BIN)/tlbreplay synth $< --out $(@D) --quiet
+
+$(OUT)/datasets/real-%/manifest.json: traces/real/%.trace.zst traces/real/%.toml $(INGEST_SRC) | $(VENV)/.installed
+	$(BIN)/tlbreplay ingest $< --out $(@D) --vm-config traces/real/$*.toml --quiet
+
+$(OUT)/results/%/manifest.json: $(OUT)/datasets/%/manifest.json $(REPLAY_SRC) | $(VENV)/.installed
+	$(BIN)/tlbreplay replay $(<D) --out $(@D) --quiet
+
+$(OUT)/report/report.html: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC) | $(VENV)/.installed
+	$(BIN)/tlbreplay report $(RESULTS) --out $(@D) --quiet
+
+.SECONDARY: $(addsuffix /manifest.json,$(RESULTS) $(addprefix $(OUT)/datasets/,$(DATASETS)))
+
+pipeline: setup ## synth traces/*.toml samples + ingest traces/real/, replay every policy, report
+	@$(MAKE) --no-print-directory -j$(JOBS) $(OUT)/report/report.html
+	@for r in $(RESULTS); do \
+	  echo "== $$r: KVM TLB shootdowns and modelled cost, all VMs, per policy"; \
+	  $(BIN)/tlbreplay query $$r "$(HEADLINE_SQL)" || exit 1; \
+	done
+	@echo "report: $(OUT)/report/report.html"
+
 clean: ## remove outputs (not the venv)
 	rm -rf $(OUT)

@@ -10,6 +10,9 @@ import typer
 from pipeline.clikit import QUIET_OPTION, command
 from pipeline.errors import QueryError
 
+#: Rows of a failing audit printed by `query --audit` (the report shows up to 50).
+AUDIT_ROWS = 20
+
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
@@ -65,7 +68,7 @@ def register(app: typer.Typer) -> None:
                         console.print(f"{status:<4} {result.name}: {result.doc}", highlight=False)
                     if result.rows.num_rows:
                         failed += 1
-                        console.print(rich_table(result.rows))
+                        console.print(rich_table(result.rows, max_rows=AUDIT_ROWS, hint=""))
                 if failed:
                     typer.echo(f"tlbreplay: {failed} audit(s) returned rows", err=True)
                     raise typer.Exit(code=1)

@@ -35,7 +35,13 @@ def _is_numeric(dtype: pa.DataType) -> bool:
     )
 
 
-def rich_table(rows: pa.Table, *, title: str | None = None, max_rows: int = 10_000) -> Table:
+def rich_table(
+    rows: pa.Table,
+    *,
+    title: str | None = None,
+    max_rows: int = 10_000,
+    hint: str = "; use --format csv",
+) -> Table:
     """A rich Table of ``rows`` (numbers right-aligned); at most ``max_rows`` rows shown."""
     table = Table(title=title, title_justify="left", show_lines=False)
     for field in rows.schema:
@@ -43,7 +49,7 @@ def rich_table(rows: pa.Table, *, title: str | None = None, max_rows: int = 10_0
     for record in rows.slice(0, max_rows).to_pylist():
         table.add_row(*(cell_text(v) for v in record.values()))
     if rows.num_rows > max_rows:
-        table.caption = f"{rows.num_rows - max_rows} more rows not shown; use --format csv"
+        table.caption = f"{rows.num_rows - max_rows} more rows not shown{hint}"
     return table
 
 

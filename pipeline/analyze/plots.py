@@ -58,6 +58,11 @@ def _legend(fig: Figure, ax: Axes, title: str) -> None:
         fig.legend(handles, names, loc="outside right upper", fontsize=8, title=title)
 
 
+def _policies(rows: pl.DataFrame) -> list[str]:
+    """Policies in the order of their first row (the caller's display order)."""
+    return [str(p) for p in rows["policy"].unique(maintain_order=True).to_list()]
+
+
 def _colors(n: int) -> list[tuple[float, float, float, float]]:
     from matplotlib import colormaps
 
@@ -66,13 +71,13 @@ def _colors(n: int) -> list[tuple[float, float, float, float]]:
 
 
 def plot_policy_bars(shootdowns: pl.DataFrame, path: Path, *, title: str = "") -> Path:
-    """Stacked bars per policy, one panel per counter of :data:`BAR_COUNTERS`.
+    """Stacked bars per policy (in row order), one panel per counter of :data:`BAR_COUNTERS`.
 
     ``shootdowns``: rows of view ``shootdowns`` (policy, vm, page_size and the counters); each
     bar is stacked by (vm, page_size).
     """
     fig, axes = _panels([label for _, label in BAR_COUNTERS], (2, 2), title=title, size=(12, 7.5))
-    policies = sorted(shootdowns["policy"].unique().to_list()) if shootdowns.height else []
+    policies = _policies(shootdowns)
     stacks = (
         shootdowns.select("vm", "page_size").unique().sort("vm", "page_size").rows()
         if shootdowns.height
@@ -113,11 +118,9 @@ def plot_timeline(timeline: pl.DataFrame, path: Path, *, title: str = "") -> Pat
             _empty(ax)
         return _save(fig, path)
     per_policy = (
-        timeline.group_by("policy", "t_ms")
-        .agg(pl.col(c).sum() for c, _ in panels)
-        .sort("policy", "t_ms")
+        timeline.group_by("policy", "t_ms").agg(pl.col(c).sum() for c, _ in panels).sort("t_ms")
     )
-    policies = sorted(per_policy["policy"].unique().to_list())
+    policies = _policies(timeline)
     colors = _colors(len(policies))
     for ax, (counter, _) in zip(axes, panels, strict=True):
         for color, policy in zip(colors, policies, strict=True):
@@ -149,7 +152,7 @@ def plot_by_vcpu(
         return _save(fig, path)
     groups = by_vcpu.select("vm", "vcpu").unique().sort("vm", "vcpu").rows()[:max_vcpus]
     labels = [f"{vm}/{vcpu}" for vm, vcpu in groups]
-    policies = sorted(by_vcpu["policy"].unique().to_list())
+    policies = _policies(by_vcpu)
     colors = _colors(len(policies))
     width = 0.8 / max(len(policies), 1)
     for ax, (counter, _) in zip(axes, panels, strict=True):

@@ -36,7 +36,7 @@ TABLES = (
     (
         "summary",
         "Savings, all VMs together",
-        "SELECT * FROM savings_total ORDER BY policy",
+        "SELECT s.* FROM savings_total AS s JOIN run_policies USING (policy) ORDER BY policy_rank",
     ),
     (
         "headline",
@@ -44,17 +44,19 @@ TABLES = (
         "SELECT policy, vm, page_size, remote_tlb_flushes, shootdown_ipis, "
         "kvm_unmap_gfn_range_calls, mmu_notifier_invalidations, spte_zapped, ept_violations, "
         "numa_hint_faults, numa_pages_migrated, numa_migrate_failed, host_tlb_flushes, cost_us "
-        "FROM shootdowns ORDER BY vm, page_size, policy",
+        "FROM shootdowns JOIN run_policies USING (policy) ORDER BY vm, page_size, policy_rank",
     ),
     (
         "savings",
         "Savings per VM against linux-6.5 and linux-7.1",
-        "SELECT * FROM savings_headline ORDER BY vm, policy",
+        "SELECT s.* FROM savings_headline AS s JOIN run_policies USING (policy) "
+        "ORDER BY vm, policy_rank",
     ),
     (
         "observed",
         "Observed (ftrace) vs simulated",
-        "SELECT * FROM observed_vs_simulated ORDER BY vm, counter, policy",
+        "SELECT o.* FROM observed_vs_simulated AS o JOIN run_policies USING (policy) "
+        "ORDER BY vm, counter, policy_rank",
     ),
     (
         "observed_raw",
@@ -62,10 +64,15 @@ TABLES = (
         "SELECT * FROM observed ORDER BY vm NULLS LAST, counter, detail",
     ),
 )
+#: Rows of each plot, in the policies' display order (plots keep the order they get).
 PLOT_SQL = {
-    "shootdowns": "SELECT * FROM shootdowns ORDER BY policy, vm, page_size",
-    "timeline": "SELECT * FROM timeline ORDER BY policy, vm, epoch",
-    "by_vcpu": "SELECT * FROM by_vcpu ORDER BY policy, vm, vcpu",
+    view: f"SELECT v.* FROM {view} AS v JOIN run_policies USING (policy) "
+    f"ORDER BY policy_rank, {keys}"
+    for view, keys in (
+        ("shootdowns", "vm, page_size"),
+        ("timeline", "vm, epoch"),
+        ("by_vcpu", "vm, vcpu"),
+    )
 }
 
 CSS = """

@@ -24,7 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from pipeline.errors import DatasetError, QueryError
-from pipeline.schema import MANIFEST, read_manifest, table_schema
+from pipeline.schema import MANIFEST, SCHEMA_DIR, read_manifest, table_schema
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 AUDIT_DIR = SQL_DIR / "audits"
@@ -36,38 +36,20 @@ DATASET_TABLES = ("vms", "quarantine")
 #: Hive partition columns: only in directory names, always read as text.
 PARTITION_COLUMNS = ("policy", "vm")
 
-#: ftrace tables the analysis views read, with the columns they use (common columns ``ts_ns,
-#: cpu, pid, comm`` first). Used only to make an empty view when the dataset has no such file;
-#: when the file exists it is read as it is, so columns added by ingest are kept.
-FTRACE_COLUMNS: dict[str, dict[str, str]] = {
-    "kvm_unmap_hva_range": {"hva_start": "UBIGINT", "hva_end": "UBIGINT"},
-    "kvm_page_fault": {
-        "vcpu": "INTEGER",
-        "rip": "UBIGINT",
-        "gpa": "UBIGINT",
-        "error_code": "UBIGINT",
-    },
-    "kvm_tdp_mmu_spte_changed": {
-        "as_id": "INTEGER",
-        "gfn": "UBIGINT",
-        "level": "INTEGER",
-        "old_spte": "UBIGINT",
-        "new_spte": "UBIGINT",
-    },
-    "kvm_mmu_spte_requested": {"gfn": "UBIGINT", "pfn": "UBIGINT", "level": "INTEGER"},
-    "tlb_flush": {"pages": "BIGINT", "reason": "VARCHAR", "reason_code": "INTEGER"},
-    "ipi_send_cpumask": {"cpumask": "VARCHAR", "callsite": "VARCHAR", "callback": "VARCHAR"},
-    "mm_migrate_pages": {
-        "nr_succeeded": "BIGINT",
-        "nr_failed": "BIGINT",
-        "nr_thp_succeeded": "BIGINT",
-        "nr_thp_failed": "BIGINT",
-        "nr_thp_split": "BIGINT",
-        "mode": "VARCHAR",
-        "reason": "VARCHAR",
-    },
-}
-FTRACE_COMMON = {"ts_ns": "BIGINT", "cpu": "INTEGER", "pid": "INTEGER", "comm": "VARCHAR"}
+#: Directory of the ftrace tables' schemas (schemas/ftrace/<event>.toml, table
+#: ``ftrace/<event>``); every one gets a view ``ftrace_<event>``, empty when the dataset has no
+#: such file, so the views over them bind on synthetic datasets too.
+FTRACE_SCHEMA_DIR = SCHEMA_DIR / "ftrace"
+
+
+def ftrace_events() -> list[str]:
+    """Events with a schema in schemas/ftrace/ (``_other`` included)."""
+    return sorted(p.stem for p in FTRACE_SCHEMA_DIR.glob("*.toml"))
+
+
+def ftrace_view(event: str) -> str:
+    """The view name of an ftrace event table (``_other`` -> ``ftrace_other``)."""
+    return "ftrace_other" if event == "_other" else f"ftrace_{event}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +57,7 @@ class Source:
     """One source view: its name, where it reads from (None: empty) and a one-line doc."""
 
     name: str
+    table: str
     files: str | None
     doc: str
     column_docs: dict[str, str] = field(default_factory=dict)
@@ -170,40 +153,25 @@ class Run:
             files = str(path) if path is not None and path.is_file() else None
             out.append(_schema_source(name, files, hive=False))
         ftrace_dir = self.dataset / "ftrace" if self.dataset else None
-        present = (
-            {p.stem: p for p in ftrace_dir.glob("*.parquet") if not p.name.startswith(".")}
-            if ftrace_dir is not None and ftrace_dir.is_dir()
-            else {}
-        )
-        for event in sorted(set(present) | set(FTRACE_COLUMNS)):
-            view = "ftrace_other" if event == "_other" else f"ftrace_{event}"
-            path = present.get(event)
-            out.append(
-                Source(
-                    view,
-                    str(path) if path is not None else None,
-                    f"ftrace event `{event}` of the dataset, one row per event (ingest)",
-                )
-            )
+        for event in ftrace_events():
+            path = ftrace_dir / f"{event}.parquet" if ftrace_dir is not None else None
+            files = str(path) if path is not None and path.is_file() else None
+            out.append(_schema_source(f"ftrace/{event}", files, hive=False))
         return out
 
 
-def _schema_source(name: str, files: str | None, *, hive: bool) -> Source:
-    schema = table_schema(name)
+def _schema_source(table: str, files: str | None, *, hive: bool) -> Source:
+    schema = table_schema(table)
     docs = {c.name: c.doc + (f" [{c.unit}]" if c.unit else "") for c in schema.columns}
     where = "RESULTS" if hive else "DATASET"
-    return Source(name, files, f"{schema.doc} ({where}: {schema.grain})", docs)
+    name = ftrace_view(table.removeprefix("ftrace/")) if table.startswith("ftrace/") else table
+    return Source(name, table, files, f"{schema.doc} ({where}: {schema.grain})", docs)
 
 
 def _source_sql(source: Source, *, hive: bool) -> str:
     name = source.name
     if source.files is None:
-        if name.startswith("ftrace_"):
-            event = name.removeprefix("ftrace_")
-            columns = {**FTRACE_COMMON, **FTRACE_COLUMNS.get(event, {})}
-        else:
-            columns = _schema_columns(name)
-        return f"CREATE VIEW {name} AS {_empty_select(columns)}"
+        return f"CREATE VIEW {name} AS {_empty_select(_schema_columns(source.table))}"
     files = sql_literal(source.files)
     if hive:
         types = ", ".join(f"{sql_literal(c)}: 'VARCHAR'" for c in PARTITION_COLUMNS)

@@ -114,13 +114,13 @@ def test_epoch_times(tmp_path: Path) -> None:
         policies=["linux-6.5"],
         epochs=[ep("linux-6.5", "vm0", 2, t_ms=250, remote_tlb_flushes=1)],
         scans=[
-            {"policy": "linux-6.5", "vm": "vm0", "epoch": 1, "t_ms": 150},  # inside: fine
-            {"policy": "linux-6.5", "vm": "vm0", "epoch": 1, "t_ms": 200},  # next epoch
+            {"policy": "linux-6.5", "vm": "vm0", "epoch": 1, "t_ms": 200},  # end tick: fine
+            {"policy": "linux-6.5", "vm": "vm0", "epoch": 1, "t_ms": 201},  # next epoch
         ],
     )
     assert got["epoch_times"] == [
         ("epochs", "linux-6.5", "vm0", 2, 250, 200),
-        ("scans", "linux-6.5", "vm0", 1, 200, 100),
+        ("scans", "linux-6.5", "vm0", 1, 201, 100),
     ]
 
 

@@ -1,28 +1,38 @@
--- Area: run. What was replayed: the policies and VMs of this RESULTS directory. Private
--- helpers for the other areas, so that a (policy, vm) pair with no non-zero counter (the
--- results tables hold only non-zero rows) still shows up with zeros.
+-- Area: run. What was replayed: the policies and VMs of this RESULTS directory, so that a
+-- (policy, vm) pair with no non-zero counter (the results tables hold only non-zero rows)
+-- still shows up with zeros in the other areas.
 
--- Policies of the run: the manifest's `policies` (a list of names, of {name: ...} objects,
--- or an object keyed by name) and any policy found in the results tables.
-CREATE VIEW _run_policies AS
-SELECT DISTINCT policy
+-- The manifest's `policies` as a list of names: a list of names, a list of {name: ...}
+-- objects, or an object keyed by name.
+CREATE VIEW _run_manifest_policies AS
+SELECT
+    CASE json_type(manifest -> 'policies')
+        WHEN 'ARRAY' THEN list_transform(
+            CAST(manifest -> 'policies' AS JSON[]),
+            lambda p: coalesce(p ->> 'name', p ->> '$')
+        )
+        WHEN 'OBJECT' THEN json_keys(manifest -> 'policies')
+        ELSE CAST([] AS VARCHAR[])
+    END AS names
+FROM results_manifest;
+
+-- Policies of the run with their display order: the manifest's order (the engine's POLICIES
+-- table), then any other policy found in the results tables, by name. Join it to order rows
+-- the way `tlbreplay policies` lists them.
+CREATE VIEW run_policies (
+    policy,       -- policy name
+    policy_rank   -- 1-based display order
+) AS
+SELECT policy, row_number() OVER (ORDER BY min(manifest_rank) NULLS LAST, policy)
 FROM (
-    SELECT unnest(
-        CASE json_type(manifest -> 'policies')
-            WHEN 'ARRAY' THEN list_transform(
-                CAST(manifest -> 'policies' AS JSON[]),
-                lambda p: coalesce(p ->> 'name', p ->> '$')
-            )
-            WHEN 'OBJECT' THEN json_keys(manifest -> 'policies')
-            ELSE CAST([] AS VARCHAR[])
-        END
-    ) AS policy
-    FROM results_manifest
-    UNION ALL SELECT policy FROM epochs
-    UNION ALL SELECT policy FROM vcpu_epochs
-    UNION ALL SELECT policy FROM scans
+    SELECT unnest(names) AS policy, generate_subscripts(names, 1) AS manifest_rank
+    FROM _run_manifest_policies
+    UNION ALL SELECT policy, NULL FROM epochs
+    UNION ALL SELECT policy, NULL FROM vcpu_epochs
+    UNION ALL SELECT policy, NULL FROM scans
 )
-WHERE policy IS NOT NULL;
+WHERE policy IS NOT NULL
+GROUP BY policy;
 
 -- VMs of the run: the dataset's vms table and any VM found in the results tables.
 CREATE VIEW _run_vms AS
@@ -38,7 +48,7 @@ WHERE vm IS NOT NULL;
 -- Every (policy, vm) pair replayed.
 CREATE VIEW _runs AS
 SELECT p.policy, v.vm
-FROM _run_policies AS p
+FROM run_policies AS p
 CROSS JOIN _run_vms AS v;
 
 -- Every (policy, vm, page_size) the headline shows: each page size seen for the VM under

@@ -1,5 +1,7 @@
 -- Audit: an epoch starts at epoch * epoch_ms (DESIGN.md: the engine steps one epoch of
--- --epoch-ms at a time), in every results table, and scans happen inside their epoch.
+-- --epoch-ms at a time), in every results table, and a scan happens within its epoch: the
+-- engine runs the scheduler tick (task_tick_numa -> task_numa_work) at the epoch's end, so
+-- epoch * epoch_ms < t_ms <= (epoch + 1) * epoch_ms.
 -- Returns: one row per offending row, with the table it comes from.
 WITH m AS (SELECT epoch_ms FROM _timeline_epoch_ms)
 SELECT 'epochs' AS source, policy, vm, epoch, t_ms, epoch * m.epoch_ms AS expected_t_ms
@@ -12,5 +14,5 @@ WHERE t_ms <> epoch * m.epoch_ms
 UNION ALL
 SELECT 'scans', policy, vm, epoch, t_ms, epoch * m.epoch_ms
 FROM scans, m
-WHERE t_ms < epoch * m.epoch_ms OR t_ms >= (epoch + 1) * m.epoch_ms
+WHERE t_ms <= epoch * m.epoch_ms OR t_ms > (epoch + 1) * m.epoch_ms
 ORDER BY source, policy, vm, epoch
