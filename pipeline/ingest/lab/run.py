@@ -1,0 +1,255 @@
+"""``tlbreplay lab run``: run the tiny KVM guest under NUMA balancing and capture it.
+
+This process is the VMM (guest RAM, vCPU threads named ``CPU n/KVM`` like QEMU's). The capture
+runs as a separate ``tlbreplay capture --pid <this pid>`` process, so its own reads and
+allocations are not part of the traced mm. Sequence: the guest faults in all its RAM first
+(every vCPU completes ``WARMUP_PASSES`` sweeps), the capture starts tracing, then
+``kernel.numa_balancing`` is switched on for ``seconds`` and put back, then the capture is
+stopped with SIGINT. numa_balancing is restored in a ``finally`` too, and the capture child
+restores tracefs on its own exit paths, so an error or Ctrl-C never leaves either on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import MissingFacilityError, TlbReplayError
+from pipeline.ingest.capture import READY_MESSAGE, CapturePaths
+from pipeline.ingest.lab import host, tracefs
+from pipeline.ingest.lab.guest import PAGE_4K, Guest
+from pipeline.ingest.lab.pin import LongTermPin
+from pipeline.ingest.lab.sidecar import RegionSpec, VmSpec, render_sidecar, write_sidecar
+
+WARMUP_PASSES = 2
+WARMUP_TIMEOUT_S = 60.0
+CAPTURE_START_TIMEOUT_S = 60.0
+CAPTURE_MARGIN_S = 120.0
+KVM_STATS = (
+    "remote_tlb_flush",
+    "remote_tlb_flush_requests",
+    "mmu_shadow_zapped",
+    "mmu_cache_miss",
+    "pages_4k",
+    "pages_2m",
+    "pf_taken",
+    "pf_fixed",
+    "pf_spurious",
+    "pf_guest",
+    "exits",
+    "insn_emulation",
+    "tlb_flush",
+    "invlpg",
+    "mmu_flooded",
+    "mmu_recycled",
+)
+
+
+class LabError(TlbReplayError):
+    """The lab guest or its capture failed."""
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    mem_mib: int = 1024
+    vcpus: int = 2
+    backing: str = "anon"  # anon | shared
+    thp: bool = False
+    pin: bool = False
+    pattern: str = "split"
+    seconds: float = 10.0
+    numa_balancing: int = 1
+    buffer_kb: int = 16384
+
+    @property
+    def name(self) -> str:
+        return (
+            f"lab-{self.backing}-{'thp' if self.thp else '4k'}-{'pin' if self.pin else 'nopin'}"
+            f"-nb{self.numa_balancing}"
+        )
+
+
+def set_numa_balancing(value: int) -> None:
+    host.NUMA_BALANCING.write_text(f"{value}\n")
+
+
+def get_numa_balancing() -> int:
+    return int(host.NUMA_BALANCING.read_text())
+
+
+def _marker(root: Path, text: str) -> None:
+    with (root / "trace_marker").open("w") as f:
+        f.write(f"tlbreplay lab: {text}\n")
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in KVM_STATS if k in after}
+
+
+def _start_capture(config: LabConfig, out: Path) -> subprocess.Popen[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline.ingest.lab_commands",
+        "capture",
+        "--pid",
+        str(os.getpid()),
+        "--seconds",
+        str(config.seconds + CAPTURE_MARGIN_S),
+        "--out",
+        str(out),
+        "--buffer-kb",
+        str(config.buffer_kb),
+        "--vm-name",
+        "lab",
+    ]
+    child = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[3])
+    assert child.stderr is not None
+    deadline = time.monotonic() + CAPTURE_START_TIMEOUT_S
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = child.stderr.readline()
+        if not line:
+            break
+        if READY_MESSAGE in line:
+            return child
+        seen.append(line.strip())
+    child.kill()
+    child.wait()
+    msg = "the capture did not start: " + (" | ".join(seen) or f"exit code {child.returncode}")
+    raise LabError(msg)
+
+
+def _stop_capture(child: subprocess.Popen[str]) -> str:
+    """SIGINT (stop early, keep the data), then wait; returns the child's remaining stderr."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGINT)
+    try:
+        _, err = child.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        child.terminate()
+        _, err = child.communicate()
+    return err or ""
+
+
+def run_lab(config: LabConfig, out: Path) -> dict[str, Any]:
+    """Run one lab cell and capture it into ``out`` (a ``.trace.zst`` path); returns [lab]."""
+    tracefs.require_root("tlbreplay lab run")
+    if not Path("/dev/kvm").exists():
+        msg = "/dev/kvm is missing: the lab needs a host with KVM"
+        raise MissingFacilityError(msg)
+    root = tracefs.find_tracefs()
+    old_balancing = get_numa_balancing()
+    guest: Guest | None = None
+    pin: LongTermPin | None = None
+    child: subprocess.Popen[str] | None = None
+    try:
+        guest = Guest(
+            config.mem_mib << 20, config.vcpus, config.backing, config.thp, config.pattern
+        )
+        if config.pin:
+            pin = LongTermPin(guest.ram.hva, guest.ram.size_bytes)
+        tids = guest.start()
+        _warm_up(guest)
+        child = _start_capture(config, out)
+        passes0, vm0, vcpu0 = guest.passes(), guest.stats(), guest.vcpu_stats()
+        t0 = time.monotonic()
+        _marker(root, f"numa_balancing={config.numa_balancing}")
+        set_numa_balancing(config.numa_balancing)
+        while time.monotonic() < t0 + config.seconds:
+            if guest.failed() or child.poll() is not None:
+                break
+            time.sleep(0.05)
+        set_numa_balancing(old_balancing)
+        window_s = time.monotonic() - t0
+        _marker(root, f"numa_balancing={old_balancing}")
+        passes = [b - a for a, b in zip(passes0, guest.passes(), strict=True)]
+        lab: dict[str, Any] = {
+            "pattern": config.pattern,
+            "stride_bytes": PAGE_4K,
+            "touch_start_gpa": [r[0] for r in guest.ranges],
+            "touch_end_gpa": [r[1] for r in guest.ranges],
+            "pinned": config.pin,
+            "window_s": round(window_s, 3),
+            "passes": passes,
+            "passes_per_s": [round(p / window_s, 3) for p in passes],
+        }
+        kvm_delta = {"vm": _delta(guest.stats(), vm0), "vcpu": _delta(guest.vcpu_stats(), vcpu0)}
+        err = _stop_capture(child)
+        child_rc, child = child.returncode, None
+        failures = guest.failed()
+        if failures:
+            raise LabError("; ".join(failures))
+        if child_rc != 0:
+            msg = f"the capture failed (exit code {child_rc}): {err.strip()}"
+            raise LabError(msg)
+        _finish_files(CapturePaths.for_output(out), config, guest, tids, lab, kvm_delta)
+        return lab
+    finally:
+        set_numa_balancing(old_balancing)
+        if child is not None:
+            _stop_capture(child)
+        if guest is not None:
+            guest.stop()
+        if pin is not None:
+            pin.close()
+        if guest is not None:
+            guest.close()
+
+
+def _finish_files(  # noqa: PLR0917
+    paths: CapturePaths,
+    config: LabConfig,
+    guest: Guest,
+    tids: list[int],
+    lab: dict[str, Any],
+    kvm_delta: dict[str, dict[str, int]],
+) -> None:
+    """Rewrite the sidecar with the exact layout + [lab]; add lab facts to capture.json."""
+    vm = VmSpec(
+        "lab",
+        config.vcpus,
+        tids,
+        os.getpid(),
+        [
+            RegionSpec(
+                "ram",
+                guest.ram.size_bytes,
+                0,
+                guest.ram.hva,
+                config.backing,
+                config.thp,
+                "all" if config.pin else "none",
+                guest.ram.mof_policy,
+            ),
+        ],
+    )
+    meta = json.loads(paths.meta.read_text())
+    comment = f"captured by tlbreplay lab run on {os.uname().release}: {meta['command']}"
+    text = render_sidecar(
+        host.host_facts(), [vm], numa_balancing=config.numa_balancing, lab=lab, comment=comment
+    )
+    write_sidecar(paths.sidecar, text)
+    meta["lab"] = dict(lab, config=config.__dict__, kvm_stats_delta=kvm_delta)
+    tmp = paths.meta.with_name(paths.meta.name + ".tmp")
+    tmp.write_text(json.dumps(meta, separators=(",", ":")) + "\n")
+    tmp.replace(paths.meta)
+
+
+def _warm_up(guest: Guest) -> None:
+    deadline = time.monotonic() + WARMUP_TIMEOUT_S
+    while min(guest.passes()) < WARMUP_PASSES:
+        failures = guest.failed()
+        if failures:
+            raise LabError("; ".join(failures))
+        if time.monotonic() > deadline:
+            msg = f"the guest did not complete {WARMUP_PASSES} sweeps in {WARMUP_TIMEOUT_S:g} s"
+            raise LabError(msg)
+        time.sleep(0.01)
