@@ -97,6 +97,19 @@ def test_normalize_merges_and_splits() -> None:
     ]
 
 
+def test_normalize_at_the_top_of_the_gfn_space() -> None:
+    top = (1 << 40) - 8
+    out = normalize(ranges([(49, 4095, top, 8, 1, True), (49, 4095, top - 4, 6, 2, True)]))
+    runs = zip(out.gfn_start.tolist(), out.nr_pages.tolist(), out.nr_accesses.tolist(), strict=True)
+    assert list(runs) == [
+        (top - 4, 4, 2),
+        (top, 2, 3),
+        (top + 2, 6, 1),
+    ]
+    assert out.epoch.tolist() == [49] * 3
+    assert out.vcpu.tolist() == [4095] * 3
+
+
 def make_spec(
     workloads: list[dict[str, Any]], *, duration_s: float = 10, seed: int = 1
 ) -> SynthSpec:
