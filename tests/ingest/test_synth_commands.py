@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -74,3 +75,31 @@ def test_subprocess_sample_spec_and_error(tmp_path: Path) -> None:
     assert "not valid TOML" in fail.stderr
     assert "Traceback" not in fail.stderr
     assert not (tmp_path / "ds2").exists()
+
+
+@pytest.mark.parametrize("pinned", ["all", "none"])
+def test_replay_reads_a_synthetic_dataset(tmp_path: Path, pinned: str) -> None:
+    """End to end through the CLI contract: synth -> replay; only unpinned RAM migrates."""
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        "duration_s = 6\n[host]\nnodes = 2\n"
+        '[[vm]]\nname = "v"\nvcpus = 2\nvcpu_nodes = [0, 1]\n'
+        f'[[vm.region]]\nsize_mib = 512\npinned = "{pinned}"\n'
+        '[[vm.workload]]\nkind = "moving"\nmove_every_s = 1\nrate_mib_per_s = 64\n'
+    )
+    data, results = tmp_path / "ds", tmp_path / "res"
+    runner = CliRunner()
+    synth = runner.invoke(app, ["synth", str(spec), "--out", str(data), "-q"])
+    assert synth.exit_code == 0, synth.output
+    replay = runner.invoke(
+        app,
+        ["replay", str(data), "--out", str(results), "-p", "linux-6.5", "-j", "1", "-q"],
+    )
+    assert replay.exit_code == 0, replay.output
+    from pipeline.schema import read_manifest, read_partitioned
+
+    assert read_manifest(results)["kind"] == "results"
+    epochs = read_partitioned(results / "epochs", "epochs")
+    assert epochs["numa_hint_faults"].sum() > 0
+    migrated = epochs["numa_pages_migrated"].sum()
+    assert migrated == 0 if pinned == "all" else migrated > 0
