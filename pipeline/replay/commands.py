@@ -17,6 +17,9 @@ EPOCH_OPTION = typer.Option(100, "--epoch-ms", help="replay epoch, a multiple of
 SEED_OPTION = typer.Option(
     0, "--seed", help="recorded in the manifest (the model is deterministic)"
 )
+JOBS_OPTION = typer.Option(
+    0, "--jobs", "-j", help="processes running policies in parallel (0: one per CPU)"
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -29,13 +32,19 @@ def register(app: typer.Typer) -> None:
         policy: list[str] = POLICY_OPTION,
         epoch_ms: int = EPOCH_OPTION,
         seed: int = SEED_OPTION,
+        jobs: int = JOBS_OPTION,
         quiet: bool = QUIET_OPTION,
     ) -> None:
         """Replay a DATASET under NUMA-balancing policies and write RESULTS."""
         from pipeline.replay.runner import ReplayParams, run_replay
 
         path = run_replay(
-            dataset, out, policy or None, ReplayParams(epoch_ms=epoch_ms), quiet=quiet, seed=seed
+            dataset,
+            out,
+            policy or None,
+            ReplayParams(epoch_ms=epoch_ms, workers=jobs),
+            quiet=quiet,
+            seed=seed,
         )
         if not quiet:
             typer.echo(f"wrote {path}", err=True)

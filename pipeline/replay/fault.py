@@ -93,7 +93,13 @@ class FaultPath:
             )
             self._first_touch(ctx, pages, pv)
             self._page_units(ctx, pages, pv)
-        self.dirty.subtract(s, e)
+        if gran.any() and not self.kvm.shadow:
+            # a touched PMD-mapped granule is wholly mapped again: keep the dirty set coarse
+            cut_s = np.where(gran, s2 // PAGES_PER_PMD * PAGES_PER_PMD, s2)
+            cut_e = np.where(gran, -(-e2 // PAGES_PER_PMD) * PAGES_PER_PMD, e2)
+            self.dirty.subtract(cut_s, cut_e)
+        else:
+            self.dirty.subtract(s, e)
 
     def _first_per_unit(self, units: I64, vcpus: I64, epoch: int) -> tuple[I64, I64]:
         """A unit (page or granule) touched by several vCPUs in one epoch faults once, in the

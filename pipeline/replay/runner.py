@@ -6,6 +6,7 @@ The public API of stage 2: :class:`ReplayParams`, :func:`replay_frames`,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,8 @@ class ReplayParams:
     * ``vmm_thread`` False: also let the VMM main thread run task_numa_work (KERNEL.md §10a).
     * ``shadow_guest_2m`` False: on a shadow MMU, assume the guest maps 2 MiB where the host
       has a THP, so SPTEs are 2M there (else 4K).
+    * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8). The
+      results do not depend on it.
     """
 
     epoch_ms: int = 100
@@ -52,6 +55,7 @@ class ReplayParams:
     preempt: str | None = None
     vmm_thread: bool = False
     shadow_guest_2m: bool = False
+    workers: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +68,7 @@ class ReplayOutput:
     epochs: pl.DataFrame
     vcpu_epochs: pl.DataFrame
     scans: pl.DataFrame
+    traces: dict[tuple[str, str], list[tuple[str, int, int]]] | None = None
 
 
 def _check_params(params: ReplayParams) -> None:
@@ -127,6 +132,62 @@ def _validate_accesses(name: str, acc: VmAccesses, vcpus: int, nr_pages: int) ->
         raise DatasetError("accesses", f"vm `{name}`: " + ", ".join(bad))
 
 
+Traces = dict[tuple[str, str], list[tuple[str, int, int]]]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything one policy's replay needs; picklable, so policies can run in processes."""
+
+    policy: str
+    rows: list[dict[str, Any]]
+    acc: dict[str, VmAccesses]
+    params: ReplayParams
+    n_epochs: int
+    trace: bool
+
+
+def _run_job(
+    job: _Job, progress: Callable[[int], None] | None = None
+) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame], Traces]:
+    """Replay every VM under one policy (one Engine, one loop over epochs)."""
+    from pipeline.replay.state import HostState, vm_config
+
+    params = job.params
+    policy = get_policy(job.policy)
+    cfgs = [vm_config(r) for r in job.rows]
+    opts = EngineOptions(
+        epoch_ms=params.epoch_ms,
+        yields=params.yields,
+        vmm_thread=params.vmm_thread,
+        shadow_guest_2m=params.shadow_guest_2m,
+    )
+    host = HostState(cfgs[0].node_mem_pages.copy() if cfgs else np.zeros(1, np.int64))
+    traces: Traces = {}
+    runs = []
+    for cfg, row in zip(cfgs, job.rows, strict=True):
+        run = VmRun(
+            cfg,
+            job.acc[cfg.name],
+            policy,
+            host,
+            opts=opts,
+            n_epochs=job.n_epochs,
+            knobs={k: int(row[k]) for k in KNOBS},
+        )
+        if job.trace:
+            run.trace = traces.setdefault((policy.name, cfg.name), [])
+        runs.append(run)
+    Engine(runs, params.epoch_ms, job.n_epochs).run(progress=progress)
+    weights = params.cost.weights()
+    return (
+        [_epochs_frame(policy.name, r, params.epoch_ms, weights) for r in runs],
+        [_vcpu_frame(policy.name, r, params.epoch_ms) for r in runs],
+        [_scans_frame(policy.name, r) for r in runs],
+        traces,
+    )
+
+
 def replay_frames(
     vms: pl.DataFrame,
     accesses: pl.DataFrame | pl.LazyFrame,
@@ -140,61 +201,51 @@ def replay_frames(
     """Replay ``accesses`` (table accesses, epochs of ``params.epoch_ms``) on ``vms``.
 
     The model is deterministic (expected values, no RNG); ``seed`` is recorded only.
-    ``progress`` is called with the number of epochs done per policy step; ``trace`` keeps the
-    notifier start/end events on the output (attribute ``traces``) for tests.
+    ``progress`` is called with the number of epochs done; ``trace`` keeps the notifier
+    start/end events in ``ReplayOutput.traces`` (for tests). With ``params.workers > 1`` and
+    several policies, policies run in worker processes; the output is identical.
     """
-    from pipeline.replay.state import HostState, vm_config
-
     _check_params(params)
     names = list(POLICIES) if policies is None else list(dict.fromkeys(policies))
-    chosen = [get_policy(n) for n in names]
+    for n in names:
+        get_policy(n)
     rows = _vm_rows(vms, params)
+    from pipeline.replay.state import vm_config
+
     cfgs = [vm_config(r) for r in rows]
     acc = _accesses_by_vm(accesses, [c.name for c in cfgs])
     for cfg in cfgs:
         _validate_accesses(cfg.name, acc[cfg.name], cfg.vcpus, cfg.nr_pages)
     n_epochs = max((int(a.epoch.max()) + 1 for a in acc.values() if a.epoch.size), default=0)
-    opts = EngineOptions(
-        epoch_ms=params.epoch_ms,
-        yields=params.yields,
-        vmm_thread=params.vmm_thread,
-        shadow_guest_2m=params.shadow_guest_2m,
+    jobs = [_Job(n, rows, acc, params, n_epochs, trace) for n in names]
+    workers = min(_workers(params), len(jobs))
+    if workers > 1 and not trace:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            results = []
+            for res in pool.map(_run_job, jobs):
+                results.append(res)
+                if progress is not None:
+                    progress(n_epochs)
+    else:
+        results = [_run_job(job, progress) for job in jobs]
+    traces: Traces = {}
+    for res in results:
+        traces.update(res[3])
+    return ReplayOutput(
+        epochs=_concat([f for r in results for f in r[0]], "epochs"),
+        vcpu_epochs=_concat([f for r in results for f in r[1]], "vcpu_epochs"),
+        scans=_concat([f for r in results for f in r[2]], "scans"),
+        traces=traces if trace else None,
     )
-    weights = params.cost.weights()
-    ep_frames, vc_frames, sc_frames = [], [], []
-    traces: dict[tuple[str, str], list[tuple[str, int, int]]] = {}
-    for policy in chosen:
-        host = (
-            HostState(cfgs[0].node_mem_pages.copy()) if cfgs else HostState(np.zeros(1, np.int64))
-        )
-        runs = []
-        for cfg, row in zip(cfgs, rows, strict=True):
-            run = VmRun(
-                cfg,
-                acc[cfg.name],
-                policy,
-                host,
-                opts=opts,
-                n_epochs=n_epochs,
-                knobs={k: int(row[k]) for k in KNOBS},
-            )
-            if trace:
-                run.trace = traces.setdefault((policy.name, cfg.name), [])
-            runs.append(run)
-        engine = Engine(runs, params.epoch_ms, n_epochs)
-        engine.run(progress=progress)
-        for run in runs:
-            ep_frames.append(_epochs_frame(policy.name, run, params.epoch_ms, weights))
-            vc_frames.append(_vcpu_frame(policy.name, run, params.epoch_ms))
-            sc_frames.append(_scans_frame(policy.name, run))
-    out = ReplayOutput(
-        epochs=_concat(ep_frames, "epochs"),
-        vcpu_epochs=_concat(vc_frames, "vcpu_epochs"),
-        scans=_concat(sc_frames, "scans"),
-    )
-    if trace:
-        object.__setattr__(out, "traces", traces)
-    return out
+
+
+def _workers(params: ReplayParams) -> int:
+    if params.workers > 0:
+        return params.workers
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 def _concat(frames: list[pl.DataFrame], name: str) -> pl.DataFrame:

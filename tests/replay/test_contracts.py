@@ -116,7 +116,8 @@ def test_mixed_scenario_migrates_something(mixed_out: ReplayOutput) -> None:
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_every_start_has_an_end(mixed_out: ReplayOutput, policy: str) -> None:
-    trace = mixed_out.traces[(policy, "vm0")]  # type: ignore[attr-defined]
+    assert mixed_out.traces is not None
+    trace = mixed_out.traces[(policy, "vm0")]
     depth = 0
     for kind, _, _ in trace:
         depth += 1 if kind == "start" else -1
