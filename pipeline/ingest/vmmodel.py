@@ -192,7 +192,6 @@ class Keys:
     def check_int(self, key: str, value: object, *, lo: int | None, hi: int | None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             self.bad(key, value, "an integer")
-        assert isinstance(value, int)
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             bounds = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
             self.bad(key, value, bounds)
@@ -454,12 +453,11 @@ def _vcpu_nodes(keys: Keys, vcpus: int | None, nodes: int) -> tuple[int, tuple[i
     if isinstance(spec, list):
         if vcpus is None:
             vcpus = len(spec)
-        if len(spec) != vcpus:
+        if not spec or len(spec) != vcpus:
             keys.bad("vcpu_nodes", spec, f"a list of {vcpus} node numbers (one per vCPU)")
         return vcpus, tuple(keys.check_int("vcpu_nodes", n, lo=0, hi=nodes - 1) for n in spec)
     if vcpus is None:
         keys.fail("missing `vcpus`")
-    assert vcpus is not None
     if spec is None:
         return vcpus, tuple(i * nodes // vcpus for i in range(vcpus))
     node = keys.check_int("vcpu_nodes", spec, lo=0, hi=nodes - 1)

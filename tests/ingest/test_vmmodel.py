@@ -191,6 +191,11 @@ def test_vm_errors() -> None:
     d = minimal()
     d["vm"][0]["vcpu_nodes"] = [0, 1, 2]
     assert "vcpu_nodes" in error(d)
+    d["vm"][0]["vcpu_nodes"] = []
+    assert "`vcpu_nodes` = `[]`" in error(d)
+    del d["vm"][0]["vcpus"]
+    assert "`vcpu_nodes` = `[]`" in error(d)
+    d["vm"][0]["vcpus"] = 2
     d["vm"][0]["vcpu_nodes"] = [0, 5]
     assert "`vcpu_nodes` = `5`; expected an integer in [0, 1]" in error(d)
     d = minimal()
