@@ -274,7 +274,7 @@ def parse_phase(
     if region_name not in names:
         keys.bad("region", region_name, f"one of this VM's regions: {', '.join(names)}")
     region = vm.region(str(region_name))
-    offset = keys.size("offset", required=False) or 0
+    offset = keys.size("offset", required=False, zero=True) or 0
     window = keys.size("window", required=False)
     window = region.size_bytes - offset if window is None else window
     if offset + window > region.size_bytes or window <= 0:

@@ -242,7 +242,9 @@ class Keys:
             self.bad(key, value, "a string")
         return None if value is None else str(value)
 
-    def size(self, base: str, *, required: bool = True, what: str = "") -> int | None:
+    def size(
+        self, base: str, *, required: bool = True, what: str = "", zero: bool = False
+    ) -> int | None:
         """Bytes from exactly one of ``<base>_gib``, ``<base>_mib`` or ``<base>_bytes``."""
         given = [(f"{base}_{u}", m) for u, m in _SIZE_UNITS.items() if self.has(f"{base}_{u}")]
         names = ", ".join(f"`{base}_{u}`" for u in _SIZE_UNITS)
@@ -253,7 +255,7 @@ class Keys:
                 self.fail(f"missing {what or 'size'}: give one of {names}")
             return None
         key, mult = given[0]
-        return self.to_bytes(key, self.table[key], mult)
+        return self.to_bytes(key, self.table[key], mult, zero=zero)
 
     def sizes(self, base: str, count: int) -> list[int] | None:
         """A list of ``count`` sizes (or one size for all) from one ``<base>_<unit>`` key."""
@@ -271,9 +273,13 @@ class Keys:
             self.bad(key, value, f"a list of {count} sizes (one per node) or one size")
         return [self.to_bytes(key, v, mult) for v in value]
 
-    def to_bytes(self, key: str, value: object, mult: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            self.bad(key, value, "a size > 0")
+    def to_bytes(self, key: str, value: object, mult: int, *, zero: bool = False) -> int:
+        """``value * mult`` bytes: a whole number of pages, > 0 (>= 0 when ``zero``)."""
+        allowed = "a size >= 0" if zero else "a size > 0"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.bad(key, value, allowed)
+        if not (value >= 0 if zero else value > 0):
+            self.bad(key, value, allowed)
         nbytes = value * mult
         if nbytes > MAX_BYTES:
             self.bad(key, value, f"a size of at most {MAX_BYTES >> 50} PiB")

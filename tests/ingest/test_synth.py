@@ -255,3 +255,60 @@ def test_granules_are_gfn_aligned_and_clipped_to_the_window() -> None:
     # every run starts and ends on a 2 MiB boundary unless clipped at the window's edges
     assert ((r.gfn_start % 512 == 0) | (r.gfn_start == lo)).all()
     assert ((ends % 512 == 0) | (ends == hi)).all()
+
+
+KIND_PARAMS: dict[str, Any] = {
+    "uniform": {"granule_kib": st.sampled_from([4, 64, 2048])},
+    "zipf": {"hot_mib": st.integers(1, 8), "skew": st.floats(0, 3), "scatter": st.booleans()},
+    "sweep": {"split": st.booleans()},
+    "moving": {"hot_mib": st.integers(1, 8), "move_every_s": st.sampled_from([0.1, 0.3, 1])},
+    "shared": {"hot_mib": st.integers(1, 8), "granule_kib": st.sampled_from([4, 2048])},
+    "idle": {},
+}
+
+
+@st.composite
+def phases(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(sorted(KIND_PARAMS)))
+    phase: dict[str, Any] = {"kind": kind, "region": draw(st.sampled_from(["ram", "hi"]))}
+    if kind != "idle":
+        phase["rate_mib_per_s"] = draw(st.floats(0.5, 200))
+        phase["write_fraction"] = draw(st.floats(0, 1))
+        phase["offset_mib"] = draw(st.integers(0, 8))
+        phase["window_mib"] = draw(st.integers(8, 16))
+    for key, strategy in KIND_PARAMS[kind].items():
+        if key == "move_every_s" or draw(st.booleans()):
+            phase[key] = draw(strategy)
+    if draw(st.booleans()):
+        phase["duration_s"] = draw(st.sampled_from([0.1, 0.5, 1.0]))
+    return phase
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(phases(), min_size=1, max_size=3), min_size=1, max_size=3))
+def test_random_valid_specs_generate_canonical_rows_inside_guest_ram(
+    groups: list[list[dict[str, Any]]],
+) -> None:
+    workloads = []
+    for phase_list in groups:
+        for p in phase_list[:-1]:
+            p.setdefault("duration_s", 0.5)
+        workloads.append({"vcpus": "all", "phase": phase_list})
+    doc: dict[str, Any] = {
+        "duration_s": 3.5,  # each of <= 3 phases lasts <= 1 s, then the last one runs to the end
+        "host": {"nodes": 2},
+        "vm": [
+            {
+                "name": "v",
+                "vcpus": 3,
+                "vcpu_nodes": [0, 1, 1],
+                "region": [{"name": "ram", "size_mib": 30}, {"name": "hi", "size_mib": 26}],
+                "workload": workloads,
+            }
+        ],
+    }
+    spec = parse_spec(doc, Path("s.toml"))
+    r = collect(spec)
+    assert r.epoch.max(initial=0) < spec.nr_epochs
+    assert r.vcpu.max(initial=0) < 3
+    assert (r.gfn_start + r.nr_pages).max(initial=0) <= (56 << 20) >> 12
