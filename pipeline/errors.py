@@ -123,3 +123,7 @@ class QueryError(TlbReplayError):
 
 class MissingFacilityError(TlbReplayError):
     """The machine lacks something a command needs (root, tracefs, /dev/kvm, trace-cmd)."""
+
+
+class SweepError(TlbReplayError):
+    """A sweep could not run, or some of its grid points failed after their retry."""
