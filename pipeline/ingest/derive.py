@@ -168,10 +168,14 @@ def infer_vms(root: Path, faults: pl.DataFrame) -> pl.DataFrame:
     """
     vcpu_ids = sorted({int(v) for v in faults["vcpu"].drop_nulls().to_list()})
     vcpus = (max(vcpu_ids) + 1) if vcpu_ids else 1
-    tids = []
-    for v in range(vcpus):
-        pids = faults.filter(pl.col("vcpu") == v)["pid"].drop_nulls()
-        tids.append(int(pids[0]) if pids.len() else 0)
+    tids = [0] * vcpus
+    first_pid = (
+        faults.drop_nulls(["vcpu", "pid"])
+        .group_by("vcpu", maintain_order=True)
+        .agg(pl.col("pid").first())
+    )
+    for v, pid in first_pid.iter_rows():
+        tids[int(v)] = int(pid)
     max_gfn = faults["gfn"].max()
     mem = ((int(max_gfn) + 1) << PAGE_SHIFT) if isinstance(max_gfn, int) else HUGE_PAGE_BYTES
     mem = -(-mem // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES

@@ -39,7 +39,7 @@ OTHER_TABLE = "ftrace/_other"
 # --------------------------------------------------------------------------- event grammars
 
 # Field kinds: how a captured group becomes a value.
-#   dec   decimal, optional minus      hex   hex digits, optional 0x prefix
+#   dec   decimal, optional minus      hex   hex digits (any 0x is outside the group)
 #   num   0x-hex or decimal (raw -R)   str   text as printed
 #   flag  true when the group matched  noflag  true when the group did not match
 #   wrap  0x-hex or decimal read as u64, stored as the two's-complement int64 (raw %ld)
@@ -534,7 +534,8 @@ _META_RE = re.compile(
     r"CPU[0-9]+ data recorded at offset=.*|[0-9]+ bytes in size.*)?[ \r]*\Z",
     re.DOTALL,
 )
-TRAILING = " \r\x00"
+MAX_TS_SEC = 9_000_000_000  # ts_ns must fit int64
+PAYLOAD_BLANKS = " \r\x00\n"  # stripped from both ends of a payload
 _INT_RANGE = {
     "int8": (-(1 << 7), (1 << 7) - 1),
     "int16": (-(1 << 15), (1 << 15) - 1),
@@ -598,8 +599,7 @@ def _read_int(text: str, kind: str, signed: bool) -> int | None:
     if kind == "dec":
         return int(text) if _DEC_TEXT.fullmatch(text) else None
     if kind == "hex":
-        body = text[2:] if text.startswith("0x") else text
-        return int(body, 16) if _HEX_TEXT.fullmatch(body) else None
+        return int(text, 16) if _HEX_TEXT.fullmatch(text) else None
     # num / wrap / enum: 0x-hex, or decimal; a minus sign only into a signed column
     if text.startswith("0x"):
         return int(text[2:], 16) if _HEX_TEXT.fullmatch(text[2:]) else None
@@ -678,9 +678,11 @@ def parse_line(line: str, *, last: bool = False) -> Event | Comment | Bad:
     if pid > _INT_RANGE["int32"][1]:
         return Bad(_cut(last, "pid out of range"))
     frac = m["frac"]
+    if int(m["sec"]) > MAX_TS_SEC:
+        return Bad(_cut(last, "timestamp out of range"))
     ts_ns = int(m["sec"]) * 1_000_000_000 + int(frac) * 10 ** (9 - len(frac))
     comm = m["comm"]
-    payload = (m["payload"] or "").rstrip(TRAILING)
+    payload = (m["payload"] or "").strip(PAYLOAD_BLANKS)
     result = parse_payload(m["event"], payload)
     if isinstance(result, Bad):
         return Bad(_cut(last, result.reason))
@@ -717,45 +719,6 @@ class ChunkResult:
     first_ts_ns: int | None = None
 
 
-def _digits(
-    a: np.ndarray, start: np.ndarray, length: np.ndarray, max_len: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decimal values of a[start:start+length] per row, and whether each was all digits."""
-    val = np.zeros(len(start), np.int64)
-    ok = (length >= 1) & (length <= max_len)
-    for j in range(max_len):
-        m = ok & (j < length)
-        if not m.any():
-            break
-        d = a[np.where(m, start + j, 0)].astype(np.int64) - 48
-        ok &= ~m | ((d >= 0) & (d <= 9))
-        val = np.where(m & ok, val * 10 + d, val)
-    return val, ok
-
-
-def _first_after(pos: np.ndarray, x: np.ndarray, sentinel: int) -> np.ndarray:
-    """For each x, the first element of sorted ``pos`` that is >= x (``sentinel`` if none)."""
-    i = np.searchsorted(pos, x, side="left")
-    out = np.full(len(x), sentinel, np.int64)
-    have = i < len(pos)
-    out[have] = pos[i[have]]
-    return out
-
-
-def _last_before(pos: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """For each x, the last element of sorted ``pos`` that is < x (-1 if none)."""
-    i = np.searchsorted(pos, x, side="left") - 1
-    out = np.full(len(x), -1, np.int64)
-    have = i >= 0
-    out[have] = pos[i[have]]
-    return out
-
-
-def _count_in(pos: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Number of elements of sorted ``pos`` in [lo, hi)."""
-    return np.searchsorted(pos, hi, side="left") - np.searchsorted(pos, lo, side="left")
-
-
 def _lines_series(buf: bytes, starts: np.ndarray) -> pl.Series:
     """Each line of ``buf`` (with its newline, if any) as one string, zero-copy into Arrow."""
     offsets = np.empty(len(starts) + 1, np.int64)
@@ -767,94 +730,89 @@ def _lines_series(buf: bytes, starts: np.ndarray) -> pl.Series:
     return series.alias("line")
 
 
-def _header_fast(
-    buf: bytes, starts: np.ndarray, ends: np.ndarray, candidates: np.ndarray
-) -> tuple[np.ndarray, pl.DataFrame]:
-    """Split the headers of all lines at once from the positions of their structural bytes.
+# A metadata line (see _META_RE) never has an event line's structure, except through these
+# prefixes; a comm starting with one is left to the exact grammar.
+_META_PREFIX = r"^(?:#|version = [0-9]|CPU[0-9]+ data recorded at offset=|[0-9]+ bytes in size)"
+_MID_RE = r"^ +(?:[^ ]+ +)?[0-9]{1,12}\.[0-9]{1,9}$"  # between "]" and ": ": flags, timestamp
 
-    Returns the mask of lines handled here and a frame (row, common columns, event, payload)
-    for them. A line is handled only when its structure is unambiguous (no tgid column, no
-    ``[`` or ``": "`` in the comm, ASCII, ...); the rest go to :func:`parse_line`.
+
+def _header_fast(lines: pl.Series) -> tuple[np.ndarray, pl.DataFrame]:
+    """Split the headers of all lines at once with polars string kernels.
+
+    Each piece is cut at the first ``[``, ``]``, ``": "`` and the pid's dash, then checked
+    against its part of the grammar; a line whose pieces do not all check out is left to
+    :func:`parse_line` (tgid column, odd comms, non-ASCII, metadata). Returns the mask of
+    lines handled here and a frame (row, common columns, event, payload) for them.
     """
-    a = np.frombuffer(buf, np.uint8)
-    n_bytes = len(a)
-    big = n_bytes + 1
-    colons = np.flatnonzero(a == 58)
-    cs = colons[colons + 1 < n_bytes]
-    cs = cs[a[cs + 1] == 32]
-    spaces = np.flatnonzero(a == 32)
-    dashes = np.flatnonzero(a == 45)
-    k1 = _first_after(cs, starts, big)  # ": " after the timestamp
-    k2 = _first_after(cs, k1 + 1, big)  # ": " after the event name
-    lb = _first_after(np.flatnonzero(a == 91), starts, big)
-    rb = _first_after(np.flatnonzero(a == 93), lb, big)
-    d = _last_before(dashes, lb)
-    ts0 = _last_before(spaces, k1)  # the space before the timestamp
-    dot = _first_after(np.flatnonzero(a == 46), ts0 + 1, big)
-    h = _first_after(np.flatnonzero(a == 35), starts, big)
-    ok = candidates & (starts <= d) & (d < lb) & (lb < rb) & (rb + 1 < ts0)
-    ok &= (ts0 < dot) & (dot < k1) & (k2 < ends)
-    ok &= ~((h < ends) & (_count_in(spaces, starts, h) == h - starts))  # '#' comment
-    ps = _first_after(spaces, d + 1, big)  # pid digits, then only spaces up to '['
-    ok &= (ps < lb) & (_count_in(spaces, ps, lb) == lb - ps)
-    safe = np.where(ok, 1, 0).astype(bool)
-    pid, good = _digits(a, np.where(safe, d + 1, 0), np.where(safe, ps - d - 1, 0), 10)
-    ok &= good & (pid <= (1 << 31) - 1)
-    cpu, good = _digits(a, np.where(ok, lb + 1, 0), np.where(ok, rb - lb - 1, 0), 6)
-    ok &= good
-    ok &= a[np.where(ok, rb + 1, 0)] == 32
-    sec, good = _digits(a, np.where(ok, ts0 + 1, 0), np.where(ok, dot - ts0 - 1, 0), 12)
-    ok &= good
-    frac_len = np.where(ok, k1 - dot - 1, 0)
-    frac, good = _digits(a, np.where(ok, dot + 1, 0), frac_len, 9)
-    ok &= good
-    ok &= (k2 > k1 + 2) & (_count_in(spaces, k1 + 2, k2) == 0)
-    ok &= _count_in(colons, k1 + 2, k2) == 0
-    idx = np.flatnonzero(ok)
-    ts_ns = sec[idx] * 1_000_000_000 + frac[idx] * 10 ** (9 - frac_len[idx])
-    base = starts[idx]
-    frame = pl.DataFrame(
-        {
-            "row": idx.astype(np.int64),
-            "line": _lines_series(buf, starts).gather(idx),
-            "ts_ns": ts_ns.astype(np.int64),
-            "cpu": cpu[idx].astype(np.int32),
-            "pid": pid[idx].astype(np.int32),
-            "_c": d[idx] - base,
-            "_f0": rb[idx] + 1 - base,
-            "_f1": ts0[idx] - rb[idx] - 1,
-            "_e0": k1[idx] + 2 - base,
-            "_e1": k2[idx] - k1[idx] - 2,
-            "_p0": k2[idx] + 2 - base,
-        }
-    )
     line = pl.col("line")
-    frame = frame.select(
+    frame = pl.DataFrame({"line": lines}).with_row_index("row")
+    pos = frame.select(
         "row",
-        "ts_ns",
-        "cpu",
-        "pid",
-        line.str.slice(0, pl.col("_c")).str.strip_chars_start(" ").alias("comm"),
-        line.str.slice(pl.col("_f0"), pl.col("_f1")).str.strip_chars(" ").alias("flags"),
-        line.str.slice(pl.col("_e0"), pl.col("_e1")).alias("event"),
-        line.str.slice(pl.col("_p0"))
-        .str.strip_chars_end("\n")
-        .str.strip_chars_start(" ")
-        .str.strip_chars_end(TRAILING)
-        .alias("payload"),
+        "line",
+        line.str.find(": ", literal=True).alias("k1"),
+        line.str.find("[", literal=True).alias("lb"),
+        (line.str.len_bytes() == line.str.len_chars()).alias("ascii"),
     )
-    # one flags token and a non-empty comm, else the exact grammar decides
-    unsure = frame.select(
-        pl.col("flags").str.contains(" ", literal=True) | (pl.col("comm") == "")
-    ).to_series()
-    if unsure.any():
-        ok[frame.filter(unsure)["row"].to_numpy()] = False
-        frame = frame.filter(~unsure)
-    frame = frame.with_columns(
+    pos = pos.with_columns(
+        (line.str.slice(pl.col("lb")).str.find("]", literal=True) + pl.col("lb")).alias("rb"),
+        (line.str.slice(pl.col("k1") + 2).str.find(": ", literal=True) + pl.col("k1") + 2).alias(
+            "k2"
+        ),
+        line.str.slice(0, pl.col("lb")).str.find(r"-[0-9]{1,10} +$").alias("d"),
+    )
+    pos = pos.filter(
+        pl.col("ascii")
+        & (pl.col("d") < pl.col("lb"))
+        & (pl.col("rb") < pl.col("k1"))
+        & (pl.col("k1") + 2 < pl.col("k2"))
+    )
+    head = line.str.slice(0, pl.col("lb"))
+    mid = line.str.slice(pl.col("rb") + 1, pl.col("k1") - pl.col("rb") - 1)
+    pieces = pos.select(
+        "row",
+        head.str.slice(0, pl.col("d")).str.strip_chars_start(" ").alias("comm"),
+        head.str.slice(pl.col("d") + 1).str.strip_chars_end(" ").alias("pid"),
+        line.str.slice(pl.col("lb") + 1, pl.col("rb") - pl.col("lb") - 1).alias("cpu"),
+        mid.alias("mid"),
+        line.str.slice(pl.col("k1") + 2, pl.col("k2") - pl.col("k1") - 2).alias("event"),
+        line.str.slice(pl.col("k2") + 2).str.strip_chars(PAYLOAD_BLANKS).alias("payload"),
+    )
+    sure = (
+        pl.col("cpu").str.contains(r"^[0-9]{1,6}$")
+        & pl.col("mid").str.contains(_MID_RE)
+        & pl.col("event").str.contains(r"^[^ :]+$")
+        & (pl.col("comm") != "")
+        & ~pl.col("comm").str.contains(_META_PREFIX)
+    )
+    pieces = pieces.filter(sure)
+    mid = pl.col("mid")
+    pieces = pieces.with_columns(mid.str.find(r" [0-9]+\.[0-9]+$").alias("ts_at"))
+    pieces = pieces.with_columns(
+        mid.str.slice(0, pl.col("ts_at")).str.strip_chars(" ").alias("flags"),
+        mid.str.slice(pl.col("ts_at") + 1).alias("ts"),
+    ).with_columns(pl.col("ts").str.find(".", literal=True).alias("dot"))
+    ts = pl.col("ts")
+    pieces = pieces.with_columns(
+        pl.col("pid").str.to_integer(dtype=pl.Int64, strict=False).alias("pid"),
+        ts.str.slice(0, pl.col("dot")).str.to_integer(dtype=pl.Int64, strict=False).alias("sec"),
+        ts.str.slice(pl.col("dot") + 1)
+        .str.pad_end(9, "0")
+        .str.to_integer(dtype=pl.Int64, strict=False)
+        .alias("frac_ns"),
+    ).filter((pl.col("pid") <= (1 << 31) - 1) & (pl.col("sec") <= MAX_TS_SEC))
+    out = pieces.select(
+        pl.col("row").cast(pl.Int64),
+        (pl.col("sec") * 1_000_000_000 + pl.col("frac_ns")).alias("ts_ns"),
+        pl.col("cpu").str.to_integer(dtype=pl.Int32, strict=False).alias("cpu"),
+        pl.col("pid").cast(pl.Int32),
         pl.when(pl.col("comm") != "<...>").then(pl.col("comm")).alias("comm"),
         pl.when(pl.col("flags") != "").then(pl.col("flags")).alias("flags"),
+        "event",
+        "payload",
     )
-    return ok, frame
+    fast = np.zeros(lines.len(), bool)
+    fast[out["row"].to_numpy()] = True
+    return fast, out
 
 
 def _convert_expr(group: str, kind: str, dtype: pl.DataType) -> pl.Expr:
@@ -870,8 +828,7 @@ def _convert_expr(group: str, kind: str, dtype: pl.DataType) -> pl.Expr:
         wide = pl.UInt64 if dtype == pl.UInt64 else pl.Int64
         return g.str.to_integer(base=10, dtype=wide, strict=False).cast(dtype, strict=False)
     if kind == "hex":
-        body = pl.when(g.str.starts_with("0x")).then(g.str.slice(2)).otherwise(g)
-        return body.str.to_integer(base=16, dtype=pl.UInt64, strict=False).cast(dtype, strict=False)
+        return g.str.to_integer(base=16, dtype=pl.UInt64, strict=False).cast(dtype, strict=False)
     unsigned = (
         pl.when(g.str.starts_with("0x"))
         .then(g.str.slice(2).str.to_integer(base=16, dtype=pl.UInt64, strict=False))
@@ -978,14 +935,10 @@ def parse_chunk(
     starts = np.concatenate(([0], nl + 1)).astype(np.int64)[: len(nl) + int(open_end)]
     ends = np.concatenate((nl, [len(buf)])).astype(np.int64)[: len(starts)]
     n_lines = len(starts)
-    candidates = np.ones(n_lines, bool)
-    high = np.flatnonzero(a >= 128)
-    if len(high):
-        candidates[np.searchsorted(starts, high, side="right") - 1] = False
     if n_lines:
-        fast, frame = _header_fast(buf, starts, ends, candidates)
+        fast, frame = _header_fast(_lines_series(buf, starts))
     else:
-        fast, frame = candidates, pl.DataFrame()
+        fast, frame = np.zeros(0, bool), pl.DataFrame()
     cut_last = final and open_end
     last_row = n_lines - 1
 

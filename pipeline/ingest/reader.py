@@ -18,6 +18,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -26,10 +27,10 @@ from pipeline.errors import InputError
 from pipeline.ingest import ftrace
 from pipeline.schema import ParquetStream
 
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 32 << 20
 MAX_LINE_BYTES = 64 << 20
 WORKERS = 2
-IN_FLIGHT = 4
+IN_FLIGHT = 3
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
@@ -280,52 +281,99 @@ class TableSinks:
 
 
 class ChunkParser:
-    """Parses blocks in order: in-process for small inputs, in a 2-process pool for big ones."""
+    """Parses blocks in order: in-process for small inputs, in a process pool for big ones.
 
-    def __init__(self, sink: Callable[[ftrace.ChunkResult], None], workers: int = WORKERS) -> None:
-        self._sink = sink
+    The pool (spawned, one polars thread per worker) starts at the second block of the
+    input; at most ``IN_FLIGHT`` blocks are queued, so memory stays bounded. ``sink`` gets
+    the results in input order. If the pool breaks, the blocks are parsed in-process.
+    """
+
+    def __init__(self, workers: int = WORKERS) -> None:
+        self.sink: Callable[[ftrace.ChunkResult], None] = lambda _r: None
         self._workers = workers
         self._pool: ProcessPoolExecutor | None = None
-        self._pending: deque[Future[ftrace.ChunkResult]] = deque()
-        self._held: tuple[bytes, str, int, bool] | None = None
+        self._pending: deque[tuple[Future[ftrace.ChunkResult], Block]] = deque()
+        self._held: Block | None = None
 
     def submit(self, block: bytes, source: str, lineno: int, final: bool) -> None:
-        if self._pool is None and self._held is None and not final and self._workers > 1:
-            self._held = (block, source, lineno, final)  # wait: is the input bigger than this?
-            return
+        item = (block, source, lineno, final)
+        if self._pool is None and self._workers > 1:
+            if self._held is None and not final:
+                self._held = item  # wait: is the input bigger than one block?
+                return
+            if self._held is not None:
+                self._pool = _start_pool(self._workers)
         if self._held is not None:
             held, self._held = self._held, None
-            if self._workers > 1 and self._pool is None:
-                ctx = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self._workers, mp_context=ctx)
-            self._enqueue(*held)
-        self._enqueue(block, source, lineno, final)
+            self._enqueue(held)
+        self._enqueue(item)
 
-    def _enqueue(self, block: bytes, source: str, lineno: int, final: bool) -> None:
+    def _enqueue(self, item: Block) -> None:
         if self._pool is None:
-            self._sink(ftrace.parse_chunk(block, source=source, first_lineno=lineno, final=final))
+            self.sink(_parse(item))
             return
+        block, source, lineno, final = item
         fut = self._pool.submit(
             ftrace.parse_chunk, block, source=source, first_lineno=lineno, final=final
         )
-        self._pending.append(fut)
+        self._pending.append((fut, item))
         while len(self._pending) >= IN_FLIGHT:
-            self._sink(self._pending.popleft().result())
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        fut, item = self._pending.popleft()
+        try:
+            result = fut.result()
+        except BrokenProcessPool:
+            self.close()
+            self._workers = 1
+            result = _parse(item)
+            rest = [it for _f, it in self._pending]
+            self._pending.clear()
+            self.sink(result)
+            for it in rest:
+                self.sink(_parse(it))
+            return
+        self.sink(result)
 
     def flush(self) -> None:
         if self._held is not None:
             held, self._held = self._held, None
-            self._enqueue(*held)
+            self._enqueue(held)
         while self._pending:
-            self._sink(self._pending.popleft().result())
+            self._drain_one()
 
     def close(self) -> None:
         if self._pool is not None:
-            for fut in self._pending:
+            for fut, _item in self._pending:
                 fut.cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        self._pending.clear()
+
+
+Block = tuple[bytes, str, int, bool]
+
+
+def _parse(item: Block) -> ftrace.ChunkResult:
+    block, source, lineno, final = item
+    return ftrace.parse_chunk(block, source=source, first_lineno=lineno, final=final)
+
+
+def _start_pool(workers: int) -> ProcessPoolExecutor:
+    """Spawned workers with one polars thread each (the workers are the parallelism)."""
+    ctx = multiprocessing.get_context("spawn")
+    saved = os.environ.get("POLARS_MAX_THREADS")
+    os.environ["POLARS_MAX_THREADS"] = "1"
+    try:
+        pool = ProcessPoolExecutor(workers, mp_context=ctx)
+        for _ in range(workers):
+            pool.submit(int)  # start the workers now, under this environment
+    finally:
+        if saved is None:
+            os.environ.pop("POLARS_MAX_THREADS", None)
+        else:
+            os.environ["POLARS_MAX_THREADS"] = saved
+    return pool
 
 
 def ingest_source(
@@ -382,18 +430,17 @@ def ingest_all(
     """Parse every source into ``root/ftrace/*.parquet`` and ``root/quarantine.parquet``."""
     sinks = TableSinks(root, params)
     all_stats: list[SourceStats] = []
-    parser: ChunkParser | None = None
+    parser = ChunkParser(workers)
     try:
         for src in sources:
             stats = SourceStats(path=src)
             all_stats.append(stats)
-            parser = ChunkParser(_collector(stats, sinks), workers)
-            try:
-                ingest_source(src, parser, stats, progress)
-            finally:
-                parser.close()
+            parser.sink = _collector(stats, sinks)
+            ingest_source(src, parser, stats, progress)
     except BaseException:
+        parser.close()
         sinks.abort()
         raise
+    parser.close()
     sinks.close()
     return all_stats, sinks.rows()

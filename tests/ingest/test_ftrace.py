@@ -193,6 +193,7 @@ def test_noirq_and_tgid_layouts() -> None:
         ("  a-1 [000] .... 1.000001: tlb_flush: pages:x reason:y (1)", "tlb_flush"),
         ("  a-1 [000] .... 1.000001: kvm_page_fault: vcpu 0", "kvm_page_fault"),
         ("  a-9999999999 [000] .... 1.000001: tlb_flush: pages:1 reason:y (1)", "pid"),
+        ("  a-1 [000] .... 99999999999.000001: tlb_flush: pages:1 reason:y (1)", "timestamp"),
         (
             "  a-1 [000] .... 1.000001: kvm_mmu_spte_requested: "
             "gfn 1ffffffffffffffff pfn 1 level 1",
