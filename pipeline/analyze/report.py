@@ -273,6 +273,8 @@ def write_report(results: list[Path], out: Path, *, quiet: bool = True) -> Path:
     if not results:
         msg = "give at least one RESULTS directory"
         raise OutputError(out, msg)
+    for path in results:  # every input checked before any work
+        Run.open(path)
     names = _names(results)
     with atomic_output_dir(out) as tmp, reporter(quiet) as rep:
         task = rep.task("report", total=len(results))
