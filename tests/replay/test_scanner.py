@@ -1,0 +1,94 @@
+"""task_numa_work model: budgets, chunks, VMA skips, PID filter, adaptive period (KERNEL.md §3)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from pipeline.replay.runner import replay_frames
+from pipeline.replay.scanner import hash_32
+from tests.replay.conftest import GIB, MIB, accesses_frame, every_epoch, region, vm_row, vms_frame
+
+
+def test_hash_32_matches_include_linux_hash_h() -> None:
+    # hash_32(val, bits) = (val * GOLDEN_RATIO_32) >> (32 - bits), 32-bit arithmetic
+    assert hash_32(1, 6) == 0x61C88647 >> 26
+    assert hash_32(4242, 6) == ((4242 * 0x61C88647) & 0xFFFFFFFF) >> 26
+
+
+def scans_of(
+    reg: dict,
+    policy: str,
+    epochs: int,
+    toucher: int = 0,
+    nr_pages: int | None = None,
+    **vm_kw: object,
+) -> pl.DataFrame:
+    nr = nr_pages if nr_pages is not None else reg["size_bytes"] >> 12
+    vms = vms_frame(vm_row(regions=[reg], **vm_kw))  # type: ignore[arg-type]
+    acc = accesses_frame(every_epoch("vm0", epochs, toucher, 0, nr))
+    return replay_frames(vms, acc, [policy]).scans
+
+
+def test_unproductive_chunks_walk_the_8x_virtual_budget() -> None:
+    # 4 GiB fully pinned 4K under v7.1: no chunk changes a PTE, so the 256 MB page budget is
+    # never used and one work item walks 8 chunks = 2 GiB (524288 pages), one notifier each.
+    scans = scans_of(region(size_bytes=4 * GIB, pinned="all"), "linux-7.1", 12)
+    first = scans.row(0, named=True)
+    assert (first["chunks"], first["notifiers"], first["virt_pages"]) == (8, 8, 524288)
+    assert first["nr_pte_updates"] == 0
+    assert first["gfn_end"] - first["gfn_start"] == 524288
+
+
+def test_productive_chunk_uses_the_page_budget() -> None:
+    # pinned THPs get PROT_NONE in v6.5: the first 256 MB chunk changes 65536 pages and ends
+    # the work item
+    scans = scans_of(region(size_bytes=4 * GIB, thp=True, pinned="all"), "linux-6.5", 12)
+    first = scans.row(0, named=True)
+    assert (first["chunks"], first["virt_pages"], first["nr_pte_updates"]) == (1, 65536, 65536)
+
+
+def test_v65_pid_filter_stops_scanning_a_vma_without_hinting_faults() -> None:
+    # 512 MiB fully pinned 4K: no hinting fault ever sets a PID bit. v6.5 scans it while
+    # numa_scan_seq < 2 (two passes), then skips it; v6.7+ keeps scanning (forced scans).
+    reg = region(size_bytes=512 * MIB, pinned="all")
+    v65 = scans_of(reg, "linux-6.5", 80)
+    v71 = scans_of(reg, "linux-7.1", 80)
+    assert v65["numa_scan_seq"].max() <= 2
+    assert v65.height <= 2
+    assert v71.height > v65.height
+
+
+def test_hugetlbfs_and_shmem_without_mof_are_never_scanned() -> None:
+    for backing, mof in (("hugetlbfs", False), ("shared", False)):
+        reg = region(size_bytes=64 * MIB, backing=backing, mof_policy=mof)
+        assert scans_of(reg, "linux-6.5", 30).height == 0
+    reg = region(size_bytes=64 * MIB, backing="shared", mof_policy=True)
+    assert scans_of(reg, "linux-6.5", 30).height > 0
+
+
+def test_migration_failure_makes_the_period_stick_at_max() -> None:
+    # Pinned THPs on node 0 touched from node 1: every hinting fault's migration fails
+    # (TNF_MIGRATE_FAIL), so update_task_scan_period() doubles and stays at
+    # numa_scan_period_max (RSS 64 MiB -> 1 window -> max = 60000 ms).
+    reg = region(size_bytes=64 * MIB, thp=True, pinned="all")
+    vms = vms_frame(vm_row(regions=[reg], scan_period_max_ms=8000))
+    acc = accesses_frame(every_epoch("vm0", 400, 1, 0, 64 * 256))
+    out = replay_frames(vms, acc, ["linux-6.5", "linux-7.1"])
+    per = out.vcpu_epochs.filter(pl.col("vcpu") == 1).sort("epoch")
+    base = per.filter(pl.col("policy") == "linux-6.5")["scan_period_ms"]
+    assert base[-1] == 8000  # doubled to the max and stuck there
+    new = per.filter(pl.col("policy") == "linux-7.1")["scan_period_ms"]
+    assert new[-1] == 1000  # no faults: never adapts, stays at task_scan_start
+
+
+def test_task_scan_bounds_follow_rss() -> None:
+    # KERNEL.md §3.2 example: 64 GiB RSS -> 256 windows -> min 100 ms, max 60000/256 = 234 ms
+    from pipeline.replay.scanner import Scanner
+
+    class _Vm:
+        rss_pages = 64 * GIB // 4096
+
+    s = Scanner.__new__(Scanner)
+    s.vm = _Vm()  # type: ignore[assignment]
+    s.scan_size_mb, s.period_min, s.period_max = 256, 1000, 60000
+    assert (s.task_scan_min(), s.task_scan_max()) == (100, 234)
