@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from pipeline.replay.policies import POLICIES
-from pipeline.replay.runner import ReplayOutput, replay_frames
+from pipeline.replay.runner import ReplayOutput, ReplayParams, replay_frames
 from tests.replay.conftest import GIB, MIB, accesses_frame, region, vm_row, vms_frame
 
 COUNTERS = (
@@ -291,3 +293,32 @@ TestNotifierPairing.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+# -- the same direction check on the sample specs (traces/*.toml via synth) --------------------
+SPECS = Path(__file__).resolve().parents[2] / "traces"
+
+
+@pytest.fixture(scope="module")
+def sample_specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ReplayOutput]:
+    synth = pytest.importorskip("pipeline.ingest.synth_runner")
+    from pipeline.replay.runner import replay_dataset
+
+    out = {}
+    for name in ("vfio-pinned", "no-device"):
+        spec = SPECS / f"{name}.toml"
+        if not spec.is_file():
+            pytest.skip(f"sample spec {spec} not present")
+        ds = tmp_path_factory.mktemp(name) / "ds"
+        synth.run_synth(spec, ds)
+        out[name] = replay_dataset(ds, ["linux-6.5", "rfc-v2"], ReplayParams(workers=1))
+    return out
+
+
+def test_sample_specs_follow_yan_zhao_direction(sample_specs: dict[str, ReplayOutput]) -> None:
+    pinned, free = sample_specs["vfio-pinned"], sample_specs["no-device"]
+    assert sums(pinned, "linux-6.5")["remote_tlb_flushes"] > 0
+    assert sums(pinned, "rfc-v2")["remote_tlb_flushes"] == 0
+    base, rfc = sums(free, "linux-6.5"), sums(free, "rfc-v2")
+    assert rfc["kvm_unmap_gfn_range_calls"] > 2 * base["kvm_unmap_gfn_range_calls"]
+    assert rfc["remote_tlb_flushes"] < base["remote_tlb_flushes"]
