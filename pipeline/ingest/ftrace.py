@@ -73,10 +73,17 @@ def _symbols() -> dict[str, dict[int, str]]:
 
 @dataclass(frozen=True)
 class Grammar:
-    """One payload format: an anchored regex with named groups and how to read each group."""
+    """One payload format: an anchored regex with named groups and how to read each group.
+
+    With ``split``, the payload is cut at the first occurrence of that text: ``pattern``
+    matches what comes before it and ``tail`` what comes after (both paths do exactly this;
+    it keeps the regexes one-pass, hence fast, when a free-text field precedes fixed ones).
+    """
 
     pattern: str
     kinds: Mapping[str, str]
+    split: str | None = None
+    tail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,10 @@ NUM = r"[^ ]+"
 
 def _g(pattern: str, **kinds: str) -> Grammar:
     return Grammar(pattern, kinds)
+
+
+def _split(pattern: str, split: str, tail: str, **kinds: str) -> Grammar:
+    return Grammar(pattern, kinds, split=split, tail=tail)
 
 
 def _raw(pairs: list[tuple[str, str, str]], optional: tuple[str, ...] = ()) -> Grammar:
@@ -247,9 +258,10 @@ SPECS: dict[str, EventSpec] = {
             "ftrace/kvm_exit",
             (
                 # v7 appends `requests 0x%016llx`; the reason may contain spaces ("DE excp").
-                _g(
-                    rf"^vcpu (?P<vcpu>{U}) reason (?P<reason>.+?) rip 0x(?P<rip>{H}) "
-                    rf"info1 0x(?P<info1>{H}) info2 0x(?P<info2>{H}) "
+                _split(
+                    rf"^vcpu (?P<vcpu>{U}) reason (?P<reason>.+)$",
+                    " rip 0x",
+                    rf"^(?P<rip>{H}) info1 0x(?P<info1>{H}) info2 0x(?P<info2>{H}) "
                     rf"intr_info 0x(?P<intr_info>{H}) error_code 0x(?P<error_code>{H})"
                     rf"(?: requests 0x(?P<requests>{H}))?$",
                     vcpu="dec",
@@ -636,14 +648,29 @@ def _convert(text: str | None, kind: str, type_name: str) -> tuple[bool, Any]:
     return (True, value) if lo <= value <= hi else (False, None)
 
 
+def _match(grammar: Grammar, payload: str) -> dict[str, str | None] | None:
+    """The named groups of ``grammar`` in ``payload``, or None when it does not match."""
+    if grammar.split is None or grammar.tail is None:
+        m = _compiled(grammar.pattern).match(payload)
+        return None if m is None else m.groupdict()
+    at = payload.find(grammar.split)
+    if at < 0:
+        return None
+    head = _compiled(grammar.pattern).match(payload[:at])
+    tail = _compiled(grammar.tail).match(payload[at + len(grammar.split) :])
+    if head is None or tail is None:
+        return None
+    return head.groupdict() | tail.groupdict()
+
+
 def parse_payload(event: str, payload: str) -> tuple[str, dict[str, Any]] | Bad:
     """Parse one payload with the event's grammars; unknown events go to ftrace/_other."""
     spec = SPECS.get(event)
     if spec is None:
         return OTHER_TABLE, {"event": event, "payload": payload}
     for grammar in spec.grammars:
-        m = _compiled(grammar.pattern).match(payload)
-        if m is None:
+        groups = _match(grammar, payload)
+        if groups is None:
             continue
         values: dict[str, Any] = {}
         ok = True
@@ -653,7 +680,7 @@ def parse_payload(event: str, payload: str) -> tuple[str, dict[str, Any]] | Bad:
                 values[col] = None
                 continue
             kind, _, group = kind.partition("@")
-            good, value = _convert(m.group(group or col), kind, _type_name(spec.table, col))
+            good, value = _convert(groups[group or col], kind, _type_name(spec.table, col))
             if not good:
                 ok = False
                 break
@@ -869,13 +896,34 @@ def _wrapped(pattern: str) -> str:
 
 def _apply_grammar(spec: EventSpec, grammar: Grammar, rows: pl.DataFrame) -> pl.DataFrame:
     """Match ``rows.payload`` against one grammar: typed columns and ``_ok`` per row."""
-    pattern = _wrapped(grammar.pattern)
-    m = rows.select(
-        "row", *COMMON_COLUMNS, pl.col("payload").str.extract_groups(pattern).alias("_m")
-    ).unnest("_m")
+    payload = pl.col("payload")
+    if grammar.split is None or grammar.tail is None:
+        m = rows.select(
+            "row",
+            *COMMON_COLUMNS,
+            payload.str.extract_groups(_wrapped(grammar.pattern)).alias("_m"),
+        ).unnest("_m")
+        matched = pl.col(_MATCH).is_not_null()
+    else:
+        at = payload.str.find(grammar.split, literal=True)
+        m = (
+            rows.with_columns(at.alias("_at"))
+            .select(
+                "row",
+                *COMMON_COLUMNS,
+                payload.str.slice(0, pl.col("_at"))
+                .str.extract_groups(_wrapped(grammar.pattern))
+                .alias("_h"),
+                payload.str.slice(pl.col("_at") + len(grammar.split))
+                .str.extract_groups(_wrapped(grammar.tail).replace(_MATCH, "m_tail"))
+                .alias("_t"),
+            )
+            .unnest("_h", "_t")
+        )
+        matched = pl.col(_MATCH).is_not_null() & pl.col("m_tail").is_not_null()
     dtypes = table_schema(spec.table).polars()
     exprs: list[pl.Expr] = []
-    checks: list[pl.Expr] = [pl.col(_MATCH).is_not_null()]
+    checks: list[pl.Expr] = [matched]
     for col in spec.columns:
         full = grammar.kinds.get(col)
         if full is None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+import pyarrow.compute as pc
+
 from pipeline.errors import InputError
 from pipeline.ingest import ftrace
 from pipeline.schema import ParquetStream
@@ -214,10 +216,9 @@ def _looks_binary(block: bytes) -> bool:
 
 def iter_blocks(
     src: str, stream: IO[bytes] | HashingReader, stats: SourceStats
-) -> Iterator[tuple[bytes, int, bool]]:
-    """Yield (block of whole lines, first line number, is-last) from a decompressed stream."""
+) -> Iterator[tuple[bytes, bool]]:
+    """Yield (block of whole lines, is-last) from a decompressed stream."""
     carry = b""
-    lineno = 1
     first = True
     while True:
         block = _read_block(src, stream, stats.format, CHUNK_BYTES)
@@ -235,19 +236,18 @@ def iter_blocks(
         stats.bytes_text += len(block)
         if not block:
             if carry:
-                yield carry, lineno, True
+                yield carry, True
             return
         data = carry + block if carry else block
         cut = data.rfind(b"\n")
         if cut < 0:
             if len(data) > MAX_LINE_BYTES:
                 msg = f"a line longer than {MAX_LINE_BYTES >> 20} MiB; not ftrace text"
-                raise InputError(src, msg, lineno=lineno)
+                raise InputError(src, msg)
             carry = data
             continue
         whole, carry = data[: cut + 1], data[cut + 1 :]
-        yield whole, lineno, False
-        lineno += whole.count(b"\n")
+        yield whole, False
 
 
 class TableSinks:
@@ -295,8 +295,8 @@ class ChunkParser:
         self._pending: deque[tuple[Future[ftrace.ChunkResult], Block]] = deque()
         self._held: Block | None = None
 
-    def submit(self, block: bytes, source: str, lineno: int, final: bool) -> None:
-        item = (block, source, lineno, final)
+    def submit(self, block: bytes, source: str, final: bool) -> None:
+        item = (block, source, final)
         if self._pool is None and self._workers > 1:
             if self._held is None and not final:
                 self._held = item  # wait: is the input bigger than one block?
@@ -312,10 +312,8 @@ class ChunkParser:
         if self._pool is None:
             self.sink(_parse(item))
             return
-        block, source, lineno, final = item
-        fut = self._pool.submit(
-            ftrace.parse_chunk, block, source=source, first_lineno=lineno, final=final
-        )
+        block, source, final = item
+        fut = self._pool.submit(ftrace.parse_chunk, block, source=source, final=final)
         self._pending.append((fut, item))
         while len(self._pending) >= IN_FLIGHT:
             self._drain_one()
@@ -351,12 +349,12 @@ class ChunkParser:
             self._pool = None
 
 
-Block = tuple[bytes, str, int, bool]
+Block = tuple[bytes, str, bool]
 
 
 def _parse(item: Block) -> ftrace.ChunkResult:
-    block, source, lineno, final = item
-    return ftrace.parse_chunk(block, source=source, first_lineno=lineno, final=final)
+    block, source, final = item
+    return ftrace.parse_chunk(block, source=source, final=final)
 
 
 def _start_pool(workers: int) -> ProcessPoolExecutor:
@@ -394,16 +392,16 @@ def ingest_source(
         stats.sha256, stats.bytes = hashed.hexdigest(), hashed.count
         with tracedat.report_stream(Path(src)) as stream:
             wrapped = HashingReader(stream, progress)
-            for block, lineno, final in iter_blocks(src, wrapped, stats):
-                parser.submit(block, src, lineno, final)
+            for block, final in iter_blocks(src, wrapped, stats):
+                parser.submit(block, src, final)
             parser.flush()
         return
     raw_file: IO[bytes] = sys.stdin.buffer if src == "-" else open(src, "rb")  # noqa: SIM115
     try:
         hashed = HashingReader(raw_file, progress)
         text = _decompressed(src, hashed, stats)
-        for block, lineno, final in iter_blocks(src, text, stats):
-            parser.submit(block, src, lineno, final)
+        for block, final in iter_blocks(src, text, stats):
+            parser.submit(block, src, final)
         parser.flush()
         stats.sha256, stats.bytes = hashed.hexdigest(), hashed.count
     finally:
@@ -413,6 +411,11 @@ def ingest_source(
 
 def _collector(stats: SourceStats, sinks: TableSinks) -> Callable[[ftrace.ChunkResult], None]:
     def collect(result: ftrace.ChunkResult) -> None:
+        # blocks are parsed with line numbers from 1; shift by the lines before the block
+        if result.quarantine.num_rows and stats.lines_total:
+            q = result.quarantine
+            shifted = pc.add(q.column("lineno"), stats.lines_total)
+            result.quarantine = q.set_column(q.schema.get_field_index("lineno"), "lineno", shifted)
         stats.add(result)
         sinks.write(result)
 
