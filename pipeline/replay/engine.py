@@ -86,7 +86,11 @@ class VmRun:
         if opts.vmm_thread:
             pid = int(cfg.vcpu_tids[0]) - 1 if cfg.vcpus else 1
             node = int(cfg.vcpu_nodes[0]) if cfg.vcpus else 0
-            self.tasks.append(TaskNuma(index=cfg.vcpus, pid=pid, node=node, nodes=cfg.host_nodes))
+            self.tasks.append(
+                TaskNuma(
+                    index=cfg.vcpus, pid=pid, node=node, nodes=cfg.host_nodes, main_thread=True
+                )
+            )
         self.vmm_thread = opts.vmm_thread
         self.scanner = Scanner(self.state, policy, self.cprot, self.tasks, knobs)
         self.fault = FaultPath(

@@ -24,6 +24,13 @@ VIRT_BUDGET_FACTOR = 8
 NUMA_NO_NODE = -1
 BITS_PER_LONG = 64
 GOLDEN_RATIO_32 = 0x61C88647
+TICK_MS = 4  # HZ=250
+# init_numa_balancing() staggers a new CLONE_VM thread: node_stamp = min(task_scan_max(current),
+# numa_scan_period * mm_users * NSEC_PER_MSEC) + 2 * TICK_NSEC, where task_scan_max() is in ms
+# but used as ns (so about 0) -> about 2 ticks. A non-zero node_stamp means task_tick_numa()
+# never sets numa_scan_period = task_scan_start(): the thread keeps scan_delay until
+# update_task_scan_period() changes it. The mm's first thread (the VMM main thread) has 0.
+CLONE_VM_NODE_STAMP_MS = 2 * TICK_MS
 
 
 def hash_32(val: int, bits: int) -> int:
@@ -44,6 +51,7 @@ class TaskNuma:
     pid: int
     node: int
     nodes: int
+    main_thread: bool = False
     runtime_ms: int = 0
     node_stamp_ms: int = 0
     numa_scan_period: int = 0  # ms; set to scan_delay by init_numa_balancing()
@@ -114,6 +122,7 @@ class Scanner:
         self.numab: dict[int, VmaNumab] = {}
         for t in tasks:
             t.numa_scan_period = self.scan_delay
+            t.node_stamp_ms = 0 if t.main_thread else CLONE_VM_NODE_STAMP_MS
         self.records: list[ScanRecord] = []
 
     # -- §3.2 bounds -------------------------------------------------------------------------
@@ -139,7 +148,10 @@ class Scanner:
 
     # -- §3.3 tick ---------------------------------------------------------------------------
     def task_tick_numa(self, ctx: EpochCtx, task: TaskNuma) -> None:
-        """Models task_tick_numa() after ``task`` ran for an epoch (one check per epoch)."""
+        """Models task_tick_numa() after ``task`` ran for an epoch (one check per epoch):
+        runtime past node_stamp + period -> node_stamp += period (and, for a thread whose
+        node_stamp was 0, numa_scan_period = task_scan_start()); queue the work if
+        ``now >= mm->numa_next_scan``. Verified against kernel/sched/fair.c."""
         period = task.numa_scan_period
         if task.runtime_ms > task.node_stamp_ms + period:
             if task.node_stamp_ms == 0:

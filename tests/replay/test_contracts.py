@@ -316,9 +316,15 @@ def sample_specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ReplayOu
 
 
 def test_sample_specs_follow_yan_zhao_direction(sample_specs: dict[str, ReplayOutput]) -> None:
+    """With devices rfc-v2 takes KVM NUMA shootdowns to 0; without devices it issues many
+    more kvm_unmap_gfn_range calls (one per protected PMD). The flush direction (Yan: 8625
+    -> 4610) needs the boot-time mmu_lock contention of her runs; it is checked on boot-like
+    frames above, and on no-device.toml the per-PMD numa_protect flushes outnumber the
+    baseline's batched ones (docs/engine.md, "Checks against the RFC thread")."""
     pinned, free = sample_specs["vfio-pinned"], sample_specs["no-device"]
     assert sums(pinned, "linux-6.5")["remote_tlb_flushes"] > 0
     assert sums(pinned, "rfc-v2")["remote_tlb_flushes"] == 0
+    assert sums(pinned, "rfc-v2")["spte_zapped"] == 0
     base, rfc = sums(free, "linux-6.5"), sums(free, "rfc-v2")
-    assert rfc["kvm_unmap_gfn_range_calls"] > 2 * base["kvm_unmap_gfn_range_calls"]
-    assert rfc["remote_tlb_flushes"] < base["remote_tlb_flushes"]
+    assert rfc["kvm_unmap_gfn_range_calls"] > 5 * base["kvm_unmap_gfn_range_calls"]
+    assert rfc["mmu_notifier_invalidations"] == base["mmu_notifier_invalidations"]

@@ -5,9 +5,11 @@ Every scenario: one VM, two vCPUs (vCPU 0 on node 0, vCPU 1 on node 1), one 8 Mi
 12 epochs, preempt=none. One vCPU touches every page in every epoch.
 
 Timeline (same for all): epoch 0 first touch (SPTE fault-ins, not counted as EPT violations).
-The toucher's runtime passes node_stamp + scan_delay at the end of epoch 10 (1100 > 1000 ms) and
-now (1100) >= numa_next_scan (1000), so it runs task_numa_work once: one 256 MB chunk clipped to
-the 8 MiB VMA. The next scan would need runtime > 2000 ms (epoch 20): none. Epoch 11 refaults
+A vCPU thread starts with node_stamp = 2 ticks = 8 ms (init_numa_balancing() staggers CLONE_VM
+threads) and numa_scan_period = scan_delay = 1000 ms. The toucher's runtime passes
+node_stamp + period at the end of epoch 10 (1100 > 1008 ms) and now (1100) >= numa_next_scan
+(1000), so it runs task_numa_work once: one 256 MB chunk clipped to the 8 MiB VMA. The next
+scan would need runtime > 2008 ms (epoch 20): none. Epoch 11 refaults
 what the scan zapped or protected. The scanning vCPU is the only one running, so no yields
 (Y = 0: no other vCPU faults in the range) and no IPIs (shootdown_ipis = host_tlb_flush_ipis
 = 0).
