@@ -14,6 +14,7 @@ CREATE VIEW by_vcpu (
     numa_migrate_failed,     -- pages whose migration failed in this vCPU's faults [pages]
     shootdown_ipis,          -- remote-flush IPIs this vCPU received in guest mode [ipis]
     task_numa_work_runs,     -- task_numa_work scans this vCPU thread ran [runs]
+    spte_faultins,           -- first fault-ins of SPTEs (not NUMA-balancing refaults) [faults]
     scan_period_ms_last,     -- the thread's numa_scan_period at its last row [ms]
     scan_period_ms_max       -- the largest numa_scan_period it reached [ms]
 ) AS
@@ -29,6 +30,7 @@ SELECT
     sum(numa_migrate_failed)::BIGINT,
     sum(shootdown_ipis)::BIGINT,
     sum(task_numa_work_runs)::BIGINT,
+    sum(spte_faultins)::BIGINT,
     arg_max(scan_period_ms, epoch)::BIGINT,
     max(scan_period_ms)::BIGINT
 FROM vcpu_epochs
