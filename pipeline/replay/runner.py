@@ -40,8 +40,8 @@ class ReplayParams:
     * ``vmm_thread`` False: also let the VMM main thread run task_numa_work (KERNEL.md §10a).
     * ``shadow_guest_2m`` False: on a shadow MMU, assume the guest maps 2 MiB where the host
       has a THP, so SPTEs are 2M there (else 4K).
-    * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8). The
-      results do not depend on it.
+    * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8, when
+      the dataset has at least 200k access rows). The results do not depend on it.
     """
 
     epoch_ms: int = 100
@@ -218,7 +218,8 @@ def replay_frames(
         _validate_accesses(cfg.name, acc[cfg.name], cfg.vcpus, cfg.nr_pages)
     n_epochs = max((int(a.epoch.max()) + 1 for a in acc.values() if a.epoch.size), default=0)
     jobs = [_Job(n, rows, acc, params, n_epochs, trace) for n in names]
-    workers = min(_workers(params), len(jobs))
+    rows_total = sum(int(a.epoch.size) for a in acc.values())
+    workers = min(_workers(params, rows_total), len(jobs))
     if workers > 1 and not trace:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -242,9 +243,14 @@ def replay_frames(
     )
 
 
-def _workers(params: ReplayParams) -> int:
+AUTO_PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
+
+
+def _workers(params: ReplayParams, rows: int) -> int:
     if params.workers > 0:
         return params.workers
+    if rows < AUTO_PARALLEL_MIN_ROWS:
+        return 1
     return max(1, min(os.cpu_count() or 1, 8))
 
 
