@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
 #: Counters drawn in the per-policy bars, with axis labels.
@@ -102,32 +104,56 @@ def plot_policy_bars(shootdowns: pl.DataFrame, path: Path, *, title: str = "") -
 
 
 def plot_timeline(timeline: pl.DataFrame, path: Path, *, title: str = "") -> Path:
-    """Per-epoch KVM shootdowns and scanner activity, one line per policy (VMs summed).
+    """The run epoch by epoch, VMs summed: cumulative KVM shootdowns per policy (lines), then
+    per-epoch shootdowns, scanner notifiers and pages made PROT_NONE as heat maps (one row
+    per policy, so no policy hides another).
 
     ``timeline``: rows of view ``timeline`` (policy, vm, epoch, t_ms, remote_tlb_flushes,
-    scan_notifiers, scan_pte_updates, ...).
+    scan_notifiers, scan_pte_updates, ...), policies in display order.
     """
-    panels = (
+    heat = (
         ("remote_tlb_flushes", "KVM TLB shootdowns per epoch"),
-        ("scan_notifiers", "scanner notifiers per epoch"),
+        ("scan_notifiers", "scanner notifiers (invalidate_range_start) per epoch"),
         ("scan_pte_updates", "pages made PROT_NONE per epoch"),
     )
-    fig, axes = _panels([label for _, label in panels], (3, 1), title=title, size=(12, 8))
+    labels = ["KVM TLB shootdowns, cumulative", *(label for _, label in heat)]
+    fig, axes = _panels(labels, (4, 1), title=title, size=(12, 11))
     if timeline.height == 0:
         for ax in axes:
             _empty(ax)
         return _save(fig, path)
-    per_policy = (
-        timeline.group_by("policy", "t_ms").agg(pl.col(c).sum() for c, _ in panels).sort("t_ms")
-    )
     policies = _policies(timeline)
-    colors = _colors(len(policies))
-    for ax, (counter, _) in zip(axes, panels, strict=True):
-        for color, policy in zip(colors, policies, strict=True):
-            part = per_policy.filter(pl.col("policy") == policy)
-            seconds = [t / 1000 for t in part["t_ms"].to_list()]
-            ax.step(seconds, part[counter].to_list(), where="post", color=color, label=policy)
-        ax.grid(alpha=0.3)
+    per_policy = timeline.group_by("policy", "t_ms").agg(pl.col(c).sum() for c, _ in heat)
+    t_ms = sorted(per_policy["t_ms"].unique().to_list())
+    column = {t: i for i, t in enumerate(t_ms)}
+    row = {p: i for i, p in enumerate(policies)}
+    seconds = np.array(t_ms, dtype=float) / 1000
+    step = float(seconds[1] - seconds[0]) if len(seconds) > 1 else 0.1
+    extent = (float(seconds[0]), float(seconds[-1]) + step, len(policies) - 0.5, -0.5)
+    for ax, (counter, _) in zip(axes[1:], heat, strict=True):
+        grid = np.zeros((len(policies), len(t_ms)))
+        for policy, t, value in per_policy.select("policy", "t_ms", counter).iter_rows():
+            grid[row[policy], column[t]] = value
+        image = ax.imshow(
+            grid,
+            aspect="auto",
+            interpolation="nearest",
+            extent=extent,
+            cmap="magma_r",
+            norm=PowerNorm(0.5, vmin=0, vmax=max(float(grid.max()), 1.0)),
+        )
+        ax.set_yticks(range(len(policies)), policies, fontsize=8)
+        fig.colorbar(image, ax=ax, pad=0.01)
+        if counter == "remote_tlb_flushes":
+            for color, policy in zip(_colors(len(policies)), policies, strict=True):
+                axes[0].step(
+                    seconds + step,
+                    np.cumsum(grid[row[policy]]),
+                    where="post",
+                    color=color,
+                    label=policy,
+                )
+    axes[0].grid(alpha=0.3)
     axes[-1].set_xlabel("time (s)")
     _legend(fig, axes[0], "policy")
     return _save(fig, path)
