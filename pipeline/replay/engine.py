@@ -117,12 +117,13 @@ class Engine:
         self.epoch += 1
 
     def run(self, until: int | None = None, progress: Callable[[int], None] | None = None) -> None:
-        """Step until epoch ``until`` (default: the end of the accesses)."""
+        """Step until epoch ``until`` (default: the end of the accesses); ``progress`` gets
+        the number of epochs just done."""
         stop = self.n_epochs if until is None else min(until, self.n_epochs)
         while self.epoch < stop:
             self.step()
             if progress is not None:
-                progress(self.epoch)
+                progress(1)
 
     def _step_vm(self, run: VmRun, e: int) -> None:
         lo, hi = int(run.bounds[e]), int(run.bounds[e + 1])

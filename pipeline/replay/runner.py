@@ -104,6 +104,10 @@ def _accesses_by_vm(
         .sort("vm", "epoch", "vcpu", "gfn_start")
         .collect()
     )
+    unknown = sorted(set(frame["vm"].unique().to_list()) - set(names))
+    if unknown:
+        msg = f"accesses name vms not in vms.parquet: {', '.join(unknown[:5])}"
+        raise DatasetError("accesses", msg)
     out: dict[str, VmAccesses] = {}
     for name in names:
         sub = frame.filter(pl.col("vm") == name)
@@ -201,7 +205,7 @@ def replay_frames(
     """Replay ``accesses`` (table accesses, epochs of ``params.epoch_ms``) on ``vms``.
 
     The model is deterministic (expected values, no RNG); ``seed`` is recorded only.
-    ``progress`` is called with the number of epochs done; ``trace`` keeps the notifier
+    ``progress`` is called with each increment of epochs done (over all policies); ``trace`` keeps the notifier
     start/end events in ``ReplayOutput.traces`` (for tests). With ``params.workers > 1`` and
     several policies, policies run in worker processes; the output is identical.
     """
@@ -213,6 +217,9 @@ def replay_frames(
     from pipeline.replay.state import vm_config
 
     cfgs = [vm_config(r) for r in rows]
+    dup = sorted({c.name for c in cfgs if [d.name for d in cfgs].count(c.name) > 1})
+    if dup:
+        raise DatasetError("vms", f"duplicate vm names: {', '.join(dup)}")
     acc = _accesses_by_vm(accesses, [c.name for c in cfgs])
     for cfg in cfgs:
         _validate_accesses(cfg.name, acc[cfg.name], cfg.vcpus, cfg.nr_pages)
@@ -393,7 +400,9 @@ def run_replay(
     n_epochs = int(lf.select(pl.col("epoch").max()).collect().item() or 0) + 1
     with reporter(quiet) as rep:
         task = rep.task("replay", total=n_epochs * len(names))
-        result = replay_frames(vms, lf, names, params, seed, progress=lambda _e: rep.advance(task))
+        result = replay_frames(
+            vms, lf, names, params, seed, progress=lambda done: rep.advance(task, done)
+        )
     meta = {"policies": ",".join(names), "epoch_ms": params.epoch_ms, "seed": seed}
     with atomic_output_dir(Path(out)) as tmp:
         write_partitioned(result.epochs, tmp / "epochs", "epochs", params=meta)

@@ -141,3 +141,20 @@ def test_results_are_deterministic(tmp_path: Path) -> None:
         assert [
             pl.read_parquet(f).equals(pl.read_parquet(g)) for f, g in zip(fa, fb, strict=True)
         ] == [True] * len(fa)
+
+
+def test_accesses_of_an_unknown_vm_are_an_error() -> None:
+    vms = vms_frame(vm_row(regions=[region(size_bytes=8 * MIB)]))
+    with pytest.raises(DatasetError, match="not in vms"):
+        replay_frames(vms, accesses_frame([("other", 0, 0, 0, 1)]))
+
+
+def test_vmm_main_thread_scans_at_task_scan_start() -> None:
+    # the mm's first thread has node_stamp 0, so task_tick_numa() sets task_scan_start():
+    # 8 MiB RSS -> one window -> max(100, 1000 / 1) = 1000 ms; it runs every epoch
+    vms = vms_frame(vm_row(regions=[region(size_bytes=8 * MIB)]))
+    acc = accesses_frame(every_epoch("vm0", 30, 0, 0, 2048))
+    out = replay_frames(vms, acc, ["linux-6.5"], ReplayParams(vmm_thread=True))
+    assert -1 in out.scans["vcpu"].to_list()
+    main = out.vcpu_epochs.filter(pl.col("vcpu") == -1)
+    assert main["task_numa_work_runs"].sum() >= 1
