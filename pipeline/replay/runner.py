@@ -205,9 +205,10 @@ def replay_frames(
     """Replay ``accesses`` (table accesses, epochs of ``params.epoch_ms``) on ``vms``.
 
     The model is deterministic (expected values, no RNG); ``seed`` is recorded only.
-    ``progress`` is called with each increment of epochs done (over all policies); ``trace`` keeps the notifier
-    start/end events in ``ReplayOutput.traces`` (for tests). With ``params.workers > 1`` and
-    several policies, policies run in worker processes; the output is identical.
+    ``progress`` is called with each increment of epochs done (over all policies); ``trace``
+    keeps the notifier start/end events in ``ReplayOutput.traces`` (for tests). With
+    ``params.workers > 1`` and several policies, policies run in worker processes; the
+    output is identical.
     """
     _check_params(params)
     names = list(POLICIES) if policies is None else list(dict.fromkeys(policies))
