@@ -67,9 +67,8 @@ def pinned_out() -> ReplayOutput:
     return replay_frames(vms, cross_node_accesses("vm0", 60, 131072, 4))
 
 
-@pytest.fixture(scope="module")
-def mixed_out() -> ReplayOutput:
-    """Half pinned, THP and 4K, first-touch, cross-node sharing."""
+def mixed_vms() -> pl.DataFrame:
+    """Half pinned, a 4K region on node 0 and a first-touch THP region, 4 vCPUs on 2 nodes."""
     regs = [
         region("lo", size_bytes=256 * MIB, pinned=[(0, 32768)], placement="node:0"),
         region(
@@ -83,7 +82,12 @@ def mixed_out() -> ReplayOutput:
         ),
     ]
     vms = vms_frame(vm_row(regions=regs, vcpu_nodes=[0, 1, 0, 1], preempt="full"))
-    return replay_frames(vms, cross_node_accesses("vm0", 60, 131072, 4), trace=True)
+    return vms
+
+
+@pytest.fixture(scope="module")
+def mixed_out() -> ReplayOutput:
+    return replay_frames(mixed_vms(), cross_node_accesses("vm0", 60, 131072, 4), trace=True)
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
@@ -160,20 +164,7 @@ def test_yan_without_devices_more_unmaps_fewer_flushes(yan: dict[bool, ReplayOut
 
 
 def test_deterministic(mixed_out: ReplayOutput) -> None:
-    regs = [
-        region("lo", size_bytes=256 * MIB, pinned=[(0, 32768)], placement="node:0"),
-        region(
-            "hi",
-            size_bytes=256 * MIB,
-            gpa_start=256 * MIB,
-            hva_start=0x7F0040000000,
-            thp=True,
-            pinned=[(65536, 32768)],
-            placement="first-touch",
-        ),
-    ]
-    vms = vms_frame(vm_row(regions=regs, vcpu_nodes=[0, 1, 0, 1], preempt="full"))
-    again = replay_frames(vms, cross_node_accesses("vm0", 60, 131072, 4))
+    again = replay_frames(mixed_vms(), cross_node_accesses("vm0", 60, 131072, 4))
     assert again.epochs.equals(mixed_out.epochs)
     assert again.scans.equals(mixed_out.scans)
 
