@@ -81,8 +81,7 @@ def mixed_vms() -> pl.DataFrame:
             placement="first-touch",
         ),
     ]
-    vms = vms_frame(vm_row(regions=regs, vcpu_nodes=[0, 1, 0, 1], preempt="full"))
-    return vms
+    return vms_frame(vm_row(regions=regs, vcpu_nodes=[0, 1, 0, 1], preempt="full"))
 
 
 @pytest.fixture(scope="module")
