@@ -13,6 +13,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from pipeline.analyze.sweep_plots import attach_sweep, write_sensitivity
+from pipeline.analyze.views import connect
 from pipeline.cli import app
 from pipeline.ingest.spec import load_spec
 from pipeline.replay.runner import ReplayParams, replay_frames
@@ -169,6 +171,51 @@ def test_views_read_a_sweep(client: Any, files: tuple[Path, Path], tmp_path: Pat
     assert [r["point"] for r in rows] == [0, 1, 2, 3]
     assert [r["pinned"] for r in rows] == [0.0, 1.0, 0.0, 1.0]
     assert all(r["flushes"] > 0 for r in rows)
+
+
+def test_sweep_views_and_sensitivity_plots(
+    client: Any, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    spec, grid = files
+    out = tmp_path / "res"
+    run_sweep(spec, grid, out, client=client)
+    con, _ = connect(out)
+    try:
+        attach_sweep(con, out)
+        totals = con.sql(
+            "select point, policy, remote_tlb_flushes from sweep_point_totals order by point"
+        ).fetchall()
+        savings = con.sql(
+            "select point, flushes_saved_pct from sweep_savings order by point"
+        ).fetchall()
+        axes = con.sql("select * from sweep_axes").fetchall()
+        sens = con.sql(
+            "select value, policy, flushes_saved_pct from sweep_sensitivity order by all"
+        ).fetchall()
+    finally:
+        con.close()
+    flushes = {p: f for p, _, f in totals}
+    assert [p for p, _, _ in totals] == [0, 1, 2, 3]
+    assert all(f > 0 for f in flushes.values())
+    # linux-6.5 is the only reference replayed: each point against point 0 or 1 (its setting)
+    want = {
+        0: 0.0,
+        1: 0.0,
+        2: 100.0 * (flushes[0] - flushes[2]) / flushes[0],
+        3: 100.0 * (flushes[1] - flushes[3]) / flushes[1],
+    }
+    assert dict(savings) == pytest.approx(want)
+    assert axes == [("pinned", 2)]
+    assert [(v, p) for v, p, _ in sens] == [
+        ("0.0", "linux-6.5"),
+        ("0.0", "skip-pinned"),
+        ("1.0", "linux-6.5"),
+        ("1.0", "skip-pinned"),
+    ]
+    pngs = write_sensitivity(out, tmp_path / "plots")
+    assert [p.name for p in pngs] == ["sensitivity_pinned.png"]
+    assert pngs[0].read_bytes().startswith(b"\x89PNG")
+    assert write_sensitivity(tmp_path / "not-a-sweep", tmp_path / "x") == []
 
 
 def test_cli_with_scheduler_and_bad_grid(
