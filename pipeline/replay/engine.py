@@ -153,7 +153,7 @@ class Engine:
         ]
         for t in ran:
             t.runtime_ms += self.epoch_ms
-        if ran:
+        if ran and run.cfg.numa_balancing:  # sysctl 0: sched_numa_balancing off, no ticks
             k = e % n
             order = sorted(ran, key=lambda t: (t.index - k) % n)
             for t in order:

@@ -92,3 +92,18 @@ def test_task_scan_bounds_follow_rss() -> None:
     s.vm = _Vm()  # type: ignore[assignment]
     s.scan_size_mb, s.period_min, s.period_max = 256, 1000, 60000
     assert (s.task_scan_min(), s.task_scan_max()) == (100, 234)
+
+
+def test_numa_balancing_off_means_no_scan_and_tiering_only_protects_nothing() -> None:
+    reg = region(size_bytes=64 * MIB)
+    row = vm_row(regions=[reg])
+    acc = accesses_frame(every_epoch("vm0", 30, 1, 0, 64 * 256))
+    off = replay_frames(vms_frame({**row, "numa_balancing": 0}), acc, ["linux-6.5"])
+    assert off.scans.height == 0
+    assert int(off.epochs["mmu_notifier_invalidations"].sum()) == 0
+    # MEMORY_TIERING only (2): every node is toptier, change_pte_range() skips every page,
+    # but the notifier is still sent before the checks
+    tier = replay_frames(vms_frame({**row, "numa_balancing": 2}), acc, ["linux-6.5"])
+    assert tier.scans.height > 0
+    assert int(tier.epochs["numa_pte_updates"].sum()) == 0
+    assert int(tier.epochs["mmu_notifier_invalidations"].sum()) > 0
