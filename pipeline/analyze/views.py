@@ -32,7 +32,12 @@ AUDIT_DIR = SQL_DIR / "audits"
 #: Results tables written by replay (hive-partitioned by policy and vm).
 RESULTS_TABLES = ("epochs", "vcpu_epochs", "scans")
 #: Dataset tables with a schema in schemas/ (single Parquet files).
-DATASET_TABLES = ("vms", "quarantine")
+#: Dataset tables with a schema in schemas/, and where they lie in the DATASET.
+DATASET_TABLES = {
+    "vms": "vms.parquet",
+    "accesses": "accesses/*.parquet",
+    "quarantine": "quarantine.parquet",
+}
 #: Hive partition columns: only in directory names, always read as text.
 PARTITION_COLUMNS = ("policy", "vm")
 
@@ -148,9 +153,9 @@ class Run:
             root = self.results / name
             files = str(root / "**" / "*.parquet") if root.is_dir() and _has_parquet(root) else None
             out.append(_schema_source(name, files, hive=True))
-        for name in DATASET_TABLES:
-            path = self.dataset / f"{name}.parquet" if self.dataset else None
-            files = str(path) if path is not None and path.is_file() else None
+        for name, where in DATASET_TABLES.items():
+            found = sorted(self.dataset.glob(where)) if self.dataset else []
+            files = str(self.dataset / where) if self.dataset and found else None
             out.append(_schema_source(name, files, hive=False))
         ftrace_dir = self.dataset / "ftrace" if self.dataset else None
         for event in ftrace_events():

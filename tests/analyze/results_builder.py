@@ -120,10 +120,14 @@ def make_dataset(
     vms: list[dict[str, Any]],
     *,
     ftrace: Mapping[str, list[dict[str, Any]]] | None = None,
+    accesses: Iterable[Mapping[str, Any]] = (),
 ) -> Path:
-    """A DATASET directory: manifest, vms.parquet and optional ftrace/<event>.parquet."""
+    """A DATASET directory: manifest, vms.parquet, accesses and optional ftrace tables."""
     root.mkdir(parents=True, exist_ok=True)
     write_parquet(full_rows("vms", vms), root / "vms.parquet", "vms")
+    access_rows = full_rows("accesses", accesses)
+    if access_rows.height:
+        write_parquet(access_rows, root / "accesses" / "part-00000.parquet", "accesses")
     for event, rows in (ftrace or {}).items():
         (root / "ftrace").mkdir(exist_ok=True)
         pq.write_table(_ftrace_table(rows), root / "ftrace" / f"{event}.parquet")

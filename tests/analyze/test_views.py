@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +156,51 @@ def test_timeline_is_dense_and_joins_scans(small_run: Path, con_of: Con) -> None
     assert rows(
         con, "SELECT policy, count(*) FROM timeline WHERE vm = 'vm0' GROUP BY 1 ORDER BY 1"
     ) == [("linux-6.5", 4), ("linux-7.1", 4), ("oracle", 4)]
+
+
+def test_timeline_covers_the_dataset(tmp_path: Path, con_of: Con) -> None:
+    """A quiet end of the trace still shows: the grid reaches the last access epoch, re-binned
+    from the dataset's epoch (50 ms) to the run's (100 ms)."""
+    ds = make_dataset(
+        tmp_path / "ds",
+        [vm_row("vm0")],
+        accesses=[
+            {
+                "vm": "vm0",
+                "epoch": e,
+                "vcpu": 0,
+                "gfn_start": 0,
+                "nr_pages": 1,
+                "nr_accesses": 1,
+                "write": False,
+            }
+            for e in (0, 9)
+        ],
+    )
+    res = make_results(
+        tmp_path / "r",
+        ds,
+        policies=["linux-6.5"],
+        epochs=[
+            {
+                "policy": "linux-6.5",
+                "vm": "vm0",
+                "page_size": "4K",
+                "epoch": 1,
+                "remote_tlb_flushes": 2,
+            }
+        ],
+    )
+    manifest = json.loads((res / "manifest.json").read_text())
+    write_manifest(res, {**manifest, "dataset_epoch_ms": 50})
+    con = con_of(res)
+    assert rows(con, "SELECT epoch, t_ms, remote_tlb_flushes FROM timeline ORDER BY epoch") == [
+        (0, 0, 0),
+        (1, 100, 2),
+        (2, 200, 0),
+        (3, 300, 0),
+        (4, 400, 0),
+    ]
 
 
 def test_by_vcpu(small_run: Path, con_of: Con) -> None:

@@ -1,12 +1,20 @@
 -- Area: timeline. The run epoch by epoch: what KVM and the host did, and what the
 -- NUMA-balancing scanner (task_numa_work) walked.
 
--- Epoch length of the run, from the RESULTS manifest.
+-- Epoch length of the run and of its dataset, from the RESULTS manifest.
 CREATE VIEW _timeline_epoch_ms AS
-SELECT coalesce(CAST(manifest ->> 'epoch_ms' AS BIGINT), 100) AS epoch_ms
+SELECT
+    coalesce(CAST(manifest ->> 'epoch_ms' AS BIGINT), 100) AS epoch_ms,
+    coalesce(
+        CAST(manifest ->> 'dataset_epoch_ms' AS BIGINT),
+        CAST(manifest ->> 'epoch_ms' AS BIGINT),
+        100
+    ) AS dataset_epoch_ms
 FROM results_manifest;
 
--- Every epoch from 0 to the last one any table of the run reaches for the VM, per policy.
+-- Every epoch from 0 to the last one the run reaches for the VM, per policy: the last epoch
+-- of any results table or of the dataset's accesses (re-binned to the run's epoch), so a
+-- trace whose end is quiet still shows its whole length.
 CREATE VIEW _timeline_grid AS
 SELECT r.policy, r.vm, e.epoch
 FROM _runs AS r
@@ -16,6 +24,10 @@ JOIN (
         SELECT vm, epoch FROM epochs
         UNION ALL SELECT vm, epoch FROM vcpu_epochs
         UNION ALL SELECT vm, epoch FROM scans
+        UNION ALL
+        SELECT a.vm, max(a.epoch) * any_value(m.dataset_epoch_ms) // any_value(m.epoch_ms)
+        FROM accesses AS a, _timeline_epoch_ms AS m
+        GROUP BY a.vm
     )
     GROUP BY vm
 ) AS l USING (vm)
