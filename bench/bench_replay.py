@@ -106,7 +106,7 @@ def page_events(out: ReplayOutput, acc: pl.DataFrame, policies: int) -> int:
     return int(acc["nr_pages"].sum()) * policies + int(out.scans["virt_pages"].sum())
 
 
-def size_independence() -> None:
+def size_independence() -> dict[str, float]:
     acc = workload(6000, 8 * GIB // 4096)
     params = ReplayParams(workers=1)
     res = {}
@@ -121,16 +121,19 @@ def size_independence() -> None:
             f"size: same 10-min workload (8 GiB hot, {acc.height} rows), {label} VM, "
             f"linux-6.5: wall {wall:.2f} s, cpu {cpu:.2f} s"
         )
-    print(f"size: 1 TiB / 16 GiB cpu ratio {res['1 TiB'] / res['16 GiB']:.2f} (target <= 1.5)")
+    ratio = res["1 TiB"] / res["16 GiB"]
+    print(f"size: 1 TiB / 16 GiB cpu ratio {ratio:.2f} (target <= 1.5)")
+    return {"1 TiB / 16 GiB VM, same workload (cpu ratio)": ratio}
 
 
-def large_sample() -> None:
+def large_sample() -> dict[str, float]:
     spec = TRACES / "large-1tib.toml"
     try:
         from pipeline.ingest.synth_runner import run_synth
     except ImportError:
         print("large: pipeline.ingest.synth_runner not available; skipped")
-        return
+        return {}
+    figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         ds = Path(tmp) / "ds"
         _, wall, _ = timed(lambda: run_synth(spec, ds))
@@ -149,9 +152,8 @@ def large_sample() -> None:
             )
 
 
-def main() -> None:
-    size_independence()
-    large_sample()
+def main() -> dict[str, float]:
+    return {**size_independence(), **large_sample()}
 
 
 if __name__ == "__main__":
