@@ -134,9 +134,12 @@ hwm = 0
 for line in open("/proc/self/status"):
     if line.startswith("VmHWM:"):
         hwm = int(line.split()[1]) * 1024
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print(json.dumps({"wall": wall, "hwm": hwm, "children_maxrss": kids, "parsed": m["parsed"],
-                  "lines": m["lines_total"], "quarantined": m["quarantined"]}))
+me = resource.getrusage(resource.RUSAGE_SELF)
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+print(json.dumps({"wall": wall, "cpu": cpu, "hwm": hwm, "children_maxrss": kids.ru_maxrss * 1024,
+                  "parsed": m["parsed"], "lines": m["lines_total"],
+                  "quarantined": m["quarantined"]}))
 """
 
 POLARS_CHILD = r"""
@@ -182,7 +185,7 @@ def run_child(code: str, *args: str) -> dict[str, float]:
     return result
 
 
-def main() -> None:
+def main() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="tlbreplay-bench-ingest-") as tmp:
         src = Path(tmp) / "trace.txt"
         t = time.perf_counter()

@@ -953,13 +953,14 @@ def _parse_events(frame: pl.DataFrame) -> tuple[dict[str, list[pl.DataFrame]], p
         for grammar in spec.grammars:
             done = _apply_grammar(spec, grammar, pending)
             good = done["_ok"]
-            if good.any():
-                out.setdefault(spec.table, []).append(
-                    done.filter(good).select("row", *COMMON_COLUMNS, *spec.columns)
-                )
-            pending = pending.filter(~good)
-            if pending.height == 0:
+            n_good = good.sum()
+            if n_good == done.height:
+                out.setdefault(spec.table, []).append(done.drop("_ok"))
+                pending = pending.clear()
                 break
+            if n_good:
+                out.setdefault(spec.table, []).append(done.filter(good).drop("_ok"))
+            pending = pending.filter(~good)
         if pending.height:
             reason = f"payload does not match the `{name}` format"
             bad.append(pending.select("row", pl.lit(reason).alias("reason")))
@@ -1020,7 +1021,9 @@ def parse_chunk(
     parsed = 0
     first_ts: int | None = None
     for table, parts in sorted(typed.items()):
-        merged = pl.concat(parts, how="vertical_relaxed").sort("row")
+        merged = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical_relaxed")
+        if len(parts) > 1:
+            merged = merged.sort("row")
         parsed += merged.height
         t = merged["ts_ns"].min()
         if isinstance(t, int):

@@ -29,7 +29,7 @@ from pipeline.errors import InputError
 from pipeline.ingest import ftrace
 from pipeline.schema import ParquetStream
 
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 16 << 20
 MAX_LINE_BYTES = 64 << 20
 WORKERS = 2
 IN_FLIGHT = 3
