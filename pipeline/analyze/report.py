@@ -24,7 +24,7 @@ from pipeline import __version__
 from pipeline.analyze import plots
 from pipeline.analyze.output import cell_text
 from pipeline.analyze.query import Audit, run_audits
-from pipeline.analyze.views import Run, connect
+from pipeline.analyze.views import Run, connect, sql_literal
 from pipeline.clikit import reporter
 from pipeline.errors import OutputError
 from pipeline.schema import atomic_output_dir, write_manifest
@@ -55,8 +55,11 @@ TABLES = (
     (
         "observed",
         "Observed (ftrace) vs simulated",
-        "SELECT o.* FROM observed_vs_simulated AS o JOIN run_policies USING (policy) "
-        "ORDER BY vm, counter, policy_rank",
+        # one column per policy (its simulated total), in display order; {policies} is the
+        # quoted list from run_policies
+        "PIVOT (SELECT vm, counter, observed, observed_from, policy, simulated "
+        "FROM observed_vs_simulated) ON policy IN ({policies}) USING first(simulated) "
+        "GROUP BY vm, counter, observed, observed_from ORDER BY vm, counter",
     ),
     (
         "observed_raw",
@@ -123,7 +126,14 @@ def build_section(results: Path, name: str, out: Path) -> Section:
     """Query the views of ``results`` and draw its plots into ``out``."""
     con, run = connect(results)
     try:
-        tables = {key: con.sql(sql).to_arrow_table() for key, _, sql in TABLES}
+        names = [
+            p for (p,) in con.sql("SELECT policy FROM run_policies ORDER BY policy_rank").fetchall()
+        ]
+        policies = ", ".join(sql_literal(str(p)) for p in names) or "NULL"
+        tables = {
+            key: con.sql(sql.replace("{policies}", policies)).to_arrow_table()
+            for key, _, sql in TABLES
+        }
         frames = {key: _polars(con.sql(sql).to_arrow_table()) for key, sql in PLOT_SQL.items()}
         audits = run_audits(con)
     finally:
@@ -219,8 +229,10 @@ def render_section(section: Section) -> str:
     if t["observed_raw"].num_rows:
         parts += [
             f'<section class="part" data-part="observed"><h3>{esc(TABLES[3][1])}</h3>',
-            "<p class=\"muted\">The real kernel's counts from the trace next to the engine's; "
-            "the policy matching the traced kernel is the calibration row.</p>",
+            '<p class="muted">The real kernel\'s counts from the trace (observed) next to '
+            "each policy's simulated total, one column per policy; the policy matching the "
+            "traced kernel is the calibration column. observed_from names the ftrace event "
+            "each count comes from.</p>",
             html_table(t["observed"]),
             f"<h4>{esc(TABLES[4][1])}</h4>",
             html_table(t["observed_raw"]),

@@ -137,6 +137,13 @@ def test_report_of_several_results_and_observed(tmp_path: Path, small_run: Path)
     assert "observed" not in page.parts["run-res"]  # synthetic: no observed section
     assert "observed" in page.parts["run-real"]
     assert len(page.images) == 6
+    # observed vs simulated: one row per counter, one column per policy
+    text = path.read_text()
+    assert "<th>observed</th><th>observed_from</th><th>linux-6.5</th></tr>" in text
+    assert (
+        '<td>real</td><td>mmu_notifier_invalidations</td><td class="num">1</td>'
+        '<td>kvm_unmap_hva_range calls</td><td class="num">2</td>'
+    ) in text
 
 
 def test_report_is_reproducible(small_run: Path, tmp_path: Path) -> None:

@@ -396,8 +396,12 @@ def test_empty_results_bind(tmp_path: Path, con_of: Con) -> None:
     ds = make_dataset(tmp_path / "ds", [vm_row("vm0")])
     res = make_results(tmp_path / "r", ds, policies=["linux-6.5"])
     con = con_of(res)
-    for view in ("shootdowns", "timeline", "by_vcpu", "observed"):
+    for view in ("timeline", "by_vcpu", "observed"):
         assert rows(con, f"SELECT count(*) FROM {view}") == [(0,)]
+    # the headline still lists the VM, at its mapping size, with zeros
+    assert rows(
+        con, "SELECT policy, vm, page_size, epochs, remote_tlb_flushes FROM shootdowns"
+    ) == [("linux-6.5", "vm0", "4K", 0, 0)]
     # the reference against itself: every counter compared, nothing saved, no percentage
     assert rows(con, "SELECT count(*), sum(saved), count(saved_pct) FROM savings") == [(10, 0.0, 0)]
     assert rows(con, "SELECT policy, vm, remote_tlb_flushes FROM shootdowns_by_vm") == [

@@ -51,9 +51,23 @@ SELECT p.policy, v.vm
 FROM run_policies AS p
 CROSS JOIN _run_vms AS v;
 
--- Every (policy, vm, page_size) the headline shows: each page size seen for the VM under
--- any policy, for every policy.
+-- Every (policy, vm, page_size) the headline shows, for every policy: each page size seen
+-- for the VM under any policy; for a VM with no rows at all, its regions' mapping sizes
+-- (2M for THP or hugetlbfs, else 4K), so the headline still lists it, with zeros.
 CREATE VIEW _run_page_sizes AS
+WITH seen AS (
+    SELECT DISTINCT vm, page_size FROM epochs
+),
+mapped AS (
+    SELECT DISTINCT
+        vm,
+        CASE WHEN r.thp OR r.backing = 'hugetlbfs' THEN '2M' ELSE '4K' END AS page_size
+    FROM (SELECT vm, unnest(regions) AS r FROM vms)
+)
 SELECT r.policy, r.vm, s.page_size
 FROM _runs AS r
-JOIN (SELECT DISTINCT vm, page_size FROM epochs) AS s USING (vm);
+JOIN (
+    SELECT vm, page_size FROM seen
+    UNION ALL
+    SELECT vm, page_size FROM mapped WHERE vm NOT IN (SELECT vm FROM seen)
+) AS s USING (vm);
