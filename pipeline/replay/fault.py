@@ -317,12 +317,7 @@ class FaultPath:
         flush; a PROT_NONE PTE is inaccessible, so its batched flush is skipped (4d4b6d66db)."""
         if heads.size == 0:
             return
-        for _ in range(passes):
-            for h in heads.tolist():
-                s = np.asarray([h], np.int64)
-                e = s + nr_pages
-                self.kvm.invalidate_range_start(ctx, s, e, page_size)
-                self.kvm.invalidate_range_end(ctx, s, e)
+        self.kvm.invalidate_folios(ctx, heads, nr_pages, page_size, passes=passes)
         if nr_pages > 1:
             n = passes * int(heads.size)
             ctx.counters.add(ctx.epoch, page_size, "host_tlb_flushes", n)

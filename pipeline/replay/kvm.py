@@ -171,6 +171,47 @@ class Kvm:
             self.flush_remote_tlbs(ctx, page_size, 1 + extra)
         return n4k + n2m
 
+    def invalidate_folios(
+        self, ctx: EpochCtx, heads: I64, nr_pages: int, page_size: int, *, passes: int = 1
+    ) -> None:
+        """``passes`` invalidate_range_start/end pairs over each folio ``[head, head +
+        nr_pages)``, vectorized: the MMU_NOTIFY_CLEAR notifiers of try_to_migrate() (§5.5).
+        Only the first pass can find a present SPTE (the folio stays locked, so no vCPU can
+        map it again before the last pass); each range that zapped flushes once plus Y."""
+        n = int(heads.size)
+        if n == 0:
+            return
+        c = ctx.counters
+        calls = n * passes
+        c.add(ctx.epoch, page_size, "mmu_notifier_invalidations", calls)
+        c.add(ctx.epoch, page_size, "notifier_bytes", calls * nr_pages * PAGE_SIZE)
+        c.add(ctx.epoch, page_size, "kvm_unmap_gfn_range_calls", calls)
+        if ctx.trace is not None:
+            for _ in range(passes):
+                for h in heads.tolist():
+                    ctx.trace.append(("start", h, h + nr_pages))
+                    ctx.trace.append(("end", h, h + nr_pages))
+        vm = self.vm
+        if nr_pages == 1:
+            zapped = (vm.pflags[heads] & P_SPTE) != 0
+            n4k, n2m = self.zap_pages(heads), 0
+        else:
+            g = heads // PAGES_PER_PMD
+            had2m = vm.g_spte2m[g].copy()
+            vm.g_spte2m[g] = False
+            n2m = int(had2m.sum())
+            zapped = had2m
+            n4k = 0
+            for i in np.flatnonzero(vm.g_nspte[g] > 0).tolist():  # shadow MMU 4K SPTEs
+                z = self.zap_range(int(heads[i]), int(heads[i]) + nr_pages)[0]
+                n4k += z
+                zapped[i] |= z > 0
+        self._account_zap(ctx, n4k, n2m)
+        flushes = int(zapped.sum())
+        for h in heads[zapped].tolist():
+            flushes += self._yields(ctx, h, h + nr_pages)
+        self.flush_remote_tlbs(ctx, page_size, flushes)
+
     def invalidate_range_end(self, ctx: EpochCtx, starts: I64, ends: I64) -> None:
         """Models kvm_mmu_notifier_invalidate_range_end(): no zap, no flush."""
         self.in_progress -= 1
