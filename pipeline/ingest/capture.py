@@ -20,6 +20,7 @@ import select
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -162,17 +163,38 @@ def detect_vm(
     return VmSpec(name, max(1, len(vcpu_tids)), vcpu_tids or tids, pid, regions)
 
 
+def recompress(path: Path, level: int = 17) -> int:
+    """Recompress a zstd file in place at ``level`` (atomic); returns the new size in bytes."""
+    tmp = path.with_name(path.name + ".recompress")
+    try:
+        with path.open("rb") as src, tmp.open("wb") as dst:
+            reader = zstandard.ZstdDecompressor().stream_reader(src)
+            compressor = zstandard.ZstdCompressor(level=level, threads=-1)
+            with compressor.stream_writer(dst, closefd=False) as writer:
+                while chunk := reader.read(READ_CHUNK):
+                    writer.write(chunk)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so the restore in ``finally`` runs."""
-    if sys.modules["threading"].current_thread() is not sys.modules["threading"].main_thread():
+def interrupt_signals() -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into KeyboardInterrupt so ``finally`` blocks run.
+
+    SIGINT is set explicitly: a process started in the background by a non-interactive shell
+    inherits SIGINT ignored, and Python then leaves it ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -321,7 +343,7 @@ def capture(
     tmp = {p: p.with_name(p.name + ".partial") for p in paths.all()}
     interrupted = False
     try:
-        with _sigterm_as_interrupt(), tracefs.tracing_session(root) as session:
+        with interrupt_signals(), tracefs.tracing_session(root) as session:
             session.configure(events, tids, pid, buffer_kb, SAVED_CMDLINES)
             pipe_fd = os.open(root / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
             try:

@@ -10,7 +10,7 @@ state is valid on VMX and SVM.
 Guest loop (registers set by the host): rdi = first byte, rsi = end, rdx = stride, rbx = counter::
 
     pass:  mov  rax, rdi          48 89 f8
-    touch: mov  [rax], al         88 00
+    touch: inc  byte [rax]        fe 00
            add  rax, rdx          48 01 d0
            cmp  rax, rsi          48 39 f0
            jb   touch             72 f6
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pipeline.ingest.lab import kvm
 from pipeline.ingest.lab.memory import HostMapping, map_control, map_guest_ram
 
-TOUCH_LOOP = bytes.fromhex("4889f888004801d04839f072f648ff03ebee")
+TOUCH_LOOP = bytes.fromhex("4889f8" "fe00" "4801d0" "4839f0" "72f6" "48ff03" "ebee")  # fmt: skip
 
 PAGE_4K = 4096
 GIB = 1 << 30

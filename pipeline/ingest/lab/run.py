@@ -17,12 +17,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import MissingFacilityError, TlbReplayError
-from pipeline.ingest.capture import READY_MESSAGE, CapturePaths
+from pipeline.ingest.capture import READY_MESSAGE, CapturePaths, interrupt_signals, recompress
 from pipeline.ingest.lab import host, tracefs
 from pipeline.ingest.lab.guest import PAGE_4K, Guest
 from pipeline.ingest.lab.pin import LongTermPin
@@ -139,6 +141,25 @@ def _stop_capture(child: subprocess.Popen[str]) -> str:
     return err or ""
 
 
+SHMEM_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+
+
+@contextmanager
+def shmem_thp(wanted: bool) -> Iterator[None]:
+    """Let MADV_HUGEPAGE give THPs to shmem (memfd) for the run: ``shmem_enabled`` must be
+    ``advise`` or ``always`` (mm/shmem.c:shmem_huge_global_enabled()); restored afterwards."""
+    text = SHMEM_ENABLED.read_text() if SHMEM_ENABLED.exists() else ""
+    current = text.split("[")[1].split("]")[0] if "[" in text else ""
+    if not wanted or current in ("advise", "always", "within_size", "force", ""):
+        yield
+        return
+    SHMEM_ENABLED.write_text("advise")
+    try:
+        yield
+    finally:
+        SHMEM_ENABLED.write_text(current)
+
+
 def run_lab(config: LabConfig, out: Path) -> dict[str, Any]:
     """Run one lab cell and capture it into ``out`` (a ``.trace.zst`` path); returns [lab]."""
     tracefs.require_root("tlbreplay lab run")
@@ -147,6 +168,11 @@ def run_lab(config: LabConfig, out: Path) -> dict[str, Any]:
         raise MissingFacilityError(msg)
     root = tracefs.find_tracefs()
     old_balancing = get_numa_balancing()
+    with interrupt_signals(), shmem_thp(config.thp and config.backing == "shared"):
+        return _run(config, out, root, old_balancing)
+
+
+def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[str, Any]:
     guest: Guest | None = None
     pin: LongTermPin | None = None
     child: subprocess.Popen[str] | None = None
@@ -158,8 +184,13 @@ def run_lab(config: LabConfig, out: Path) -> dict[str, Any]:
             pin = LongTermPin(guest.ram.hva, guest.ram.size_bytes)
         tids = guest.start()
         _warm_up(guest)
+        vm = VmSpec("lab", config.vcpus, tids, os.getpid(), [
+            RegionSpec("ram", guest.ram.size_bytes, 0, guest.ram.hva, config.backing, config.thp,
+                       "all" if config.pin else "none", guest.ram.mof_policy),
+        ])  # fmt: skip
         child = _start_capture(config, out)
         passes0, vm0, vcpu0 = guest.passes(), guest.stats(), guest.vcpu_stats()
+        runtime0 = [_runtime_ns(t) for t in tids]
         t0 = time.monotonic()
         _marker(root, f"numa_balancing={config.numa_balancing}")
         set_numa_balancing(config.numa_balancing)
@@ -171,6 +202,7 @@ def run_lab(config: LabConfig, out: Path) -> dict[str, Any]:
         window_s = time.monotonic() - t0
         _marker(root, f"numa_balancing={old_balancing}")
         passes = [b - a for a, b in zip(passes0, guest.passes(), strict=True)]
+        runtime = [_runtime_ns(t) - r for t, r in zip(tids, runtime0, strict=True)]
         lab: dict[str, Any] = {
             "pattern": config.pattern,
             "stride_bytes": PAGE_4K,
@@ -180,18 +212,14 @@ def run_lab(config: LabConfig, out: Path) -> dict[str, Any]:
             "window_s": round(window_s, 3),
             "passes": passes,
             "passes_per_s": [round(p / window_s, 3) for p in passes],
+            "thp_mapped_kb": _thp_kb(guest.ram.hva),
+            "guest_page_bytes": 2 << 20,
+            "vcpu_cpu_share": [round(r / 1e9 / window_s, 3) for r in runtime],
         }
         kvm_delta = {"vm": _delta(guest.stats(), vm0), "vcpu": _delta(guest.vcpu_stats(), vcpu0)}
         err = _stop_capture(child)
         child_rc, child = child.returncode, None
         failures = guest.failed()
-        if failures:
-            raise LabError("; ".join(failures))
-        if child_rc != 0:
-            msg = f"the capture failed (exit code {child_rc}): {err.strip()}"
-            raise LabError(msg)
-        _finish_files(CapturePaths.for_output(out), config, guest, tids, lab, kvm_delta)
-        return lab
     finally:
         set_numa_balancing(old_balancing)
         if child is not None:
@@ -202,35 +230,26 @@ def run_lab(config: LabConfig, out: Path) -> dict[str, Any]:
             pin.close()
         if guest is not None:
             guest.close()
+    # The guest is gone: recompressing the trace does not compete with its vCPU threads.
+    if failures:
+        raise LabError("; ".join(failures))
+    if child_rc != 0:
+        msg = f"the capture failed (exit code {child_rc}): {err.strip()}"
+        raise LabError(msg)
+    _finish_files(CapturePaths.for_output(out), config, vm, lab, kvm_delta)
+    return lab
 
 
-def _finish_files(  # noqa: PLR0917
+def _finish_files(
     paths: CapturePaths,
     config: LabConfig,
-    guest: Guest,
-    tids: list[int],
+    vm: VmSpec,
     lab: dict[str, Any],
     kvm_delta: dict[str, dict[str, int]],
 ) -> None:
-    """Rewrite the sidecar with the exact layout + [lab]; add lab facts to capture.json."""
-    vm = VmSpec(
-        "lab",
-        config.vcpus,
-        tids,
-        os.getpid(),
-        [
-            RegionSpec(
-                "ram",
-                guest.ram.size_bytes,
-                0,
-                guest.ram.hva,
-                config.backing,
-                config.thp,
-                "all" if config.pin else "none",
-                guest.ram.mof_policy,
-            ),
-        ],
-    )
+    """Recompress the trace; rewrite the sidecar with the exact layout + [lab]; add lab facts
+    to capture.json."""
+    recompress(paths.trace)
     meta = json.loads(paths.meta.read_text())
     comment = f"captured by tlbreplay lab run on {os.uname().release}: {meta['command']}"
     text = render_sidecar(
@@ -241,6 +260,20 @@ def _finish_files(  # noqa: PLR0917
     tmp = paths.meta.with_name(paths.meta.name + ".tmp")
     tmp.write_text(json.dumps(meta, separators=(",", ":")) + "\n")
     tmp.replace(paths.meta)
+
+
+def _runtime_ns(tid: int) -> int:
+    """The thread's CPU time (se.sum_exec_runtime, /proc/PID/task/TID/schedstat field 1): the
+    clock task_tick_numa() compares with numa_scan_period."""
+    return int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+
+
+def _thp_kb(hva: int) -> int:
+    """kB of the guest RAM VMA mapped by PMDs (AnonHugePages / ShmemPmdMapped in smaps)."""
+    for vma in host.read_smaps(os.getpid()):
+        if vma.start == hva:
+            return vma.smaps.get("AnonHugePages", 0) + vma.smaps.get("ShmemPmdMapped", 0)
+    return 0
 
 
 def _warm_up(guest: Guest) -> None:

@@ -1,0 +1,507 @@
+"""``tlbreplay calibrate``: hold the engine against a real capture whose workload is known.
+
+A lab capture (``tlbreplay lab run``) records its guest's workload in the sidecar's ``[lab]``
+table: which guest-physical range each vCPU sweeps, one write per 4 KiB page, and how many
+sweeps per second it made. Calibration rebuilds that workload as an ``accesses`` frame, replays
+it on the sidecar's VM with the policy of the capture's kernel (``linux-6.18`` for 6.18) and the
+capture's MMU kind, and sets each simulated counter beside the one observed in the trace.
+
+Observed counters, all restricted to the guest's RAM and to the numa_balancing=1 window (the
+two ``tracing_mark_write`` markers of the lab, cut to whole epochs):
+
+* notifier calls / bytes: ``kvm:kvm_unmap_hva_range`` overlapping guest RAM (bytes clipped),
+  one per ``mmu_notifier_invalidate_range_start()`` (virt/kvm/kvm_main.c).
+* SPTE zaps: on a TDP MMU ``kvmmmu:kvm_tdp_mmu_spte_changed`` present -> not present; on a
+  shadow MMU no tracepoint marks a leaf zap (``kvm_zap_rmap()``), so zaps are counted by their
+  re-installs, ``kvmmmu:kvm_mmu_set_spte`` (the lab guest touches every page again within
+  milliseconds, and ``direct_pte_prefetch()`` only fills non-present SPTEs).
+* guest refaults: ``kvm:kvm_page_fault`` (TDP) or ``kvmmmu:kvm_mmu_spte_requested`` (shadow).
+* numa_pte_updates, numa_huge_pte_updates, numa_hint_faults: /proc/vmstat is host-wide, so the
+  capture samples it every 5 ms; increments are attributed to the VM's own windows (its scan
+  bursts for PTE updates, scan burst to end of the refault burst for hinting faults) minus the
+  host's background rate outside those windows.
+* scans and cadence: task_numa_work() bursts (``sched_skip_vma_numa`` / notifiers from the
+  VMM's threads, < 100 ms apart) that reach guest RAM; their count, the first one's delay
+  after numa_balancing=1 and the mean interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline.errors import DatasetError, InputError
+
+KERNEL_POLICIES = (("7.1", "linux-7.1"), ("6.18", "linux-6.18"), ("6.5", "linux-6.5"))
+PAGE_4K = 4096
+BURST_GAP_NS = 100_000_000
+LAB_GUEST_PAGE_BYTES = 2 << 20  # the lab guest's page tables map 2 MiB pages
+COUNTERS = (
+    "notifier_calls",
+    "notifier_bytes",
+    "spte_zapped",
+    "refaults",
+    "numa_pte_updates",
+    "numa_huge_pte_updates",
+    "numa_hint_faults",
+    "scans",
+    "first_scan_ms",
+    "scan_interval_ms",
+)
+
+
+def policy_for_kernel(release: str | None) -> str:
+    """The policy modelling a kernel release (``6.18.44-...`` -> ``linux-6.18``)."""
+    if release:
+        parts = release.split(".")
+        try:
+            version = (int(parts[0]), int(parts[1].split("-")[0]))
+        except (ValueError, IndexError):
+            version = (0, 0)
+        for name, policy in KERNEL_POLICIES:
+            major, minor = (int(x) for x in name.split("."))
+            if version >= (major, minor):
+                return policy
+    return "linux-6.18"
+
+
+@dataclass(frozen=True)
+class LabWorkload:
+    """The ``[lab]`` table of a lab sidecar: what the guest did."""
+
+    pattern: str
+    touch_start_gpa: tuple[int, ...]
+    touch_end_gpa: tuple[int, ...]
+    passes_per_s: tuple[float, ...]
+    window_s: float
+    stride_bytes: int = PAGE_4K
+    guest_page_bytes: int = LAB_GUEST_PAGE_BYTES
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], path: Path) -> LabWorkload:
+        try:
+            starts = tuple(int(x) for x in table["touch_start_gpa"])
+            ends = tuple(int(x) for x in table["touch_end_gpa"])
+            rates = tuple(float(x) for x in table["passes_per_s"])
+            window_s = float(table["window_s"])
+            pattern = str(table["pattern"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(path, f"[lab] table lacks or mistypes {exc}") from exc
+        if not (len(starts) == len(ends) == len(rates)) or not starts:
+            raise InputError(path, "[lab] touch_start_gpa, touch_end_gpa, passes_per_s differ")
+        return cls(
+            pattern,
+            starts,
+            ends,
+            rates,
+            window_s,
+            int(table.get("stride_bytes", PAGE_4K)),
+            int(table.get("guest_page_bytes", LAB_GUEST_PAGE_BYTES)),
+        )
+
+
+@dataclass
+class CalibrationInput:
+    dataset: Path
+    vms: pl.DataFrame
+    lab: LabWorkload
+    vmstat: dict[str, Any] | None
+    t_on_ns: int
+    t_end_ns: int
+    ftrace: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    @property
+    def vm(self) -> dict[str, Any]:
+        row: dict[str, Any] = self.vms.row(0, named=True)
+        return row
+
+
+def _resolve(path_text: str, dataset: Path) -> Path:
+    path = Path(path_text)
+    if path.is_absolute() or path.exists():
+        return path
+    return dataset.parent / path
+
+
+def _read_ftrace(dataset: Path, name: str) -> pl.DataFrame:
+    path = dataset / "ftrace" / f"{name}.parquet"
+    if not path.is_file():
+        return pl.DataFrame()
+    return pl.read_parquet(path)
+
+
+def load_input(
+    dataset: Path, sidecar: Path | None = None, vmstat: Path | None = None, epoch_ms: int = 100
+) -> CalibrationInput:
+    """Read a DATASET ingested from a lab capture plus its sidecar's [lab] and vmstat samples."""
+    from pipeline.schema import read_manifest
+
+    manifest = read_manifest(dataset)
+    if manifest.get("kind") != "dataset":
+        raise DatasetError(dataset, "not a DATASET (manifest kind is not `dataset`)")
+    vms = pl.read_parquet(dataset / "vms.parquet")
+    if vms.height != 1:
+        raise DatasetError(dataset, f"calibration needs one VM, the dataset has {vms.height}")
+    if sidecar is None:
+        text = (manifest.get("parameters") or {}).get("vm_config")
+        if not text:
+            raise DatasetError(dataset, "no sidecar recorded in the manifest: pass --sidecar")
+        sidecar = _resolve(str(text), dataset)
+    try:
+        doc = tomllib.loads(sidecar.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(sidecar, f"cannot read the sidecar: {exc}") from exc
+    if "lab" not in doc:
+        raise InputError(sidecar, "no [lab] table: the workload of this capture is not known")
+    lab = LabWorkload.from_table(doc["lab"], sidecar)
+    if vmstat is None:
+        sources = manifest.get("sources") or []
+        if sources:
+            trace = _resolve(str(sources[0]["path"]), dataset)
+            guess = trace.with_name(trace.name.split(".")[0] + ".vmstat.json")
+            vmstat = guess if guess.is_file() else None
+    vmstat_doc = json.loads(vmstat.read_text()) if vmstat is not None else None
+    tables = {
+        name: _read_ftrace(dataset, name)
+        for name in (
+            "kvm_unmap_hva_range",
+            "kvm_mmu_spte_requested",
+            "kvm_mmu_set_spte",
+            "kvm_tdp_mmu_spte_changed",
+            "kvm_page_fault",
+            "sched_skip_vma_numa",
+            "tlb_flush",
+            "tracing_mark_write",
+        )
+    }
+    t_on, t_end = _window(tables, lab, epoch_ms)
+    return CalibrationInput(dataset, vms, lab, vmstat_doc, t_on, t_end, tables)
+
+
+def _window(tables: dict[str, pl.DataFrame], lab: LabWorkload, epoch_ms: int) -> tuple[int, int]:
+    """[numa_balancing on, on + whole epochs of the window) in trace ns (the lab's markers)."""
+    marks = tables["tracing_mark_write"]
+    on = None
+    if marks.height:
+        rows = marks.filter(pl.col("buf").str.contains("numa_balancing=")).sort("ts_ns")
+        if rows.height:
+            on = int(rows["ts_ns"][0])
+    if on is None:
+        firsts = [int(t["ts_ns"].min()) for t in tables.values() if t.height]  # type: ignore[arg-type]
+        on = min(firsts) if firsts else 0
+    n_epochs = max(1, math.floor(lab.window_s * 1000 / epoch_ms))
+    return on, on + n_epochs * epoch_ms * 1_000_000
+
+
+def _regions(vm: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """(hva_start, hva_end, gpa_start) of each guest-RAM region."""
+    return [
+        (int(r["hva_start"]), int(r["hva_start"]) + int(r["size_bytes"]), int(r["gpa_start"]))
+        for r in vm["regions"]
+    ]
+
+
+def _in_window(frame: pl.DataFrame, inp: CalibrationInput) -> pl.DataFrame:
+    if not frame.height:
+        return frame
+    return frame.filter((pl.col("ts_ns") >= inp.t_on_ns) & (pl.col("ts_ns") < inp.t_end_ns))
+
+
+def _guest_gfns(frame: pl.DataFrame, vm: dict[str, Any], column: str = "gfn") -> pl.DataFrame:
+    if not frame.height:
+        return frame
+    cond = pl.lit(False)
+    for hva_start, hva_end, gpa in _regions(vm):
+        first, end = gpa // PAGE_4K, (gpa + hva_end - hva_start) // PAGE_4K
+        cond = cond | ((pl.col(column) >= first) & (pl.col(column) < end))
+    return frame.filter(cond)
+
+
+def _overlap_bytes(starts: np.ndarray, ends: np.ndarray, vm: dict[str, Any]) -> np.ndarray:
+    total = np.zeros(starts.size, dtype=np.int64)
+    for lo, hi, _ in _regions(vm):
+        total += np.clip(np.minimum(ends, hi) - np.maximum(starts, lo), 0, None).astype(np.int64)
+    return total
+
+
+@dataclass(frozen=True)
+class Burst:
+    """One task_numa_work() of the VM as seen in the trace."""
+
+    start_ns: int
+    end_ns: int
+    guest_bytes: int
+
+
+def scan_bursts(inp: CalibrationInput) -> list[Burst]:
+    """Cluster the VMM threads' scan events (< 100 ms apart); keep bursts reaching guest RAM."""
+    vm = inp.vm
+    pids = {int(t) for t in (vm.get("vcpu_tids") or [])}
+    unmap = _in_window(inp.ftrace["kvm_unmap_hva_range"], inp)
+    skip = _in_window(inp.ftrace["sched_skip_vma_numa"], inp)
+    events: list[tuple[int, int]] = []
+    if unmap.height:
+        over = _overlap_bytes(
+            unmap["hva_start"].to_numpy().astype(np.int64),
+            unmap["hva_end"].to_numpy().astype(np.int64),
+            vm,
+        )
+        pid_col = unmap["pid"].to_list()
+        for ts, pid, nbytes in zip(unmap["ts_ns"].to_list(), pid_col, over.tolist(), strict=True):
+            if not pids or pid in pids or nbytes > 0:
+                events.append((int(ts), int(nbytes)))
+    if skip.height:
+        events.extend((int(ts), 0) for ts in skip["ts_ns"].to_list())
+    flush = _in_window(inp.ftrace["tlb_flush"], inp)
+    if flush.height:
+        # The host flush that ends each change_prot_numa() chunk (flush_tlb_mm_range():
+        # local MM shootdown, remote IPI send) marks where the chunk's PTE updates are counted.
+        ends = flush.filter(pl.col("reason_code").is_in([3, 4]))
+        if pids:
+            ends = ends.filter(pl.col("pid").is_in(list(pids)))
+        events.extend((int(ts), 0) for ts in ends["ts_ns"].to_list())
+    events.sort()
+    bursts: list[Burst] = []
+    cur: list[tuple[int, int]] = []
+    for ev in events:
+        if cur and ev[0] - cur[-1][0] > BURST_GAP_NS:
+            bursts.append(Burst(cur[0][0], cur[-1][0], sum(b for _, b in cur)))
+            cur = []
+        cur.append(ev)
+    if cur:
+        bursts.append(Burst(cur[0][0], cur[-1][0], sum(b for _, b in cur)))
+    return [b for b in bursts if b.guest_bytes > 0]
+
+
+def _refault_frame(inp: CalibrationInput) -> pl.DataFrame:
+    vm = inp.vm
+    if vm["mmu"] == "tdp" and inp.ftrace["kvm_page_fault"].height:
+        frame = inp.ftrace["kvm_page_fault"].with_columns((pl.col("gpa") // PAGE_4K).alias("gfn"))
+    else:
+        frame = inp.ftrace["kvm_mmu_spte_requested"]
+    return _guest_gfns(_in_window(frame, inp), vm)
+
+
+def _zap_count(inp: CalibrationInput) -> int:
+    vm = inp.vm
+    changed = inp.ftrace["kvm_tdp_mmu_spte_changed"]
+    if vm["mmu"] == "tdp" and changed.height:
+        zaps = _guest_gfns(_in_window(changed, inp), vm).filter(
+            (pl.col("old_spte") & 0x7 != 0) & (pl.col("new_spte") & 0x7 == 0)
+        )
+        return zaps.height
+    return _guest_gfns(_in_window(inp.ftrace["kvm_mmu_set_spte"], inp), vm).height
+
+
+def _refault_end(refault_ts: np.ndarray, start_ns: int, limit_ns: int) -> int:
+    """Last guest refault after a scan starting at ``start_ns`` and before ``limit_ns``.
+
+    The lab guest is warm, so between two scans its refaults are those of the scan's zaps;
+    on a loaded host they can trail for a second (vCPU threads descheduled).
+    """
+    lo = int(np.searchsorted(refault_ts, start_ns, side="left"))
+    hi = int(np.searchsorted(refault_ts, limit_ns, side="left"))
+    return int(refault_ts[hi - 1]) if hi > lo else start_ns
+
+
+def attribute_vmstat(
+    samples: Sequence[Sequence[int]],
+    columns: Sequence[str],
+    windows: Sequence[tuple[int, int]],
+    span: tuple[int, int],
+    counter: str,
+) -> float:
+    """Increments of a host-wide ``counter`` inside ``windows``, minus the background.
+
+    ``samples`` rows are ``[ts_ns, values...]``, kept when a value changed (5 ms sampling), so
+    a row's increment happened after the previous sample. A window [start, end] is credited
+    with the rows stamped in it and the first row after ``end`` (which holds what happened
+    between the last sample and ``end``, e.g. the count at the end of change_prot_numa()). The
+    background rate is that of the other rows in ``span``; it is subtracted for the time the
+    windows cover.
+    """
+    if not samples:
+        return float("nan")
+    col = list(columns).index(counter)
+    ts = np.array([row[0] for row in samples], dtype=np.int64)
+    values = np.array([row[col] for row in samples], dtype=np.int64)
+    inc = np.diff(values, prepend=values[0])
+    in_span = (ts >= span[0]) & (ts <= span[1])
+    credited = np.zeros(ts.size, dtype=bool)
+    covered_ns = 0
+    for start, end in windows:
+        first = int(np.searchsorted(ts, start, side="left"))
+        after = int(np.searchsorted(ts, end, side="right"))  # first row stamped after end
+        last = min(after, ts.size - 1)
+        if first <= last:
+            credited[first : last + 1] = True
+            covered_ns += int(ts[last]) - start
+    attributed = float(inc[credited].sum())
+    outside_ns = max(1, span[1] - span[0] - covered_ns)
+    background_rate = float(inc[~credited & in_span].sum()) / outside_ns
+    return max(0.0, attributed - background_rate * covered_ns)
+
+
+def observed(inp: CalibrationInput) -> dict[str, float]:
+    """The counters of :data:`COUNTERS` measured in the capture (module docstring)."""
+    vm = inp.vm
+    unmap = _in_window(inp.ftrace["kvm_unmap_hva_range"], inp)
+    over = (
+        _overlap_bytes(
+            unmap["hva_start"].to_numpy().astype(np.int64),
+            unmap["hva_end"].to_numpy().astype(np.int64),
+            vm,
+        )
+        if unmap.height
+        else np.zeros(0, np.int64)
+    )
+    refaults = _refault_frame(inp)
+    bursts = scan_bursts(inp)
+    out: dict[str, float] = {
+        "notifier_calls": float((over > 0).sum()),
+        "notifier_bytes": float(over.sum()),
+        "spte_zapped": float(_zap_count(inp)),
+        "refaults": float(refaults.height),
+    }
+    out.update(_cadence([b.start_ns for b in bursts], inp.t_on_ns))
+    refault_ts = np.sort(refaults["ts_ns"].to_numpy()) if refaults.height else np.zeros(0, np.int64)
+    scan_windows = [(b.start_ns, b.end_ns) for b in bursts]
+    fault_windows = []
+    for i, b in enumerate(bursts):
+        limit = bursts[i + 1].start_ns if i + 1 < len(bursts) else inp.t_end_ns
+        fault_windows.append(
+            (b.start_ns, max(b.end_ns, _refault_end(refault_ts, b.start_ns, limit)))
+        )
+    span = (inp.t_on_ns, inp.t_end_ns)
+    if inp.vmstat and inp.vmstat.get("samples"):
+        samples, columns = inp.vmstat["samples"], inp.vmstat["samples_columns"]
+        for name, windows in (
+            ("numa_pte_updates", scan_windows),
+            ("numa_huge_pte_updates", scan_windows),
+            ("numa_hint_faults", fault_windows),
+        ):
+            out[name] = attribute_vmstat(samples, columns, windows, span, name)
+    else:
+        for name in ("numa_pte_updates", "numa_huge_pte_updates", "numa_hint_faults"):
+            out[name] = float("nan")
+    return out
+
+
+def _cadence(starts_ns: Sequence[int], t0_ns: int) -> dict[str, float]:
+    starts = sorted(starts_ns)
+    return {
+        "scans": float(len(starts)),
+        "first_scan_ms": (starts[0] - t0_ns) / 1e6 if starts else float("nan"),
+        "scan_interval_ms": float(np.mean(np.diff(starts)) / 1e6)
+        if len(starts) > 1
+        else float("nan"),
+    }
+
+
+def workload_accesses(
+    vm: dict[str, Any], lab: LabWorkload, n_epochs: int, epoch_ms: int
+) -> pl.DataFrame:
+    """The lab guest's sweeps as table ``accesses``: each vCPU writes every 4 KiB page of its
+    range once per sweep; ``nr_accesses`` = sweeps per epoch (at least 1)."""
+    rows: dict[str, list[Any]] = {
+        k: [] for k in ("vm", "epoch", "vcpu", "gfn_start", "nr_pages", "nr_accesses", "write")
+    }
+    for epoch in range(n_epochs):
+        for vcpu, (start, end, rate) in enumerate(
+            zip(lab.touch_start_gpa, lab.touch_end_gpa, lab.passes_per_s, strict=True)
+        ):
+            rows["vm"].append(vm["vm"])
+            rows["epoch"].append(epoch)
+            rows["vcpu"].append(vcpu)
+            rows["gfn_start"].append(start // PAGE_4K)
+            rows["nr_pages"].append((end - start) // PAGE_4K)
+            rows["nr_accesses"].append(max(1, round(rate * epoch_ms / 1000)))
+            rows["write"].append(True)
+    from pipeline.schema import conform
+
+    frame = pl.from_arrow(conform(pl.DataFrame(rows), "accesses"))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def simulated(
+    inp: CalibrationInput, policy: str, epoch_ms: int = 100
+) -> tuple[dict[str, float], pl.DataFrame]:
+    """Replay the lab workload under ``policy``; the counters of :data:`COUNTERS` and scans."""
+    from pipeline.replay.runner import ReplayParams, replay_frames
+
+    vm = inp.vm
+    n_epochs = round((inp.t_end_ns - inp.t_on_ns) / (epoch_ms * 1_000_000))
+    accesses = workload_accesses(vm, inp.lab, n_epochs, epoch_ms)
+    params = ReplayParams(
+        epoch_ms=epoch_ms,
+        mmu=str(vm["mmu"]),
+        shadow_guest_2m=inp.lab.guest_page_bytes >= (2 << 20),
+    )
+    result = replay_frames(inp.vms, accesses, [policy], params, seed=0)
+    epochs = result.epochs
+    total = {
+        name: float(epochs[name].sum()) if epochs.height else 0.0
+        for name in (
+            "numa_pte_updates",
+            "numa_huge_pte_updates",
+            "numa_hint_faults",
+            "mmu_notifier_invalidations",
+            "notifier_bytes",
+            "spte_zapped",
+            "ept_violations",
+        )
+    }
+    scans = result.scans.filter(pl.col("notifiers") > 0) if result.scans.height else result.scans
+    out = {
+        "notifier_calls": total["mmu_notifier_invalidations"],
+        "notifier_bytes": total["notifier_bytes"],
+        "spte_zapped": total["spte_zapped"],
+        "refaults": total["ept_violations"],
+        "numa_pte_updates": total["numa_pte_updates"],
+        "numa_huge_pte_updates": total["numa_huge_pte_updates"],
+        "numa_hint_faults": total["numa_hint_faults"],
+    }
+    starts = [int(t) * 1_000_000 for t in scans["t_ms"].to_list()] if scans.height else []
+    out.update(_cadence(starts, 0))
+    return out, result.scans
+
+
+def relative_error(sim: float, obs: float) -> float:
+    if math.isnan(sim) or math.isnan(obs):
+        return float("nan")
+    if obs == 0:
+        return 0.0 if sim == 0 else float("inf")
+    return (sim - obs) / obs
+
+
+def calibrate(
+    dataset: Path,
+    *,
+    sidecar: Path | None = None,
+    vmstat: Path | None = None,
+    policy: str | None = None,
+    epoch_ms: int = 100,
+) -> pl.DataFrame:
+    """One row per counter: observed, simulated, relative error (sim - obs) / obs."""
+    inp = load_input(dataset, sidecar, vmstat, epoch_ms)
+    policy = policy or policy_for_kernel(inp.vm.get("kernel"))
+    obs = observed(inp)
+    sim, _ = simulated(inp, policy, epoch_ms)
+    return pl.DataFrame(
+        {
+            "counter": list(COUNTERS),
+            "observed": [obs[c] for c in COUNTERS],
+            "simulated": [sim[c] for c in COUNTERS],
+            "rel_error": [relative_error(sim[c], obs[c]) for c in COUNTERS],
+            "policy": [policy] * len(COUNTERS),
+        }
+    )

@@ -1,0 +1,131 @@
+"""calibrate: kernel -> policy, vmstat attribution, the lab workload, and a committed capture."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.analyze import calibrate as cal
+from pipeline.errors import InputError
+
+REPO = Path(__file__).resolve().parents[2]
+REAL = REPO / "traces" / "real"
+
+
+def test_policy_for_kernel() -> None:
+    assert cal.policy_for_kernel("6.18.44-fc-v657") == "linux-6.18"
+    assert cal.policy_for_kernel("6.8.0-45-generic") == "linux-6.5"
+    assert cal.policy_for_kernel("7.1.5") == "linux-7.1"
+    assert cal.policy_for_kernel(None) == "linux-6.18"
+
+
+def test_relative_error() -> None:
+    assert cal.relative_error(110, 100) == pytest.approx(0.1)
+    assert cal.relative_error(0, 0) == 0.0
+    assert math.isinf(cal.relative_error(3, 0))
+    assert math.isnan(cal.relative_error(float("nan"), 1))
+
+
+def test_lab_table_is_validated(tmp_path: Path) -> None:
+    table = {
+        "pattern": "split",
+        "touch_start_gpa": [0, 4096],
+        "touch_end_gpa": [4096, 8192],
+        "passes_per_s": [10.0, 20.0],
+        "window_s": 2.0,
+    }
+    lab = cal.LabWorkload.from_table(table, tmp_path / "x.toml")
+    assert lab.guest_page_bytes == 2 << 20
+    with pytest.raises(InputError, match="lab"):
+        cal.LabWorkload.from_table({**table, "passes_per_s": [1.0]}, tmp_path / "x.toml")
+    with pytest.raises(InputError, match="window_s"):
+        cal.LabWorkload.from_table({k: v for k, v in table.items() if k != "window_s"}, tmp_path)
+
+
+def test_workload_accesses_sweep_each_range_every_epoch() -> None:
+    lab = cal.LabWorkload("split", (0, 1 << 20), (1 << 20, 2 << 20), (100.0, 300.0), 1.0)
+    frame = cal.workload_accesses({"vm": "lab"}, lab, n_epochs=3, epoch_ms=100)
+    assert frame.height == 6
+    assert frame["gfn_start"].to_list() == [0, 256] * 3
+    assert frame["nr_pages"].to_list() == [256, 256] * 3
+    assert frame["nr_accesses"].to_list() == [10, 30] * 3
+    assert frame["write"].all()
+
+
+def test_attribute_vmstat_credits_windows_and_subtracts_background() -> None:
+    cols = ["ts_ns", "numa_pte_updates"]
+    ms = 1_000_000
+    # background: +10 at every 100 ms sample; our scan at 500..520 ms adds 1000, which the
+    # 5 ms sampler sees at 530 ms
+    rows, value = [], 0
+    for t in (0, 100, 200, 300, 400, 500, 530, 600, 700, 800, 900):
+        value += 1000 if t == 530 else 10
+        rows.append([t * ms, value])
+    got = cal.attribute_vmstat(
+        rows, cols, [(500 * ms, 520 * ms)], (0, 1000 * ms), "numa_pte_updates"
+    )
+    # credited: the rows at 500 (+10) and 530 (+1000, first after the window); background: the
+    # other rows' +80 (the first row has no increment) over 970 ms, i.e. 80 / 970 * 30 here
+    assert got == pytest.approx(1010 - 80 / 970 * 30, rel=1e-9)
+    assert math.isnan(cal.attribute_vmstat([], cols, [], (0, 1), "numa_pte_updates"))
+
+
+def test_cadence() -> None:
+    got = cal._cadence([3_000_000_000, 1_000_000_000, 6_000_000_000], 0)
+    assert got == {"scans": 3.0, "first_scan_ms": 1000.0, "scan_interval_ms": 2500.0}
+    assert math.isnan(cal._cadence([], 0)["first_scan_ms"])
+
+
+def _ingest(trace: Path, out: Path) -> Path:
+    from pipeline.ingest.runner import run_ingest
+
+    run_ingest([str(trace)], out, vm_config=trace.with_name(trace.name.split(".")[0] + ".toml"))
+    return out
+
+
+SMALL = REAL / "lab-anon-thp-nopin-nb1.trace.zst"
+
+
+@pytest.mark.skipif(not SMALL.is_file(), reason=f"{SMALL} is not committed")
+def test_calibrate_a_committed_lab_capture(tmp_path: Path) -> None:
+    """THP anon guest: every scan zaps 2 MiB SPTEs and PROT_NONEs whole PMDs."""
+    dataset = _ingest(SMALL, tmp_path / "ds")
+    inp = cal.load_input(dataset)
+    assert inp.vm["mmu"] == "shadow"
+    obs = cal.observed(inp)
+    assert obs["scans"] >= 1
+    assert obs["notifier_calls"] >= obs["scans"]
+    assert obs["notifier_bytes"] % (2 << 20) == 0
+    assert obs["refaults"] > 0
+    bursts = cal.scan_bursts(inp)
+    assert all(b.start_ns >= inp.t_on_ns for b in bursts)
+    table = cal.calibrate(dataset)
+    assert table["counter"].to_list() == list(cal.COUNTERS)
+    assert table["policy"][0] == "linux-6.18"
+    sim = dict(zip(table["counter"], table["simulated"], strict=True))
+    assert sim["scans"] >= 1 and sim["notifier_calls"] >= 1
+    assert np.isfinite(table["observed"][0])
+
+
+def test_calibrate_without_lab_table_is_a_clear_error(tmp_path: Path) -> None:
+    if not SMALL.is_file():
+        pytest.skip(f"{SMALL} is not committed")
+    dataset = _ingest(SMALL, tmp_path / "ds")
+    sidecar = tmp_path / "plain.toml"
+    text = SMALL.with_name("lab-anon-thp-nopin-nb1.toml").read_text()
+    sidecar.write_text(text.split("[lab]")[0])
+    with pytest.raises(InputError, match=r"no \[lab\] table"):
+        cal.load_input(dataset, sidecar=sidecar)
+
+
+def test_frames_are_polars() -> None:
+    assert isinstance(
+        cal.workload_accesses(
+            {"vm": "v"}, cal.LabWorkload("all", (0,), (4096,), (1.0,), 0.1), 1, 100
+        ),
+        pl.DataFrame,
+    )
