@@ -120,10 +120,12 @@ def expand(starts: I64, ends: I64) -> I64:
     return base + np.arange(total, dtype=np.int64)
 
 
-def runs(mask: npt.NDArray[np.bool_]) -> tuple[I64, I64]:
-    """``[start, end)`` of the maximal runs of True in a boolean array."""
-    if mask.size == 0:
+def runs_of(values: I64) -> tuple[I64, I64]:
+    """Maximal runs of consecutive integers in a sorted, distinct array, as ``[start, end)``."""
+    if values.size == 0:
         z = np.empty(0, np.int64)
         return z, z.copy()
-    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return np.flatnonzero(d == 1).astype(np.int64), np.flatnonzero(d == -1).astype(np.int64)
+    brk = np.flatnonzero(np.diff(values) != 1)
+    starts = np.concatenate([[values[0]], values[brk + 1]])
+    ends = np.concatenate([values[brk], [values[-1]]]) + 1
+    return starts.astype(np.int64), ends.astype(np.int64)

@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from pipeline.replay.context import EpochCtx
 from pipeline.replay.counters import PS_2M, PS_4K
-from pipeline.replay.intervals import IntervalSet, expand, normalize
+from pipeline.replay.intervals import IntervalSet, expand, normalize, runs_of
 from pipeline.replay.kvm import Kvm
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.state import (
@@ -202,14 +202,3 @@ class ChangeProtNuma:
         ctx.counters.add(ctx.epoch, PS_2M, "numa_pte_updates", PAGES_PER_PMD * int(thps.size))
         ctx.counters.add(ctx.epoch, PS_2M, "numa_huge_pte_updates", int(thps.size))
         return nr
-
-
-def runs_of(pages: I64) -> tuple[I64, I64]:
-    """Maximal runs of consecutive page numbers in a sorted array, as [start, end)."""
-    if pages.size == 0:
-        z = np.empty(0, np.int64)
-        return z, z.copy()
-    brk = np.flatnonzero(np.diff(pages) != 1)
-    starts = np.concatenate([[pages[0]], pages[brk + 1]])
-    ends = np.concatenate([pages[brk], [pages[-1]]]) + 1
-    return starts.astype(np.int64), ends.astype(np.int64)
