@@ -33,6 +33,7 @@ CHUNK_BYTES = 16 << 20
 MAX_LINE_BYTES = 64 << 20
 WORKERS = 2
 IN_FLIGHT = 3
+POOL_AFTER_BLOCKS = 4
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
@@ -283,9 +284,9 @@ class TableSinks:
 class ChunkParser:
     """Parses blocks in order: in-process for small inputs, in a process pool for big ones.
 
-    The pool (spawned, one polars thread per worker) starts at the second block of the
-    input; at most ``IN_FLIGHT`` blocks are queued, so memory stays bounded. ``sink`` gets
-    the results in input order. If the pool breaks, the blocks are parsed in-process.
+    The pool (spawned, one polars thread per worker) starts at the ``POOL_AFTER_BLOCKS``-th
+    block of the input; at most ``IN_FLIGHT`` blocks are queued, so memory stays bounded.
+    ``sink`` gets the results in input order. If the pool breaks, blocks are parsed in-process.
     """
 
     def __init__(self, workers: int = WORKERS) -> None:
@@ -293,20 +294,25 @@ class ChunkParser:
         self._workers = workers
         self._pool: ProcessPoolExecutor | None = None
         self._pending: deque[tuple[Future[ftrace.ChunkResult], Block]] = deque()
-        self._held: Block | None = None
+        self._held: list[Block] = []
 
     def submit(self, block: bytes, source: str, final: bool) -> None:
         item = (block, source, final)
         if self._pool is None and self._workers > 1:
-            if self._held is None and not final:
-                self._held = item  # wait: is the input bigger than one block?
-                return
-            if self._held is not None:
+            # start the pool only for inputs where it pays for its start (~1 CPU-s)
+            self._held.append(item)
+            if len(self._held) >= POOL_AFTER_BLOCKS:
                 self._pool = _start_pool(self._workers)
-        if self._held is not None:
-            held, self._held = self._held, None
-            self._enqueue(held)
+                self._release()
+            elif final:
+                self._release()
+            return
         self._enqueue(item)
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        for item in held:
+            self._enqueue(item)
 
     def _enqueue(self, item: Block) -> None:
         if self._pool is None:
@@ -335,9 +341,7 @@ class ChunkParser:
         self.sink(result)
 
     def flush(self) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            self._enqueue(held)
+        self._release()
         while self._pending:
             self._drain_one()
 
@@ -386,12 +390,12 @@ def ingest_source(
     if src != "-" and tracedat.is_trace_dat(Path(src)):
         stats.format = "trace.dat"
         with open(src, "rb") as f:
-            hashed = HashingReader(f)
+            hashed = HashingReader(f, progress)
             while hashed.read(CHUNK_BYTES):
                 pass
         stats.sha256, stats.bytes = hashed.hexdigest(), hashed.count
         with tracedat.report_stream(Path(src)) as stream:
-            wrapped = HashingReader(stream, progress)
+            wrapped = HashingReader(stream)
             for block, final in iter_blocks(src, wrapped, stats):
                 parser.submit(block, src, final)
             parser.flush()
