@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.errors import DatasetError
+from pipeline.errors import DatasetError, OutputError
 from pipeline.replay.cost import CostModel
 from pipeline.replay.counters import EPOCH_COUNTERS, PAGE_SIZES, VCPU_COUNTERS
 from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
@@ -397,6 +397,9 @@ def run_replay(
     names = list(POLICIES) if not policies else list(dict.fromkeys(policies))
     for n in names:
         get_policy(n)
+    ds_abs, out_abs = Path(dataset).resolve(), Path(out).resolve()
+    if ds_abs == out_abs or out_abs in ds_abs.parents:
+        raise OutputError(out, "would replace the DATASET it reads; choose another `--out`")
     vms, lf, manifest = load_dataset(dataset, params)
     n_epochs = int(lf.select(pl.col("epoch").max()).collect().item() or 0) + 1
     with reporter(quiet) as rep:

@@ -158,3 +158,13 @@ def test_vmm_main_thread_scans_at_task_scan_start() -> None:
     assert -1 in out.scans["vcpu"].to_list()
     main = out.vcpu_epochs.filter(pl.col("vcpu") == -1)
     assert main["task_numa_work_runs"].sum() >= 1
+
+
+def test_out_may_not_replace_the_dataset(tmp_path: Path) -> None:
+    from pipeline.errors import OutputError
+
+    ds = make_dataset(tmp_path / "ds")
+    for out in (ds, tmp_path):
+        with pytest.raises(OutputError, match="would replace the DATASET"):
+            run_replay(ds, out, ["linux-6.5"], quiet=True)
+    assert (ds / "manifest.json").is_file()
