@@ -763,7 +763,7 @@ _META_PREFIX = r"^(?:#|version = [0-9]|CPU[0-9]+ data recorded at offset=|[0-9]+
 _MID_RE = r"^ +(?:[^ ]+ +)?[0-9]{1,12}\.[0-9]{1,9}$"  # between "]" and ": ": flags, timestamp
 
 
-def _header_fast(lines: pl.Series) -> tuple[np.ndarray, pl.DataFrame]:
+def _header_fast(lines: pl.Series, *, ascii_only: bool) -> tuple[np.ndarray, pl.DataFrame]:
     """Split the headers of all lines at once with polars string kernels.
 
     Each piece is cut at the first ``[``, ``]``, ``": "`` and the pid's dash, then checked
@@ -778,7 +778,9 @@ def _header_fast(lines: pl.Series) -> tuple[np.ndarray, pl.DataFrame]:
         "line",
         line.str.find(": ", literal=True).alias("k1"),
         line.str.find("[", literal=True).alias("lb"),
-        (line.str.len_bytes() == line.str.len_chars()).alias("ascii"),
+        (pl.lit(True) if ascii_only else line.str.len_bytes() == line.str.len_chars()).alias(
+            "ascii"
+        ),
     )
     pos = pos.with_columns(
         (line.str.slice(pl.col("lb")).str.find("]", literal=True) + pl.col("lb")).alias("rb"),
@@ -976,7 +978,8 @@ def parse_chunk(
     ``buf`` ends with a newline unless it holds the end of the input (``final``), whose last
     line, if it has no newline and does not parse, is reported as cut off.
     """
-    if not buf.isascii():
+    ascii_only = buf.isascii()
+    if not ascii_only:
         buf = buf.decode("utf-8", "replace").encode("utf-8")
     a = np.frombuffer(buf, np.uint8)
     nl = np.flatnonzero(a == 10)
@@ -985,7 +988,7 @@ def parse_chunk(
     ends = np.concatenate((nl, [len(buf)])).astype(np.int64)[: len(starts)]
     n_lines = len(starts)
     if n_lines:
-        fast, frame = _header_fast(_lines_series(buf, starts))
+        fast, frame = _header_fast(_lines_series(buf, starts), ascii_only=ascii_only)
     else:
         fast, frame = np.zeros(0, bool), pl.DataFrame()
     cut_last = final and open_end
