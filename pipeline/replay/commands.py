@@ -17,6 +17,11 @@ EPOCH_OPTION = typer.Option(100, "--epoch-ms", help="replay epoch, a multiple of
 SEED_OPTION = typer.Option(
     0, "--seed", help="recorded in the manifest (the model is deterministic)"
 )
+BUSY_OPTION = typer.Option(
+    False,
+    "--busy-vcpus",
+    help="every vCPU runs every epoch (real traces: accesses come from faults only)",
+)
 JOBS_OPTION = typer.Option(
     0, "--jobs", "-j", help="processes running policies in parallel (0: one per CPU)"
 )
@@ -33,6 +38,7 @@ def register(app: typer.Typer) -> None:
         epoch_ms: int = EPOCH_OPTION,
         seed: int = SEED_OPTION,
         jobs: int = JOBS_OPTION,
+        busy_vcpus: bool = BUSY_OPTION,
         quiet: bool = QUIET_OPTION,
     ) -> None:
         """Replay a DATASET under NUMA-balancing policies and write RESULTS."""
@@ -42,7 +48,7 @@ def register(app: typer.Typer) -> None:
             dataset,
             out,
             policy or None,
-            ReplayParams(epoch_ms=epoch_ms, workers=jobs),
+            ReplayParams(epoch_ms=epoch_ms, workers=jobs, busy_vcpus=busy_vcpus),
             quiet=quiet,
             seed=seed,
         )

@@ -49,6 +49,7 @@ class EngineOptions:
     yields: YieldModel
     vmm_thread: bool = False
     shadow_guest_2m: bool = False
+    busy_vcpus: bool = False
 
 
 class VmRun:
@@ -92,6 +93,7 @@ class VmRun:
                 )
             )
         self.vmm_thread = opts.vmm_thread
+        self.busy_vcpus = opts.busy_vcpus
         self.scanner = Scanner(self.state, policy, self.cprot, self.tasks, knobs)
         self.fault = FaultPath(
             self.state, self.kvm, policy, scanner=self.scanner, tasks=self.tasks, dirty=self.dirty
@@ -132,6 +134,8 @@ class Engine:
         start = acc.gfn_start[lo:hi]
         active = np.zeros(run.cfg.vcpus, bool)
         active[vcpu] = True
+        if run.busy_vcpus:
+            active[:] = True
         ctx = EpochCtx(
             epoch=e,
             now_ms=e * self.epoch_ms,

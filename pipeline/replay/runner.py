@@ -40,6 +40,9 @@ class ReplayParams:
     * ``vmm_thread`` False: also let the VMM main thread run task_numa_work (KERNEL.md §10a).
     * ``shadow_guest_2m`` False: on a shadow MMU, assume the guest maps 2 MiB where the host
       has a THP, so SPTEs are 2M there (else 4K).
+    * ``busy_vcpus`` False: treat every vCPU as running (in guest mode, gaining runtime) in
+      every epoch, not only those with accesses. For real traces, whose accesses come from
+      faults only: an idle-looking vCPU would otherwise never tick the scanner.
     * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8, when
       the dataset has at least 200k access rows). The results do not depend on it.
     """
@@ -55,6 +58,7 @@ class ReplayParams:
     preempt: str | None = None
     vmm_thread: bool = False
     shadow_guest_2m: bool = False
+    busy_vcpus: bool = False
     workers: int = 1
 
     def as_dict(self) -> dict[str, Any]:
@@ -165,6 +169,7 @@ def _run_job(
         yields=params.yields,
         vmm_thread=params.vmm_thread,
         shadow_guest_2m=params.shadow_guest_2m,
+        busy_vcpus=params.busy_vcpus,
     )
     host = HostState(cfgs[0].node_mem_pages.copy() if cfgs else np.zeros(1, np.int64))
     traces: Traces = {}

@@ -168,3 +168,16 @@ def test_out_may_not_replace_the_dataset(tmp_path: Path) -> None:
         with pytest.raises(OutputError, match="would replace the DATASET"):
             run_replay(ds, out, ["linux-6.5"], quiet=True)
     assert (ds / "manifest.json").is_file()
+
+
+def test_busy_vcpus_tick_without_accesses() -> None:
+    # vCPU 0 touches the region at epoch 0 and one page at epoch 29: by accesses alone it ran
+    # for 2 epochs (200 ms < scan_delay), so nothing is scanned; with busy_vcpus every vCPU
+    # runs all 30 epochs and scans at the end of epochs 10 and 20
+    vms = vms_frame(vm_row(regions=[region(size_bytes=8 * MIB)]))
+    acc = accesses_frame([("vm0", 0, 0, 0, 2048), ("vm0", 29, 0, 0, 1)])
+    idle = replay_frames(vms, acc, ["linux-6.5"])
+    busy = replay_frames(vms, acc, ["linux-6.5"], ReplayParams(busy_vcpus=True))
+    assert idle.scans.height == 0
+    assert busy.scans["epoch"].to_list() == [10, 20]
+    assert int(busy.epochs["spte_zapped"].sum()) == 2048
