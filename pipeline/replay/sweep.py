@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.errors import SpecError
+from pipeline.errors import SpecError, SweepError
 from pipeline.ingest.spec import SynthSpec, load_spec, parse_spec
 from pipeline.ingest.vmmodel import Source, read_source
 from pipeline.replay.grid import (
@@ -241,7 +241,9 @@ def run_point(task: PointTask) -> dict[str, pa.Table]:
 
 # -- Dask -------------------------------------------------------------------------------------
 @contextmanager
-def dask_client(scheduler: str | None, workers: int = LOCAL_WORKERS) -> Iterator[Any]:
+def dask_client(
+    scheduler: str | None, workers: int = LOCAL_WORKERS, *, connect_timeout_s: float = 10.0
+) -> Iterator[Any]:
     """A ``distributed.Client``: on a new LocalCluster, or connected to ``scheduler``.
 
     The LocalCluster has ``workers`` processes of one thread, listens on loopback only, has
@@ -255,7 +257,16 @@ def dask_client(scheduler: str | None, workers: int = LOCAL_WORKERS) -> Iterator
         # distributed warns when closing workers that still hold tasks of a cancelled run
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="distributed")
         if scheduler is not None:
-            client = Client(scheduler, set_as_default=False)  # type: ignore[no-untyped-call]
+            try:
+                client = Client(  # type: ignore[no-untyped-call]
+                    scheduler, set_as_default=False, timeout=connect_timeout_s
+                )
+            except (OSError, ValueError, TypeError) as exc:
+                msg = (
+                    f"cannot use the Dask scheduler `{scheduler}`: {exc}; start one "
+                    "(`dask scheduler`, workers with this package installed) or omit --scheduler"
+                )
+                raise SweepError(msg) from None
             try:
                 yield client
             finally:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from pipeline.analyze.sweep_plots import attach_sweep, write_sensitivity
 from pipeline.analyze.views import connect
 from pipeline.cli import app
+from pipeline.errors import SweepError
 from pipeline.ingest.spec import load_spec
 from pipeline.replay.runner import ReplayParams, replay_frames
 from pipeline.replay.sweep import dask_client, plan_sweep, run_sweep, synth_frames
@@ -236,3 +237,11 @@ def test_cli_with_scheduler_and_bad_grid(
     assert len(lines) == 1
     assert "`scan_size_mb` = `0`; expected an integer >= 1" in lines[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_unreachable_scheduler_is_a_sweep_error() -> None:
+    with (
+        pytest.raises(SweepError, match=r"cannot use the Dask scheduler `tcp://127.0.0.1:9`"),
+        dask_client("tcp://127.0.0.1:9", connect_timeout_s=1),
+    ):
+        pass
