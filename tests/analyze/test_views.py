@@ -239,6 +239,11 @@ def real_run(tmp_path: Path) -> Path:
             _ev(4, 1000, vcpu=0, rip=0x1000, gpa=0x2000, error_code=0x181),
             _ev(5, 1001, vcpu=1, rip=0x1000, gpa=0x3000, error_code=0x181),
         ],
+        "kvm_mmu_spte_requested": [
+            _ev(15, 1000, gfn=0x10, pfn=0x1234, level=1),
+            _ev(16, 1001, gfn=0x11, pfn=0x1235, level=1),
+            _ev(17, 1001, gfn=0x12, pfn=0x1236, level=1),
+        ],
         "kvm_tdp_mmu_spte_changed": [
             # present 4K leaf -> 0 (v6.5 zap): counted
             _ev(6, 1000, as_id=0, gfn=0x10, level=1, old_spte=0x800 | 0x7, new_spte=0),
@@ -313,6 +318,7 @@ def test_observed_counts_ftrace_events(real_run: Path, con_of: Con) -> None:
     assert rows(con, "SELECT * FROM observed ORDER BY counter, detail") == [
         ("vm0", "ipi_send_cpumask", "ack_kick calls", 1),
         ("vm0", "ipi_send_cpumask", "ack_kick targets", 5),
+        ("vm0", "kvm_mmu_spte_requested", "calls", 3),
         ("vm0", "kvm_page_fault", "calls", 2),
         ("vm0", "kvm_unmap_hva_range", "bytes", 2 * (2 << 20) + 4096),
         ("vm0", "kvm_unmap_hva_range", "calls", 3),
@@ -341,6 +347,7 @@ def test_observed_vs_simulated_side_by_side(real_run: Path, con_of: Con) -> None
         ("linux-6.5", "vm0", "numa_pages_migrated", 3, 3, 1.0),
         ("linux-6.5", "vm0", "remote_tlb_flushes", 1, 1, 1.0),
         ("linux-6.5", "vm0", "shootdown_ipis", 2, 5, 0.4),
+        ("linux-6.5", "vm0", "spte_requested", 2, 3, 0.667),
         ("linux-6.5", "vm0", "spte_zapped", 3, 2, 1.5),
     ]
 

@@ -114,6 +114,7 @@ SELECT * FROM (VALUES
     ('mmu_notifier_invalidations', 'kvm_unmap_hva_range', 'calls'),
     ('notifier_bytes', 'kvm_unmap_hva_range', 'bytes'),
     ('ept_violations', 'kvm_page_fault', 'calls'),
+    ('spte_requested', 'kvm_mmu_spte_requested', 'calls'),
     ('spte_zapped', 'spte_zapped', '4K'),
     ('spte_zapped', 'spte_zapped', '2M'),
     ('spte_zapped', 'spte_zapped', '1G'),
@@ -133,13 +134,21 @@ JOIN _observed_counter_map AS m USING (counter, detail)
 WHERE o.vm IS NOT NULL
 GROUP BY o.vm, m.sim_counter;
 
--- Simulated totals (shootdowns_by_vm) in long form.
+-- Simulated totals (shootdowns_by_vm) in long form, plus spte_requested: every SPTE
+-- fault-in (kvm_mmu_spte_requested fires once per fault-in), i.e. the refaults on zapped
+-- SPTEs (ept_violations) plus first fault-ins (vcpu_epochs.spte_faultins).
 CREATE VIEW _observed_simulated AS
 UNPIVOT (
-    SELECT policy, vm, mmu_notifier_invalidations, notifier_bytes, ept_violations,
-        spte_zapped, remote_tlb_flushes, shootdown_ipis, host_tlb_flushes,
-        host_tlb_flush_ipis, numa_pages_migrated
-    FROM shootdowns_by_vm
+    SELECT s.policy, s.vm, s.mmu_notifier_invalidations, s.notifier_bytes, s.ept_violations,
+        s.ept_violations + coalesce(f.spte_faultins, 0) AS spte_requested,
+        s.spte_zapped, s.remote_tlb_flushes, s.shootdown_ipis, s.host_tlb_flushes,
+        s.host_tlb_flush_ipis, s.numa_pages_migrated
+    FROM shootdowns_by_vm AS s
+    LEFT JOIN (
+        SELECT policy, vm, sum(spte_faultins) AS spte_faultins
+        FROM vcpu_epochs
+        GROUP BY policy, vm
+    ) AS f USING (policy, vm)
 )
 ON COLUMNS(* EXCLUDE (policy, vm))
 INTO NAME counter VALUE simulated;
@@ -148,7 +157,7 @@ INTO NAME counter VALUE simulated;
 CREATE VIEW observed_vs_simulated (
     policy,         -- policy name (the one matching the traced kernel is the calibration)
     vm,             -- VM name
-    counter,        -- simulated counter (a column of shootdowns_by_vm)
+    counter,        -- simulated counter (a column of shootdowns_by_vm, or spte_requested)
     simulated,      -- the engine's total for the run [counter's unit]
     observed,       -- the kernel's total from the trace [counter's unit]
     observed_from,  -- ftrace event and detail it was counted from
