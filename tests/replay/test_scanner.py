@@ -107,3 +107,23 @@ def test_numa_balancing_off_means_no_scan_and_tiering_only_protects_nothing() ->
     assert tier.scans.height > 0
     assert int(tier.epochs["numa_pte_updates"].sum()) == 0
     assert int(tier.epochs["mmu_notifier_invalidations"].sum()) > 0
+
+
+def test_notifier_per_pud_range_in_v65_per_chunk_from_v612() -> None:
+    # scan_size_mb = 2048: one chunk covers the 2 GiB VMA, i.e. two 1 GiB PUD ranges. v6.5
+    # sends one notifier per populated PUD range (change_pmd_range), v6.12+ one for the chunk
+    # (change_pud_range, P4D range). Unpinned 4K pages touched from node 1: everything changes.
+    reg = region(size_bytes=2 * GIB)
+    kw = {"scan_size_mb": 2048}
+    v65 = scans_of(reg, "linux-6.5", 12, toucher=1, **kw).row(0, named=True)
+    v618 = scans_of(reg, "linux-6.18", 12, toucher=1, **kw).row(0, named=True)
+    assert (v65["chunks"], v65["notifiers"]) == (1, 2)
+    assert (v618["chunks"], v618["notifiers"]) == (1, 1)
+    # only the second GiB touched (populated): one notifier in v6.5 too, over that PUD only
+    vms = vms_frame(vm_row(regions=[reg], scan_size_mb=2048))
+    acc = accesses_frame(every_epoch("vm0", 12, 1, 262144, 262144))
+    out = replay_frames(vms, acc, ["linux-6.5"])
+    assert out.scans.row(0, named=True)["notifiers"] == 1
+    assert int(out.epochs["notifier_bytes"].sum()) >= GIB
+    first = out.epochs.filter(pl.col("mmu_notifier_invalidations") > 0).row(0, named=True)
+    assert first["notifier_bytes"] == GIB
