@@ -44,25 +44,26 @@ class Derived:
     unassigned: int
 
 
-def _scan(root: Path, event: str) -> pl.DataFrame:
+def _scan(root: Path, event: str) -> pl.LazyFrame:
+    """Table ``ftrace/<event>`` of the dataset being built, lazily (empty if absent)."""
     path = root / "ftrace" / f"{event}.parquet"
     if not path.is_file():
-        return pl.from_arrow(table_schema(f"ftrace/{event}").empty())  # type: ignore[return-value]
-    return pl.read_parquet(path)
+        return pl.LazyFrame(schema=table_schema(f"ftrace/{event}").polars())
+    return pl.scan_parquet(path)
 
 
-def _first_seen_order(pids: pl.Series) -> list[int]:
-    return [int(p) for p in pids.unique(maintain_order=True).to_list() if p is not None]
+def _count(frame: pl.LazyFrame) -> int:
+    return int(frame.select(pl.len()).collect().item())
 
 
 def _epoch(t0_ns: int, epoch_ms: int) -> pl.Expr:
     return ((pl.col("ts_ns") - t0_ns) // (epoch_ms * 1_000_000)).alias("epoch")
 
 
-def _fault_rows(root: Path, vms: pl.DataFrame | None) -> tuple[pl.DataFrame, str]:
-    """(ts_ns, pid, vcpu, gfn, write) per fault, and which event they came from."""
+def _fault_rows(root: Path, vms: pl.DataFrame | None) -> tuple[pl.LazyFrame, str]:
+    """(ts_ns, pid, vcpu, gfn, write) per fault, lazily, and which event they came from."""
     faults = _scan(root, "kvm_page_fault")
-    if faults.height:
+    if _count(faults):
         rows = faults.select(
             "ts_ns",
             "pid",
@@ -72,19 +73,20 @@ def _fault_rows(root: Path, vms: pl.DataFrame | None) -> tuple[pl.DataFrame, str
         )
         return rows, "kvm_page_fault"
     req = _scan(root, "kvm_mmu_spte_requested")
-    if req.height == 0:
-        empty = {"ts_ns": pl.Int64, "pid": pl.Int32, "vcpu": pl.Int32, "gfn": pl.Int64}
-        return pl.DataFrame(schema={**empty, "write": pl.Boolean}), "none"
-    tids: list[int] = []
-    if vms is not None and vms.height:
-        for row in vms.iter_rows(named=True):
-            tids.extend(int(t) for t in (row["vcpu_tids"] or []))
-    order = tids + [p for p in _first_seen_order(req["pid"]) if p not in tids]
-    index = {pid: i for i, pid in enumerate(order)}
+    if _count(req) == 0:
+        schema = {"ts_ns": pl.Int64, "pid": pl.Int32, "vcpu": pl.Int32, "gfn": pl.Int64}
+        return pl.LazyFrame(schema={**schema, "write": pl.Boolean}), "none"
+    index: dict[int, int] = {}
     if vms is not None and vms.height > 1:
-        index = {}
         for row in vms.iter_rows(named=True):
             index |= {int(t): i for i, t in enumerate(row["vcpu_tids"] or [])}
+    else:
+        tids: list[int] = []
+        if vms is not None and vms.height:
+            tids = [int(t) for t in (vms.row(0, named=True)["vcpu_tids"] or [])]
+        seen = req.select("pid").drop_nulls().unique(maintain_order=True).collect()["pid"]
+        order = tids + [int(p) for p in seen.to_list() if int(p) not in tids]
+        index = {pid: i for i, pid in enumerate(order)}
     rows = req.select(
         "ts_ns",
         "pid",
@@ -95,17 +97,15 @@ def _fault_rows(root: Path, vms: pl.DataFrame | None) -> tuple[pl.DataFrame, str
     return rows, "kvm_mmu_spte_requested"
 
 
-def _assign_vm(rows: pl.DataFrame, vms: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Add ``vm``: the only VM, or the VM whose vcpu_tids hold the pid. Returns unassigned."""
+def _assign_vm(rows: pl.LazyFrame, vms: pl.DataFrame) -> pl.LazyFrame:
+    """Add ``vm``: the only VM, or the VM whose vcpu_tids hold the pid (else null)."""
     names = vms["vm"].to_list()
     if len(names) == 1:
-        return rows.with_columns(pl.lit(names[0]).alias("vm")), 0
+        return rows.with_columns(pl.lit(names[0]).alias("vm"))
     owner = {int(t): r["vm"] for r in vms.iter_rows(named=True) for t in (r["vcpu_tids"] or [])}
-    tagged = rows.with_columns(
+    return rows.with_columns(
         pl.col("pid").replace_strict(owner, default=None, return_dtype=pl.String).alias("vm")
     )
-    kept = tagged.filter(pl.col("vm").is_not_null() & pl.col("vcpu").is_not_null())
-    return kept, tagged.height - kept.height
 
 
 def compress_runs(points: pl.DataFrame) -> pl.DataFrame:
@@ -131,7 +131,7 @@ def compress_runs(points: pl.DataFrame) -> pl.DataFrame:
 
 
 def _damon_rows(root: Path, vms: pl.DataFrame, t0_ns: int, epoch_ms: int) -> pl.DataFrame:
-    damon = _scan(root, "damon_aggregated").filter(pl.col("nr_accesses") > 0)
+    damon = _scan(root, "damon_aggregated").filter(pl.col("nr_accesses") > 0).collect()
     cols = table_schema("accesses").names
     if damon.height == 0:
         return pl.DataFrame(schema=table_schema("accesses").polars()).select(cols)
@@ -157,7 +157,7 @@ def _damon_rows(root: Path, vms: pl.DataFrame, t0_ns: int, epoch_ms: int) -> pl.
     ).filter(pl.col("nr_pages") > 0)
 
 
-def infer_vms(root: Path, faults: pl.DataFrame) -> pl.DataFrame:
+def infer_vms(root: Path, faults: pl.LazyFrame) -> pl.DataFrame:
     """One VM row from what the trace shows; ``inferred`` is true.
 
     vcpus and their thread ids from the fault rows; memory = the highest gfn touched, rounded
@@ -166,32 +166,30 @@ def infer_vms(root: Path, faults: pl.DataFrame) -> pl.DataFrame:
     else ``shadow`` when kvm_mmu_spte_requested does. Values the trace cannot show take the
     kernel defaults (scan knobs), 0 (node memory: unknown) or empty (pinned ranges).
     """
-    vcpu_ids = sorted({int(v) for v in faults["vcpu"].drop_nulls().to_list()})
-    vcpus = (max(vcpu_ids) + 1) if vcpu_ids else 1
-    tids = [0] * vcpus
     first_pid = (
         faults.drop_nulls(["vcpu", "pid"])
-        .group_by("vcpu", maintain_order=True)
-        .agg(pl.col("pid").first())
+        .group_by("vcpu")
+        .agg(pl.col("pid").get(pl.col("ts_ns").arg_min()))
+        .collect()
     )
+    vcpus = int(first_pid["vcpu"].max()) + 1 if first_pid.height else 1  # type: ignore[arg-type]
+    tids = [0] * vcpus
     for v, pid in first_pid.iter_rows():
         tids[int(v)] = int(pid)
-    max_gfn = faults["gfn"].max()
-    mem = ((int(max_gfn) + 1) << PAGE_SHIFT) if isinstance(max_gfn, int) else HUGE_PAGE_BYTES
+    max_gfn = faults.select(pl.col("gfn").max()).collect().item()
+    mem = ((int(max_gfn) + 1) << PAGE_SHIFT) if max_gfn is not None else HUGE_PAGE_BYTES
     mem = -(-mem // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
-    nids: list[int] = []
-    for event, cols in (
-        ("sched_move_numa", ("src_nid", "dst_nid")),
-        ("sched_stick_numa", ("src_nid", "dst_nid")),
-        ("sched_swap_numa", ("src_nid", "dst_nid")),
-    ):
-        t = _scan(root, event)
-        for c in cols:
-            nids.extend(int(x) for x in t[c].to_list() if x is not None and x >= 0)
-    nodes = max(nids) + 1 if nids else 1
-    tdp = _scan(root, "kvm_tdp_mmu_spte_changed").height or _scan(root, "kvm_page_fault").height
-    shadow = _scan(root, "kvm_mmu_spte_requested").height
-    levels = _scan(root, "kvm_mmu_spte_requested")["level"]
+    max_nid = -1
+    for event in ("sched_move_numa", "sched_stick_numa", "sched_swap_numa"):
+        top = _scan(root, event).select(pl.max_horizontal("src_nid", "dst_nid").max())
+        value = top.collect().item()
+        if value is not None:
+            max_nid = max(max_nid, int(value))
+    nodes = max_nid + 1 if max_nid >= 0 else 1
+    tdp = _count(_scan(root, "kvm_tdp_mmu_spte_changed")) or _count(_scan(root, "kvm_page_fault"))
+    requested = _scan(root, "kvm_mmu_spte_requested")
+    shadow = _count(requested)
+    top_level = requested.select(pl.col("level").max()).collect().item()
     row: dict[str, Any] = {
         "vm": DEFAULT_VM,
         "mem_bytes": mem,
@@ -207,7 +205,7 @@ def infer_vms(root: Path, faults: pl.DataFrame) -> pl.DataFrame:
                 "hva_start": 0,
                 "size_bytes": mem,
                 "backing": "anon",
-                "thp": bool(levels.len() and (levels >= 2).any()),
+                "thp": top_level is not None and int(top_level) >= 2,
                 "mof_policy": False,
                 "placement": "first-touch",
                 "pinned": [],
@@ -238,14 +236,16 @@ def derive(root: Path, *, vm_config: Path | None, epoch_ms: int, t0_ns: int | No
     if vms is None:
         vms = infer_vms(root, faults)
     t0 = t0_ns if t0_ns is not None else 0
-    rows, unassigned = _assign_vm(faults, vms)
+    rows = _assign_vm(faults, vms)
+    usable = pl.col("vcpu").is_not_null() & pl.col("vm").is_not_null()
+    unassigned = _count(rows.filter(~usable))
     points = (
-        rows.filter(pl.col("vcpu").is_not_null())
+        rows.filter(usable)
         .with_columns(_epoch(t0, epoch_ms))
         .group_by(["vm", "epoch", "vcpu", "write", "gfn"])
         .agg(pl.len().cast(pl.Int64).alias("nr_accesses"))
+        .collect(engine="streaming")
     )
-    unassigned += rows.height - rows.filter(pl.col("vcpu").is_not_null()).height
     accesses = pl.concat(
         [compress_runs(points), _damon_rows(root, vms, t0, epoch_ms)], how="vertical_relaxed"
     ).sort(["vm", "epoch", "vcpu", "gfn_start", "write"])

@@ -31,7 +31,7 @@ from pipeline.schema import ParquetStream
 
 CHUNK_BYTES = 16 << 20
 MAX_LINE_BYTES = 64 << 20
-WORKERS = 2
+WORKERS = int(os.environ.get("TLBREPLAY_INGEST_WORKERS", "2"))  # 1: parse in-process
 IN_FLIGHT = 3
 POOL_AFTER_BLOCKS = 4
 GZIP_MAGIC = b"\x1f\x8b"
