@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -296,13 +297,18 @@ def execute(
     client: Any,
     *,
     on_done: Callable[[PointOutcome], None],
-) -> None:
-    """Submit every task (``retries=1``); call ``on_done`` as each finishes or fails."""
+) -> str:
+    """Submit every task (``retries=1``); call ``on_done`` as each finishes or fails.
+
+    Task keys are ``tlbreplay-point-<point>-<run>``, ``run`` a random token of this call, so
+    two sweeps on one shared cluster never share a key. Returns the key prefix of this run.
+    """
     from distributed import as_completed
 
+    run = uuid.uuid4().hex[:12]
     ordered = sorted(tasks, key=lambda t: (t.variant.variant, t.point))
     futures = {
-        client.submit(run_point, t, key=f"tlbreplay-point-{t.point}", pure=False, retries=1): t
+        client.submit(run_point, t, key=task_key(t.point, run), pure=False, retries=1): t
         for t in ordered
     }
     for future in as_completed(list(futures), loop=client.loop):  # type: ignore[no-untyped-call]
@@ -313,6 +319,12 @@ def execute(
             exc = future.exception()
             on_done(PointOutcome(task.point, error=str(exc) or type(exc).__name__))
         future.release()
+    return run
+
+
+def task_key(point: int, run: str) -> str:
+    """The Dask key of ``point`` in sweep run ``run``."""
+    return f"tlbreplay-point-{point}-{run}"
 
 
 # -- RESULTS ----------------------------------------------------------------------------------
@@ -323,6 +335,7 @@ class SweepResult:
     out: Path
     manifest: dict[str, Any]
     failed: dict[int, str]
+    run: str = ""  # the Dask key token of the run (see :func:`execute`)
 
 
 def points_frame(plan: SweepPlan, failed: dict[int, str]) -> pl.DataFrame:
@@ -388,10 +401,10 @@ def run_sweep(
                 progress(1)
 
         if client is not None:
-            execute(plan.tasks, client, on_done=write_point)
+            run = execute(plan.tasks, client, on_done=write_point)
         else:
             with dask_client(scheduler, workers) as own:
-                execute(plan.tasks, own, on_done=write_point)
+                run = execute(plan.tasks, own, on_done=write_point)
         points = points_frame(plan, failed)
         write_parquet(points, tmp / "points.parquet", "points", params={"seed": plan.seed})
         policies = list(dict.fromkeys(t.policy for t in plan.tasks))
@@ -422,4 +435,4 @@ def run_sweep(
             "rows": rows,
         }
         write_manifest(tmp, manifest)
-    return SweepResult(out=Path(out), manifest=manifest, failed=failed)
+    return SweepResult(out=Path(out), manifest=manifest, failed=failed, run=run)

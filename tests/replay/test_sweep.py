@@ -19,7 +19,7 @@ from pipeline.cli import app
 from pipeline.errors import SweepError
 from pipeline.ingest.spec import load_spec
 from pipeline.replay.runner import ReplayParams, replay_frames
-from pipeline.replay.sweep import dask_client, plan_sweep, run_sweep, synth_frames
+from pipeline.replay.sweep import dask_client, plan_sweep, run_sweep, synth_frames, task_key
 from pipeline.schema import read_manifest, read_parquet, table_schema
 
 SPEC = """\
@@ -135,6 +135,11 @@ def test_same_spec_grid_seed_identical_parquet(
     )
 
 
+def _processing_count(key: str, dask_scheduler: Any = None) -> int:
+    """How often the scheduler sent task ``key`` to a worker (its transition log)."""
+    return sum(1 for t in dask_scheduler.story(key) if t[0] == key and t[2] == "processing")
+
+
 def test_failed_point_is_retried_then_reported(
     client: Any, files: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -153,6 +158,10 @@ def test_failed_point_is_retried_then_reported(
     assert points["status"].to_list() == ["ok", "failed", "ok", "ok"]
     assert points["error"].to_list()[1] == result.failed[1]
     assert not (out / "epochs" / "point=1").exists()
+    # the scheduler ran the failing point twice (retries=1), the others once
+    count = client.run_on_scheduler(_processing_count, task_key(1, result.run))
+    assert count == 2
+    assert client.run_on_scheduler(_processing_count, task_key(2, result.run)) == 1
     for p in (0, 2, 3):
         assert (out / "epochs" / f"point={p}").is_dir()
 
