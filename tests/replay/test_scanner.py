@@ -127,3 +127,13 @@ def test_notifier_per_pud_range_in_v65_per_chunk_from_v612() -> None:
     assert int(out.epochs["notifier_bytes"].sum()) >= GIB
     first = out.epochs.filter(pl.col("mmu_notifier_invalidations") > 0).row(0, named=True)
     assert first["notifier_bytes"] == GIB
+
+
+def test_real_host_observation_pinned_4k_walks_the_whole_guest() -> None:
+    # KERNEL.md §10a (Linux 6.18 host, 1 GiB guest, pinned private 4K): nothing becomes
+    # PROT_NONE, no chunk uses the page budget, so one work item walks the whole guest:
+    # 4 chunks of 256 MB, one notifier each, and KVM zaps the touched SPTEs every time
+    scans = scans_of(region(size_bytes=GIB, pinned="all"), "linux-6.18", 12)
+    first = scans.row(0, named=True)
+    assert (first["chunks"], first["notifiers"], first["nr_pte_updates"]) == (4, 4, 0)
+    assert first["virt_pages"] == 262144
