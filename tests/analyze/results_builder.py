@@ -36,6 +36,13 @@ def full_rows(name: str, rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
     return pl.from_arrow(pa.Table.from_pylist(filled, schema=schema.arrow()))  # type: ignore[return-value]
 
 
+def ep(
+    policy: str, vm: str, epoch: int = 0, *, page_size: str = "4K", **counters: Any
+) -> dict[str, Any]:
+    """One row of table epochs; counters not given are 0."""
+    return {"policy": policy, "vm": vm, "page_size": page_size, "epoch": epoch, **counters}
+
+
 def vm_row(
     vm: str,
     *,

@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.analyze.query import audit_files, run_audits
 from pipeline.analyze.views import connect
-from tests.analyze.results_builder import make_dataset, make_results, vm_row
+from tests.analyze.results_builder import ep, make_dataset, make_results, vm_row
 
 
 def audit_rows(
@@ -20,12 +20,6 @@ def audit_rows(
         return {a.name: [tuple(r.values()) for r in a.rows.to_pylist()] for a in run_audits(con)}
     finally:
         con.close()
-
-
-def ep(
-    policy: str, vm: str, epoch: int = 0, page_size: str = "4K", **counters: Any
-) -> dict[str, Any]:
-    return {"policy": policy, "vm": vm, "page_size": page_size, "epoch": epoch, **counters}
 
 
 def test_audit_files_have_docs() -> None:

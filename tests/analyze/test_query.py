@@ -104,7 +104,7 @@ def test_argument_errors(small_run: Path, tmp_path: Path) -> None:
 
 
 def test_audit_passes_on_consistent_results(tmp_path: Path) -> None:
-    from tests.analyze.results_builder import make_dataset, make_results, vm_row
+    from tests.analyze.results_builder import ep, make_dataset, make_results, vm_row
 
     ds = make_dataset(tmp_path / "ds", [vm_row("vm0")])
     res = make_results(
@@ -112,15 +112,7 @@ def test_audit_passes_on_consistent_results(tmp_path: Path) -> None:
         ds,
         policies=["linux-6.5", "oracle"],
         epochs=[
-            {
-                "policy": "linux-6.5",
-                "vm": "vm0",
-                "page_size": "4K",
-                "epoch": 0,
-                "remote_tlb_flushes": 1,
-                "shootdown_ipis": 2,
-                "ept_violations": 3,
-            }
+            ep("linux-6.5", "vm0", 0, remote_tlb_flushes=1, shootdown_ipis=2, ept_violations=3)
         ],
         vcpu_epochs=[
             {

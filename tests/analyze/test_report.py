@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from pipeline.analyze.report import write_report
 from pipeline.cli import app
 from pipeline.errors import OutputError
-from tests.analyze.results_builder import make_dataset, make_results, vm_row
+from tests.analyze.results_builder import ep, make_dataset, make_results, vm_row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -121,15 +121,7 @@ def test_report_of_several_results_and_observed(tmp_path: Path, small_run: Path)
         tmp_path / "real",
         ds,
         policies=["linux-6.5"],
-        epochs=[
-            {
-                "policy": "linux-6.5",
-                "vm": "real",
-                "page_size": "4K",
-                "epoch": 0,
-                "mmu_notifier_invalidations": 2,
-            }
-        ],
+        epochs=[ep("linux-6.5", "real", 0, mmu_notifier_invalidations=2)],
     )
     path = write_report([small_run, real], tmp_path / "rep")
     page = parse(path)

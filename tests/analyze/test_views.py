@@ -15,7 +15,7 @@ from pipeline.analyze.views import SQL_DIR, connect, sql_files
 from pipeline.errors import DatasetError
 from pipeline.schema import write_manifest
 from tests.analyze.conftest import rows
-from tests.analyze.results_builder import make_dataset, make_results, vm_row
+from tests.analyze.results_builder import ep, make_dataset, make_results, vm_row
 
 Con = Callable[[Path], duckdb.DuckDBPyConnection]
 
@@ -121,15 +121,7 @@ def test_savings_empty_without_references(tmp_path: Path, con_of: Con) -> None:
         tmp_path / "r",
         ds,
         policies=["oracle"],
-        epochs=[
-            {
-                "policy": "oracle",
-                "vm": "vm0",
-                "page_size": "4K",
-                "epoch": 0,
-                "remote_tlb_flushes": 1,
-            }
-        ],
+        epochs=[ep("oracle", "vm0", 0, remote_tlb_flushes=1)],
     )
     con = con_of(res)
     assert rows(con, "SELECT count(*) FROM savings") == [(0,)]
@@ -181,15 +173,7 @@ def test_timeline_covers_the_dataset(tmp_path: Path, con_of: Con) -> None:
         tmp_path / "r",
         ds,
         policies=["linux-6.5"],
-        epochs=[
-            {
-                "policy": "linux-6.5",
-                "vm": "vm0",
-                "page_size": "4K",
-                "epoch": 1,
-                "remote_tlb_flushes": 2,
-            }
-        ],
+        epochs=[ep("linux-6.5", "vm0", 1, remote_tlb_flushes=2)],
     )
     manifest = json.loads((res / "manifest.json").read_text())
     write_manifest(res, {**manifest, "dataset_epoch_ms": 50})
@@ -296,19 +280,18 @@ def real_run(tmp_path: Path) -> Path:
         ds,
         policies=["linux-6.5"],
         epochs=[
-            {
-                "policy": "linux-6.5",
-                "vm": "vm0",
-                "page_size": "4K",
-                "epoch": 0,
-                "mmu_notifier_invalidations": 4,
-                "notifier_bytes": 3 << 21,
-                "ept_violations": 2,
-                "spte_zapped": 3,
-                "remote_tlb_flushes": 1,
-                "shootdown_ipis": 2,
-                "numa_pages_migrated": 3,
-            }
+            ep(
+                "linux-6.5",
+                "vm0",
+                0,
+                mmu_notifier_invalidations=4,
+                notifier_bytes=3 << 21,
+                ept_violations=2,
+                spte_zapped=3,
+                remote_tlb_flushes=1,
+                shootdown_ipis=2,
+                numa_pages_migrated=3,
+            )
         ],
     )
 
@@ -381,15 +364,7 @@ def test_partition_columns_are_text(tmp_path: Path, con_of: Con) -> None:
         tmp_path / "r",
         ds,
         policies=["linux-6.5"],
-        epochs=[
-            {
-                "policy": "linux-6.5",
-                "vm": "007",
-                "page_size": "4K",
-                "epoch": 0,
-                "remote_tlb_flushes": 1,
-            }
-        ],
+        epochs=[ep("linux-6.5", "007", 0, remote_tlb_flushes=1)],
     )
     con = con_of(res)
     assert rows(con, "SELECT vm, typeof(vm), typeof(policy) FROM epochs") == [
@@ -435,15 +410,7 @@ def test_extra_engine_columns_are_kept(tmp_path: Path, con_of: Con) -> None:
         tmp_path / "r",
         ds,
         policies=["linux-6.5"],
-        epochs=[
-            {
-                "policy": "linux-6.5",
-                "vm": "vm0",
-                "page_size": "4K",
-                "epoch": 0,
-                "remote_tlb_flushes": 1,
-            }
-        ],
+        epochs=[ep("linux-6.5", "vm0", 0, remote_tlb_flushes=1)],
     )
     part = next((res / "epochs").rglob("*.parquet"))
     frame = pl.read_parquet(part).with_columns(pl.lit(7).alias("new_counter"))
