@@ -94,13 +94,13 @@ class EventSpec:
     table: str
     grammars: tuple[Grammar, ...]
     source: str
-    constants: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def columns(self) -> tuple[str, ...]:
         return tuple(c for c in table_schema(self.table).names if c not in COMMON_COLUMNS)
 
 
+# Group bodies: hex digits, signed and unsigned decimals, a raw -R value.
 H = r"[0-9a-fA-F]+"
 D = r"-?[0-9]+"
 U = r"[0-9]+"
@@ -118,17 +118,11 @@ def _split(pattern: str, split: str, tail: str, **kinds: str) -> Grammar:
 def _raw(pairs: list[tuple[str, str, str]], optional: tuple[str, ...] = ()) -> Grammar:
     """A ``trace-cmd report -R`` grammar: ``rawname=value`` for each (rawname, column, kind)."""
     parts, kinds = [], {}
-    for raw, col, kind in pairs:
-        body = f"{raw}=(?P<{col}>{NUM})"
-        parts.append(f"(?: {body})?" if raw in optional else f" {body}")
+    for i, (raw, col, kind) in enumerate(pairs):
+        body = f"{' ' if i else ''}{raw}=(?P<{col}>{NUM})"
+        parts.append(f"(?:{body})?" if raw in optional else body)
         kinds[col] = kind
-    return Grammar("^" + "".join(parts)[1:] + "$" if not optional else _join(parts), kinds)
-
-
-def _join(parts: list[str]) -> str:
-    first = parts[0]
-    first = first[1:] if first.startswith(" ") else first
-    return "^" + first + "".join(parts[1:]) + "$"
+    return Grammar("^" + "".join(parts) + "$", kinds)
 
 
 _KVM_MMU = "arch/x86/kvm/mmu/mmutrace.h"
