@@ -6,12 +6,13 @@ The dataset is built in a temporary sibling of ``--out`` and renamed over it at 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.errors import InputError
+from pipeline.errors import InputError, OutputError
 from pipeline.ingest import reader
 from pipeline.ingest.derive import derive
 from pipeline.schema import atomic_output_dir, write_manifest, write_parquet
@@ -39,6 +40,7 @@ def run_ingest(
         reader.check_source(src)
     if vm_config is not None:
         reader.check_source(str(vm_config))
+    _check_out(Path(out))
     params = {"epoch_ms": epoch_ms, "vm_config": str(vm_config) if vm_config else None}
     with atomic_output_dir(out) as tmp:
         stats, rows = reader.ingest_all(
@@ -71,3 +73,16 @@ def run_ingest(
         }
         write_manifest(tmp, manifest)
     return manifest
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be created before reading any input."""
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        msg = f"`{parent}` is a file, so the directory cannot be created; choose another `--out`"
+        raise OutputError(out, msg)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        msg = f"`{parent}` is not writable; choose another `--out` or fix its permissions"
+        raise OutputError(out, msg)
