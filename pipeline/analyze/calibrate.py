@@ -56,6 +56,26 @@ COUNTERS = (
     "first_scan_ms",
     "scan_interval_ms",
 )
+PER_SCAN = (
+    "notifier_calls",
+    "notifier_bytes",
+    "spte_zapped",
+    "refaults",
+    "numa_pte_updates",
+    "numa_huge_pte_updates",
+    "numa_hint_faults",
+)
+VMSTAT_COUNTERS = ("numa_pte_updates", "numa_huge_pte_updates", "numa_hint_faults")
+
+
+def with_per_scan(values: dict[str, float]) -> dict[str, float]:
+    """Add ``<counter>_per_scan``: what one task_numa_work() reaching guest RAM does, which
+    does not depend on the scan cadence."""
+    scans = values["scans"]
+    out = dict(values)
+    for name in PER_SCAN:
+        out[f"{name}_per_scan"] = values[name] / scans if scans else float("nan")
+    return out
 
 
 def policy_for_kernel(release: str | None) -> str:
@@ -318,18 +338,20 @@ def attribute_vmstat(
     windows: Sequence[tuple[int, int]],
     span: tuple[int, int],
     counter: str,
-) -> float:
-    """Increments of a host-wide ``counter`` inside ``windows``, minus the background.
+) -> tuple[float, float]:
+    """Increments of a host-wide ``counter`` inside ``windows`` minus the background, and
+    that background (the host's other activity expected in the windows).
 
     ``samples`` rows are ``[ts_ns, values...]``, kept when a value changed (5 ms sampling), so
     a row's increment happened after the previous sample. A window [start, end] is credited
     with the rows stamped in it and the first row after ``end`` (which holds what happened
     between the last sample and ``end``, e.g. the count at the end of change_prot_numa()). The
     background rate is that of the other rows in ``span``; it is subtracted for the time the
-    windows cover.
+    windows cover. NaN when what is left is smaller than a background of one event or more
+    (not measurable on this host at that time).
     """
     if not samples:
-        return float("nan")
+        return float("nan"), float("nan")
     col = list(columns).index(counter)
     ts = np.array([row[0] for row in samples], dtype=np.int64)
     values = np.array([row[col] for row in samples], dtype=np.int64)
@@ -347,11 +369,17 @@ def attribute_vmstat(
     attributed = float(inc[credited].sum())
     outside_ns = max(1, span[1] - span[0] - covered_ns)
     background_rate = float(inc[~credited & in_span].sum()) / outside_ns
-    return max(0.0, attributed - background_rate * covered_ns)
+    background = background_rate * covered_ns
+    signal = attributed - background
+    if background >= 1.0 and signal < background:
+        # Below the host's own activity in the same windows: not measurable here.
+        return float("nan"), background
+    return max(0.0, signal), background
 
 
-def observed(inp: CalibrationInput) -> dict[str, float]:
-    """The counters of :data:`COUNTERS` measured in the capture (module docstring)."""
+def observed(inp: CalibrationInput) -> tuple[dict[str, float], dict[str, float]]:
+    """The counters of :data:`COUNTERS` measured in the capture (module docstring), and the
+    host background subtracted from each vmstat counter (0 for counters from the trace)."""
     vm = inp.vm
     unmap = _in_window(inp.ftrace["kvm_unmap_hva_range"], inp)
     over = (
@@ -381,18 +409,13 @@ def observed(inp: CalibrationInput) -> dict[str, float]:
             (b.start_ns, max(b.end_ns, _refault_end(refault_ts, b.start_ns, limit)))
         )
     span = (inp.t_on_ns, inp.t_end_ns)
-    if inp.vmstat and inp.vmstat.get("samples"):
-        samples, columns = inp.vmstat["samples"], inp.vmstat["samples_columns"]
-        for name, windows in (
-            ("numa_pte_updates", scan_windows),
-            ("numa_huge_pte_updates", scan_windows),
-            ("numa_hint_faults", fault_windows),
-        ):
-            out[name] = attribute_vmstat(samples, columns, windows, span, name)
-    else:
-        for name in ("numa_pte_updates", "numa_huge_pte_updates", "numa_hint_faults"):
-            out[name] = float("nan")
-    return out
+    background = dict.fromkeys(COUNTERS, 0.0)
+    samples = (inp.vmstat or {}).get("samples") or []
+    columns = (inp.vmstat or {}).get("samples_columns") or []
+    for name in VMSTAT_COUNTERS:
+        windows = fault_windows if name == "numa_hint_faults" else scan_windows
+        out[name], background[name] = attribute_vmstat(samples, columns, windows, span, name)
+    return out, background
 
 
 def _cadence(starts_ns: Sequence[int], t0_ns: int) -> dict[str, float]:
@@ -494,14 +517,18 @@ def calibrate(
     """One row per counter: observed, simulated, relative error (sim - obs) / obs."""
     inp = load_input(dataset, sidecar, vmstat, epoch_ms)
     policy = policy or policy_for_kernel(inp.vm.get("kernel"))
-    obs = observed(inp)
+    obs, background = observed(inp)
     sim, _ = simulated(inp, policy, epoch_ms)
+    bg = with_per_scan({**background, "scans": obs["scans"]})
+    obs, sim = with_per_scan(obs), with_per_scan(sim)
+    names = [*COUNTERS, *(f"{n}_per_scan" for n in PER_SCAN)]
     return pl.DataFrame(
         {
-            "counter": list(COUNTERS),
-            "observed": [obs[c] for c in COUNTERS],
-            "simulated": [sim[c] for c in COUNTERS],
-            "rel_error": [relative_error(sim[c], obs[c]) for c in COUNTERS],
-            "policy": [policy] * len(COUNTERS),
+            "counter": names,
+            "observed": [obs[c] for c in names],
+            "simulated": [sim[c] for c in names],
+            "rel_error": [relative_error(sim[c], obs[c]) for c in names],
+            "host_background": [0.0 if c == "scans" else bg.get(c, 0.0) for c in names],
+            "policy": [policy] * len(names),
         }
     )

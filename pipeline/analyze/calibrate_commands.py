@@ -28,6 +28,56 @@ def _err(value: float) -> str:
     return f"{value * 100:+.1f}%"
 
 
+def _bg(value: float) -> str:
+    """The host background subtracted from a vmstat counter ("" for trace counters)."""
+    return "" if value == 0 else _fmt(value)
+
+
+MARKDOWN_COLUMNS = (
+    ("notifier_calls", "notifiers"),
+    ("notifier_bytes", "notifier MiB"),
+    ("spte_zapped", "SPTE zaps"),
+    ("refaults", "refaults"),
+    ("numa_pte_updates", "pte_updates"),
+    ("numa_huge_pte_updates", "huge_pte_updates"),
+    ("numa_hint_faults", "hint_faults"),
+    ("scans", "scans"),
+    ("scan_interval_ms", "interval ms"),
+)
+
+
+def _markdown(tables: list[tuple[str, object]]) -> list[str]:
+    """Two markdown tables (totals, then per scan): one row per capture, cells
+    ``observed / simulated (error)``."""
+    import polars as pl
+
+    lines: list[str] = []
+    for suffix, title in (("", "totals"), ("_per_scan", "per scan reaching guest RAM")):
+        cols = [
+            (c + suffix, h)
+            for c, h in MARKDOWN_COLUMNS
+            if suffix == "" or c not in ("scans", "scan_interval_ms")
+        ]
+        lines.append(f"**{title}** (observed / simulated (error))")
+        lines.append("")
+        lines.append("| capture | " + " | ".join(h for _, h in cols) + " |")
+        lines.append("|---|" + "---:|" * len(cols))
+        for name, table in tables:
+            assert isinstance(table, pl.DataFrame)
+            rows = {r["counter"]: r for r in table.iter_rows(named=True)}
+            cells = []
+            for counter, _ in cols:
+                r = rows[counter]
+                scale = 1 / (1 << 20) if counter.startswith("notifier_bytes") else 1
+                cells.append(
+                    f"{_fmt(r['observed'] * scale)} / {_fmt(r['simulated'] * scale)} "
+                    f"({_err(r['rel_error'])})"
+                )
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     """Add these commands to the root app."""
 
@@ -60,20 +110,17 @@ def register(app: typer.Typer) -> None:
             for ds in datasets
         ]
         if markdown:
-            typer.echo("| capture | counter | observed | simulated | error |")
-            typer.echo("|---|---|---:|---:|---:|")
-            for ds, table in tables:
-                for row in table.iter_rows(named=True):
-                    typer.echo(
-                        f"| {ds.name} | {row['counter']} | {_fmt(row['observed'])} | "
-                        f"{_fmt(row['simulated'])} | {_err(row['rel_error'])} |"
-                    )
+            for line in _markdown([(ds.name, table) for ds, table in tables]):
+                typer.echo(line)
             return
         for ds, table in tables:
             typer.echo(f"{ds} (policy {table['policy'][0]})")
-            typer.echo(f"  {'counter':<24}{'observed':>16}{'simulated':>16}{'error':>10}")
+            typer.echo(
+                f"  {'counter':<32}{'observed':>16}{'host bg':>12}{'simulated':>16}{'error':>10}"
+            )
             for row in table.iter_rows(named=True):
                 typer.echo(
-                    f"  {row['counter']:<24}{_fmt(row['observed']):>16}"
+                    f"  {row['counter']:<32}{_fmt(row['observed']):>16}"
+                    f"{_bg(row['host_background']):>12}"
                     f"{_fmt(row['simulated']):>16}{_err(row['rel_error']):>10}"
                 )

@@ -84,14 +84,10 @@ def register(app: typer.Typer) -> None:
         out_dir: Path = typer.Option(Path("traces/real"), "--out-dir"),  # noqa: B008
     ) -> None:
         """Run backing x THP x pin under numa_balancing=1, plus a numa_balancing=0 control."""
-        from pipeline.ingest.lab.matrix import matrix_configs
-        from pipeline.ingest.lab.run import run_lab
+        from pipeline.ingest.lab.matrix import matrix_configs, run_matrix
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        for config in matrix_configs(mem_mib, vcpus, seconds):
-            out = out_dir / f"{config.name}.trace.zst"
-            lab = run_lab(config, out)
-            typer.echo(f"{out}: passes per vCPU {lab['passes']} in {lab['window_s']} s")
+        run_matrix(matrix_configs(mem_mib, vcpus, seconds), out_dir, report=typer.echo)
 
     @command(lab_app, "reset")
     def lab_reset() -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, TlbReplayError
 from pipeline.ingest.lab import host, tracefs
 from pipeline.ingest.lab.guest import PATTERNS
 from pipeline.ingest.lab.run import LabConfig
@@ -77,3 +81,48 @@ def reset_host() -> list[str]:
             (event_dir / "filter").write_text("0")
     done.append(f"{len(tracefs.EVENTS)} lab events disabled, filters cleared")
     return done
+
+
+class MatrixError(TlbReplayError):
+    """A cell of the lab matrix failed."""
+
+
+def run_argv(config: LabConfig, out: Path) -> list[str]:
+    """The ``lab run`` command line of one cell (run by the same interpreter)."""
+    return [
+        sys.executable, "-m", "pipeline.ingest.lab_commands", "lab", "run",
+        "--mem-mib", str(config.mem_mib), "--vcpus", str(config.vcpus),
+        "--backing", config.backing, "--thp", "on" if config.thp else "off",
+        "--pin", "on" if config.pin else "off", "--pattern", config.pattern,
+        "--seconds", str(config.seconds), "--numa-balancing", str(config.numa_balancing),
+        "--out", str(out),
+    ]  # fmt: skip
+
+
+def run_matrix(
+    configs: Sequence[LabConfig], out_dir: Path, report: Callable[[str], None] = print
+) -> None:
+    """Run each cell as its own ``lab run`` process, one after the other.
+
+    A fresh process per cell gives each guest a fresh mm: task_numa_work() state lives in the
+    mm (numa_scan_seq, numa_scan_offset, numa_next_scan, the VMAs' numab_state), and carried
+    over from an earlier cell it would, e.g., skip a new guest VMA as `scan_delay`
+    (kernel/sched/fair.c, ``mm->numa_scan_seq && time_before(jiffies, next_scan)``).
+    """
+    from pipeline.ingest.capture import interrupt_signals
+
+    cwd = Path(__file__).resolve().parents[3]
+    for config in configs:
+        out = (out_dir / f"{config.name}.trace.zst").resolve()
+        child = subprocess.Popen(run_argv(config, out), cwd=cwd)
+        try:
+            with interrupt_signals():
+                code = child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGTERM)
+            child.wait()
+            raise
+        if code != 0:
+            msg = f"lab cell `{config.name}` failed (exit code {code}); the matrix stops"
+            raise MatrixError(msg)
+        report(f"{out}: done")
