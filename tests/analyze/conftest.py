@@ -23,12 +23,12 @@ THP_MIGRATION = {
 }
 
 
-@pytest.fixture
-def small_run(tmp_path: Path) -> Path:
-    """Two VMs (vm0 fully pinned 4K, vm1 unpinned THP), three policies, a few epochs."""
-    ds = make_dataset(tmp_path / "ds", [vm_row("vm0", pinned="all"), vm_row("vm1", thp=True)])
+def build_small_run(root: Path) -> Path:
+    """Two VMs (vm0 fully pinned 4K, vm1 unpinned THP), three policies, a few epochs:
+    ``root/ds`` (DATASET) and ``root/res`` (RESULTS, returned)."""
+    ds = make_dataset(root / "ds", [vm_row("vm0", pinned="all"), vm_row("vm1", thp=True)])
     return make_results(
-        tmp_path / "res",
+        root / "res",
         ds,
         policies=POLICIES,
         epochs=[
@@ -153,6 +153,20 @@ def small_run(tmp_path: Path) -> Path:
             },
         ],
     )
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """build_small_run, once per session: tests only read it."""
+    return build_small_run(tmp_path_factory.mktemp("small"))
+
+
+@pytest.fixture(scope="session")
+def small_con(small_run: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The views of small_run, one connection for the session (queries only)."""
+    con, _ = connect(small_run)
+    yield con
+    con.close()
 
 
 @pytest.fixture

@@ -140,22 +140,9 @@ def test_audit_fails_and_prints_rows(small_run: Path) -> None:
 
 
 def test_query_as_a_subprocess(small_run: Path) -> None:
-    """The installed entry point: exit codes and one-line errors, no traceback."""
+    """The installed entry point refuses a write with one line and exit 1, no traceback
+    (success through the entry point is covered by tests/test_e2e.py)."""
     exe = Path(sys.executable).parent / "tlbreplay"
-    ok = subprocess.run(
-        [
-            str(exe),
-            "query",
-            str(small_run),
-            "SELECT count(*) AS n FROM shootdowns",
-            "--format",
-            "csv",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert (ok.returncode, ok.stdout) == (0, "n\n6\n")
     bad = subprocess.run(
         [str(exe), "query", str(small_run), "DELETE FROM epochs"],
         capture_output=True,
@@ -163,4 +150,7 @@ def test_query_as_a_subprocess(small_run: Path) -> None:
         check=False,
     )
     assert bad.returncode == 1
-    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+    assert bad.stderr == (
+        "tlbreplay: error: the views are read-only: `DELETE` statements are refused; "
+        "only SELECT runs\n"
+    )

@@ -68,10 +68,17 @@ def parse(path: Path) -> Page:
     return page
 
 
-def test_report_sections_and_images(small_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "rep"
+@pytest.fixture(scope="module")
+def small_report(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of small_run, written once through the CLI; tests only read it."""
+    out = tmp_path_factory.mktemp("report") / "rep"
     result = CliRunner().invoke(app, ["report", str(small_run), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    return out
+
+
+def test_report_sections_and_images(small_report: Path) -> None:
+    out = small_report
     page = parse(out / "report.html")
     assert page.runs == ["run-res"]
     assert page.parts["run-res"] == [
@@ -138,10 +145,11 @@ def test_report_of_several_results_and_observed(tmp_path: Path, small_run: Path)
     ) in text
 
 
-def test_report_is_reproducible(small_run: Path, tmp_path: Path) -> None:
-    a = write_report([small_run], tmp_path / "a")
-    b = write_report([small_run], tmp_path / "b")
-    assert a.read_bytes() == b.read_bytes()
+def test_report_is_reproducible(small_run: Path, small_report: Path, tmp_path: Path) -> None:
+    again = write_report([small_run], tmp_path / "again")
+    assert again.read_bytes() == (small_report / "report.html").read_bytes()
+    for png in small_report.glob("*.png"):
+        assert (tmp_path / "again" / png.name).read_bytes() == png.read_bytes()
 
 
 def test_report_refuses_a_foreign_out_dir(small_run: Path, tmp_path: Path) -> None:
@@ -167,11 +175,11 @@ def test_report_bad_results_leaves_nothing(tmp_path: Path, small_run: Path) -> N
 @pytest.mark.skipif(
     shutil.which("chromium") is None, reason="chromium not installed (make system-deps)"
 )
-def test_report_renders_in_headless_chromium(small_run: Path, tmp_path: Path) -> None:
+def test_report_renders_in_headless_chromium(small_report: Path, tmp_path: Path) -> None:
     """A person's check: the page renders to a screenshot with content in it."""
     from matplotlib.image import imread
 
-    page = write_report([small_run], tmp_path / "rep")
+    page = small_report / "report.html"
     shot = tmp_path / "shot.png"
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(

@@ -14,7 +14,7 @@ from pipeline.analyze.catalog import describe, sql_view_docs
 from pipeline.analyze.views import SQL_DIR, connect, sql_files
 from pipeline.errors import DatasetError
 from pipeline.schema import write_manifest
-from tests.analyze.conftest import rows
+from tests.analyze.conftest import build_small_run, rows
 from tests.analyze.results_builder import ep, make_dataset, make_results, vm_row
 
 Con = Callable[[Path], duckdb.DuckDBPyConnection]
@@ -33,8 +33,8 @@ def test_sql_files_hold_only_create_view() -> None:
             )
 
 
-def test_every_public_view_and_column_is_documented(small_run: Path, con_of: Con) -> None:
-    con = con_of(small_run)
+def test_every_public_view_and_column_is_documented(small_con: duckdb.DuckDBPyConnection) -> None:
+    con = small_con
     public = [v for v in sql_view_docs() if v.is_public]
     names = {v.name for v in public}
     assert {"shootdowns", "savings", "timeline", "by_vcpu", "observed"} <= names
@@ -46,8 +46,8 @@ def test_every_public_view_and_column_is_documented(small_run: Path, con_of: Con
         assert [c.name for c in cols] == [n for n, _ in view.columns]
 
 
-def test_shootdowns_totals_per_policy_vm_page_size(small_run: Path, con_of: Con) -> None:
-    con = con_of(small_run)
+def test_shootdowns_totals_per_policy_vm_page_size(small_con: duckdb.DuckDBPyConnection) -> None:
+    con = small_con
     got = rows(
         con,
         "SELECT policy, vm, page_size, epochs, remote_tlb_flushes, shootdown_ipis, "
@@ -66,8 +66,8 @@ def test_shootdowns_totals_per_policy_vm_page_size(small_run: Path, con_of: Con)
     ]
 
 
-def test_savings_against_both_references(small_run: Path, con_of: Con) -> None:
-    con = con_of(small_run)
+def test_savings_against_both_references(small_con: duckdb.DuckDBPyConnection) -> None:
+    con = small_con
     got = rows(
         con,
         "SELECT policy, vm, baseline, baseline_value, value, saved, round(saved_pct, 2) "
@@ -96,8 +96,8 @@ def test_savings_against_both_references(small_run: Path, con_of: Con) -> None:
     assert zero == [(None,)]
 
 
-def test_savings_headline_and_total(small_run: Path, con_of: Con) -> None:
-    con = con_of(small_run)
+def test_savings_headline_and_total(small_con: duckdb.DuckDBPyConnection) -> None:
+    con = small_con
     assert rows(con, "SELECT * FROM savings_headline WHERE vm = 'vm0' ORDER BY policy") == [
         ("linux-6.5", "vm0", 10, 0.0, -100.0, 50.0, 0.0, -100.0),
         ("linux-7.1", "vm0", 5, 50.0, 0.0, 25.0, 50.0, 0.0),
@@ -130,8 +130,8 @@ def test_savings_empty_without_references(tmp_path: Path, con_of: Con) -> None:
     ]
 
 
-def test_timeline_is_dense_and_joins_scans(small_run: Path, con_of: Con) -> None:
-    con = con_of(small_run)
+def test_timeline_is_dense_and_joins_scans(small_con: duckdb.DuckDBPyConnection) -> None:
+    con = small_con
     got = rows(
         con,
         "SELECT epoch, t_ms, remote_tlb_flushes, spte_zapped, scans, scan_chunks, "
@@ -187,8 +187,8 @@ def test_timeline_covers_the_dataset(tmp_path: Path, con_of: Con) -> None:
     ]
 
 
-def test_by_vcpu(small_run: Path, con_of: Con) -> None:
-    con = con_of(small_run)
+def test_by_vcpu(small_con: duckdb.DuckDBPyConnection) -> None:
+    con = small_con
     assert rows(
         con,
         "SELECT policy, vm, vcpu, epochs, ept_violations, shootdown_ipis, "
@@ -200,8 +200,8 @@ def test_by_vcpu(small_run: Path, con_of: Con) -> None:
     ]
 
 
-def test_observed_is_empty_without_ftrace_tables(small_run: Path, con_of: Con) -> None:
-    con = con_of(small_run)
+def test_observed_is_empty_without_ftrace_tables(small_con: duckdb.DuckDBPyConnection) -> None:
+    con = small_con
     assert rows(con, "SELECT count(*) FROM observed") == [(0,)]
     assert rows(con, "SELECT count(*) FROM observed_vs_simulated") == [(0,)]
 
@@ -391,11 +391,12 @@ def test_empty_results_bind(tmp_path: Path, con_of: Con) -> None:
     ]
 
 
-def test_missing_dataset_still_opens(small_run: Path, con_of: Con, tmp_path: Path) -> None:
+def test_missing_dataset_still_opens(con_of: Con, tmp_path: Path) -> None:
     import shutil
 
+    res = build_small_run(tmp_path)
     shutil.rmtree(tmp_path / "ds")
-    con = con_of(small_run)
+    con = con_of(res)
     assert rows(con, "SELECT count(*) FROM vms") == [(0,)]
     assert rows(con, "SELECT sum(remote_tlb_flushes) FROM shootdowns") == [(20,)]
 
