@@ -11,8 +11,12 @@ Accesses (KERNEL.md 5.4, 10a):
   appearance); the printk carries no access type, so ``write`` is false.
 * ``damon:damon_aggregated`` regions with ``nr_accesses > 0``: ``nr_accesses`` accesses to
   every page of ``[start, end)``, mapped from host virtual to guest physical through the VM's
-  regions when the address falls in one, else read as a physical address. DAMON does not
-  know the vCPU: ``vcpu = -1``.
+  regions when the address falls in one, else read as a physical address, clipped to guest
+  RAM. DAMON does not know the vCPU: its accesses are attributed to vCPU 0.
+
+Faults on frames outside the VM's RAM (MMIO, firmware) cannot be replayed; they are dropped
+and counted (manifest ``accesses_outside_ram``), as are faults of threads that are in no VM's
+``vcpu_tids`` when the sidecar has several VMs (``accesses_unassigned``).
 
 Epoch ``e`` covers ``[t0 + e*epoch_ms, t0 + (e+1)*epoch_ms)`` where ``t0`` is the first
 event's ``ts_ns``. Rows are range-compressed: maximal runs of consecutive gfns with the same
@@ -31,6 +35,7 @@ from pipeline.schema import conform, table_schema
 
 PAGE_SHIFT = 12
 HUGE_PAGE_BYTES = 2 << 20
+DAMON_VCPU = 0  # DAMON does not know the vCPU; its accesses are attributed to vCPU 0
 DEFAULT_VM = "vm0"
 
 
@@ -42,6 +47,7 @@ class Derived:
     accesses: pl.DataFrame
     access_source: str
     unassigned: int
+    outside_ram: int
 
 
 def _scan(root: Path, event: str) -> pl.LazyFrame:
@@ -146,12 +152,15 @@ def _damon_rows(root: Path, vms: pl.DataFrame, t0_ns: int, epoch_ms: int) -> pl.
         gpa_start = pl.when(inside).then(start + shift).otherwise(gpa_start)
         gpa_end = pl.when(inside).then(end + shift).otherwise(gpa_end)
     page = 1 << PAGE_SHIFT
+    ram_pages = int(first["mem_bytes"]) // page
+    first_gfn = (gpa_start // page).clip(0, ram_pages)
+    end_gfn = ((gpa_end + page - 1) // page).clip(0, ram_pages)
     return damon.select(
         pl.lit(vm).alias("vm"),
         _epoch(t0_ns, epoch_ms),
-        pl.lit(-1, pl.Int32).alias("vcpu"),
-        (gpa_start // page).alias("gfn_start"),
-        ((gpa_end + page - 1) // page - gpa_start // page).alias("nr_pages"),
+        pl.lit(DAMON_VCPU, pl.Int32).alias("vcpu"),
+        first_gfn.alias("gfn_start"),
+        (end_gfn - first_gfn).alias("nr_pages"),
         pl.col("nr_accesses").cast(pl.Int64),
         pl.lit(False).alias("write"),
     ).filter(pl.col("nr_pages") > 0)
@@ -239,8 +248,13 @@ def derive(root: Path, *, vm_config: Path | None, epoch_ms: int, t0_ns: int | No
     rows = _assign_vm(faults, vms)
     usable = pl.col("vcpu").is_not_null() & pl.col("vm").is_not_null()
     unassigned = _count(rows.filter(~usable))
+    ram_pages = {str(r["vm"]): int(r["mem_bytes"]) >> PAGE_SHIFT for r in vms.iter_rows(named=True)}
+    in_ram = (pl.col("gfn") >= 0) & (
+        pl.col("gfn") < pl.col("vm").replace_strict(ram_pages, default=0, return_dtype=pl.Int64)
+    )
+    outside = _count(rows.filter(usable & ~in_ram))
     points = (
-        rows.filter(usable)
+        rows.filter(usable & in_ram)
         .with_columns(_epoch(t0, epoch_ms))
         .group_by(["vm", "epoch", "vcpu", "write", "gfn"])
         .agg(pl.len().cast(pl.Int64).alias("nr_accesses"))
@@ -253,4 +267,6 @@ def derive(root: Path, *, vm_config: Path | None, epoch_ms: int, t0_ns: int | No
         source = "damon_aggregated"
     out = pl.from_arrow(conform(accesses, "accesses"))
     assert isinstance(out, pl.DataFrame)
-    return Derived(vms=vms, accesses=out, access_source=source, unassigned=unassigned)
+    return Derived(
+        vms=vms, accesses=out, access_source=source, unassigned=unassigned, outside_ram=outside
+    )

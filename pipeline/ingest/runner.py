@@ -65,6 +65,7 @@ def run_ingest(
             "tables": {**rows, "vms": derived.vms.height, "accesses": derived.accesses.height},
             "accesses_from": derived.access_source,
             "accesses_unassigned": derived.unassigned,
+            "accesses_outside_ram": derived.outside_ram,
             "vms_inferred": bool(derived.vms["inferred"].any()),
             "lines_total": sum(s.lines_total for s in stats),
             "parsed": sum(s.parsed for s in stats),

@@ -43,7 +43,8 @@ def test_real_capture_parses_completely(tmp_path: Path, trace: Path) -> None:
             assert m["accesses_from"] == "kvm_mmu_spte_requested"
             # every refault is one access, none lost or invented
             touches = (acc["nr_pages"] * acc["nr_accesses"]).sum()
-            assert touches + m["accesses_unassigned"] == spte_requested
+            dropped = m["accesses_unassigned"] + m["accesses_outside_ram"]
+            assert touches + dropped == spte_requested
     if acc.height:
         vcpus = int(vms["vcpus"][0])
         assert acc["vcpu"].min() >= 0 and acc["vcpu"].max() < vcpus  # type: ignore[operator]
