@@ -56,15 +56,7 @@ COUNTERS = (
     "first_scan_ms",
     "scan_interval_ms",
 )
-PER_SCAN = (
-    "notifier_calls",
-    "notifier_bytes",
-    "spte_zapped",
-    "refaults",
-    "numa_pte_updates",
-    "numa_huge_pte_updates",
-    "numa_hint_faults",
-)
+PER_SCAN = COUNTERS[:7]  # the counters that add up per task_numa_work()
 VMSTAT_COUNTERS = ("numa_pte_updates", "numa_huge_pte_updates", "numa_hint_faults")
 
 
@@ -104,6 +96,7 @@ class LabWorkload:
     window_s: float
     stride_bytes: int = PAGE_4K
     guest_page_bytes: int = LAB_GUEST_PAGE_BYTES
+    vcpu_cpu_share: tuple[float, ...] = ()
 
     @classmethod
     def from_table(cls, table: dict[str, Any], path: Path) -> LabWorkload:
@@ -125,6 +118,7 @@ class LabWorkload:
             window_s,
             int(table.get("stride_bytes", PAGE_4K)),
             int(table.get("guest_page_bytes", LAB_GUEST_PAGE_BYTES)),
+            tuple(float(x) for x in table.get("vcpu_cpu_share", ())),
         )
 
 
@@ -455,15 +449,33 @@ def workload_accesses(
     return frame
 
 
+def share_stride(lab: LabWorkload) -> int:
+    """Run the vCPUs in one epoch of this many, to emulate the CPU share they had (>= 1)."""
+    if not lab.vcpu_cpu_share:
+        msg = "the sidecar's [lab] has no vcpu_cpu_share (captured before it was recorded)"
+        raise InputError("[lab]", msg)
+    share = sum(lab.vcpu_cpu_share) / len(lab.vcpu_cpu_share)
+    return max(1, round(1 / share)) if share > 0 else 1
+
+
 def simulated(
-    inp: CalibrationInput, policy: str, epoch_ms: int = 100
+    inp: CalibrationInput, policy: str, epoch_ms: int = 100, *, emulate_cpu_share: bool = False
 ) -> tuple[dict[str, float], pl.DataFrame]:
-    """Replay the lab workload under ``policy``; the counters of :data:`COUNTERS` and scans."""
+    """Replay the lab workload under ``policy``; the counters of :data:`COUNTERS` and scans.
+
+    ``emulate_cpu_share`` is a diagnostic, not a fit: the engine advances a vCPU thread's
+    runtime by the whole epoch when it ran (engine.py), while task_tick_numa() compares
+    ``se.sum_exec_runtime``; on a loaded host the lab's vCPU threads get a share of a CPU
+    (``[lab].vcpu_cpu_share``). The vCPUs then run (and sweep) in one epoch out of
+    ``round(1 / share)``, so their runtime grows at that share of wall time.
+    """
     from pipeline.replay.runner import ReplayParams, replay_frames
 
     vm = inp.vm
     n_epochs = round((inp.t_end_ns - inp.t_on_ns) / (epoch_ms * 1_000_000))
     accesses = workload_accesses(vm, inp.lab, n_epochs, epoch_ms)
+    if emulate_cpu_share:
+        accesses = accesses.filter(pl.col("epoch") % share_stride(inp.lab) == 0)
     params = ReplayParams(
         epoch_ms=epoch_ms,
         mmu=str(vm["mmu"]),
@@ -513,12 +525,13 @@ def calibrate(
     vmstat: Path | None = None,
     policy: str | None = None,
     epoch_ms: int = 100,
+    emulate_cpu_share: bool = False,
 ) -> pl.DataFrame:
     """One row per counter: observed, simulated, relative error (sim - obs) / obs."""
     inp = load_input(dataset, sidecar, vmstat, epoch_ms)
     policy = policy or policy_for_kernel(inp.vm.get("kernel"))
     obs, background = observed(inp)
-    sim, _ = simulated(inp, policy, epoch_ms)
+    sim, _ = simulated(inp, policy, epoch_ms, emulate_cpu_share=emulate_cpu_share)
     bg = with_per_scan({**background, "scans": obs["scans"]})
     obs, sim = with_per_scan(obs), with_per_scan(sim)
     names = [*COUNTERS, *(f"{n}_per_scan" for n in PER_SCAN)]

@@ -96,7 +96,13 @@ def register(app: typer.Typer) -> None:
             None, "--policy", help="default: the policy of the capture's kernel (linux-6.18)"
         ),
         epoch_ms: int = typer.Option(100, "--epoch-ms", min=1),
-        markdown: bool = typer.Option(False, "--markdown", help="one markdown table, all DATASETs"),
+        markdown: bool = typer.Option(False, "--markdown", help="markdown tables, all DATASETs"),
+        emulate_cpu_share: bool = typer.Option(
+            False,
+            "--emulate-cpu-share",
+            help="diagnostic: run the vCPUs in 1 epoch of round(1/share), share = the "
+            "measured [lab].vcpu_cpu_share (the engine counts a vCPU's whole epoch as runtime)",
+        ),
     ) -> None:
         """Replay a lab capture's known workload; simulated vs observed counters with errors."""
         from pipeline.analyze.calibrate import calibrate
@@ -106,7 +112,17 @@ def register(app: typer.Typer) -> None:
 
             raise InputError("--sidecar", "give --sidecar/--vmstat with a single DATASET only")
         tables = [
-            (ds, calibrate(ds, sidecar=sidecar, vmstat=vmstat, policy=policy, epoch_ms=epoch_ms))
+            (
+                ds,
+                calibrate(
+                    ds,
+                    sidecar=sidecar,
+                    vmstat=vmstat,
+                    policy=policy,
+                    epoch_ms=epoch_ms,
+                    emulate_cpu_share=emulate_cpu_share,
+                ),
+            )
             for ds in datasets
         ]
         if markdown:

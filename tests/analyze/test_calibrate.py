@@ -78,6 +78,13 @@ def test_attribute_vmstat_credits_windows_and_subtracts_background() -> None:
     assert math.isnan(cal.attribute_vmstat([], cols, [], (0, 1), "numa_pte_updates")[0])
 
 
+def test_share_stride() -> None:
+    lab = cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, vcpu_cpu_share=(0.3, 0.2))
+    assert cal.share_stride(lab) == 4
+    with pytest.raises(InputError, match="vcpu_cpu_share"):
+        cal.share_stride(cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0))
+
+
 def test_cadence() -> None:
     got = cal._cadence([3_000_000_000, 1_000_000_000, 6_000_000_000], 0)
     assert got == {"scans": 3.0, "first_scan_ms": 1000.0, "scan_interval_ms": 2500.0}
