@@ -33,7 +33,7 @@ from pipeline.replay.state import (
 
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
-NR_MAX_MIGRATE_PAGES_RETRY = 10  # mm/migrate.c, MIGRATE_ASYNC passes for a failing folio
+NR_MAX_MIGRATE_PAGES_RETRY = 10  # mm/migrate.c migrate_pages_batch() nr_pass (v6.5, v7.x)
 PTE_PREFETCH_NUM = 8  # arch/x86/kvm/mmu/mmu.c direct_pte_prefetch()
 
 
@@ -62,6 +62,8 @@ class FaultPath:
         self.rg_start = np.asarray([r.gfn_start for r in by_gfn], np.int64)
         self.rg_end = np.asarray([r.gfn_end for r in by_gfn], np.int64)
         self.rg_pmd = np.asarray([r.pmd_mapped for r in by_gfn], bool)
+        is_anon = np.asarray([r.is_anon for r in vm.cfg.regions] + [False], bool)
+        self.g_anon = is_anon[vm.g_region]  # g_region -1 (no region) -> False
 
     # -- entry point ---------------------------------------------------------------------------
     def apply(self, ctx: EpochCtx) -> None:
@@ -262,9 +264,11 @@ class FaultPath:
         moved = try_move & room
         failed = fail_pin | (try_move & ~room)
         self._migration_notifiers(ctx, heads[moved], nr_pages, passes=1, page_size=ps)
+        anon = self.g_anon[g]
         self._migration_notifiers(
-            ctx, heads[fail_pin], nr_pages, passes=NR_MAX_MIGRATE_PAGES_RETRY, page_size=ps
+            ctx, heads[fail_pin & anon], nr_pages, passes=NR_MAX_MIGRATE_PAGES_RETRY, page_size=ps
         )
+        self._migration_notifiers(ctx, heads[fail_pin & ~anon], nr_pages, passes=1, page_size=ps)
         if moved.any():
             vm.host.move(node[moved], dst[moved], nr_pages)
             if thp:
@@ -312,9 +316,21 @@ class FaultPath:
     def _migration_notifiers(
         self, ctx: EpochCtx, heads: I64, nr_pages: int, *, passes: int, page_size: int
     ) -> None:
-        """try_to_migrate(): one MMU_NOTIFY_CLEAR notifier over the folio per pass (§5.5).
-        A PMD migration entry is installed with pmdp_invalidate(), an immediate 2 MiB host
-        flush; a PROT_NONE PTE is inaccessible, so its batched flush is skipped (4d4b6d66db)."""
+        """The MMU_NOTIFY_CLEAR notifiers of mm/rmap.c try_to_migrate_one(), called from
+        mm/migrate.c migrate_folio_unmap() in the unmap phase of migrate_pages_batch() (v6.5;
+        the same phases in v7.x, KERNEL.md §5.5): one notifier over the folio per unmap pass.
+
+        ``passes`` is how often try_to_migrate() runs for the folio: 1 for a folio that
+        unmaps (a successful migration, and a pinned shared/file folio, which then fails in
+        the move phase at folio_migrate_mapping()'s refcount freeze and is retried by
+        migrate_folio_move() alone, with no further notifier); NR_MAX_MIGRATE_PAGES_RETRY
+        for a pinned anon-exclusive folio, which page_try_share_anon_rmap() (v6.5) /
+        folio_try_share_anon_rmap_*() (v7.x) keeps mapped, so the unmap phase retries it.
+
+        A PMD migration entry is installed by set_pmd_migration_entry() -> pmdp_invalidate(),
+        an immediate 2 MiB host flush per pass; a PROT_NONE PTE is not pte_accessible(), so
+        try_to_migrate_one() defers no flush for it (mm/rmap.c set_tlb_ubc_flush_pending(),
+        v6.5 and v7.x): no host flush for a 4K folio."""
         if heads.size == 0:
             return
         self.kvm.invalidate_folios(ctx, heads, nr_pages, page_size, passes=passes)
