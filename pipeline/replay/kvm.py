@@ -27,39 +27,73 @@ I64 = npt.NDArray[np.int64]
 class YieldModel:
     """The yield-while-pending term Y of KERNEL.md §5.2 / §7 (``F = 1[zapped] + Y``).
 
-    tdp_mmu_zap_leafs() flushes before each yield when a flush is pending; it yields when
-    ``rwlock_needbreak(&kvm->mmu_lock)``, i.e. when vCPUs that fault inside the range being
-    invalidated contend for mmu_lock. The model charges, per invalidation that zapped
-    something, an expected ``per_vcpu * n`` extra flushes, where ``n`` is the number of vCPUs
-    whose accesses of the epoch fall in the range:
+    Kernel rule (v6.5 arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_zap_leafs() ->
+    tdp_mmu_iter_cond_resched()): at every iterator step that made forward progress, if
+    ``need_resched() || rwlock_needbreak(&kvm->mmu_lock)``, the zap flushes when a flush is
+    pending (an SPTE was zapped since the last yield) and drops mmu_lock. A vCPU that faults
+    on a gfn the running invalidation has already zapped takes mmu_lock for read (contending),
+    sees mmu_invalidate_retry_gfn() (is_page_fault_stale()), returns RET_PF_RETRY, re-enters
+    the guest and faults again: it contends again within one exit/entry, i.e. in lock-step
+    with the zap, until invalidate_range_end. Yan Zhao's anatomy of one bad range (§2.5d):
+    two retrying gfns retried 3298 and 3161 times for 3209 flushes of one kvm_unmap_gfn_range
+    -- one retry per yield-with-flush. So from the moment the first vCPU is caught, every
+    later zapped SPTE costs one yield and one flush.
 
-    * ``per_vcpu`` default 64: Yan Zhao's boot data (§2.5) averaged 8625 flushes for 35
-      ranges, about 246 per range, on a preemptible v6.5-rc host; with ~4 vCPUs faulting in
-      the range that is about 60 per faulting vCPU (the vCPU count was not stated).
-    * ``d02c357e5bfa_factor`` default 0.02: from v6.8 a faulting vCPU checks
-      mmu_invalidate_retry_gfn_unsafe() before taking mmu_lock, so only faults already past
-      that check contend (Peter Xu's 6.12 commit message relies on it; no published number).
-    * Y is 0 unless the lock yields on contention: always with preempt=full; before
-      c793a62823d1 (~v6.11) also with none/voluntary when ``preempt_dynamic`` (distro
-      kernels with CONFIG_PREEMPT_DYNAMIC=y yielded even in non-preemptible mode, per the
-      6.8 KVM pull request).
+    The model, per invalidation that zapped ``S`` SPTEs (4K + 2M leaves, the zap length) while
+    ``n`` vCPUs other than the invalidating thread faulted inside the range in the same
+    epoch: the zap sweeps the range at constant speed and each of the ``n`` vCPUs is first
+    caught at a uniformly distributed point of it; the first of ``n`` uniform points comes,
+    in expectation, after ``1/(n+1)`` of the zap, so
+
+        Y = (S - 1) * n / (n + 1)                      (no fitted constant)
+
+    It is 0 for a one-entry zap (RFC v2 numa_protect, a migration CLEAR of one folio) and for
+    an uncontended one (n = 0). ``per_vcpu`` (None by default) optionally caps the retries
+    of each caught vCPU: ``Y = min(Y, per_vcpu * n)``, for sensitivity sweeps.
+
+    Y is 0 unless the zap can yield on contention:
+
+    * rwlock_needbreak() is true on contention with preempt=full; before c793a62823d1
+      (~v6.11) also with none/voluntary on a CONFIG_PREEMPT_DYNAMIC build
+      (``preempt_dynamic``, default True: distro kernels), §5.2;
+    * the shadow MMU (tdp_mmu=N, kvm_pvm): v6.5 kvm_unmap_gfn_range() zaps with
+      kvm_handle_gfn_range(kvm, range, kvm_zap_rmap), which never yields; from v6.12
+      (Sean Christopherson's rmap series) it calls __kvm_rmap_zap_gfn_range(...,
+      range->may_block, ...) -> __walk_slot_rmaps(), which yields and flushes first as
+      the TDP walk does (review finding 5);
+    * from d02c357e5bfa (v6.8) kvm_faultin_pfn() checks mmu_invalidate_retry_gfn_unsafe()
+      before taking mmu_lock, so a caught vCPU retries without contending: the lock-step
+      loop is gone. ``d02c357e5bfa_factor`` (default 0.0) is the share of Y left.
+    * the oracle sends exact one-entry ranges and never yields (ADR 0302).
 
     Deterministic: the expected value is accumulated per VM and whole flushes are emitted as
     the running sum crosses integers.
     """
 
-    per_vcpu: float = 64.0
-    d02c357e5bfa_factor: float = 0.02
+    per_vcpu: float | None = None
+    d02c357e5bfa_factor: float = 0.0
     preempt_dynamic: bool = True
 
-    def rate(self, policy: Policy, preempt: str) -> float:
+    def factor(self, policy: Policy, preempt: str, mmu: str = "tdp") -> float:
+        """The share of the lock-step yields the kernel of ``policy`` takes (0: none)."""
         yields = preempt == "full" or (
             not policy.needbreak_iff_preemptible and self.preempt_dynamic
         )
         if not yields or policy.migrate_filter == "oracle":
             return 0.0
-        factor = self.d02c357e5bfa_factor if policy.fault_retry_precheck else 1.0
-        return self.per_vcpu * factor
+        if mmu == "shadow" and not policy.rmap_zap_yields:
+            return 0.0
+        return self.d02c357e5bfa_factor if policy.fault_retry_precheck else 1.0
+
+    def extra_flushes(self, spte_zapped: int, contending_vcpus: int) -> float:
+        """Expected yields with a pending flush of one zap (before :meth:`factor`)."""
+        if spte_zapped <= 1 or contending_vcpus <= 0:
+            return 0.0
+        n = contending_vcpus
+        y = (spte_zapped - 1) * n / (n + 1)
+        if self.per_vcpu is not None:
+            y = min(y, self.per_vcpu * n)
+        return y
 
 
 class Kvm:
@@ -70,7 +104,8 @@ class Kvm:
         self.policy = policy
         self.shadow = vm.cfg.mmu == "shadow"
         self.spte_2m = not self.shadow or shadow_2m
-        self.yield_rate = yields.rate(policy, vm.cfg.preempt)
+        self.yields = yields
+        self.yield_factor = yields.factor(policy, vm.cfg.preempt, vm.cfg.mmu)
         self.yield_carry = 0.0
         self.in_progress = 0
 
@@ -127,10 +162,12 @@ class Kvm:
             if v != ctx.thread:
                 c.add_thread(ctx.epoch, v, "shootdown_ipis", nr)
 
-    def _yields(self, ctx: EpochCtx, gfn_start: int, gfn_end: int) -> int:
-        if self.yield_rate == 0.0:
+    def _yields(self, ctx: EpochCtx, gfn_start: int, gfn_end: int, spte_zapped: int) -> int:
+        """Whole extra flushes of one zap of ``spte_zapped`` SPTEs over the range (Y)."""
+        if self.yield_factor == 0.0 or spte_zapped <= 1:
             return 0
-        self.yield_carry += self.yield_rate * ctx.vcpus_touching(gfn_start, gfn_end).size
+        n = int(ctx.vcpus_touching(gfn_start, gfn_end).size)
+        self.yield_carry += self.yield_factor * self.yields.extra_flushes(spte_zapped, n)
         whole = math.floor(self.yield_carry)
         self.yield_carry -= whole
         return whole
@@ -167,7 +204,7 @@ class Kvm:
             n2m += b
         self._account_zap(ctx, n4k, n2m)
         if n4k + n2m:
-            extra = self._yields(ctx, int(starts.min()), int(ends.max()))
+            extra = self._yields(ctx, int(starts.min()), int(ends.max()), n4k + n2m)
             self.flush_remote_tlbs(ctx, page_size, 1 + extra)
         return n4k + n2m
 
@@ -202,15 +239,19 @@ class Kvm:
             n2m = int(had2m.sum())
             zapped = had2m
             n4k = 0
+            flushes = 0
             for i in np.flatnonzero(vm.g_nspte[g] > 0).tolist():  # shadow MMU 4K SPTEs
-                z = self.zap_range(int(heads[i]), int(heads[i]) + nr_pages)[0]
+                h = int(heads[i])
+                z = self.zap_range(h, h + nr_pages)[0]
                 n4k += z
                 zapped[i] |= z > 0
+                flushes += self._yields(ctx, h, h + nr_pages, z + int(had2m[i]))
+            self._account_zap(ctx, n4k, n2m)
+            self.flush_remote_tlbs(ctx, page_size, flushes + int(zapped.sum()))
+            return
+        # one 4K SPTE per folio: a one-entry zap never yields with a flush pending (Y = 0)
         self._account_zap(ctx, n4k, n2m)
-        flushes = int(zapped.sum())
-        for h in heads[zapped].tolist():
-            flushes += self._yields(ctx, h, h + nr_pages)
-        self.flush_remote_tlbs(ctx, page_size, flushes)
+        self.flush_remote_tlbs(ctx, page_size, int(zapped.sum()))
 
     def invalidate_range_end(self, ctx: EpochCtx, starts: I64, ends: I64) -> None:
         """Models kvm_mmu_notifier_invalidate_range_end(): no zap, no flush."""

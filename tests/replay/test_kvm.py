@@ -9,36 +9,68 @@ from pipeline.replay.policies import POLICIES
 from pipeline.replay.runner import ReplayParams, replay_frames
 from tests.replay.conftest import MIB, accesses_frame, every_epoch, region, vm_row, vms_frame
 
+FLUSH_COLS = ("remote_tlb_flushes", "shootdown_ipis", "mmu_notifier_invalidations", "spte_zapped")
+
 
 def totals(frame: pl.DataFrame, *cols: str) -> dict[str, int]:
     return {c: int(frame[c].sum()) for c in cols}
 
 
-def test_yield_rate_by_version_and_preempt() -> None:
+def test_yield_factor_by_version_preempt_and_mmu() -> None:
     y = YieldModel()
-    assert y.rate(POLICIES["linux-6.5"], "full") == 64.0
-    assert y.rate(POLICIES["linux-6.5"], "voluntary") == 64.0  # PREEMPT_DYNAMIC before c793a62823d1
-    assert YieldModel(preempt_dynamic=False).rate(POLICIES["linux-6.5"], "voluntary") == 0.0
-    assert y.rate(POLICIES["linux-6.18"], "voluntary") == 0.0  # after c793a62823d1
-    assert y.rate(POLICIES["linux-6.18"], "full") == 64.0 * 0.02  # d02c357e5bfa
-    assert y.rate(POLICIES["oracle"], "full") == 0.0
+    assert y.factor(POLICIES["linux-6.5"], "full") == 1.0
+    assert y.factor(POLICIES["linux-6.5"], "voluntary") == 1.0  # PREEMPT_DYNAMIC, < c793a62823d1
+    assert YieldModel(preempt_dynamic=False).factor(POLICIES["linux-6.5"], "voluntary") == 0.0
+    assert y.factor(POLICIES["linux-6.18"], "voluntary") == 0.0  # after c793a62823d1
+    assert y.factor(POLICIES["linux-6.18"], "full") == 0.0  # d02c357e5bfa: no lock-step retry
+    assert y.factor(POLICIES["oracle"], "full") == 0.0
+    # shadow MMU: v6.5 kvm_handle_gfn_range(kvm_zap_rmap) never yields (review finding 5)
+    assert y.factor(POLICIES["linux-6.5"], "full", "shadow") == 0.0
+    assert (
+        YieldModel(d02c357e5bfa_factor=0.5).factor(POLICIES["linux-7.1"], "full", "shadow") == 0.5
+    )
+
+
+def test_extra_flushes_lock_step_model() -> None:
+    y = YieldModel()
+    assert y.extra_flushes(1, 7) == 0.0  # one-entry zap: nothing pending at a yield
+    assert y.extra_flushes(2048, 0) == 0.0  # nobody contends
+    assert y.extra_flushes(2048, 1) == 2047 / 2  # caught after half the zap on average
+    assert y.extra_flushes(2048, 3) == 2047 * 3 / 4
+    assert YieldModel(per_vcpu=64.0).extra_flushes(2048, 3) == 192.0  # cap per caught vCPU
 
 
 def test_yields_need_other_vcpus_in_the_range() -> None:
-    # P4 scenario (pinned 4K, 8 MiB) but both vCPUs touch it: the scan by one vCPU zaps the
-    # range while the other faults in it -> F = 1 + Y = 1 + 64 on v6.5 with preempt=full
+    # P4 scenario (pinned 4K, 8 MiB) but both vCPUs touch it: the scan (by one vCPU, at the
+    # end of epoch 10) zaps the 2048 present SPTEs while the other vCPU faults in the range:
+    # n = 1, Y = (2048 - 1) * 1/2 = 1023.5 -> 1023 whole flushes (0.5 carried, never reached
+    # again), F = 1 + 1023 on v6.5 with preempt=full
     reg = region(size_bytes=8 * MIB, pinned="all")
     vms = vms_frame(vm_row(regions=[reg], preempt="full"))
     acc = accesses_frame(every_epoch("vm0", 12, 0, 0, 2048) + every_epoch("vm0", 12, 1, 0, 2048))
-    out = replay_frames(vms, acc, ["linux-6.5"])
-    t = totals(out.epochs, "remote_tlb_flushes", "shootdown_ipis", "mmu_notifier_invalidations")
-    assert t["mmu_notifier_invalidations"] == 1
-    assert t["remote_tlb_flushes"] == 65
-    assert t["shootdown_ipis"] == 65  # the other vCPU was in guest mode
-    quiet = replay_frames(
+    out = replay_frames(vms, acc, ["linux-6.5", "rfc-v2", "linux-7.1"])
+    ep = out.epochs
+    base = totals(ep.filter(pl.col("policy") == "linux-6.5"), *FLUSH_COLS)
+    assert base["mmu_notifier_invalidations"] == 1
+    assert base["spte_zapped"] == 2048
+    assert base["remote_tlb_flushes"] == 1024
+    assert base["shootdown_ipis"] == 1024  # the other vCPU was in guest mode
+    # rfc-v2: pinned anon is skipped by patch 2, the NUMA range is not zapped: no flush
+    assert totals(ep.filter(pl.col("policy") == "rfc-v2"), *FLUSH_COLS)["remote_tlb_flushes"] == 0
+    # v7.1 (d02c357e5bfa): the caught vCPU retries before mmu_lock: F = 1
+    assert (
+        totals(ep.filter(pl.col("policy") == "linux-7.1"), *FLUSH_COLS)["remote_tlb_flushes"] == 1
+    )
+    capped = replay_frames(
         vms, acc, ["linux-6.5"], ReplayParams(yields=YieldModel(per_vcpu=0.0))
     ).epochs
-    assert int(quiet["remote_tlb_flushes"].sum()) == 1
+    assert int(capped["remote_tlb_flushes"].sum()) == 1
+    # shadow MMU on v6.5: the rmap zap never yields, F = 1 (review finding 5)
+    shadow = replay_frames(
+        vms_frame(vm_row(regions=[reg], preempt="full", mmu="shadow")), acc, ["linux-6.5"]
+    ).epochs
+    assert int(shadow["spte_zapped"].sum()) == 2048
+    assert int(shadow["remote_tlb_flushes"].sum()) == 1
 
 
 def test_shadow_mmu_prefetches_eight_sptes_per_refault() -> None:

@@ -55,6 +55,14 @@ class Policy:
         preemptible (preempt=full), so zaps stop yielding on non-preemptible hosts (§5.2)."""
         return self.kernel >= (6, 11)
 
+    @property
+    def rmap_zap_yields(self) -> bool:
+        """v6.12: kvm_unmap_gfn_range() zaps rmaps (shadow MMU, tdp_mmu=N) with
+        __kvm_rmap_zap_gfn_range(..., range->may_block) -> __walk_slot_rmaps(), which yields
+        on rwlock_needbreak() and flushes first; v6.5's kvm_handle_gfn_range(kvm_zap_rmap)
+        never yields (arch/x86/kvm/mmu/mmu.c; §5.2)."""
+        return self.kernel >= (6, 12)
+
     # -- change_pte_range() / change_huge_pmd() --------------------------------------------
     def can_map_prot_numa(
         self, pinned: npt.NDArray[np.bool_], region: Region, *, pmd: bool
