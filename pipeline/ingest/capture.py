@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any
 
 import zstandard
 
-from pipeline.errors import InputError, MissingFacilityError, OutputError
+from pipeline.errors import InputError, OutputError
 from pipeline.ingest.lab import host, tracefs
 from pipeline.ingest.lab.sidecar import RegionSpec, VmSpec, render_sidecar, write_sidecar
 
@@ -68,14 +68,6 @@ class CapturePaths:
 
     def all(self) -> tuple[Path, ...]:
         return (self.trace, self.sidecar, self.vmstat, self.meta)
-
-
-@dataclass
-class CaptureHooks:
-    """Called by :func:`capture` around the traced window (the lab toggles numa_balancing here)."""
-
-    started: Callable[[Path], None] | None = None  # tracing is on; arg: the tracefs root
-    stopping: Callable[[Path], None] | None = None  # tracing still on, window ends
 
 
 @dataclass
@@ -316,15 +308,14 @@ def capture(
     vms: Sequence[VmSpec] | None = None,
     buffer_kb: int = DEFAULT_BUFFER_KB,
     command: str | None = None,
-    hooks: CaptureHooks | None = None,
     numa_balancing: int | None = None,
-    lab: dict[str, Any] | None = None,
     events: Sequence[tracefs.EventSpec] = tracefs.EVENTS,
 ) -> CaptureResult:
     """Trace VMM ``pid`` for ``seconds`` into ``out`` (+ sidecar and snapshots beside it).
 
-    ``lab`` is a callable-free dict added to the sidecar's ``[lab]`` table after the run, or a
-    dict whose values are filled by the ``stopping`` hook (it is read after the window ends).
+    ``vms`` is the VM layout for the sidecar (default: :func:`detect_vm`); ``numa_balancing``
+    the mode to record (default: the current sysctl). SIGINT/SIGTERM/SIGHUP end the window
+    early and keep what was captured; any error removes the partial outputs.
     """
     tracefs.require_root("tlbreplay capture")
     root = tracefs.find_tracefs()
@@ -332,7 +323,6 @@ def capture(
     paths = CapturePaths.for_output(out)
     if not out.parent.is_dir():
         raise OutputError(out.parent, "the output directory does not exist")
-    hooks = hooks or CaptureHooks()
     command = command or shlex.join(sys.argv)
     tids = host.thread_ids(pid)
     before_vmstat = host.vmstat()
@@ -360,11 +350,7 @@ def capture(
                         file=sys.stderr,
                         flush=True,
                     )
-                    if hooks.started:
-                        hooks.started(root)
                     interrupted = reader.stream(start + seconds)
-                    if hooks.stopping:
-                        hooks.stopping(root)
                     elapsed = time.monotonic() - start
                     session.stop()
                     reader.drain()
@@ -387,7 +373,7 @@ def capture(
         comment = f"captured by tlbreplay capture on {facts.kernel}: {command}"
         write_sidecar(
             tmp[paths.sidecar],
-            render_sidecar(facts, vm_list, numa_balancing=balancing, lab=lab, comment=comment),
+            render_sidecar(facts, vm_list, numa_balancing=balancing, comment=comment),
         )
         vmstat_doc = {
             "before": before_vmstat,
@@ -426,8 +412,6 @@ def capture(
             "kvm_debugfs_before": before_kvm,
             "kvm_debugfs_after": after_kvm,
         }
-        if lab is not None:
-            meta["lab"] = lab
         tmp[paths.meta].write_text(json.dumps(meta, separators=(",", ":")) + "\n")
         for final, partial in tmp.items():
             partial.replace(final)
@@ -441,10 +425,8 @@ def capture(
 
 
 __all__ = [
-    "CaptureHooks",
     "CapturePaths",
     "CaptureResult",
-    "MissingFacilityError",
     "capture",
     "detect_vm",
 ]
