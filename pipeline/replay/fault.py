@@ -37,6 +37,25 @@ NR_MAX_MIGRATE_PAGES_RETRY = 10  # mm/migrate.c migrate_pages_batch() nr_pass (v
 PTE_PREFETCH_NUM = 8  # arch/x86/kvm/mmu/mmu.c direct_pte_prefetch()
 
 
+def bind_masks(vm: VmState) -> npt.NDArray[np.bool_]:
+    """[region index, node] -> may a hinting fault migrate a page of the region to the node.
+
+    ``mof_policy`` is MPOL_BIND|MPOL_F_NUMA_BALANCING over the region's nodes (ADR 0310): for
+    ``placement = "node:N"`` the mask is {N}, else every host node (interleave with MOF does
+    not exist: MPOL_F_NUMA_BALANCING is BIND-only). mm/mempolicy.c mpol_misplaced() (v6.5 and
+    v7.x, KERNEL.md §8.3): for MPOL_BIND with MPOL_F_MORON, a faulting CPU whose node is
+    outside the mask gets NUMA_NO_NODE (no migration, no last_cpupid update). Without
+    ``mof_policy`` the task's default policy applies and every node is allowed. The last row
+    (index -1) is for gfns outside every region."""
+    regions = vm.cfg.regions
+    mask = np.ones((len(regions) + 1, vm.cfg.host_nodes), bool)
+    for r in regions:
+        if r.mof_policy and r.placement.startswith("node:"):
+            mask[r.index] = False
+            mask[r.index, int(r.placement[5:]) % vm.cfg.host_nodes] = True
+    return mask
+
+
 class FaultPath:
     """Applies one epoch's accesses of one VM."""
 
@@ -64,6 +83,7 @@ class FaultPath:
         self.rg_pmd = np.asarray([r.pmd_mapped for r in by_gfn], bool)
         is_anon = np.asarray([r.is_anon for r in vm.cfg.regions] + [False], bool)
         self.g_anon = is_anon[vm.g_region]  # g_region -1 (no region) -> False
+        self.bind_mask = bind_masks(vm)
 
     # -- entry point ---------------------------------------------------------------------------
     def apply(self, ctx: EpochCtx) -> None:
@@ -241,7 +261,10 @@ class FaultPath:
         cpupid_arr = vm.g_cpupid if thp else vm.pcpupid
         idx = g if thp else heads
         last = cpupid_arr[idx].copy()
-        cpupid_arr[idx] = encode_cpupid(dst, pid8)
+        # MPOL_BIND|MPOL_F_NUMA_BALANCING outside the mask: mpol_misplaced() returns
+        # NUMA_NO_NODE before should_numa_migrate_memory(), so no xchg either
+        outside = ~self.bind_mask[vm.g_region[g], dst]
+        cpupid_arr[idx] = np.where(outside, last, encode_cpupid(dst, pid8))
         unset = last == CPUPID_UNSET
         last_pid8 = (last - 1) & 0xFF
         last_nid = (last - 1) // 256
@@ -254,7 +277,7 @@ class FaultPath:
             )
             early = early_task[vcpus]
             want = (early & (unset | same_pid)) | unset | (last_nid == dst)
-        misplaced = want & ~local
+        misplaced = want & ~local & ~outside
         # migrate_misplaced_*: pinned folios fail after the retry passes, others need room
         fail_pin = misplaced & pinned
         try_move = misplaced & ~pinned

@@ -328,8 +328,12 @@ class VmState:
     def placement_nodes(
         self, reg: Region, granules: I64, toucher_nodes: npt.NDArray[np.int16] | None
     ) -> npt.NDArray[np.int16]:
-        """Node of new memory: first-touch (the touching vCPU's node), interleave (2 MiB
-        granules round-robin over the host nodes), or node:N (mempolicy MPOL_BIND/PREFERRED)."""
+        """Node of new memory, the region's initial layout (ADR 0310): first-touch (the
+        touching vCPU's node: the default policy's local allocation, mm/mempolicy.c
+        alloc_pages_vma() v6.5 / alloc_pages_mpol() v7.x), interleave (2 MiB granules
+        round-robin over the host nodes; the kernel's MPOL_INTERLEAVE goes by 4K pgoff for
+        4K pages and by THP for THPs), or node:N. ``placement`` is not a mempolicy: only
+        ``mof_policy`` is (fault.bind_masks(), KERNEL.md §3.6, §8.3)."""
         nodes = self.cfg.host_nodes
         if reg.placement.startswith("node:"):
             return np.full(granules.size, int(reg.placement[5:]) % nodes, np.int16)

@@ -199,7 +199,19 @@ SCENARIOS = {
     "P4": (region(size_bytes=8 * MIB, pinned="all"), 0, P4),
     "PT": (region(size_bytes=8 * MIB, thp=True, pinned="all"), 1, PT),
     "S": (region(size_bytes=8 * MIB, backing="shared", pinned="all"), 1, S),
-    "S'": (region(size_bytes=8 * MIB, backing="shared", mof_policy=True, pinned="all"), 1, SP),
+    # S': first-touch, so the MPOL_BIND|MPOL_F_NUMA_BALANCING mask is both nodes (ADR 0310);
+    # pinned at t=0, the pages land on vCPU 0's node (0), as node:0 would place them
+    "S'": (
+        region(
+            size_bytes=8 * MIB,
+            backing="shared",
+            mof_policy=True,
+            placement="first-touch",
+            pinned="all",
+        ),
+        1,
+        SP,
+    ),
     "U": (region(size_bytes=8 * MIB), 1, U),
 }
 
@@ -242,7 +254,14 @@ def test_pinned_shared_thp_fails_after_one_unmap() -> None:
     migrate_folio_move() is retried: 1 + 4 notifiers and 1 + 4 host flushes (anon PT: 1 + 40).
     Whether v6.5 maps a pinned shmem THP by PMD migration entry or splits it first is not
     verified (docs/engine.md)."""
-    reg = region(size_bytes=8 * MIB, backing="shared", thp=True, mof_policy=True, pinned="all")
+    reg = region(
+        size_bytes=8 * MIB,
+        backing="shared",
+        thp=True,
+        mof_policy=True,
+        placement="first-touch",
+        pinned="all",
+    )
     vms = vms_frame(vm_row(regions=[reg]))
     acc = accesses_frame(every_epoch("vm0", 12, 1, 0, NPAGES))
     out = replay_frames(vms, acc, ["linux-6.5"]).epochs
@@ -258,3 +277,24 @@ def test_pinned_shared_thp_fails_after_one_unmap() -> None:
         host_tlb_flushes=1 + 4,
         ept_violations=4,
     )
+
+
+def test_bind_numa_balancing_policy_never_migrates_outside_its_node() -> None:
+    """Column U with mof_policy: MPOL_BIND|MPOL_F_NUMA_BALANCING over {node 0}. The scan is as
+    in U (1 notifier zapping 2048 SPTEs, 1 flush; 2048 PTEs PROT_NONE, 1 host flush). Epoch
+    11: 2048 EPT violations and remote hinting faults from vCPU 1 (node 1); mpol_misplaced()
+    returns NUMA_NO_NODE because node 1 is outside the BIND mask: no migration and no CLEAR
+    notifier (U migrates all 2048 pages, with 2048 notifiers)."""
+    reg = region(size_bytes=8 * MIB, mof_policy=True)
+    out = run(reg, 1)
+    for policy in ("linux-6.5", "linux-7.1"):
+        assert got(out, policy) == cell(
+            numa_pte_updates=NPAGES,
+            numa_hint_faults=NPAGES,
+            mmu_notifier_invalidations=1,
+            kvm_unmap_gfn_range_calls=1,
+            spte_zapped=NPAGES,
+            remote_tlb_flushes=1,
+            host_tlb_flushes=1,
+            ept_violations=NPAGES,
+        )
