@@ -66,8 +66,11 @@ def notifier_ranges_pud(vm: VmState, region: Region, g0: int, g1: int) -> list[t
 
 def notifier_ranges_p4d(vm: VmState, region: Region, g0: int, g1: int) -> list[tuple[int, int]]:
     """Models the v6.12+ notifier in change_pud_range(): per P4D (512 GiB) range, from the
-    first non-none PUD (its whole 1 GiB holds any PMD table) at or after the chunk start to
-    the P4D end clipped to the chunk end (§4.1; Peter Xu, "push mmu notifier to PUDs")."""
+    first non-none PUD at or after the chunk start to the P4D end clipped to the chunk end
+    (§4.1; Peter Xu, "push mmu notifier to PUDs", v6.12). A PUD is non-none if its PMD
+    table exists, i.e. anything in that 1 GiB of hva was ever faulted, in any VMA: every
+    guest region that intersects the PUD counts (review finding 7); the VMM's non-RAM VMAs
+    are not in the model, so a PUD holding only those looks empty."""
     gfn0, gfn1 = g0 * PAGES_PER_PMD, g1 * PAGES_PER_PMD
     hva0, hva1 = region.gfn_to_hva(gfn0), region.gfn_to_hva(gfn1)
     out = []
@@ -76,17 +79,26 @@ def notifier_ranges_p4d(vm: VmState, region: Region, g0: int, g1: int) -> list[t
         lo, hi = max(p4d, hva0), min(p4d + P4D_SIZE, hva1)
         pud = lo - lo % PUD_SIZE
         while pud < hi:
-            # the PUD's PMD table exists if anything of the region in that 1 GiB is populated
-            plo = max(pud, region.hva_start)
-            phi = min(pud + PUD_SIZE, region.hva_end)
-            ga = region.hva_to_gfn(plo) // PAGES_PER_PMD
-            gb = region.hva_to_gfn(phi) // PAGES_PER_PMD
-            if (vm.g_npop[ga:gb] > 0).any():
+            if _pud_populated(vm, pud):
                 out.append((region.hva_to_gfn(max(pud, lo)), region.hva_to_gfn(hi)))
                 break
             pud += PUD_SIZE
         p4d += P4D_SIZE
     return out
+
+
+def _pud_populated(vm: VmState, pud: int) -> bool:
+    """Does any guest region have a populated granule in ``[pud, pud + PUD_SIZE)`` of hva?"""
+    for reg in vm.cfg.regions:  # sorted by hva
+        if reg.hva_start >= pud + PUD_SIZE:
+            break
+        if reg.hva_end <= pud:
+            continue
+        ga = reg.hva_to_gfn(max(pud, reg.hva_start)) // PAGES_PER_PMD
+        gb = reg.hva_to_gfn(min(pud + PUD_SIZE, reg.hva_end)) // PAGES_PER_PMD
+        if (vm.g_npop[ga:gb] > 0).any():
+            return True
+    return False
 
 
 class ChangeProtNuma:

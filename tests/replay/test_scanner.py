@@ -6,7 +6,16 @@ import polars as pl
 
 from pipeline.replay.runner import replay_frames
 from pipeline.replay.scanner import hash_32
-from tests.replay.conftest import GIB, MIB, accesses_frame, every_epoch, region, vm_row, vms_frame
+from tests.replay.conftest import (
+    GIB,
+    MIB,
+    accesses_frame,
+    every_epoch,
+    region,
+    totals,
+    vm_row,
+    vms_frame,
+)
 
 
 def test_hash_32_matches_include_linux_hash_h() -> None:
@@ -137,3 +146,32 @@ def test_real_host_observation_pinned_4k_walks_the_whole_guest() -> None:
     first = scans.row(0, named=True)
     assert (first["chunks"], first["notifiers"], first["nr_pte_updates"]) == (4, 4, 0)
     assert first["virt_pages"] == 262144
+
+
+def test_v612_pud_populated_by_a_neighbour_region_sends_the_notifier() -> None:
+    """Two 8 MiB 4K regions in one 1 GiB hva block: `a` (lower hva, never touched) and `b`
+    (touched by vCPU 0 in every epoch). The scan at the end of epoch 10 walks `a` then `b`.
+    v6.12+ change_pud_range(): the PUD's PMD table exists because `b` is populated, so `a`'s
+    empty chunk still gets a notifier (nothing to zap, no flush): 2 notifiers, 1 flush.
+    v6.5 change_pmd_range(): per PMD, `a` has no non-none PMD: 1 notifier."""
+    a = region("a", size_bytes=8 * MIB, placement="first-touch")
+    b = region(
+        "b",
+        size_bytes=8 * MIB,
+        gpa_start=8 * MIB,
+        hva_start=0x7F0000000000 + 8 * MIB,
+        placement="first-touch",
+    )
+    vms = vms_frame(vm_row(regions=[a, b]))
+    acc = accesses_frame(every_epoch("vm0", 12, 0, 2048, 2048))
+    out = replay_frames(vms, acc, ["linux-6.5", "linux-7.1"]).epochs
+    t = {
+        p: totals(out, p, "mmu_notifier_invalidations", "remote_tlb_flushes", "spte_zapped")
+        for p in ("linux-6.5", "linux-7.1")
+    }
+    assert t["linux-7.1"] == {
+        "mmu_notifier_invalidations": 2,
+        "remote_tlb_flushes": 1,
+        "spte_zapped": 2048,
+    }
+    assert t["linux-6.5"]["mmu_notifier_invalidations"] == 1
