@@ -9,6 +9,8 @@ capture's MMU kind, and sets each simulated counter beside the one observed in t
 Observed counters, all restricted to the guest's RAM and to the numa_balancing=1 window (the
 two ``tracing_mark_write`` markers of the lab, cut to whole epochs):
 
+* remote TLB flushes: KVM's own VM stat ``remote_tlb_flush_requests`` (kvm_flush_remote_tlbs()
+  calls, read with KVM_GET_STATS_FD by the lab over its window, in ``NAME.capture.json``).
 * notifier calls / bytes: ``kvm:kvm_unmap_hva_range`` overlapping guest RAM (bytes clipped),
   one per ``mmu_notifier_invalidate_range_start()`` (virt/kvm/kvm_main.c).
 * SPTE zaps: on a TDP MMU ``kvmmmu:kvm_tdp_mmu_spte_changed`` present -> not present; on a
@@ -45,6 +47,7 @@ PAGE_4K = 4096
 BURST_GAP_NS = 100_000_000
 LAB_GUEST_PAGE_BYTES = 2 << 20  # the lab guest's page tables map 2 MiB pages
 COUNTERS = (
+    "remote_tlb_flushes",
     "notifier_calls",
     "notifier_bytes",
     "spte_zapped",
@@ -56,7 +59,7 @@ COUNTERS = (
     "first_scan_ms",
     "scan_interval_ms",
 )
-PER_SCAN = COUNTERS[:7]  # the counters that add up per task_numa_work()
+PER_SCAN = COUNTERS[:8]  # the counters that add up per task_numa_work()
 VMSTAT_COUNTERS = ("numa_pte_updates", "numa_huge_pte_updates", "numa_hint_faults")
 
 
@@ -131,6 +134,7 @@ class CalibrationInput:
     t_on_ns: int
     t_end_ns: int
     ftrace: dict[str, pl.DataFrame] = field(default_factory=dict)
+    kvm_stats_delta: dict[str, int] = field(default_factory=dict)
 
     @property
     def vm(self) -> dict[str, Any]:
@@ -176,13 +180,16 @@ def load_input(
     if "lab" not in doc:
         raise InputError(sidecar, "no [lab] table: the workload of this capture is not known")
     lab = LabWorkload.from_table(doc["lab"], sidecar)
-    if vmstat is None:
-        sources = manifest.get("sources") or []
-        if sources:
-            trace = _resolve(str(sources[0]["path"]), dataset)
-            guess = trace.with_name(trace.name.split(".")[0] + ".vmstat.json")
-            vmstat = guess if guess.is_file() else None
+    sources = manifest.get("sources") or []
+    stem = None
+    if sources:
+        trace = _resolve(str(sources[0]["path"]), dataset)
+        stem = trace.with_name(trace.name.split(".")[0])
+    if vmstat is None and stem is not None:
+        guess = Path(f"{stem}.vmstat.json")
+        vmstat = guess if guess.is_file() else None
     vmstat_doc = json.loads(vmstat.read_text()) if vmstat is not None else None
+    kvm_delta = _kvm_stats_delta(Path(f"{stem}.capture.json") if stem else None)
     tables = {
         name: _read_ftrace(dataset, name)
         for name in (
@@ -197,7 +204,17 @@ def load_input(
         )
     }
     t_on, t_end = _window(tables, lab, epoch_ms)
-    return CalibrationInput(dataset, vms, lab, vmstat_doc, t_on, t_end, tables)
+    return CalibrationInput(dataset, vms, lab, vmstat_doc, t_on, t_end, tables, kvm_delta)
+
+
+def _kvm_stats_delta(meta: Path | None) -> dict[str, int]:
+    """KVM's VM-wide binary stats over the lab window (``capture.json`` lab.kvm_stats_delta.vm):
+    ``remote_tlb_flush_requests`` counts kvm_flush_remote_tlbs() calls (virt/kvm/kvm_main.c)."""
+    if meta is None or not meta.is_file():
+        return {}
+    doc = json.loads(meta.read_text())
+    delta = ((doc.get("lab") or {}).get("kvm_stats_delta") or {}).get("vm") or {}
+    return {str(k): int(v) for k, v in delta.items()}
 
 
 def _window(tables: dict[str, pl.DataFrame], lab: LabWorkload, epoch_ms: int) -> tuple[int, int]:
@@ -387,7 +404,9 @@ def observed(inp: CalibrationInput) -> tuple[dict[str, float], dict[str, float]]
     )
     refaults = _refault_frame(inp)
     bursts = scan_bursts(inp)
+    flushes = inp.kvm_stats_delta.get("remote_tlb_flush_requests")
     out: dict[str, float] = {
+        "remote_tlb_flushes": float("nan") if flushes is None else float(flushes),
         "notifier_calls": float((over > 0).sum()),
         "notifier_bytes": float(over.sum()),
         "spte_zapped": float(_zap_count(inp)),
@@ -493,10 +512,12 @@ def simulated(
             "notifier_bytes",
             "spte_zapped",
             "ept_violations",
+            "remote_tlb_flushes",
         )
     }
     scans = result.scans.filter(pl.col("notifiers") > 0) if result.scans.height else result.scans
     out = {
+        "remote_tlb_flushes": total["remote_tlb_flushes"],
         "notifier_calls": total["mmu_notifier_invalidations"],
         "notifier_bytes": total["notifier_bytes"],
         "spte_zapped": total["spte_zapped"],

@@ -34,6 +34,7 @@ def _bg(value: float) -> str:
 
 
 MARKDOWN_COLUMNS = (
+    ("remote_tlb_flushes", "KVM flushes"),
     ("notifier_calls", "notifiers"),
     ("notifier_bytes", "notifier MiB"),
     ("spte_zapped", "SPTE zaps"),
