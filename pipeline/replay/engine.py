@@ -50,6 +50,7 @@ class EngineOptions:
     vmm_thread: bool = False
     shadow_guest_2m: bool = False
     busy_vcpus: bool = False
+    vmm_threads: int = 8
 
 
 class VmRun:
@@ -94,7 +95,14 @@ class VmRun:
             )
         self.vmm_thread = opts.vmm_thread
         self.busy_vcpus = opts.busy_vcpus
-        self.scanner = Scanner(self.state, policy, self.cprot, self.tasks, knobs)
+        self.scanner = Scanner(
+            self.state,
+            policy,
+            self.cprot,
+            self.tasks,
+            knobs,
+            nr_threads=cfg.vcpus + opts.vmm_threads,
+        )
         self.fault = FaultPath(
             self.state, self.kvm, policy, scanner=self.scanner, tasks=self.tasks, dirty=self.dirty
         )

@@ -106,8 +106,12 @@ class Scanner:
         cprot: ChangeProtNuma,
         tasks: list[TaskNuma],
         knobs: dict[str, int],
+        *,
+        nr_threads: int | None = None,
     ) -> None:
         self.vm = vm
+        # get_nr_threads(current): every thread of the QEMU process, not only the modelled ones
+        self.nr_threads = len(tasks) if nr_threads is None else max(nr_threads, len(tasks))
         self.policy = policy
         self.cprot = cprot
         self.tasks = tasks
@@ -169,7 +173,10 @@ class Scanner:
         return region.backing == "shared" and not region.mof_policy
 
     def _vma_is_accessed(self, region: Region, numab: VmaNumab, task: TaskNuma) -> bool:
-        """v6.5 vma_is_accessed(vma) or v6.7+ vma_is_accessed(mm, vma) (§3.4)."""
+        """kernel/sched/fair.c vma_is_accessed(): v6.5 ``seq < 2 || pid bit``; v6.7+
+        (mm, vma) conditions (1)-(3) and, from f22cde4371f3 (~v6.12; every v6.7+ policy
+        modelled is >= v6.12), (4) ``numa_scan_seq > prev_scan_seq + get_nr_threads()``
+        with every QEMU thread counted (``nr_threads``), KERNEL.md §3.4."""
         pids = numab.pids_active[0] | numab.pids_active[1]
         hit = bool(pids & pid_bit(task.pid))
         if not self.policy.pid_filter_v67:
@@ -178,7 +185,7 @@ class Scanner:
             return True
         if self.numa_scan_offset > region.hva_start:
             return True  # NUMAB_SKIP_IGNORE_PID: finish a partly scanned VMA
-        return self.numa_scan_seq > numab.prev_scan_seq + len(self.tasks)
+        return self.numa_scan_seq > numab.prev_scan_seq + self.nr_threads
 
     def task_numa_work(self, ctx: EpochCtx, task: TaskNuma) -> None:
         """Models task_numa_work(): one winner per period per mm, VMA walk from

@@ -175,3 +175,44 @@ def test_v612_pud_populated_by_a_neighbour_region_sends_the_notifier() -> None:
         "spte_zapped": 2048,
     }
     assert t["linux-6.5"]["mmu_notifier_invalidations"] == 1
+
+
+def test_forced_scan_of_an_inactive_vma_counts_every_qemu_thread() -> None:
+    """v6.12+ vma_is_accessed() condition (4): numa_scan_seq > prev_scan_seq +
+    get_nr_threads(current). get_nr_threads() counts every QEMU thread: 2 vCPUs + 8 others
+    (ReplayParams.vmm_threads) = 10. With seq 20, prev_scan_seq 10 and no PID hit: 20 > 20
+    is false (counting only the 2 modelled vCPUs it was 20 > 12, true); seq 21 > 20 is true."""
+    import numpy as np
+
+    from pipeline.replay.engine import EngineOptions, VmAccesses, VmRun
+    from pipeline.replay.kvm import YieldModel
+    from pipeline.replay.policies import POLICIES
+    from pipeline.replay.scanner import VmaNumab
+    from pipeline.replay.state import HostState, vm_config
+
+    cfg = vm_config(vms_frame(vm_row(regions=[region(size_bytes=8 * MIB)])).to_dicts()[0])
+    empty = np.zeros(0, np.int64)
+    run = VmRun(
+        cfg,
+        VmAccesses(empty, empty, empty, empty),
+        POLICIES["linux-7.1"],
+        HostState(cfg.node_mem_pages.copy()),
+        opts=EngineOptions(epoch_ms=100, yields=YieldModel()),
+        n_epochs=1,
+        knobs={
+            "scan_delay_ms": 1000,
+            "scan_period_min_ms": 1000,
+            "scan_period_max_ms": 60000,
+            "scan_size_mb": 256,
+        },
+    )
+    sc = run.scanner
+    assert sc.nr_threads == 10
+    numab = VmaNumab(
+        next_scan_ms=0, pid_reset_ms=0, pids_active=[0, 0], start_scan_seq=0, prev_scan_seq=10
+    )
+    reg, task = cfg.regions[0], run.tasks[0]
+    sc.numa_scan_seq = 20
+    assert not sc._vma_is_accessed(reg, numab, task)
+    sc.numa_scan_seq = 21
+    assert sc._vma_is_accessed(reg, numab, task)
