@@ -44,7 +44,10 @@ def _panels(
     labels: list[str], shape: tuple[int, int], *, title: str, size: tuple[float, float]
 ) -> tuple[Figure, list[Axes]]:
     """A figure with one titled panel per label (row-major), the x axis shared by columns."""
-    fig = Figure(figsize=size, layout="constrained")
+    fig = Figure(figsize=size)
+    # a fixed layout (constrained layout costs as much as drawing): the right margin holds
+    # the legend, the bottom one rotated tick labels
+    fig.subplots_adjust(left=0.1, right=0.84, top=0.92, bottom=0.1, hspace=0.4, wspace=0.2)
     grid = fig.subplots(*shape, sharex="col", squeeze=False)
     axes: list[Axes] = list(grid.flat)
     if title:
@@ -57,7 +60,7 @@ def _panels(
 def _legend(fig: Figure, ax: Axes, title: str) -> None:
     handles, names = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, names, loc="outside right upper", fontsize=8, title=title)
+        fig.legend(handles, names, loc="upper right", fontsize=8, title=title)
 
 
 def _policies(rows: pl.DataFrame) -> list[str]:

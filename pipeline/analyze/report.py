@@ -12,21 +12,25 @@ from __future__ import annotations
 import base64
 import html
 import json
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
+from rich.progress import TaskID
 
 from pipeline import __version__
 from pipeline.analyze import plots
 from pipeline.analyze.output import cell_text
 from pipeline.analyze.query import Audit, run_audits
 from pipeline.analyze.views import Run, connect, sql_literal
-from pipeline.clikit import reporter
-from pipeline.errors import OutputError
+from pipeline.clikit import Reporter, reporter
+from pipeline.errors import OutputError, QueryError, TlbReplayError
 from pipeline.schema import atomic_output_dir, write_manifest
 
 REPORT = "report.html"
@@ -277,23 +281,57 @@ def render_page(sections: list[Section]) -> str:
     )
 
 
-def write_report(results: list[Path], out: Path, *, quiet: bool = True) -> Path:
+def _section_job(results: Path, name: str, out: Path) -> Section:
+    """build_section in a worker process; a project error comes back as a QueryError with
+    the same message (the error classes that take several arguments do not unpickle)."""
+    try:
+        return build_section(results, name, out)
+    except TlbReplayError as exc:
+        raise QueryError(str(exc)) from None
+
+
+def _build_sections(
+    jobs: list[tuple[Path, str]], out: Path, workers: int, rep: Reporter, task: TaskID
+) -> list[Section]:
+    """build_section for every (RESULTS, name), in order; in ``workers`` processes if > 1.
+
+    Sections are independent (one DuckDB connection and three figures each), so they build
+    in parallel; the page is assembled in input order, so the output does not depend on it.
+    """
+    if workers <= 1:
+        sections = []
+        for path, name in jobs:
+            sections.append(build_section(path, name, out))
+            rep.advance(task)
+        return sections
+    context = multiprocessing.get_context("spawn")  # no fork of DuckDB's threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_section_job, path, name, out) for path, name in jobs]
+        for future in as_completed(futures):
+            future.result()
+            rep.advance(task)
+        return [f.result() for f in futures]
+
+
+def write_report(
+    results: list[Path], out: Path, *, quiet: bool = True, workers: int | None = None
+) -> Path:
     """Write ``out/report.html`` and the PNGs of every RESULTS dir; return the page's path.
 
-    ``out`` is replaced atomically (nothing is left behind on an error).
+    ``workers``: processes building sections (default: one per CPU, at most one per
+    RESULTS). ``out`` is replaced atomically (nothing is left behind on an error).
     """
     if not results:
         msg = "give at least one RESULTS directory"
         raise OutputError(out, msg)
     for path in results:  # every input checked before any work
         Run.open(path)
-    names = _names(results)
+    jobs = list(zip(results, _names(results), strict=True))
+    if workers is None:
+        workers = min(len(jobs), os.cpu_count() or 1)
     with atomic_output_dir(out) as tmp, reporter(quiet) as rep:
-        task = rep.task("report", total=len(results))
-        sections = []
-        for path, name in zip(results, names, strict=True):
-            sections.append(build_section(path, name, tmp))
-            rep.advance(task)
+        task = rep.task("report", total=len(jobs))
+        sections = _build_sections(jobs, tmp, workers, rep, task)
         (tmp / REPORT).write_text(render_page(sections))
         write_manifest(
             tmp,

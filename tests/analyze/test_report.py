@@ -130,7 +130,9 @@ def test_report_of_several_results_and_observed(tmp_path: Path, small_run: Path)
         policies=["linux-6.5"],
         epochs=[ep("linux-6.5", "real", 0, mmu_notifier_invalidations=2)],
     )
-    path = write_report([small_run, real], tmp_path / "rep")
+    path = write_report([small_run, real], tmp_path / "rep", workers=2)
+    serial = write_report([small_run, real], tmp_path / "serial", workers=1)
+    assert serial.read_bytes() == path.read_bytes()  # sections built in parallel or not
     page = parse(path)
     assert page.runs == ["run-res", "run-real"]
     assert "observed" not in page.parts["run-res"]  # synthetic: no observed section
