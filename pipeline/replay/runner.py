@@ -40,6 +40,8 @@ class ReplayParams:
     * ``vmm_thread`` False: also let the VMM main thread run task_numa_work (KERNEL.md §10a).
     * ``shadow_guest_2m`` False: on a shadow MMU, assume the guest maps 2 MiB where the host
       has a THP, so SPTEs are 2M there (else 4K).
+    * ``vmm_thread_share`` 0.05: the share of each epoch the VMM main thread runs (it mostly
+      sleeps in ppoll()); its runtime drives task_tick_numa() (KERNEL.md §3.3).
     * ``vmm_threads`` 8: QEMU threads besides the vCPUs (main thread, iothreads, RCU, worker
       pool), counted by get_nr_threads() in the v6.12+ forced scan of an inactive VMA
       (kernel/sched/fair.c vma_is_accessed() condition (4), f22cde4371f3, KERNEL.md §3.4).
@@ -63,6 +65,7 @@ class ReplayParams:
     shadow_guest_2m: bool = False
     busy_vcpus: bool = False
     vmm_threads: int = 8
+    vmm_thread_share: float = 0.05
     workers: int = 1
 
     def as_dict(self) -> dict[str, Any]:
@@ -175,6 +178,7 @@ def _run_job(
         shadow_guest_2m=params.shadow_guest_2m,
         busy_vcpus=params.busy_vcpus,
         vmm_threads=params.vmm_threads,
+        vmm_thread_share=params.vmm_thread_share,
     )
     host = HostState(cfgs[0].node_mem_pages.copy() if cfgs else np.zeros(1, np.int64))
     traces: Traces = {}

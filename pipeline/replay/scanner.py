@@ -52,7 +52,7 @@ class TaskNuma:
     node: int
     nodes: int
     main_thread: bool = False
-    runtime_ms: int = 0
+    runtime_ms: float = 0.0  # sum_exec_runtime
     node_stamp_ms: int = 0
     numa_scan_period: int = 0  # ms; set to scan_delay by init_numa_balancing()
     numa_scan_period_max: int = 0

@@ -151,13 +151,23 @@ def test_accesses_of_an_unknown_vm_are_an_error() -> None:
 
 def test_vmm_main_thread_scans_at_task_scan_start() -> None:
     # the mm's first thread has node_stamp 0, so task_tick_numa() sets task_scan_start():
-    # 8 MiB RSS -> one window -> max(100, 1000 / 1) = 1000 ms; it runs every epoch
+    # 8 MiB RSS -> one window -> max(100, 1000 / 1) = 1000 ms. Running all the time
+    # (vmm_thread_share 1.0) its runtime passes 0 + scan_delay 1000 ms at the end of epoch
+    # 10, as vCPU 0's does (node_stamp 8 ms). The tick order rotates: key (index - 10 % 3)
+    # % 3 is 1 for the main thread (index 2) and 2 for vCPU 0, so the main thread ticks
+    # first and wins task_numa_work.
     vms = vms_frame(vm_row(regions=[region(size_bytes=8 * MIB)]))
     acc = accesses_frame(every_epoch("vm0", 30, 0, 0, 2048))
-    out = replay_frames(vms, acc, ["linux-6.5"], ReplayParams(vmm_thread=True))
+    busy = ReplayParams(vmm_thread=True, vmm_thread_share=1.0)
+    out = replay_frames(vms, acc, ["linux-6.5"], busy)
     assert -1 in out.scans["vcpu"].to_list()
     main = out.vcpu_epochs.filter(pl.col("vcpu") == -1)
     assert main["task_numa_work_runs"].sum() >= 1
+    # by default it runs 5% of each epoch (it sleeps in ppoll()): 30 x 5 ms = 150 ms of
+    # runtime, below node_stamp 0 + scan_delay 1000 ms: it never scans (review finding 4)
+    idle = replay_frames(vms, acc, ["linux-6.5"], ReplayParams(vmm_thread=True))
+    assert -1 not in idle.scans["vcpu"].to_list()
+    assert idle.vcpu_epochs.filter(pl.col("vcpu") == -1)["task_numa_work_runs"].sum() == 0
 
 
 def test_out_may_not_replace_the_dataset(tmp_path: Path) -> None:
