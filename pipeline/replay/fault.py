@@ -34,7 +34,7 @@ from pipeline.replay.state import (
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
 NR_MAX_MIGRATE_PAGES_RETRY = 10  # mm/migrate.c migrate_pages_batch() nr_pass (v6.5, v7.x)
-PTE_PREFETCH_NUM = 8  # arch/x86/kvm/mmu/mmu.c direct_pte_prefetch()
+PTE_PREFETCH_NUM = 8  # arch/x86/kvm/mmu/mmu.h; FNAME(pte_prefetch)() in paging_tmpl.h
 
 
 def bind_masks(vm: VmState) -> npt.NDArray[np.bool_]:
@@ -200,24 +200,57 @@ class FaultPath:
         if prot.any():
             self._hinting_faults(ctx, p[prot], v[prot], thp=False)
         faulting = np.ones(p.size, bool)
+        prefetched = p[:0]
         if self.kvm.shadow:
-            # direct_pte_prefetch(): one fault maps the aligned block of 8 (GUP-fast-able
-            # neighbours); later touches in the block find their SPTE present
-            block = p // PTE_PREFETCH_NUM
-            faulting = prot | np.concatenate([[True], block[1:] != block[:-1]])
+            faulting, prefetched = self._pte_prefetch(p, prot)
         refault = (flags & P_FAULTED) != 0
         self._count_ept(ctx, v[faulting & refault], PS_4K)
         self._count_faultin(ctx, v[faulting & ~refault])
         self._install_4k(p)
-        if self.kvm.shadow:
-            blocks = np.unique(p // PTE_PREFETCH_NUM) * PTE_PREFETCH_NUM
-            near = expand(blocks, np.minimum(blocks + PTE_PREFETCH_NUM, vm.cfg.nr_pages))
-            ok = vm.page_populated(near) & ((vm.pflags[near] & (P_SPTE | P_PROTNONE)) == 0)
-            ok &= ~(
-                vm.g_thp[near // PAGES_PER_PMD]
-                & (vm.g_nprot[near // PAGES_PER_PMD] == PAGES_PER_PMD)
-            )
-            self._install_4k(near[ok])
+        self._install_4k(prefetched)
+
+    def _pte_prefetch(self, pages: I64, prot: B) -> tuple[B, I64]:
+        """Models arch/x86/kvm/mmu/paging_tmpl.h FNAME(pte_prefetch)() (v6.5 and v6.18, the
+        shadow MMU of kvm_pvm; KERNEL.md §5.4): after a 4K fault, walk the aligned block of
+        PTE_PREFETCH_NUM = 8 SPTEs from its start, skip present ones and the faulting one,
+        and prefetch each other entry with FNAME(prefetch_gpte)(), which takes the host pfn
+        by GUP-fast (gfn_to_pfn_memslot_atomic()); the walk *breaks* at the first entry it
+        cannot map (not populated, PROT_NONE, or a PROT_NONE THP).
+
+        ``pages`` are the touched pages without an SPTE (ascending), ``prot`` those that are
+        PROT_NONE (they take a hinting fault). Faults in a block are taken in ascending
+        order, each restarting the walk at the block start, so: an untouched unmappable
+        entry at offset f0 stops every walk; the first touched page, every PROT_NONE one and
+        every touched page past f0 fault; the mappable entries before f0 are prefetched.
+        Returns (faulting mask over ``pages``, prefetched pages).
+
+        The walk also returns early while kvm->mmu_invalidate_in_progress; in this engine
+        every notifier pair ends within its change_prot_numa() call, before any fault, so
+        that case never arises. The guest PTE is assumed present and accessed. One gfn can
+        be mapped by several shadow SPTEs (several guest mappings, the rmap); the model keeps
+        one per gfn, so ``spte_zapped`` is a lower bound on a shadow MMU."""
+        vm = self.vm
+        block = pages // PTE_PREFETCH_NUM
+        first = np.concatenate([[True], block[1:] != block[:-1]])
+        blocks = block[first]
+        base = blocks * PTE_PREFETCH_NUM
+        ends = np.minimum(base + PTE_PREFETCH_NUM, vm.cfg.nr_pages)
+        near = expand(base, ends)
+        counts = ends - base
+        offset = near - np.repeat(base, counts)
+        g = near // PAGES_PER_PMD
+        mappable = vm.page_populated(near) & ((vm.pflags[near] & P_PROTNONE) == 0)
+        mappable &= ~(vm.g_thp[g] & (vm.g_nprot[g] == PAGES_PER_PMD))
+        present = (vm.pflags[near] & P_SPTE) != 0
+        touched = np.isin(near, pages, assume_unique=True)
+        fail = ~touched & ~present & ~mappable
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        f0 = np.minimum.reduceat(np.where(fail, offset, PTE_PREFETCH_NUM), starts)
+        bidx = np.searchsorted(blocks, block)
+        beyond = pages % PTE_PREFETCH_NUM > f0[bidx]
+        faulting: B = prot | first | beyond
+        take = mappable & ~touched & ~present & (offset < np.repeat(f0, counts))
+        return faulting, near[take]
 
     def _install_4k(self, pages: I64) -> None:
         vm = self.vm

@@ -107,3 +107,19 @@ def test_first_touch_is_not_an_ept_violation() -> None:
     out = replay_frames(vms_frame(vm_row(regions=[reg])), acc, ["linux-6.5"])
     assert int(out.epochs["ept_violations"].sum()) == 0
     assert int(out.vcpu_epochs["spte_faultins"].sum()) == 2048
+
+
+def test_shadow_prefetch_breaks_at_the_first_unmappable_entry() -> None:
+    """FNAME(pte_prefetch)(): the walk over the aligned block of 8 starts at the block start
+    and breaks at the first entry prefetch_gpte() cannot map. Epoch 0, a 4K first-touch
+    region on a shadow MMU: vCPU 0 touches gfns 0, 2, 4, 6. All four are populated by the
+    touch; 1, 3, 5, 7 are not. Fault at 0: the walk skips 0 and breaks at 1 (not
+    populated), so 2, 4 and 6 each take their own fault: 4 SPTE fault-ins. Touching all of
+    0-7 instead: the fault at 0 prefetches 1-7: 1 fault-in."""
+    reg = region(size_bytes=8 * MIB, placement="first-touch")
+    vms = vms_frame(vm_row(regions=[reg], mmu="shadow"))
+    sparse = accesses_frame([("vm0", 0, 0, g, 1) for g in (0, 2, 4, 6)])
+    dense = accesses_frame([("vm0", 0, 0, 0, 8)])
+    for acc, want in ((sparse, 4), (dense, 1)):
+        out = replay_frames(vms, acc, ["linux-6.5"])
+        assert int(out.vcpu_epochs["spte_faultins"].sum()) == want
