@@ -167,7 +167,10 @@ class FaultPath:
     # -- 2 MiB units ------------------------------------------------------------------------
     def _thp_units(self, ctx: EpochCtx, granules: I64, vcpus: I64) -> None:
         """Faults on PMD-mapped folios (distinct granules, populated): the hinting fault of a
-        PROT_NONE PMD, and under TDP the 2M EPT violation or first fault-in."""
+        PROT_NONE PMD, and under TDP the 2M EPT violation or first fault-in (KVM
+        kvm_tdp_page_fault() -> kvm_faultin_pfn() -> GUP -> handle_mm_fault(), with
+        kvm_mmu_hugepage_adjust() mapping 2M where the host has a PMD; v6.5 = v7.1, KERNEL.md
+        §5.4)."""
         vm = self.vm
         ug, v = granules, vcpus
         tdp2m = self.kvm.spte_2m
@@ -187,6 +190,9 @@ class FaultPath:
 
     # -- 4 KiB units --------------------------------------------------------------------------
     def _page_units(self, ctx: EpochCtx, pages: I64, vcpus: I64) -> None:
+        """4K faults (distinct pages): a missing SPTE faults in through GUP (KERNEL.md §5.4,
+        v6.5 = v7.1); a PROT_NONE host PTE takes a hinting fault first (§8.2); on the shadow
+        MMU the FNAME(pte_prefetch)() walk maps neighbours (:meth:`_pte_prefetch`)."""
         vm = self.vm
         g = pages // PAGES_PER_PMD
         sel = ~vm.g_thp[g] if self.kvm.spte_2m else np.ones(pages.size, bool)
@@ -267,8 +273,14 @@ class FaultPath:
 
     # -- NUMA hinting faults -------------------------------------------------------------------
     def _hinting_faults(self, ctx: EpochCtx, heads: I64, vcpus: I64, *, thp: bool) -> None:
-        """do_numa_page() / do_huge_pmd_numa_page() for each faulting folio (``heads`` are
-        first gfns; ``thp`` means 2 MiB folios), in the vCPU thread that touched it."""
+        """mm/memory.c do_numa_page() / mm/huge_memory.c do_huge_pmd_numa_page() for each
+        faulting folio (``heads`` are first gfns; ``thp`` means 2 MiB folios), in the vCPU
+        thread that touched it (KERNEL.md §8.2): vma_set_access_pid_bit(), NUMA_HINT_FAULTS
+        (_LOCAL) in numa_migrate_prep() (v6.5) / numa_migrate_check() (v7.x, §8.5),
+        mm/mempolicy.c mpol_misplaced() -> kernel/sched/fair.c should_numa_migrate_memory()
+        without a numa_group (§8.3), migrate_misplaced_page() (v6.5) /
+        migrate_misplaced_folio() (v7.x) with the room check (§8.4), then task_numa_fault()
+        (§3.5)."""
         vm = self.vm
         c = ctx.counters
         ps = PS_2M if thp else PS_4K
@@ -407,9 +419,10 @@ class FaultPath:
         failed: int,
         mem: npt.NDArray[np.float64],
     ) -> None:
-        """task_numa_fault() for a batch of faults of one thread in one epoch (in base
-        pages): placement (and so update_task_scan_period()) sees the faults recorded before
-        this epoch; then locality, TNF_MIGRATE_FAIL and the per-node memory faults."""
+        """kernel/sched/fair.c task_numa_fault() (v6.5 = v7.1, KERNEL.md §3.5) for a batch of
+        faults of one thread in one epoch (in base pages): placement (and so
+        update_task_scan_period()) sees the faults recorded before this epoch; then
+        locality, TNF_MIGRATE_FAIL and the per-node memory faults."""
         if not task.has_faults:
             task.has_faults = True
             task.locality = [0, 0, 0]

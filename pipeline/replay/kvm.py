@@ -111,8 +111,10 @@ class Kvm:
 
     # -- SPTE zaps ------------------------------------------------------------------------
     def zap_range(self, gfn_start: int, gfn_end: int) -> tuple[int, int]:
-        """Models tdp_mmu_zap_leafs() over ``[gfn_start, gfn_end)``: clear every present leaf
-        SPTE overlapping it (a 2M leaf is zapped if it overlaps at all). Returns (4K, 2M)."""
+        """Models arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_zap_leafs() (and, shadow MMU, the rmap
+        zap kvm_zap_rmap()) over ``[gfn_start, gfn_end)``: clear every present leaf SPTE
+        overlapping it, a 2M leaf on any overlap (v6.5: SPTE := 0; v7.x:
+        SHADOW_NONPRESENT_VALUE; both non-present, KERNEL.md §5.2). Returns (4K, 2M)."""
         vm = self.vm
         g0, g1 = gfn_start // PAGES_PER_PMD, -(-gfn_end // PAGES_PER_PMD)
         n2m = int(np.count_nonzero(vm.g_spte2m[g0:g1]))
@@ -151,8 +153,10 @@ class Kvm:
 
     # -- flushes --------------------------------------------------------------------------
     def flush_remote_tlbs(self, ctx: EpochCtx, page_size: int, nr: int) -> None:
-        """Models kvm_flush_remote_tlbs() ``nr`` times: KVM_REQ_TLB_FLUSH to every vCPU, an
-        IPI to each one in guest mode other than the caller (kvm_make_all_cpus_request)."""
+        """Models virt/kvm/kvm_main.c kvm_flush_remote_tlbs() ``nr`` times (v6.5 = v7.1,
+        KERNEL.md §5.2): kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH) sets the request on
+        every vCPU and, per kvm_request_needs_ipi(), IPIs each one in guest mode other than
+        the caller."""
         if nr <= 0:
             return
         c = ctx.counters
@@ -254,7 +258,8 @@ class Kvm:
         self.flush_remote_tlbs(ctx, page_size, int(zapped.sum()))
 
     def invalidate_range_end(self, ctx: EpochCtx, starts: I64, ends: I64) -> None:
-        """Models kvm_mmu_notifier_invalidate_range_end(): no zap, no flush."""
+        """Models virt/kvm/kvm_main.c kvm_mmu_notifier_invalidate_range_end() (v6.5 = v7.1,
+        KERNEL.md §5.1): kvm_mmu_invalidate_end(), no zap, no flush."""
         self.in_progress -= 1
         if ctx.trace is not None:
             ctx.trace.append(("end", int(starts.min()), int(ends.max())))

@@ -112,9 +112,13 @@ class ChangeProtNuma:
 
     # -- per-page rules ---------------------------------------------------------------------
     def _changes(self, ctx: EpochCtx, region: Region, g0: int, g1: int) -> tuple[I64, I64]:
-        """Models change_pte_range() and change_huge_pmd() decisions for the chunk: returns
-        (4K pages, THP granules) that become PROT_NONE. Already PROT_NONE entries are skipped
-        ("Avoid TLB flush if possible"), then the policy's can_map_prot_numa()."""
+        """Models the prot_numa decisions of mm/mprotect.c change_pte_range() (KERNEL.md §4.2
+        4K rows 1 and 3-5: pte_protnone "Avoid TLB flush if possible"; the pinned rule per
+        policy: v6.5 COW ``page_count != 1``, v6.10 folio_maybe_dma_pinned() for COW, v6.19
+        folio_can_map_prot_numa() for any) and of mm/huge_memory.c change_huge_pmd() (PMD
+        rows 3-4: pmd_protnone skip; no pin check before v6.19) for the chunk, plus row 8
+        (NUMA_BALANCING_MEMORY_TIERING only: every node is toptier, all skipped). Returns (4K
+        pages, THP granules) that become PROT_NONE."""
         vm = self.vm
         empty = np.empty(0, np.int64)
         if not vm.cfg.numa_balancing & NUMA_BALANCING_NORMAL:
@@ -162,7 +166,11 @@ class ChangeProtNuma:
 
     # -- the call -----------------------------------------------------------------------------
     def __call__(self, ctx: EpochCtx, region: Region, gfn_start: int, gfn_end: int) -> ChunkResult:
-        """Models change_prot_numa(vma, start, end) for a 2 MiB-aligned chunk of ``region``."""
+        """Models mm/mempolicy.c change_prot_numa(vma, start, end) for a 2 MiB-aligned chunk
+        of ``region`` (KERNEL.md §4.1-§4.4): the notifier ranges of the policy (v6.5 per PUD,
+        v6.12+ per P4D, or the proposals' sub-ranges) sent before the per-page changes, the
+        changes, RFC v2 numa_protect, invalidate_range_end, then mm/mmu_gather.c
+        tlb_finish_mmu(): one flush_tlb_mm_range() if anything changed (§4.4)."""
         vm = self.vm
         g0, g1 = gfn_start // PAGES_PER_PMD, -(-gfn_end // PAGES_PER_PMD)
         pages, thps = self._changes(ctx, region, g0, g1)
@@ -200,6 +208,10 @@ class ChangeProtNuma:
         return ChunkResult(nr_updated=nr_updated, notifiers=len(ranges))
 
     def _apply(self, ctx: EpochCtx, pages: I64, thps: I64) -> int:
+        """Set PROT_NONE and count as the kernel does (v6.5 = v7.1, KERNEL.md §8.5):
+        change_pte_range() / change_huge_pmd() return base pages (a THP counts 512),
+        change_pmd_range() counts nr_huge_updates into NUMA_HUGE_PTE_UPDATES, and
+        mm/mempolicy.c change_prot_numa() adds the total to NUMA_PTE_UPDATES."""
         vm = self.vm
         if pages.size:
             vm.pflags[pages] |= P_PROTNONE | P_POP

@@ -34,12 +34,15 @@ CLONE_VM_NODE_STAMP_MS = 2 * TICK_MS
 
 
 def hash_32(val: int, bits: int) -> int:
-    """include/linux/hash.h hash_32()."""
+    """include/linux/hash.h hash_32() (generic, v6.5 and v7.x): the multiplicative hash used
+    by vma_set_access_pid_bit() / vma_is_accessed() (KERNEL.md §3.4)."""
     return ((val * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
 
 
 def pid_bit(pid: int) -> int:
-    """The access_pids bit of a pid: hash_32(pid, ilog2(BITS_PER_LONG)) (§3.4)."""
+    """The access_pids bit of a pid on 64-bit: hash_32(pid, ilog2(BITS_PER_LONG) = 6), as in
+    kernel/sched/fair.c vma_is_accessed() and mm/memory.c vma_set_access_pid_bit() (v6.5+,
+    KERNEL.md §3.4)."""
     return 1 << hash_32(pid, 6)
 
 
@@ -131,22 +134,32 @@ class Scanner:
 
     # -- §3.2 bounds -------------------------------------------------------------------------
     def scan_pages(self) -> int:
+        """kernel/sched/fair.c SCAN_PAGES: scan_size_mb in pages (v6.5 = v7.1, §3.2)."""
         return self.scan_size_mb << (20 - PAGE_SHIFT)
 
     def nr_scan_windows(self) -> int:
+        """kernel/sched/fair.c task_nr_scan_windows(): RSS rounded up to whole scan windows
+        (v6.5 = v7.1, KERNEL.md §3.2)."""
         sp = self.scan_pages()
         rss = max(self.vm.rss_pages, sp)
         return -(-rss // sp)
 
     def task_scan_min(self) -> int:
+        """kernel/sched/fair.c task_scan_min(): max(1000 / (MAX_SCAN_WINDOW / scan_size),
+        scan_period_min / windows) ms (v6.5 = v7.1, KERNEL.md §3.2)."""
         windows = MAX_SCAN_WINDOW // self.scan_size_mb if self.scan_size_mb < MAX_SCAN_WINDOW else 1
         floor = 1000 // windows
         return max(floor, self.period_min // self.nr_scan_windows())
 
     def task_scan_start(self) -> int:
-        return self.task_scan_min()  # no numa_group in this model
+        """kernel/sched/fair.c task_scan_start() without a numa_group: task_scan_min()
+        (the group scaling of §3.2 is not modelled; docs/engine.md, numa_group) (v6.5 =
+        v7.1)."""
+        return self.task_scan_min()
 
     def task_scan_max(self) -> int:
+        """kernel/sched/fair.c task_scan_max() without a numa_group: max(task_scan_min(),
+        scan_period_max / windows) ms (v6.5 = v7.1, KERNEL.md §3.2)."""
         smin = self.task_scan_min()
         return max(smin, self.period_max // self.nr_scan_windows())
 
@@ -155,7 +168,9 @@ class Scanner:
         """Models task_tick_numa() after ``task`` ran for an epoch (one check per epoch):
         runtime past node_stamp + period -> node_stamp += period (and, for a thread whose
         node_stamp was 0, numa_scan_period = task_scan_start()); queue the work if
-        ``now >= mm->numa_next_scan``. Verified against kernel/sched/fair.c."""
+        ``now >= mm->numa_next_scan``. Models kernel/sched/fair.c task_tick_numa() (v6.5 =
+        v7.1, KERNEL.md §3.3); task_tick_fair() calls it only while sched_numa_balancing is
+        on, i.e. kernel.numa_balancing != 0 (the engine's tick loop checks that)."""
         period = task.numa_scan_period
         if task.runtime_ms > task.node_stamp_ms + period:
             if task.node_stamp_ms == 0:
@@ -166,8 +181,10 @@ class Scanner:
 
     # -- §3.4 ------------------------------------------------------------------------------
     def _vma_skipped_unsuitable(self, region: Region) -> bool:
-        """vma_migratable() / vma_policy_mof() / is_vm_hugetlb_page(): hugetlbfs never; shmem
-        and memfd only with an MPOL_F_MOF (MPOL_F_NUMA_BALANCING) shared policy (§3.6)."""
+        """kernel/sched/fair.c task_numa_work() VMA skips (v6.5 and v7.x, KERNEL.md §3.4,
+        §3.6): !vma_migratable() / is_vm_hugetlb_page(): hugetlbfs never; !vma_policy_mof()
+        for shmem and memfd without an MPOL_F_MOF (MPOL_F_NUMA_BALANCING) shared policy.
+        ``placement`` is a layout, not a mempolicy (ADR 0310)."""
         if region.backing == "hugetlbfs":
             return True
         return region.backing == "shared" and not region.mof_policy
@@ -188,9 +205,12 @@ class Scanner:
         return self.numa_scan_seq > numab.prev_scan_seq + self.nr_threads
 
     def task_numa_work(self, ctx: EpochCtx, task: TaskNuma) -> None:
-        """Models task_numa_work(): one winner per period per mm, VMA walk from
-        numa_scan_offset, 2 MiB-aligned chunks, 256 MB page budget counting only chunks that
-        changed something, 8x virtual budget, numa_scan_seq on wrap (§3.4)."""
+        """Models kernel/sched/fair.c task_numa_work() (KERNEL.md §3.4): one cmpxchg winner
+        per period per mm, VMA walk from numa_scan_offset, 2 MiB-aligned chunks, 256 MB page
+        budget counting only chunks that changed something, 8x virtual budget, numa_scan_seq
+        on wrap. Per version: v6.5 order scan_delay -> vma_is_accessed() -> pid reset; v6.7+
+        scan_delay -> pid reset -> seq_completed -> pid_inactive, and the forced retry of one
+        inactive VMA when every VMA was skipped (retry_pids, ~v6.12)."""
         now = ctx.now_ms
         if now < self.numa_next_scan:
             return
@@ -294,14 +314,17 @@ class Scanner:
             )
 
     def _reset_ptenuma_scan(self) -> None:
-        """reset_ptenuma_scan(): a full pass is done."""
+        """kernel/sched/fair.c reset_ptenuma_scan(): a full pass is done, numa_scan_seq++ and
+        numa_scan_offset = 0 (v6.5 = v7.1, KERNEL.md §3.4)."""
         self.numa_scan_seq += 1
         self.numa_scan_offset = 0
 
     # -- §3.5 ------------------------------------------------------------------------------
     def task_numa_placement(self, now_ms: int, task: TaskNuma) -> None:
-        """Models task_numa_placement() as far as the scan period needs it: once per pass,
-        decay the memory-fault stats, pick the preferred node, update_task_scan_period()."""
+        """Models kernel/sched/fair.c task_numa_placement() as far as the scan period needs
+        it (v6.5 = v7.1, KERNEL.md §3.5): once per pass (p->numa_scan_seq !=
+        mm->numa_scan_seq), decay the memory-fault stats, pick the preferred node,
+        update_task_scan_period(). No numa_group (docs/engine.md)."""
         if task.numa_scan_seq == self.numa_scan_seq:
             return
         task.numa_scan_seq = self.numa_scan_seq
@@ -316,8 +339,9 @@ class Scanner:
     def update_task_scan_period(
         self, now_ms: int, task: TaskNuma, shared: int, private: int
     ) -> None:
-        """Models update_task_scan_period() exactly as written (§3.5), including the sticky
-        doubling once numa_faults_locality[2] (migrate failures) is non-zero."""
+        """Models kernel/sched/fair.c update_task_scan_period() exactly as written (v6.5 =
+        v7.1, KERNEL.md §3.5), including the sticky doubling once numa_faults_locality[2]
+        (migrate failures) is non-zero."""
         remote, local, failed = task.locality
         if local + shared == 0 or failed:
             task.numa_scan_period = min(task.numa_scan_period_max, 2 * task.numa_scan_period)

@@ -47,7 +47,8 @@ B = npt.NDArray[np.bool_]
 
 
 def encode_cpupid(nid: npt.NDArray[Any] | int, pid8: npt.NDArray[Any] | int) -> Any:
-    """Models include/linux/mm.h cpu_pid_to_cpupid(): node + low 8 bits of the pid.
+    """Models include/linux/mm.h cpu_pid_to_cpupid() (v6.5 = v7.1, KERNEL.md §8.3): cpu +
+    the low LAST__PID_SHIFT = 8 bits of the pid.
 
     The kernel keeps the cpu; the model keeps its node, which is all cpupid_to_nid() needs.
     """
@@ -245,9 +246,10 @@ class HostState:
         self.used_pages += np.bincount(dst, minlength=k).astype(np.int64) * nr_pages
 
     def has_room(self, dst: npt.NDArray[np.int16], nr_pages: int) -> npt.NDArray[np.bool_]:
-        """Models mm/migrate.c migrate_balanced_pgdat(): the target node must have room for
-        the folio (watermarks are folded into the capacity). Vectorized: a batch is granted
-        in order until the node is full."""
+        """Models mm/migrate.c migrate_balanced_pgdat() via numamigrate_isolate_page() (v6.5)
+        / migrate_misplaced_folio_prepare() (v7.x) (KERNEL.md §8.4): the target node must
+        have room for the folio (watermarks are folded into the capacity). Vectorized: a
+        batch is granted in order until the node is full."""
         k = self.capacity_pages.size
         ok = np.zeros(dst.size, bool)
         free = self.free()
