@@ -111,16 +111,26 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
+def print_rss_timeline(samples: list[tuple[float, int]], wall: float, buckets: int = 10) -> None:
+    """The peak tree RSS in each tenth of the run (where the memory goes, phase by phase)."""
+    for i in range(buckets):
+        lo, hi = wall * i / buckets, wall * (i + 1) / buckets
+        peak = max((r for t, r in samples if lo <= t < hi), default=0)
+        print(f"  {lo:6.0f}-{hi:6.0f} s: peak RSS of the process tree {peak / 2**20:7.0f} MiB")
+
+
 def run_measured(cmd: list[str], interval_s: float = 0.1) -> dict[str, float]:
     """Run ``cmd``; wall seconds, CPU seconds (user+sys of the tree) and peak tree RSS."""
     before = os.times()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
+    samples: list[tuple[float, int]] = []
     while proc.poll() is None:
-        peak = max(peak, tree_rss_bytes(proc.pid))
+        samples.append((time.perf_counter() - start, tree_rss_bytes(proc.pid)))
         time.sleep(interval_s)
     wall = time.perf_counter() - start
+    peak = max((r for _, r in samples), default=0)
+    print_rss_timeline(samples, wall)
     after = os.times()
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode:
