@@ -119,3 +119,24 @@ def totals(
     if page_size is not None:
         sub = sub.filter(pl.col("page_size") == page_size)
     return {c: int(sub[c].sum()) for c in cols}
+
+
+def empty_run(cfg: Any, policy: str, knobs: dict[str, int], n_epochs: int) -> Any:
+    """A VmRun of ``cfg`` (a VmConfig) with no accesses, for driving the engine by hand."""
+    import numpy as np
+
+    from pipeline.replay.engine import EngineOptions, VmAccesses, VmRun
+    from pipeline.replay.kvm import YieldModel
+    from pipeline.replay.policies import POLICIES
+    from pipeline.replay.state import HostState
+
+    empty = VmAccesses(*(np.empty(0, np.int64) for _ in range(4)))
+    return VmRun(
+        cfg,
+        empty,
+        POLICIES[policy],
+        HostState(cfg.node_mem_pages.copy()),
+        opts=EngineOptions(epoch_ms=100, yields=YieldModel()),
+        n_epochs=n_epochs,
+        knobs=knobs,
+    )

@@ -20,7 +20,15 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pipeline.replay.policies import POLICIES
 from pipeline.replay.runner import ReplayOutput, ReplayParams, replay_frames
-from tests.replay.conftest import GIB, MIB, accesses_frame, region, vm_row, vms_frame
+from tests.replay.conftest import (
+    GIB,
+    MIB,
+    accesses_frame,
+    empty_run,
+    region,
+    vm_row,
+    vms_frame,
+)
 
 COUNTERS = (
     "numa_pages_migrated",
@@ -233,22 +241,14 @@ class NotifierPairing(RuleBasedStateMachine):
     @precondition(lambda self: self.engine is None)
     @rule(name=st.sampled_from(sorted(POLICIES)))
     def pick_policy(self, name: str) -> None:
-        engine_cls, opts_cls, acc_cls, run_cls, yields_cls, host_cls = self.mk
-        empty = acc_cls(*(np.empty(0, np.int64) for _ in range(4)))
-        run = run_cls(
-            self.cfg,
-            empty,
-            POLICIES[name],
-            host_cls(self.cfg.node_mem_pages.copy()),
-            opts=opts_cls(epoch_ms=100, yields=yields_cls()),
-            n_epochs=10_000,
-            knobs={
-                "scan_delay_ms": 100,
-                "scan_period_min_ms": 100,
-                "scan_period_max_ms": 1000,
-                "scan_size_mb": 4,
-            },
-        )
+        engine_cls = self.mk[0]
+        knobs = {
+            "scan_delay_ms": 100,
+            "scan_period_min_ms": 100,
+            "scan_period_max_ms": 1000,
+            "scan_size_mb": 4,
+        }
+        run = empty_run(self.cfg, name, knobs, 10_000)
         run.trace = []
         self.run = run
         self.engine = engine_cls([run], 100, 10_000)

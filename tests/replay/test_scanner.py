@@ -10,6 +10,7 @@ from tests.replay.conftest import (
     GIB,
     MIB,
     accesses_frame,
+    empty_run,
     every_epoch,
     region,
     totals,
@@ -182,30 +183,17 @@ def test_forced_scan_of_an_inactive_vma_counts_every_qemu_thread() -> None:
     get_nr_threads(current). get_nr_threads() counts every QEMU thread: 2 vCPUs + 8 others
     (ReplayParams.vmm_threads) = 10. With seq 20, prev_scan_seq 10 and no PID hit: 20 > 20
     is false (counting only the 2 modelled vCPUs it was 20 > 12, true); seq 21 > 20 is true."""
-    import numpy as np
-
-    from pipeline.replay.engine import EngineOptions, VmAccesses, VmRun
-    from pipeline.replay.kvm import YieldModel
-    from pipeline.replay.policies import POLICIES
     from pipeline.replay.scanner import VmaNumab
-    from pipeline.replay.state import HostState, vm_config
+    from pipeline.replay.state import vm_config
 
     cfg = vm_config(vms_frame(vm_row(regions=[region(size_bytes=8 * MIB)])).to_dicts()[0])
-    empty = np.zeros(0, np.int64)
-    run = VmRun(
-        cfg,
-        VmAccesses(empty, empty, empty, empty),
-        POLICIES["linux-7.1"],
-        HostState(cfg.node_mem_pages.copy()),
-        opts=EngineOptions(epoch_ms=100, yields=YieldModel()),
-        n_epochs=1,
-        knobs={
-            "scan_delay_ms": 1000,
-            "scan_period_min_ms": 1000,
-            "scan_period_max_ms": 60000,
-            "scan_size_mb": 256,
-        },
-    )
+    knobs = {
+        "scan_delay_ms": 1000,
+        "scan_period_min_ms": 1000,
+        "scan_period_max_ms": 60000,
+        "scan_size_mb": 256,
+    }
+    run = empty_run(cfg, "linux-7.1", knobs, 1)
     sc = run.scanner
     assert sc.nr_threads == 10
     numab = VmaNumab(
