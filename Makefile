@@ -20,7 +20,10 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PY)
 	touch $@
 
-setup: $(VENV)/.installed ## create .venv from the lock file (uv sync --frozen)
+setup: $(VENV)/.installed pipeline/ingest/_ftrace_scan.so ## create .venv from the lock file (uv sync --frozen), build the ingest scanner
+
+pipeline/ingest/_ftrace_scan.so: csrc/ftrace_scan.c
+	gcc -O2 -std=c99 -shared -fPIC -Wall -Wextra -Werror -o $@ $<
 
 system-deps: ## Debian packages used by optional tests (trace-cmd for trace.dat, chromium for the report)
 	command -v trace-cmd >/dev/null && command -v chromium >/dev/null || \

@@ -21,6 +21,7 @@ give the same answer for every line (checked by the property tests).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -964,14 +965,156 @@ def _parse_events(frame: pl.DataFrame) -> tuple[dict[str, list[pl.DataFrame]], p
     return out, pl.concat(bad) if bad else empty
 
 
+def default_parser() -> str:
+    """``"c"`` when the compiled scanner is built, else ``"polars"``.
+
+    ``TLBREPLAY_INGEST_PARSER=polars`` forces the polars path (tests, benchmarks).
+    """
+    from pipeline.ingest import fastscan
+
+    forced = os.environ.get("TLBREPLAY_INGEST_PARSER")
+    if forced in PARSERS:
+        return forced
+    return "c" if fastscan.available() else "polars"
+
+
+PARSERS = ("c", "polars")
+
+
 def parse_chunk(
-    buf: bytes, *, source: str, first_lineno: int = 1, final: bool = False
+    buf: bytes,
+    *,
+    source: str,
+    first_lineno: int = 1,
+    final: bool = False,
+    parser: str | None = None,
 ) -> ChunkResult:
     """Parse a block of whole lines; ``lines == parsed + comments + quarantined`` in the result.
 
     ``buf`` ends with a newline unless it holds the end of the input (``final``), whose last
-    line, if it has no newline and does not parse, is reported as cut off.
+    line, if it has no newline and does not parse, is reported as cut off. ``parser`` is
+    ``"c"`` (the compiled scanner, :mod:`pipeline.ingest.fastscan`) or ``"polars"``; both give
+    the same result. Default: :func:`default_parser`.
     """
+    if (parser or default_parser()) == "c":
+        from pipeline.ingest import fastscan
+
+        return fastscan.parse_chunk_c(buf, source=source, first_lineno=first_lineno, final=final)
+    return parse_chunk_polars(buf, source=source, first_lineno=first_lineno, final=final)
+
+
+@dataclass
+class Part:
+    """Rows of one table from one path: their line indexes and the conformed rows."""
+
+    rows: np.ndarray
+    table: pa.Table
+
+
+def frame_part(frame: pl.DataFrame, table: str) -> Part:
+    """A polars frame with a ``row`` column as a conformed :class:`Part`."""
+    rows = frame["row"].to_numpy().astype(np.int64)
+    return Part(rows, conform(frame.select(table_schema(table).names), table))
+
+
+@dataclass
+class Lines:
+    """The lines of a block: ``buf[starts[r]:ends[r]]`` (without the newline)."""
+
+    buf: bytes
+    starts: np.ndarray
+    ends: np.ndarray
+    cut_last: bool
+
+    def text(self, r: int) -> str:
+        return self.buf[self.starts[r] : self.ends[r]].decode("utf-8", "replace")
+
+    def last(self, r: int) -> bool:
+        return self.cut_last and r == len(self.starts) - 1
+
+
+@dataclass
+class Collected:
+    """What the paths of one block produced, before it becomes a :class:`ChunkResult`."""
+
+    parts: dict[str, list[Part]] = field(default_factory=dict)
+    quarantine: list[tuple[int, str]] = field(default_factory=list)
+    comments: int = 0
+    lost: dict[int, int] = field(default_factory=dict)
+
+    def add(self, table: str, part: Part) -> None:
+        self.parts.setdefault(table, []).append(part)
+
+    def exact(self, lines: Lines, rows: list[int]) -> None:
+        """Parse ``rows`` with the exact per-line grammar."""
+        slow_events: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            res = parse_line(lines.text(r), last=lines.last(r))
+            if isinstance(res, Comment):
+                self.comments += 1
+                if res.lost is not None:
+                    self.lost[res.lost[0]] = self.lost.get(res.lost[0], 0) + res.lost[1]
+            elif isinstance(res, Bad):
+                self.quarantine.append((r, res.reason))
+            else:
+                row: dict[str, Any] = {"row": r, "ts_ns": res.ts_ns, "cpu": res.cpu}
+                row |= {"pid": res.pid, "comm": res.comm, "flags": res.flags, **res.values}
+                slow_events.setdefault(res.table, []).append(row)
+        for table, found in slow_events.items():
+            schema = pl.Schema({"row": pl.Int64(), **table_schema(table).polars()})
+            self.add(table, frame_part(pl.DataFrame(found, schema=schema), table))
+
+    def events(self, lines: Lines, frame: pl.DataFrame) -> None:
+        """Parse the payloads of ``frame`` (header already cut) with the polars grammars."""
+        typed, bad = _parse_events(frame)
+        for table, frames in typed.items():
+            for f in frames:
+                self.add(table, frame_part(f, table))
+        for r, reason in bad.iter_rows():
+            self.quarantine.append((r, _cut(lines.last(r), reason)))
+
+    def result(self, lines: Lines, *, source: str, first_lineno: int) -> ChunkResult:
+        tables: dict[str, pa.Table] = {}
+        parsed = 0
+        first_ts: int | None = None
+        for table, parts in sorted(self.parts.items()):
+            if len(parts) == 1:
+                merged = parts[0].table
+            else:
+                merged = pa.concat_tables([p.table for p in parts])
+                order = np.argsort(np.concatenate([p.rows for p in parts]), kind="stable")
+                merged = merged.take(pa.array(order))
+            parsed += merged.num_rows
+            ts = merged.column("ts_ns")
+            if merged.num_rows:
+                t = int(np.min(ts.to_numpy()))
+                first_ts = t if first_ts is None else min(first_ts, t)
+            tables[table] = merged
+        rows = sorted(self.quarantine)
+        quarantine = pa.table(
+            {
+                "source": pa.array([source] * len(rows), pa.string()),
+                "lineno": pa.array([first_lineno + r for r, _ in rows], pa.int64()),
+                "line": pa.array([lines.text(r) for r, _ in rows], pa.string()),
+                "reason": pa.array([reason for _, reason in rows], pa.string()),
+            }
+        )
+        return ChunkResult(
+            tables=tables,
+            quarantine=conform(quarantine, "quarantine"),
+            lines=len(lines.starts),
+            parsed=parsed,
+            comments=self.comments,
+            quarantined=len(rows),
+            lost=self.lost,
+            first_ts_ns=first_ts,
+        )
+
+
+def parse_chunk_polars(
+    buf: bytes, *, source: str, first_lineno: int = 1, final: bool = False
+) -> ChunkResult:
+    """:func:`parse_chunk` with polars string kernels (the path without the compiled scanner)."""
     ascii_only = buf.isascii()
     if not ascii_only:
         buf = buf.decode("utf-8", "replace").encode("utf-8")
@@ -980,68 +1123,13 @@ def parse_chunk(
     open_end = len(buf) > 0 and buf[-1:] != b"\n"
     starts = np.concatenate(([0], nl + 1)).astype(np.int64)[: len(nl) + int(open_end)]
     ends = np.concatenate((nl, [len(buf)])).astype(np.int64)[: len(starts)]
-    n_lines = len(starts)
-    if n_lines:
+    lines = Lines(buf, starts, ends, final and open_end)
+    got = Collected()
+    if len(starts):
         fast, frame = _header_fast(_lines_series(buf, starts), ascii_only=ascii_only)
     else:
         fast, frame = np.zeros(0, bool), pl.DataFrame()
-    cut_last = final and open_end
-    last_row = n_lines - 1
-
-    def text(r: int) -> str:
-        return buf[starts[r] : ends[r]].decode("utf-8", "replace")
-
-    quarantine_rows: list[tuple[int, str]] = []
-    comments = 0
-    lost: dict[int, int] = {}
-    slow_events: dict[str, list[dict[str, Any]]] = {}
-    for r in np.flatnonzero(~fast).tolist():
-        res = parse_line(text(r), last=cut_last and r == last_row)
-        if isinstance(res, Comment):
-            comments += 1
-            if res.lost is not None:
-                lost[res.lost[0]] = lost.get(res.lost[0], 0) + res.lost[1]
-        elif isinstance(res, Bad):
-            quarantine_rows.append((r, res.reason))
-        else:
-            row: dict[str, Any] = {"row": r, "ts_ns": res.ts_ns, "cpu": res.cpu, "pid": res.pid}
-            row |= {"comm": res.comm, "flags": res.flags, **res.values}
-            slow_events.setdefault(res.table, []).append(row)
-    typed, bad = _parse_events(frame) if frame.height else ({}, None)
-    for table, rows in slow_events.items():
-        schema = pl.Schema({"row": pl.Int64(), **table_schema(table).polars()})
-        typed.setdefault(table, []).append(pl.DataFrame(rows, schema=schema))
-    if bad is not None:
-        for r, reason in bad.iter_rows():
-            quarantine_rows.append((r, _cut(cut_last and r == last_row, reason)))
-    tables: dict[str, pa.Table] = {}
-    parsed = 0
-    first_ts: int | None = None
-    for table, parts in sorted(typed.items()):
-        merged = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical_relaxed")
-        if len(parts) > 1:
-            merged = merged.sort("row")
-        parsed += merged.height
-        t = merged["ts_ns"].min()
-        if isinstance(t, int):
-            first_ts = t if first_ts is None else min(first_ts, t)
-        tables[table] = conform(merged.select(table_schema(table).names), table)
-    quarantine_rows.sort()
-    quarantine = pa.table(
-        {
-            "source": pa.array([source] * len(quarantine_rows), pa.string()),
-            "lineno": pa.array([first_lineno + r for r, _ in quarantine_rows], pa.int64()),
-            "line": pa.array([text(r) for r, _ in quarantine_rows], pa.string()),
-            "reason": pa.array([reason for _, reason in quarantine_rows], pa.string()),
-        }
-    )
-    return ChunkResult(
-        tables=tables,
-        quarantine=conform(quarantine, "quarantine"),
-        lines=n_lines,
-        parsed=parsed,
-        comments=comments,
-        quarantined=len(quarantine_rows),
-        lost=lost,
-        first_ts_ns=first_ts,
-    )
+    got.exact(lines, np.flatnonzero(~fast).tolist())
+    if frame.height:
+        got.events(lines, frame)
+    return got.result(lines, source=source, first_lineno=first_lineno)

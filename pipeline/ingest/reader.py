@@ -55,6 +55,7 @@ class SourceStats:
     quarantined: int = 0
     lost_events: dict[str, int] = field(default_factory=dict)
     first_ts_ns: int | None = None
+    parser: str = "polars"  # "c": the compiled scanner; "polars": the fallback (ADR 0110)
 
     def add(self, result: ftrace.ChunkResult) -> None:
         self.lines_total += result.lines
@@ -80,6 +81,7 @@ class SourceStats:
             "comments": self.comments,
             "quarantined": self.quarantined,
             "lost_events": dict(sorted(self.lost_events.items(), key=lambda kv: int(kv[0]))),
+            "parser": self.parser,
         }
 
 
@@ -289,15 +291,16 @@ class ChunkParser:
     ``sink`` gets the results in input order. If the pool breaks, blocks are parsed in-process.
     """
 
-    def __init__(self, workers: int = WORKERS) -> None:
+    def __init__(self, workers: int = WORKERS, parser: str | None = None) -> None:
         self.sink: Callable[[ftrace.ChunkResult], None] = lambda _r: None
+        self.parser = parser or ftrace.default_parser()
         self._workers = workers
         self._pool: ProcessPoolExecutor | None = None
         self._pending: deque[tuple[Future[ftrace.ChunkResult], Block]] = deque()
         self._held: list[Block] = []
 
     def submit(self, block: bytes, source: str, final: bool) -> None:
-        item = (block, source, final)
+        item = (block, source, final, self.parser)
         if self._pool is None and self._workers > 1:
             # start the pool only for inputs where it pays for its start (~1 CPU-s)
             self._held.append(item)
@@ -318,8 +321,10 @@ class ChunkParser:
         if self._pool is None:
             self.sink(_parse(item))
             return
-        block, source, final = item
-        fut = self._pool.submit(ftrace.parse_chunk, block, source=source, final=final)
+        block, source, final, parser = item
+        fut = self._pool.submit(
+            ftrace.parse_chunk, block, source=source, final=final, parser=parser
+        )
         self._pending.append((fut, item))
         while len(self._pending) >= IN_FLIGHT:
             self._drain_one()
@@ -353,12 +358,12 @@ class ChunkParser:
             self._pool = None
 
 
-Block = tuple[bytes, str, bool]
+Block = tuple[bytes, str, bool, str]  # block, source, final, parser
 
 
 def _parse(item: Block) -> ftrace.ChunkResult:
-    block, source, final = item
-    return ftrace.parse_chunk(block, source=source, final=final)
+    block, source, final, parser = item
+    return ftrace.parse_chunk(block, source=source, final=final, parser=parser)
 
 
 def _start_pool(workers: int) -> ProcessPoolExecutor:
@@ -440,7 +445,7 @@ def ingest_all(
     parser = ChunkParser(workers)
     try:
         for src in sources:
-            stats = SourceStats(path=src)
+            stats = SourceStats(path=src, parser=parser.parser)
             all_stats.append(stats)
             parser.sink = _collector(stats, sinks)
             ingest_source(src, parser, stats, progress)
