@@ -39,22 +39,28 @@ enum op {
 
 static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
-static int hex_value(unsigned char c)
+/* hex digit value + 1, 0 for a non-hex byte */
+static const unsigned char HEX1[256] = {
+    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,  ['6'] = 7,
+    ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14,
+    ['e'] = 15, ['f'] = 16, ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15,
+    ['F'] = 16,
+};
+
+static int hex_value(unsigned char c) { return (int)HEX1[c] - 1; }
+
+static int same(const unsigned char *a, const unsigned char *b, long m)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
+    for (long j = 0; j < m; j++)
+        if (a[j] != b[j])
+            return 0;
+    return 1;
 }
 
-/* First occurrence of needle[0..m) in s[from..to), or -1. */
 static long find(const unsigned char *s, long from, long to, const unsigned char *needle, long m)
 {
     for (long i = from; i + m <= to; i++)
-        if (s[i] == needle[0] && memcmp(s + i, needle, (size_t)m) == 0)
+        if (s[i] == needle[0] && same(s + i, needle, m))
             return i;
     return -1;
 }
@@ -62,7 +68,7 @@ static long find(const unsigned char *s, long from, long to, const unsigned char
 static long rfind(const unsigned char *s, long from, long to, const unsigned char *needle, long m)
 {
     for (long i = to - m; i >= from; i--)
-        if (s[i] == needle[0] && memcmp(s + i, needle, (size_t)m) == 0)
+        if (s[i] == needle[0] && same(s + i, needle, m))
             return i;
     return -1;
 }
@@ -89,13 +95,17 @@ static int read_hex(const unsigned char *s, long *p, long end, uint64_t *out)
 {
     long i = *p;
     uint64_t v = 0;
-    if (i >= end || hex_value(s[i]) < 0)
+    long start = i;
+    while (i < end && HEX1[s[i]])
+        i++;
+    if (i == start)
         return 0;
-    for (; i < end && hex_value(s[i]) >= 0; i++) {
-        if (v >> 60)
-            return 0;
-        v = (v << 4) | (uint64_t)hex_value(s[i]);
-    }
+    while (start < i - 1 && s[start] == '0') /* leading zeros do not count */
+        start++;
+    if (i - start > 16)
+        return 0;
+    for (long j = start; j < i; j++)
+        v = (v << 4) | (uint64_t)(HEX1[s[j]] - 1);
     *p = i;
     *out = v;
     return 1;
@@ -116,7 +126,7 @@ static int match_template(const unsigned char *s, long p, long end, const int32_
         case OP_END:
             return p == end;
         case OP_LIT:
-            if (end - p < b || memcmp(s + p, lits + a, (size_t)b) != 0)
+            if (end - p < b || !same(s + p, lits + a, b))
                 return 0;
             p += b;
             break;
@@ -209,6 +219,24 @@ static int meta_prefix(const unsigned char *s, long a, long b)
     return 0;
 }
 
+/* 1 when every byte of s[a..e) is printable ASCII (0x20..0x7e); 8 bytes at a time. */
+static int printable(const unsigned char *s, long a, long e)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    long i = a;
+    for (; i + 8 <= e; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t del = w ^ (0x7f * ones); /* a zero byte where w has 0x7f */
+        if ((w | ((w - 0x20 * ones) & ~w) | ((del - ones) & ~del)) & highs)
+            return 0;
+    }
+    for (; i < e; i++)
+        if (s[i] < 0x20 || s[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
 /* Parse the header of line s[a..e); fills the row on success. 1 when sure. */
 static int scan_header(const unsigned char *s, long a, long e, int32_t *cpu, int32_t *pid,
                        int64_t *ts_ns, int32_t *comm_off, int32_t *comm_len, int32_t *flags_off,
@@ -216,10 +244,7 @@ static int scan_header(const unsigned char *s, long a, long e, int32_t *cpu, int
                        int32_t *pl_len)
 {
     long lb, rb, k1, k2, i;
-    unsigned bad = 0;
-    for (i = a; i < e; i++) /* a plain reduction: the compiler vectorizes it */
-        bad |= (unsigned)(s[i] < 0x20) | (unsigned)(s[i] >= 0x7f);
-    if (bad)
+    if (!printable(s, a, e))
         return 0; /* control or non-ASCII: exact grammar */
     const unsigned char *q = memchr(s + a, '[', (size_t)(e - a));
     if (!q)
@@ -327,20 +352,21 @@ static int scan_header(const unsigned char *s, long a, long e, int32_t *cpu, int
 }
 
 /*
- * Scan buf[0..len) (at most n_lines lines; the last may lack its newline).
+ * Scan buf[0..len) (at most n_lines lines; the last may lack its newline); *consumed is
+ * set to the number of bytes scanned (< len when the arrays were too short).
  * names: the known event names, concatenated; name_off[n_names + 1] their bounds.
  * ev_tmpl[n_names + 1]: templates of event k are tmpl_op[ev_tmpl[k]..ev_tmpl[k+1]) (op index
  * of each template's first op, 4 int32 per op). slots: n_slots x n_lines int64 (slot-major).
  * Returns the number of lines scanned.
  */
-long scan_block(const unsigned char *buf, long len, long n_lines, const unsigned char *names,
-                const int32_t *name_off, int32_t n_names, const int32_t *ev_tmpl,
+long scan_block(const unsigned char *buf, long len, long n_lines, int32_t n_names,
+                const unsigned char *names, const int32_t *name_off, const int32_t *ev_tmpl,
                 const int32_t *tmpl_op, const int32_t *ops, const unsigned char *lits,
                 const unsigned char *sets, int64_t *line_start,
                 int64_t *line_end, int8_t *status, int64_t *ts_ns, int32_t *cpu, int32_t *pid,
                 int32_t *comm_off, int32_t *comm_len, int32_t *flags_off, int32_t *flags_len,
                 int32_t *ev_off, int32_t *ev_len, int32_t *pl_off, int32_t *pl_len,
-                int32_t *event_id, int32_t *tmpl, int64_t *slots)
+                int32_t *event_id, int32_t *tmpl, int64_t *slots, long *consumed)
 {
     long pos = 0, r = 0;
     while (pos < len && r < n_lines) {
@@ -380,6 +406,7 @@ long scan_block(const unsigned char *buf, long len, long n_lines, const unsigned
         r++;
         pos = e + 1;
     }
+    *consumed = pos < len ? pos : len;
     return r;
 }
 

@@ -18,6 +18,7 @@ Without the shared library (``make setup`` builds it) ingest uses the polars pat
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -443,7 +444,7 @@ def _allocate(n: int) -> Scan:
     return Scan(**cols)
 
 
-_spare: list[Scan] = []
+_spare = threading.local()  # per thread: ingest parses blocks in a thread pool
 
 
 def _buffers(n: int) -> Scan:
@@ -452,9 +453,9 @@ def _buffers(n: int) -> Scan:
     Every Arrow column is built from a copy (fancy indexing), so reuse is safe; a
     :class:`Scan` is valid until the next call.
     """
-    if not _spare or len(_spare[0].status) < n:
-        _spare[:] = [_allocate(max(n, 1 << 16))]
-    have = _spare[0]
+    have: Scan | None = getattr(_spare, "scan", None)
+    if have is None or len(have.status) < n:
+        have = _spare.scan = _allocate(max(n, 1 << 16))
     cols = {f: getattr(have, f)[:n] for f in Scan.__dataclass_fields__}
     cols["slots"] = have.slots[: N_SLOTS * n].reshape(N_SLOTS, n)
     return Scan(**cols)
@@ -463,36 +464,40 @@ def _buffers(n: int) -> Scan:
 def scan(buf: bytes) -> Scan:
     """Run the C scanner over ``buf`` (one row per line; the last may lack its newline).
 
-    The result is valid until the next call (its arrays are reused).
+    The result is valid until the next call in this thread (its arrays are reused).
     """
     lib = _library()
     assert lib is not None, "the compiled scanner is not built (make setup)"
     if len(buf) >= 1 << 31:
         msg = "a block must be smaller than 2 GiB"
         raise ValueError(msg)
-    n = buf.count(b"\n") + (1 if buf and not buf.endswith(b"\n") else 0)
-    out = _buffers(n)
     t = tables()
+    cap = max(len(buf) // 48, 1 << 12)  # lines are rarely shorter; else scan again, wider
+    while True:
+        out = _buffers(cap)
+        consumed = ctypes.c_long(0)
+        got = lib.scan_block(
+            ctypes.c_char_p(buf),
+            ctypes.c_long(len(buf)),
+            ctypes.c_long(cap),
+            ctypes.c_int32(len(t.events)),
+            *(ctypes.c_void_p(a.ctypes.data) for a in _table_arrays(t)),
+            *(ctypes.c_void_p(getattr(out, f).ctypes.data) for f in Scan.__dataclass_fields__),
+            ctypes.byref(consumed),
+        )
+        if consumed.value == len(buf):
+            return _rows(out, got)
+        cap *= 2
 
-    def ptr(a: np.ndarray) -> int:
-        return int(a.ctypes.data)
 
-    got = lib.scan_block(
-        ctypes.c_char_p(buf),
-        ctypes.c_long(len(buf)),
-        ctypes.c_long(n),
-        ctypes.c_void_p(ptr(t.names)),
-        ctypes.c_void_p(ptr(t.name_off)),
-        ctypes.c_int32(len(t.events)),
-        ctypes.c_void_p(ptr(t.ev_tmpl)),
-        ctypes.c_void_p(ptr(t.tmpl_op)),
-        ctypes.c_void_p(ptr(t.ops)),
-        ctypes.c_void_p(ptr(t.lits)),
-        ctypes.c_void_p(ptr(t.sets)),
-        *(ctypes.c_void_p(ptr(getattr(out, f))) for f in Scan.__dataclass_fields__),
-    )
-    assert got == n, (got, n)
-    return out
+def _rows(s: Scan, n: int) -> Scan:
+    """The first ``n`` lines of ``s``."""
+    cols = {f: getattr(s, f)[..., :n] for f in Scan.__dataclass_fields__}
+    return Scan(**cols)
+
+
+def _table_arrays(t: Tables) -> tuple[np.ndarray, ...]:
+    return (t.names, t.name_off, t.ev_tmpl, t.tmpl_op, t.ops, t.lits, t.sets)
 
 
 # --------------------------------------------------------------------------- columns
@@ -519,8 +524,9 @@ def _strings(data: np.ndarray, off: np.ndarray, length: np.ndarray, valid: np.nd
     assert bad == 0, "a string span outside the block"
     nulls = int(len(valid) - np.count_nonzero(valid))
     bitmap = pa.array(valid, pa.bool_()).buffers()[1] if nulls else None
-    return pa.LargeStringArray.from_buffers(
-        len(lens), pa.py_buffer(offsets), pa.py_buffer(chars), bitmap, nulls
+    # spans lie in one block (< 2 GiB) and do not overlap: int32 offsets suffice
+    return pa.StringArray.from_buffers(
+        len(lens), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(chars), bitmap, nulls
     )
 
 
