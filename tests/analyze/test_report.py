@@ -143,7 +143,7 @@ def test_report_of_several_results_and_observed(tmp_path: Path, small_run: Path)
     assert "<th>observed</th><th>observed_from</th><th>linux-6.5</th></tr>" in text
     assert (
         '<td>real</td><td>mmu_notifier_invalidations</td><td class="num">1</td>'
-        '<td>kvm_unmap_hva_range calls</td><td class="num">2</td>'
+        '<td>kvm_unmap_hva_range calls in guest RAM</td><td class="num">2</td>'
     ) in text
 
 

@@ -218,6 +218,10 @@ def real_run(tmp_path: Path) -> Path:
             _ev(1, 1000, hva_start=0x7F0000000000, hva_end=0x7F0000200000),
             _ev(2, 1001, hva_start=0x7F0000200000, hva_end=0x7F0000201000),
             _ev(3, 4242, hva_start=0x7F0000400000, hva_end=0x7F0000600000),  # VMM thread
+            # a VMM mapping outside guest RAM: counted by the tracepoint, not in guest RAM
+            _ev(18, 4240, hva_start=0x55D000000000, hva_end=0x55D000010000),
+            # straddles the end of guest RAM (1 GiB from 0x7f0000000000): 1 MiB inside
+            _ev(19, 4240, hva_start=0x7F003FF00000, hva_end=0x7F0040100000),
         ],
         "kvm_page_fault": [
             _ev(4, 1000, vcpu=0, rip=0x1000, gpa=0x2000, error_code=0x181),
@@ -303,8 +307,10 @@ def test_observed_counts_ftrace_events(real_run: Path, con_of: Con) -> None:
         ("vm0", "ipi_send_cpumask", "ack_kick targets", 5),
         ("vm0", "kvm_mmu_spte_requested", "calls", 3),
         ("vm0", "kvm_page_fault", "calls", 2),
-        ("vm0", "kvm_unmap_hva_range", "bytes", 2 * (2 << 20) + 4096),
-        ("vm0", "kvm_unmap_hva_range", "calls", 3),
+        ("vm0", "kvm_unmap_hva_range", "bytes", 3 * (2 << 20) + 4096 + 65536),
+        ("vm0", "kvm_unmap_hva_range", "bytes in guest RAM", 2 * (2 << 20) + 4096 + (1 << 20)),
+        ("vm0", "kvm_unmap_hva_range", "calls", 5),
+        ("vm0", "kvm_unmap_hva_range", "calls in guest RAM", 4),
         ("vm0", "mm_migrate_pages", "numa_misplaced nr_failed", 1),
         ("vm0", "mm_migrate_pages", "numa_misplaced nr_succeeded", 3),
         ("vm0", "spte_zapped", "2M", 1),
@@ -325,8 +331,8 @@ def test_observed_vs_simulated_side_by_side(real_run: Path, con_of: Con) -> None
         ("linux-6.5", "vm0", "ept_violations", 2, 2, 1.0),
         ("linux-6.5", "vm0", "host_tlb_flush_ipis", 0, 1, 0.0),
         ("linux-6.5", "vm0", "host_tlb_flushes", 0, 2, 0.0),
-        ("linux-6.5", "vm0", "mmu_notifier_invalidations", 4, 3, 1.333),
-        ("linux-6.5", "vm0", "notifier_bytes", 3 << 21, 2 * (2 << 20) + 4096, 1.499),
+        ("linux-6.5", "vm0", "mmu_notifier_invalidations", 4, 4, 1.0),
+        ("linux-6.5", "vm0", "notifier_bytes", 3 << 21, 5 << 20 | 4096, 1.199),
         ("linux-6.5", "vm0", "numa_pages_migrated", 3, 3, 1.0),
         ("linux-6.5", "vm0", "remote_tlb_flushes", 1, 1, 1.0),
         ("linux-6.5", "vm0", "shootdown_ipis", 2, 5, 0.4),

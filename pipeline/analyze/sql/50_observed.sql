@@ -31,6 +31,36 @@ FROM (
 LEFT JOIN _observed_vm_tids AS t ON t.tid = p.pid
 LEFT JOIN _observed_single_vm AS s ON true;
 
+-- Guest RAM of each VM in the VMM's address space: one [hva_start, hva_end) per region.
+CREATE VIEW _observed_vm_hva AS
+SELECT
+    vm,
+    CAST(r.hva_start AS HUGEINT) AS hva_start,
+    CAST(r.hva_start AS HUGEINT) + r.size_bytes AS hva_end
+FROM (SELECT vm, unnest(regions) AS r FROM vms);
+
+-- kvm:kvm_unmap_hva_range events whose range overlaps their VM's guest RAM, with the bytes
+-- inside it. The tracepoint fires at the top of kvm_mmu_notifier_invalidate_range_start()
+-- for any range of the mm, before the memslot lookup (KERNEL.md 5.3), so it also counts
+-- invalidations of the VMM's other mappings, which the engine does not model.
+CREATE VIEW _observed_unmap_guest AS
+WITH u AS (
+    SELECT
+        row_number() OVER () AS event,
+        pid,
+        CAST(hva_start AS HUGEINT) AS hva_start,
+        CAST(hva_end AS HUGEINT) AS hva_end
+    FROM ftrace_kvm_unmap_hva_range
+)
+SELECT
+    u.event,
+    any_value(u.pid) AS pid,
+    sum(least(u.hva_end, g.hva_end) - greatest(u.hva_start, g.hva_start)) AS guest_bytes
+FROM u
+JOIN _observed_pid_vm AS p ON p.pid IS NOT DISTINCT FROM u.pid
+JOIN _observed_vm_hva AS g ON g.vm = p.vm AND u.hva_start < g.hva_end AND u.hva_end > g.hva_start
+GROUP BY u.event;
+
 -- enum tlb_flush_reason (x86, include/linux/mm_types.h; schemas/enums.toml): the numeric
 -- code is stable, the strings changed case in v7, so counts go by code.
 CREATE VIEW _observed_tlb_flush_reasons AS
@@ -60,7 +90,7 @@ WHERE (CAST(old_spte AS UBIGINT) & 2048) <> 0
 CREATE VIEW observed (
     vm,       -- VM the events are attributed to (NULL: unattributed, see the file header)
     counter,  -- ftrace event counted (or spte_zapped, derived from kvm_tdp_mmu_spte_changed)
-    detail,   -- what of it: calls, bytes, a tlb_flush reason, a page size, a callback
+    detail,   -- what of it: calls, bytes (also: in guest RAM), a tlb_flush reason, a page size, a callback
     value     -- the count or sum [calls, bytes, sptes or pages as detail says]
 ) AS
 WITH ev AS (
@@ -69,6 +99,11 @@ WITH ev AS (
     UNION ALL
     SELECT 'kvm_unmap_hva_range', 'bytes', pid, CAST(hva_end - hva_start AS HUGEINT)
     FROM ftrace_kvm_unmap_hva_range
+    UNION ALL
+    SELECT 'kvm_unmap_hva_range', 'calls in guest RAM', pid, 1 FROM _observed_unmap_guest
+    UNION ALL
+    SELECT 'kvm_unmap_hva_range', 'bytes in guest RAM', pid, guest_bytes
+    FROM _observed_unmap_guest
     UNION ALL
     SELECT 'kvm_page_fault', 'calls', pid, 1 FROM ftrace_kvm_page_fault
     UNION ALL
@@ -111,8 +146,8 @@ GROUP BY p.vm, ev.counter, ev.detail;
 -- their IPIs as "remote shootdown" on the receiving CPUs (arch/x86/mm/tlb.c).
 CREATE VIEW _observed_counter_map AS
 SELECT * FROM (VALUES
-    ('mmu_notifier_invalidations', 'kvm_unmap_hva_range', 'calls'),
-    ('notifier_bytes', 'kvm_unmap_hva_range', 'bytes'),
+    ('mmu_notifier_invalidations', 'kvm_unmap_hva_range', 'calls in guest RAM'),
+    ('notifier_bytes', 'kvm_unmap_hva_range', 'bytes in guest RAM'),
     ('ept_violations', 'kvm_page_fault', 'calls'),
     ('spte_requested', 'kvm_mmu_spte_requested', 'calls'),
     ('spte_zapped', 'spte_zapped', '4K'),

@@ -1,19 +1,14 @@
 -- Audit: the oracle is a lower bound (KERNEL.md 7: it unmaps only pages that will be
--- migrated). No policy may zap fewer SPTEs or send fewer KVM TLB shootdowns than the oracle
--- to the same VM.
--- Returns: one row per (vm, counter, other policy) where the oracle is above it.
-WITH t AS (
-    UNPIVOT (
-        SELECT policy, vm, remote_tlb_flushes, kvm_unmap_gfn_range_calls, spte_zapped
-        FROM shootdowns_by_vm
-    )
-    ON remote_tlb_flushes, kvm_unmap_gfn_range_calls, spte_zapped
-    INTO NAME counter VALUE value
-)
-SELECT o.vm, o.counter, o.value AS oracle_value, p.policy AS other_policy,
-    p.value AS other_value
-FROM t AS o
-JOIN t AS p ON p.vm = o.vm AND p.counter = o.counter AND p.policy <> o.policy
+-- migrated): no policy zaps fewer SPTEs of a VM over the run than the oracle. Flushes are
+-- not compared: the oracle protects fewer pages, so its scan cadence differs (fewer chunks
+-- use up the budget, fewer faults adapt the period), and which SPTEs are present when a
+-- later scan comes depends on each policy's own history; the bound holds per state, not
+-- per run (tests/replay/test_contracts.py checks it per chunk on a fixed scenario).
+-- Returns: one row per (vm, other policy) whose SPTE zaps are below the oracle's.
+SELECT o.vm, 'spte_zapped' AS counter, o.spte_zapped AS oracle_value, p.policy AS other_policy,
+    p.spte_zapped AS other_value
+FROM shootdowns_by_vm AS o
+JOIN shootdowns_by_vm AS p ON p.vm = o.vm AND p.policy <> o.policy
 WHERE o.policy = 'oracle'
-  AND o.value > p.value
-ORDER BY o.vm, o.counter, p.policy
+  AND o.spte_zapped > p.spte_zapped
+ORDER BY o.vm, p.policy
