@@ -324,8 +324,13 @@ def write_report(
     if not results:
         msg = "give at least one RESULTS directory"
         raise OutputError(out, msg)
+    target = Path(out).resolve()
     for path in results:  # every input checked before any work
-        Run.open(path)
+        run = Run.open(path)
+        inputs = [run.results, *([run.dataset] if run.dataset else [])]
+        if any(target == p or target in p.parents for p in inputs):
+            msg = f"would replace the input `{path}`; choose another `--out`"
+            raise OutputError(out, msg)
     jobs = list(zip(results, _names(results), strict=True))
     if workers is None:
         workers = min(len(jobs), os.cpu_count() or 1)

@@ -163,6 +163,13 @@ def test_report_refuses_a_foreign_out_dir(small_run: Path, tmp_path: Path) -> No
     assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
 
 
+def test_report_never_replaces_its_input(small_run: Path) -> None:
+    for out in (small_run, small_run.parent, small_run.parent / "ds"):
+        with pytest.raises(OutputError, match="would replace the input"):
+            write_report([small_run], out)
+    assert (small_run / "manifest.json").is_file()
+
+
 def test_report_bad_results_leaves_nothing(tmp_path: Path, small_run: Path) -> None:
     out = tmp_path / "rep"
     result = CliRunner().invoke(
