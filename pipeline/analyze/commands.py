@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         if given != 1:
             msg = 'give exactly one of: "SQL", `--views`, `--audit`'
             raise QueryError(msg)
-        console = Console(soft_wrap=False, width=None if Console().is_terminal else 200)
+        console = Console(soft_wrap=True, width=None if Console().is_terminal else 200)
         con, run = connect(results)
         try:
             docs = q.public_views(run)
