@@ -5,12 +5,15 @@ Generates, deterministically (seeded), a tracefs-format trace of the events inge
 kvm_page_fault, tlb_flush, ipi_send_cpumask, sched_move_numa, mm_migrate_pages and an unknown
 event) under a temporary directory, then prints, from the same run:
 
-* `tlbreplay ingest` MB/s and peak RSS (main process VmHWM, and the largest pool worker),
+* `tlbreplay ingest` MB/s, CPU-seconds, the parser used (``c``: the compiled scanner in a
+  thread pool; ``polars``: the fallback, in a process pool) and peak RSS (VmHWM of the main
+  process plus the largest pool worker times the number of workers: a bound on the sum),
 * polars reading the same file as one string column (the parse limit),
 * a straightforward Python `re` loop (header regex + payload split) over the first
   ``TLBREPLAY_BENCH_RE_MB`` MB (default 256), and the ratios.
 
-Size: ``TLBREPLAY_BENCH_INGEST_MB`` (default 1100).
+Size: ``TLBREPLAY_BENCH_INGEST_MB`` (default 1100). ``TLBREPLAY_INGEST_PARSER=polars`` measures
+the fallback path. The load average is printed with each figure: the machine may be shared.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 SIZE_MB = int(os.environ.get("TLBREPLAY_BENCH_INGEST_MB", "1100"))
 RE_MB = int(os.environ.get("TLBREPLAY_BENCH_RE_MB", "256"))
@@ -127,6 +131,7 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from pipeline.ingest.runner import run_ingest
+from pipeline.ingest import reader
 if __name__ == "__main__":
     t = time.perf_counter()
     m = run_ingest([sys.argv[1]], Path(sys.argv[2]))
@@ -139,8 +144,10 @@ if __name__ == "__main__":
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
     print(json.dumps({"wall": wall, "cpu": cpu, "hwm": hwm,
+                      "cpu_workers": kids.ru_utime + kids.ru_stime,
                       "children_maxrss": kids.ru_maxrss * 1024, "parsed": m["parsed"],
-                      "lines": m["lines_total"], "quarantined": m["quarantined"]}))
+                      "lines": m["lines_total"], "quarantined": m["quarantined"],
+                      "parser": m["sources"][0]["parser"], "workers": reader.WORKERS}))
 """
 
 POLARS_CHILD = r"""
@@ -174,7 +181,12 @@ def re_loop(path: Path, limit: int) -> tuple[float, int]:
     return time.perf_counter() - t, read
 
 
-def run_child(code: str, *args: str) -> dict[str, float]:
+def loadavg() -> str:
+    """The 1-minute load average (the machine may be shared: wall figures depend on it)."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def run_child(code: str, *args: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
@@ -182,11 +194,12 @@ def run_child(code: str, *args: str) -> dict[str, float]:
         check=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
 def main() -> dict[str, float]:
+    """Generate the trace, run the three readers, print the figures; returns the headline ones."""
     with tempfile.TemporaryDirectory(prefix="tlbreplay-bench-ingest-") as tmp:
         src = Path(tmp) / "trace.txt"
         t = time.perf_counter()
@@ -196,30 +209,41 @@ def main() -> dict[str, float]:
             f"input: {mb:.0f} MB mixed-event tracefs text, generated in "
             f"{time.perf_counter() - t:.1f} s (seed {SEED})"
         )
+        load = loadavg()
         ing = run_child(CHILD, str(src), str(Path(tmp) / "ds"))
         ingest_mbs = mb / ing["wall"]
+        workers = int(ing["workers"]) if ing["cpu_workers"] else 0
         print(
             f"tlbreplay ingest : {ing['wall']:.2f} s  {ingest_mbs:.0f} MB/s  "
             f"{ing['parsed'] / ing['wall'] / 1e6:.2f} M lines/s  "
-            f"({int(ing['lines'])} lines, {int(ing['quarantined'])} quarantined)"
+            f"({int(ing['lines'])} lines, {int(ing['quarantined'])} quarantined; "
+            f"parser {ing['parser']}; load average {load} -> {loadavg()})"
         )
         print(
-            f"cpu time         : {ing['cpu']:.1f} s (main + 2 workers, incl. their start): "
-            f"{mb / ing['cpu']:.0f} MB per CPU-second"
+            f"cpu time         : {ing['cpu']:.1f} s (of which pool processes "
+            f"{ing['cpu_workers']:.1f} s): {mb / ing['cpu']:.0f} MB per CPU-second, "
+            f"{ing['cpu'] / mb * 1000:.1f} CPU-ms per MB"
         )
+        rss_total = ing["hwm"] + workers * ing["children_maxrss"]
         print(
-            f"peak RSS         : main {ing['hwm'] / 2**20:.0f} MiB, largest worker "
-            f"{ing['children_maxrss'] / 2**20:.0f} MiB"
+            f"peak RSS         : main {ing['hwm'] / 2**20:.0f} MiB (its threads included), "
+            f"{workers} pool processes <= {ing['children_maxrss'] / 2**20:.0f} MiB each; "
+            f"all processes <= {rss_total / 2**20:.0f} MiB"
         )
+        load = loadavg()
         pol = run_child(POLARS_CHILD, str(src))
         pol_mbs = mb / pol["wall"]
         print(
             f"polars read_csv  : {pol['wall']:.2f} s  {pol_mbs:.0f} MB/s (one string column:"
-            " the parse limit)"
+            f" the parse limit; load average {load})"
         )
+        load = loadavg()
         re_s, re_bytes = re_loop(src, RE_MB * 1_000_000)
         re_mbs = re_bytes / 1e6 / re_s
-        print(f"python re loop   : {re_mbs:.0f} MB/s (first {re_bytes / 1e6:.0f} MB)")
+        print(
+            f"python re loop   : {re_mbs:.0f} MB/s (first {re_bytes / 1e6:.0f} MB; "
+            f"load average {load})"
+        )
         print(
             f"ratios           : ingest/polars-read {ingest_mbs / pol_mbs:.2f}, "
             f"ingest/re-loop {ingest_mbs / re_mbs:.1f}x, PEERS D.2 split-first 161 MB/s -> "
@@ -231,6 +255,9 @@ def main() -> dict[str, float]:
         "ingest (MB per CPU-s)": round(mb / ing["cpu"], 1),
         "ingest peak RSS main (MiB)": round(ing["hwm"] / 2**20),
         "ingest peak RSS worker (MiB)": round(ing["children_maxrss"] / 2**20),
+        "ingest peak RSS all processes (MiB)": round(rss_total / 2**20),
+        "polars one-column read / ingest": round(pol_mbs / ingest_mbs, 2),
+        "ingest / python re loop": round(ingest_mbs / re_mbs, 2),
         "polars one-column read (MB/s)": round(pol_mbs, 1),
         "python re loop (MB/s)": round(re_mbs, 1),
     }

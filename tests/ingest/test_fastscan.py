@@ -178,3 +178,14 @@ def test_ingest_records_the_parser_and_both_give_the_same_dataset(
         manifest.pop("sources")
         got[parser]["manifest"] = json.dumps(manifest, sort_keys=True).encode()
     assert got["c"] == got["polars"]
+
+
+def test_more_lines_than_the_first_guess_are_all_scanned() -> None:
+    """Blocks of very short lines overflow the first output size; the scan is redone wider."""
+    buf = b"\n" * 20_000 + b"x\n" * 5_000 + b"  CPU 0/KVM-1 [000] 1.5: e: p"
+    s = fastscan.scan(buf)
+    assert len(s.status) == 25_001
+    assert s.status[-1] == fastscan.ST_HEADER
+    result = assert_paths_agree(buf)
+    assert result.comments == 20_000
+    assert result.quarantined == 5_000
