@@ -23,10 +23,15 @@ def cell_text(value: Any) -> str:
         text = f"{value:.3f}".rstrip("0").rstrip(".")
         return "0" if text == "-0" else text
     if isinstance(value, Decimal):
-        return cell_text(float(value))
+        return cell_text(_number(value))
     if isinstance(value, (list, dict)):
         return json.dumps(value, default=str)
     return str(value)
+
+
+def _number(value: Decimal) -> int | float:
+    """A DECIMAL (DuckDB's HUGEINT sums arrive as decimal128) as an int when it is whole."""
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def _is_numeric(dtype: pa.DataType) -> bool:
@@ -57,7 +62,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Decimal):
-        return float(value)
+        return _number(value)
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

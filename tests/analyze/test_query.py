@@ -48,6 +48,17 @@ def test_csv_and_json_formats(small_run: Path) -> None:
     ]
 
 
+def test_hugeint_sums_stay_integers(small_run: Path) -> None:
+    sql = (
+        "SELECT sum(remote_tlb_flushes) AS n, sum(cost_us) AS c, 2.5::DECIMAL(4, 1) AS d "
+        "FROM epochs"
+    )
+    assert run(str(small_run), sql, "--format", "json")[1] == (
+        '[\n {\n  "n": 20,\n  "c": 95.0,\n  "d": 2.5\n }\n]\n'
+    )
+    assert run(str(small_run), sql, "--format", "csv")[1] == "n,c,d\n20,95.0,2.5\n"
+
+
 @pytest.mark.parametrize(
     ("sql", "kind"),
     [
