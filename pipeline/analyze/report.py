@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 from rich.progress import TaskID
@@ -130,16 +131,11 @@ def build_section(results: Path, name: str, out: Path) -> Section:
     """Query the views of ``results`` and draw its plots into ``out``."""
     con, run = connect(results)
     try:
-        names = [
-            p for (p,) in con.sql("SELECT policy FROM run_policies ORDER BY policy_rank").fetchall()
-        ]
-        policies = ", ".join(sql_literal(str(p)) for p in names) or "NULL"
-        tables = {
-            key: con.sql(sql.replace("{policies}", policies)).to_arrow_table()
-            for key, _, sql in TABLES
-        }
-        frames = {key: _polars(con.sql(sql).to_arrow_table()) for key, sql in PLOT_SQL.items()}
-        audits = run_audits(con)
+        tables, frames, audits = _query_section(con)
+    except duckdb.Error as exc:  # e.g. a corrupt row group met while reading
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = f"{run.results}: {text}"
+        raise QueryError(msg) from None
     finally:
         con.close()
     images = {
@@ -154,6 +150,19 @@ def build_section(results: Path, name: str, out: Path) -> Section:
         ),
     }
     return Section(name, run, tables, images, audits)
+
+
+def _query_section(
+    con: duckdb.DuckDBPyConnection,
+) -> tuple[dict[str, pa.Table], dict[str, pl.DataFrame], list[Audit]]:
+    """Every table (:data:`TABLES`), plot frame (:data:`PLOT_SQL`) and audit of a section."""
+    order = con.sql("SELECT policy FROM run_policies ORDER BY policy_rank").fetchall()
+    policies = ", ".join(sql_literal(str(p)) for (p,) in order) or "NULL"
+    tables = {
+        key: con.sql(sql.replace("{policies}", policies)).to_arrow_table() for key, _, sql in TABLES
+    }
+    frames = {key: _polars(con.sql(sql).to_arrow_table()) for key, sql in PLOT_SQL.items()}
+    return tables, frames, run_audits(con)
 
 
 def _polars(table: pa.Table) -> pl.DataFrame:

@@ -4,7 +4,8 @@ Two layers, Perfetto style:
 
 1. *Source views*, made here because they name files: one per table of the run, read as it
    lies on disk (``epochs``, ``vcpu_epochs``, ``scans`` from the RESULTS' hive partitions;
-   ``vms``, ``quarantine`` and ``ftrace_<event>`` from the DATASET the manifest names). A
+   ``vms``, ``accesses``, ``quarantine`` and ``ftrace_<event>`` from the DATASET the
+   manifest names; ``results_manifest``). A
    table with no file yet is an empty view with the schema's columns, so every view binds on
    every run (a synthetic dataset has no ftrace tables: ``observed`` is then empty).
 2. *Analysis views*, ``sql/*.sql`` loaded in file-name order: ``CREATE VIEW`` only, documented
@@ -31,7 +32,6 @@ AUDIT_DIR = SQL_DIR / "audits"
 
 #: Results tables written by replay (hive-partitioned by policy and vm).
 RESULTS_TABLES = ("epochs", "vcpu_epochs", "scans")
-#: Dataset tables with a schema in schemas/ (single Parquet files).
 #: Dataset tables with a schema in schemas/, and where they lie in the DATASET.
 DATASET_TABLES = {
     "vms": "vms.parquet",
@@ -203,7 +203,11 @@ def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
     con = duckdb.connect(":memory:")
     try:
         for source in run.sources():
-            con.execute(_source_sql(source, hive=source.name in RESULTS_TABLES))
+            try:
+                con.execute(_source_sql(source, hive=source.name in RESULTS_TABLES))
+            except duckdb.Error as exc:
+                msg = f"cannot read table `{source.table}`: {_first_line(exc)}"
+                raise DatasetError(source.files or run.results, msg) from None
         con.execute(
             "CREATE VIEW results_manifest AS SELECT "
             f"CAST({sql_literal(json.dumps(run.manifest, sort_keys=True))} AS JSON) AS manifest"

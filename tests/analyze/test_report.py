@@ -216,3 +216,22 @@ def test_report_renders_in_headless_chromium(small_report: Path, tmp_path: Path)
     # not blank: many distinct colours (tables, text and the embedded plots)
     flat = (pixels[:, :, :3] * 255).astype("uint8").reshape(-1, 3)
     assert len({tuple(p) for p in flat[::97]}) > 50
+
+
+def test_corrupt_results_file_is_one_line(small_run: Path, tmp_path: Path) -> None:
+    """A truncated Parquet file in RESULTS: one error line naming it, exit 1, nothing left."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(small_run, bad)
+    part = next((bad / "epochs").rglob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:100])
+    for args in (
+        ["query", str(bad), "SELECT 1"],
+        ["report", str(bad), "--out", str(tmp_path / "r")],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1
+        assert result.stderr.startswith("tlbreplay: error: ") and result.stderr.count("\n") == 1
+        assert "cannot read table `epochs`" in result.stderr
+    assert not (tmp_path / "r").exists()
