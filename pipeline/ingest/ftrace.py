@@ -12,11 +12,13 @@ payload is the event's ``TP_printk`` output (KERNEL.md section 9; formats checke
 ``/sys/kernel/tracing/events/*/*/format`` on Linux 6.18 and the v6.5 sources), or, with
 ``trace-cmd report -R``, the raw ``field=value`` list.
 
-:func:`parse_chunk` parses a block of complete lines. Its fast path finds the header's
-structural characters for all lines at once with numpy and extracts payload fields with one
-polars regex per event; any line the fast path is not sure of goes to the exact per-line
-grammar (:func:`parse_line`), which either parses it or quarantines it with a reason. Both paths
-give the same answer for every line (checked by the property tests).
+:func:`parse_chunk` parses a block of complete lines with the compiled scanner
+(:mod:`pipeline.ingest.fastscan`, ADR 0110) when it is built, else with
+:func:`parse_chunk_polars`: its fast path cuts the headers of all lines at once with polars
+string kernels and extracts payload fields with one polars regex per event. Any line a fast
+path is not sure of goes to the exact per-line grammar (:func:`parse_line`), which either
+parses it or quarantines it with a reason. All paths give the same answer for every line
+(checked by the property tests).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingest import fastscan, ftrace
+from pipeline.ingest import fastscan, ftrace, reader
 from pipeline.ingest.runner import run_ingest
 from tests.ingest.test_ftrace import DATA, any_line, slow_rows
 
@@ -162,14 +162,21 @@ def test_templates_are_printable_and_name_real_columns() -> None:
             assert set(constants) <= set(spec.columns)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_ingest_records_the_parser_and_both_give_the_same_dataset(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
-    src = str(DATA / "v7_tracefs.txt")
+    """In-process, and with tiny blocks through the pools (threads for C, processes for
+    polars): the same files, in input order."""
+    body = b"".join((DATA / n).read_bytes() for n in sorted(p.name for p in DATA.iterdir()))
+    (tmp_path / "t.txt").write_bytes(body * 3 + b"  a-1 [000] .... 1.000001: tlb_flush: pag")
+    src = str(tmp_path / "t.txt")
+    if workers > 1:
+        monkeypatch.setattr(reader, "CHUNK_BYTES", 4093)
     got = {}
     for parser in ftrace.PARSERS:
         monkeypatch.setenv("TLBREPLAY_INGEST_PARSER", parser)
-        manifest = run_ingest([src], tmp_path / parser, workers=1)
+        manifest = run_ingest([src], tmp_path / parser, workers=workers)
         assert [s["parser"] for s in manifest["sources"]] == [parser]
         got[parser] = {
             p.name: p.read_bytes() for p in sorted((tmp_path / parser / "ftrace").iterdir())
