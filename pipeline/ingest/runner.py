@@ -14,7 +14,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.errors import InputError, OutputError
 from pipeline.ingest import reader
-from pipeline.ingest.derive import derive
+from pipeline.ingest.derive import Progress, derive
 from pipeline.schema import atomic_output_dir, write_manifest, write_parquet
 
 DEFAULT_EPOCH_MS = 100
@@ -27,9 +27,14 @@ def run_ingest(
     vm_config: Path | None = None,
     epoch_ms: int = DEFAULT_EPOCH_MS,
     progress: Callable[[int], None] | None = None,
+    derive_progress: Progress | None = None,
     workers: int = reader.WORKERS,
 ) -> dict[str, Any]:
-    """Ingest ``sources`` into the dataset directory ``out``; returns the manifest."""
+    """Ingest ``sources`` into the dataset directory ``out``; returns the manifest.
+
+    ``progress(nbytes)`` is called as input bytes are consumed by the parse stage, then
+    ``derive_progress(rows_done, rows_total)`` as derive streams the event tables.
+    """
     if not sources:
         raise InputError("SRC", "no input given; pass one or more trace files or `-` for stdin")
     if epoch_ms <= 0:
@@ -48,11 +53,15 @@ def run_ingest(
         )
         firsts = [s.first_ts_ns for s in stats if s.first_ts_ns is not None]
         t0 = min(firsts) if firsts else None
-        derived = derive(tmp, vm_config=vm_config, epoch_ms=epoch_ms, t0_ns=t0)
-        write_parquet(derived.vms, tmp / "vms.parquet", "vms", params=params)
-        write_parquet(
-            derived.accesses, tmp / "accesses" / "part-00000.parquet", "accesses", params=params
+        derived = derive(
+            tmp,
+            vm_config=vm_config,
+            epoch_ms=epoch_ms,
+            t0_ns=t0,
+            params=params,
+            progress=derive_progress,
         )
+        write_parquet(derived.vms, tmp / "vms.parquet", "vms", params=params)
         manifest: dict[str, Any] = {
             "kind": "dataset",
             "tool": "tlbreplay",
@@ -62,7 +71,7 @@ def run_ingest(
             "t0_ns": t0,
             "parameters": params,
             "sources": [s.manifest() for s in stats],
-            "tables": {**rows, "vms": derived.vms.height, "accesses": derived.accesses.height},
+            "tables": {**rows, "vms": derived.vms.height, "accesses": derived.accesses_rows},
             "accesses_from": derived.access_source,
             "accesses_unassigned": derived.unassigned,
             "accesses_outside_ram": derived.outside_ram,
