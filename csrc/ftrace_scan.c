@@ -31,7 +31,8 @@ enum op {
     OP_CLSOPT,      /* a: set; zero or one char of the set */
     OP_CLSREP,      /* a: set, b: minimum count; as many chars of the set as possible */
     OP_UNTIL_FIRST, /* a: lit offset, b: length; >= 1 char up to the first occurrence */
-    OP_UNTIL_LAST   /* a: lit offset, b: length; >= 1 char up to the last occurrence */
+    OP_UNTIL_LAST,  /* a: lit offset, b: length; >= 1 char up to the last occurrence */
+    OP_LHEX         /* a: slot; [0-9a-f]+ as u64 (lower case only) */
 };
 
 #define MAX_TS_SEC 9000000000LL
@@ -91,12 +92,12 @@ static int read_udec(const unsigned char *s, long *p, long end, uint64_t *out)
     return 1;
 }
 
-static int read_hex(const unsigned char *s, long *p, long end, uint64_t *out)
+static int read_hex(const unsigned char *s, long *p, long end, int lower, uint64_t *out)
 {
     long i = *p;
     uint64_t v = 0;
     long start = i;
-    while (i < end && HEX1[s[i]])
+    while (i < end && HEX1[s[i]] && !(lower && s[i] >= 'A' && s[i] <= 'F'))
         i++;
     if (i == start)
         return 0;
@@ -151,7 +152,8 @@ static int match_template(const unsigned char *s, long p, long end, const int32_
                 p += 2;
             /* fall through */
         case OP_HEX:
-            if (!read_hex(s, &p, end, &u))
+        case OP_LHEX:
+            if (!read_hex(s, &p, end, ops[0] == OP_LHEX, &u))
                 return 0;
             slots[a * stride] = (int64_t)u;
             break;

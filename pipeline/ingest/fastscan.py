@@ -37,20 +37,21 @@ ST_DEFER, ST_HEADER, ST_FULL = 0, 1, 2
 
 # Template ops (csrc/ftrace_scan.c enum op).
 _END, _LIT, _UDEC, _SDEC, _HEX, _HEX0X, _SPAN_BEGIN, _SPAN_END = range(8)
-_CLS, _CLSOPT, _CLSREP, _UNTIL_FIRST, _UNTIL_LAST = range(8, 13)
-_NUMBER_OPS = {"udec": _UDEC, "sdec": _SDEC, "hex": _HEX, "hex0x": _HEX0X}
+_CLS, _CLSOPT, _CLSREP, _UNTIL_FIRST, _UNTIL_LAST, _LHEX = range(8, 14)
+_NUMBER_OPS = {"udec": _UDEC, "sdec": _SDEC, "hex": _HEX, "hex0x": _HEX0X, "lhex": _LHEX}
 
 _NOT_SPACE = "".join(chr(c) for c in range(256) if c != 32)
 _ANY = "".join(chr(c) for c in range(256))
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ_"
 _LOWER = "abcdefghijklmnopqrstuvwxyz_"
 
-# A template is a list of tokens: str = literal text; (kind, column) with kind udec/sdec/hex/
-# hex0x = a number; ("str", column, parts) = the text matched by parts, where a part is
-# ("cls", set), ("clsopt", set), ("clsrep", set, min), ("until_first", text) or
-# ("until_last", text); ("clsopt", set) outside a string is allowed too. Each follows one
-# variant of the event's first grammar in ftrace.SPECS; a repeated class or a number is always
-# followed by text that cannot continue it, so greedy matching is the regex's only match.
+# A template is a list of tokens: str = literal text; (kind, column) with kind udec, sdec,
+# hex, hex0x or lhex (lower-case hex) = a number; ("str", column, parts) = the text matched by
+# parts, where a part is ("cls", set), ("clsopt", set), ("clsrep", set, min),
+# ("until_first", text) or ("until_last", text); ("clsopt", set) outside a string is allowed
+# too. Each follows one variant of the event's first grammar in ftrace.SPECS; a repeated class
+# or a number is always followed by text that cannot continue it, so greedy matching finds the
+# regex's only match.
 Token = Any
 
 
@@ -278,6 +279,19 @@ TEMPLATES: dict[str, list[tuple[list[Token], dict[str, Any]]]] = {
                 ("udec", "nr_accesses"),
                 " ",
                 ("udec", "age"),
+            ],
+            {},
+        )
+    ],
+    "page_fault_user": [
+        (
+            [
+                "address=0x",
+                ("lhex", "address"),
+                " ip=0x",
+                ("lhex", "ip"),
+                " error_code=0x",
+                ("hex", "error_code"),
             ],
             {},
         )
