@@ -35,6 +35,12 @@ enum op {
     OP_LHEX         /* a: slot; [0-9a-f]+ as u64 (lower case only) */
 };
 
+/* Bumped whenever scan_block's arguments, the ops or the states change; fastscan.py refuses
+   a library built from another version (a stale build falls back to polars, never crashes). */
+#define SCAN_ABI 1
+
+int scan_abi(void) { return SCAN_ABI; }
+
 #define MAX_TS_SEC 9000000000LL
 #define INT32_MAXV 2147483647LL
 

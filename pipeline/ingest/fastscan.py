@@ -32,6 +32,7 @@ from pipeline.ingest import ftrace
 from pipeline.schema import conform, table_schema
 
 LIBRARY = Path(__file__).with_name("_ftrace_scan.so")
+SCAN_ABI = 1  # csrc/ftrace_scan.c SCAN_ABI: arguments, ops and states this module expects
 N_SLOTS = 16
 ST_DEFER, ST_HEADER, ST_FULL = 0, 1, 2
 
@@ -410,7 +411,10 @@ def _library() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(str(LIBRARY))
-    except OSError:
+        lib.scan_abi.restype = ctypes.c_int
+        if lib.scan_abi() != SCAN_ABI:
+            return None  # a stale build: `make setup` rebuilds it
+    except (OSError, AttributeError):
         return None
     lib.scan_block.restype = ctypes.c_long
     lib.gather_strings.restype = ctypes.c_long

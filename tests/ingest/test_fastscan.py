@@ -196,3 +196,17 @@ def test_more_lines_than_the_first_guess_are_all_scanned() -> None:
     result = assert_paths_agree(buf)
     assert result.comments == 20_000
     assert result.quarantined == 5_000
+
+
+def test_a_stale_library_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library from another scanner version would be called with the wrong arguments."""
+    monkeypatch.delenv("TLBREPLAY_INGEST_PARSER", raising=False)
+    monkeypatch.setattr(fastscan, "SCAN_ABI", fastscan.SCAN_ABI + 1)
+    fastscan._library.cache_clear()
+    try:
+        assert not fastscan.available()
+        assert ftrace.default_parser() == "polars"
+    finally:
+        monkeypatch.undo()
+        fastscan._library.cache_clear()
+    assert fastscan.available()
