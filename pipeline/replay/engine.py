@@ -9,7 +9,7 @@ accesses). No clock, no RNG: time is ``epoch * epoch_ms``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -17,8 +17,9 @@ import numpy.typing as npt
 from pipeline.replay.context import EpochCtx
 from pipeline.replay.counters import Counters
 from pipeline.replay.fault import FaultPath
+from pipeline.replay.hosting import VmHosting
 from pipeline.replay.intervals import IntervalSet
-from pipeline.replay.kvm import Kvm, YieldModel
+from pipeline.replay.kvm import Kvm, ReschedModel, YieldModel
 from pipeline.replay.mprotect import ChangeProtNuma
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.scanner import Scanner, TaskNuma
@@ -52,6 +53,7 @@ class EngineOptions:
     busy_vcpus: bool = False
     vmm_threads: int = 8
     vmm_thread_share: float = 0.05
+    resched: ReschedModel = field(default_factory=ReschedModel)
 
 
 class VmRun:
@@ -67,15 +69,23 @@ class VmRun:
         opts: EngineOptions,
         n_epochs: int,
         knobs: dict[str, int],
+        hosting: VmHosting | None = None,
     ) -> None:
         self.cfg = cfg
+        self.hosting = hosting or VmHosting(cfg.name)
         self.acc = acc
         self.bounds = acc.bounds(n_epochs)
         self.state = VmState(cfg, host)
         self.dirty = IntervalSet.of(
             [r.gfn_start for r in cfg.regions], [r.gfn_end for r in cfg.regions]
         )
-        self.kvm = Kvm(self.state, policy, opts.yields, shadow_2m=opts.shadow_guest_2m)
+        self.kvm = Kvm(
+            self.state,
+            policy,
+            opts.yields,
+            shadow_2m=opts.shadow_guest_2m,
+            resched=opts.resched.for_host(self.hosting),
+        )
         self.cprot = ChangeProtNuma(self.state, self.kvm, policy, self.dirty)
         self.tasks = [
             TaskNuma(
@@ -97,6 +107,9 @@ class VmRun:
         self.vmm_thread = opts.vmm_thread
         # the QEMU main thread mostly sleeps in ppoll(): it gains this share of each epoch
         self.vmm_share_ms = opts.vmm_thread_share * opts.epoch_ms
+        # task_tick_numa() compares se.sum_exec_runtime: a vCPU gains its CPU share of the epoch
+        self.vcpu_ms = [self.hosting.share(i) * opts.epoch_ms for i in range(cfg.vcpus)]
+        nr_threads = self.hosting.nr_threads or cfg.vcpus + opts.vmm_threads
         self.busy_vcpus = opts.busy_vcpus
         self.scanner = Scanner(
             self.state,
@@ -104,7 +117,8 @@ class VmRun:
             self.cprot,
             self.tasks,
             knobs,
-            nr_threads=cfg.vcpus + opts.vmm_threads,
+            nr_threads=nr_threads,
+            vmm_areas=self.hosting.vmm_areas,
         )
         self.fault = FaultPath(
             self.state, self.kvm, policy, scanner=self.scanner, tasks=self.tasks, dirty=self.dirty
@@ -167,7 +181,7 @@ class Engine:
             if (t.index < run.cfg.vcpus and active[t.index]) or t.index >= run.cfg.vcpus
         ]
         for t in ran:
-            t.runtime_ms += self.epoch_ms if t.index < run.cfg.vcpus else run.vmm_share_ms
+            t.runtime_ms += run.vcpu_ms[t.index] if t.index < run.cfg.vcpus else run.vmm_share_ms
         if ran and run.cfg.numa_balancing:  # sysctl 0: sched_numa_balancing off, no ticks
             k = e % n
             order = sorted(ran, key=lambda t: (t.index - k) % n)

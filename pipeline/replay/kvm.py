@@ -10,13 +10,14 @@ unmap of the present SPTEs in the range.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.replay.context import EpochCtx
 from pipeline.replay.counters import PS_2M, PS_4K
+from pipeline.replay.hosting import VmHosting
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.state import P_SPTE, PAGE_SIZE, PAGES_PER_PMD, VmState
 
@@ -96,16 +97,97 @@ class YieldModel:
         return y
 
 
+# kernel/sched/fair.c sysctl_sched_base_slice (EEVDF, v6.6+): 0.75 ms, scaled at boot by
+# get_update_sysctl_factor() = 1 + ilog2(min(online CPUs, 8)) (SCHED_TUNABLESCALING_LOG)
+BASE_SLICE_NS = 750_000
+
+
+def sched_slice_ns(cpus: int) -> float:
+    """sysctl_sched_base_slice of a host with ``cpus`` CPUs (v6.6+ EEVDF; v6.18)."""
+    return BASE_SLICE_NS * (1 + int(math.log2(max(1, min(cpus, 8)))))
+
+
+@dataclass(frozen=True)
+class ReschedModel:
+    """The need_resched() term of the zap walk's yields (ADR 0320): on a loaded host the
+    zapping thread's slice ends during a long zap, and the walk flushes before it yields.
+
+    Kernel rule: arch/x86/kvm/mmu/mmu.c __walk_slot_rmaps() (shadow MMU, reached from
+    kvm_unmap_gfn_range() -> kvm_rmap_zap_gfn_range() with ``can_yield = range->may_block``
+    and ``flush_on_yield = true``, v6.12+, v6.18) checks ``need_resched() ||
+    rwlock_needbreak(&kvm->mmu_lock)`` after every rmap head; when true it calls
+    kvm_flush_remote_tlbs_range() if a zap is pending and then cond_resched_rwlock_write().
+    arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_iter_cond_resched() does the same for the TDP MMU
+    (v6.5 = v6.18 = v7.1). need_resched() is tested explicitly, so this happens under every
+    preemption model (KERNEL.md §5.2, second term of "flushes per range"; the contention
+    term rwlock_needbreak() is :class:`YieldModel`). The notifier of change_prot_numa() is
+    blockable (mmu_notifier_invalidate_range_start() sets MMU_NOTIFIER_RANGE_BLOCKABLE), so
+    ``may_block`` is true.
+
+    Scheduler side (kernel/sched/fair.c, EEVDF v6.6+): with another task runnable on the
+    CPU, update_curr() -> update_deadline() sets need_resched when the running task has
+    used its slice (sysctl_sched_base_slice, :func:`sched_slice_ns`); with none runnable it
+    is never set. So a zap whose walk takes ``W`` ns of CPU time yields, in expectation,
+
+        Y_resched = min(1, host_runnable) * W / slice,    W = S * zap_ns_per_spte
+
+    (``S`` SPTEs zapped; the empty rmap heads of the walk are ignored: THP ranges walk
+    128 heads of 2 MiB and do not yield on the lab host). ``host_runnable`` is the mean
+    number of other runnable tasks on the zapping thread's CPU (0: idle host, the default,
+    so the term is 0); ``zap_ns_per_spte`` the CPU cost per zapped SPTE (default 100 ns, an
+    assumption of the order measured by ``tlbreplay calibrate`` on the lab host).
+    """
+
+    zap_ns_per_spte: float = 100.0
+    host_runnable: float = 0.0
+    host_cpus: int = 8
+
+    def for_host(self, hosting: VmHosting) -> ReschedModel:
+        """This model with the VM's measured host facts (:class:`VmHosting`) where known."""
+        out = replace(self, host_runnable=hosting.host_runnable or self.host_runnable)
+        if hosting.zap_ns_per_spte is not None:
+            out = replace(out, zap_ns_per_spte=hosting.zap_ns_per_spte)
+        if hosting.host_cpus is not None:
+            out = replace(out, host_cpus=hosting.host_cpus)
+        return out
+
+    def applies(self, policy: Policy, mmu: str = "tdp") -> bool:
+        """Whether the zap of ``policy``'s kernel yields on need_resched() with a flush:
+        the TDP walk always; the shadow rmap zap from v6.12 (``rmap_zap_yields``; v6.5's
+        kvm_handle_gfn_range(kvm_zap_rmap) never yields); never for the oracle (ADR 0302)."""
+        if self.host_runnable <= 0 or policy.migrate_filter == "oracle":
+            return False
+        return not (mmu == "shadow" and not policy.rmap_zap_yields)
+
+    def extra_flushes(self, spte_zapped: int) -> float:
+        """Expected need_resched() yields with a pending flush of one zap of
+        ``spte_zapped`` SPTEs (the flush at the end of the range is not counted)."""
+        if spte_zapped <= 1 or self.host_runnable <= 0:
+            return 0.0
+        walk_ns = spte_zapped * self.zap_ns_per_spte
+        return min(1.0, self.host_runnable) * walk_ns / sched_slice_ns(self.host_cpus)
+
+
 class Kvm:
     """KVM's view of one VM: counts and zaps on its :class:`VmState`."""
 
-    def __init__(self, vm: VmState, policy: Policy, yields: YieldModel, *, shadow_2m: bool) -> None:
+    def __init__(
+        self,
+        vm: VmState,
+        policy: Policy,
+        yields: YieldModel,
+        *,
+        shadow_2m: bool,
+        resched: ReschedModel | None = None,
+    ) -> None:
         self.vm = vm
         self.policy = policy
         self.shadow = vm.cfg.mmu == "shadow"
         self.spte_2m = not self.shadow or shadow_2m
         self.yields = yields
         self.yield_factor = yields.factor(policy, vm.cfg.preempt, vm.cfg.mmu)
+        self.resched = resched or ReschedModel()
+        self.resched_on = self.resched.applies(policy, vm.cfg.mmu)
         self.yield_carry = 0.0
         self.in_progress = 0
 
@@ -167,11 +249,16 @@ class Kvm:
                 c.add_thread(ctx.epoch, v, "shootdown_ipis", nr)
 
     def _yields(self, ctx: EpochCtx, gfn_start: int, gfn_end: int, spte_zapped: int) -> int:
-        """Whole extra flushes of one zap of ``spte_zapped`` SPTEs over the range (Y)."""
-        if self.yield_factor == 0.0 or spte_zapped <= 1:
+        """Whole extra flushes of one zap of ``spte_zapped`` SPTEs over the range: the
+        contention term Y (:class:`YieldModel`) plus the need_resched() term
+        (:class:`ReschedModel`), accumulated as expected values."""
+        if spte_zapped <= 1 or (self.yield_factor == 0.0 and not self.resched_on):
             return 0
-        n = int(ctx.vcpus_touching(gfn_start, gfn_end).size)
-        self.yield_carry += self.yield_factor * self.yields.extra_flushes(spte_zapped, n)
+        if self.yield_factor:
+            n = int(ctx.vcpus_touching(gfn_start, gfn_end).size)
+            self.yield_carry += self.yield_factor * self.yields.extra_flushes(spte_zapped, n)
+        if self.resched_on:
+            self.yield_carry += self.resched.extra_flushes(spte_zapped)
         whole = math.floor(self.yield_carry)
         self.yield_carry -= whole
         return whole

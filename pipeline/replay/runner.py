@@ -19,7 +19,8 @@ from pipeline.errors import DatasetError, OutputError
 from pipeline.replay.cost import CostModel
 from pipeline.replay.counters import EPOCH_COUNTERS, PAGE_SIZES, VCPU_COUNTERS
 from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
-from pipeline.replay.kvm import YieldModel
+from pipeline.replay.hosting import VmHosting, hosting_for
+from pipeline.replay.kvm import ReschedModel, YieldModel
 from pipeline.replay.policies import POLICIES, get_policy
 from pipeline.schema import conform, table_schema
 
@@ -48,6 +49,11 @@ class ReplayParams:
     * ``busy_vcpus`` False: treat every vCPU as running (in guest mode, gaining runtime) in
       every epoch, not only those with accesses. For real traces, whose accesses come from
       faults only: an idle-looking vCPU would otherwise never tick the scanner.
+    * ``resched``: the need_resched() yields of the KVM zap walk (:class:`ReschedModel`;
+      0 on an idle host, the default).
+    * ``hosting`` (): per-VM process and host facts (:class:`VmHosting`: the VMM's non-RAM
+      VMAs, the vCPUs' CPU share, get_nr_threads(), host load, zap cost; ADR 0320). A VM
+      without an entry keeps the defaults (guest RAM only, share 1.0, idle host).
     * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8, when
       the dataset has at least 200k access rows). The results do not depend on it.
     """
@@ -66,6 +72,8 @@ class ReplayParams:
     busy_vcpus: bool = False
     vmm_threads: int = 8
     vmm_thread_share: float = 0.05
+    resched: ReschedModel = field(default_factory=ReschedModel)
+    hosting: tuple[VmHosting, ...] = ()
     workers: int = 1
 
     def as_dict(self) -> dict[str, Any]:
@@ -179,6 +187,7 @@ def _run_job(
         busy_vcpus=params.busy_vcpus,
         vmm_threads=params.vmm_threads,
         vmm_thread_share=params.vmm_thread_share,
+        resched=params.resched,
     )
     host = HostState(cfgs[0].node_mem_pages.copy() if cfgs else np.zeros(1, np.int64))
     traces: Traces = {}
@@ -192,6 +201,7 @@ def _run_job(
             opts=opts,
             n_epochs=job.n_epochs,
             knobs={k: int(row[k]) for k in KNOBS},
+            hosting=hosting_for(params.hosting, cfg.name),
         )
         if job.trace:
             run.trace = traces.setdefault((policy.name, cfg.name), [])

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.replay.context import EpochCtx
+from pipeline.replay.hosting import VmmArea
 from pipeline.replay.mprotect import ChangeProtNuma
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.state import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, Region, VmState
@@ -111,8 +112,12 @@ class Scanner:
         knobs: dict[str, int],
         *,
         nr_threads: int | None = None,
+        vmm_areas: tuple[VmmArea, ...] = (),
     ) -> None:
         self.vm = vm
+        # the VMM's non-RAM VMAs (ADR 0320): walked with guest RAM in address order
+        self.vmm_areas = tuple(sorted(vmm_areas, key=lambda a: a.hva_start))
+        self.vmm_rss_pages = sum(a.rss_bytes for a in vmm_areas) // PAGE_SIZE
         # get_nr_threads(current): every thread of the QEMU process, not only the modelled ones
         self.nr_threads = len(tasks) if nr_threads is None else max(nr_threads, len(tasks))
         self.policy = policy
@@ -138,10 +143,11 @@ class Scanner:
         return self.scan_size_mb << (20 - PAGE_SHIFT)
 
     def nr_scan_windows(self) -> int:
-        """kernel/sched/fair.c task_nr_scan_windows(): RSS rounded up to whole scan windows
-        (v6.5 = v7.1, KERNEL.md §3.2)."""
+        """kernel/sched/fair.c task_nr_scan_windows(): get_mm_rss(p->mm) rounded up to whole
+        scan windows (v6.5 = v6.18 = v7.1, KERNEL.md §3.2). The RSS is the whole mm's: guest
+        RAM populated so far plus the VMM's other VMAs (ADR 0320)."""
         sp = self.scan_pages()
-        rss = max(self.vm.rss_pages, sp)
+        rss = max(self.vm.rss_pages + self.vmm_rss_pages, sp)
         return -(-rss // sp)
 
     def task_scan_min(self) -> int:
@@ -180,22 +186,32 @@ class Scanner:
                 self.task_numa_work(ctx, task)
 
     # -- §3.4 ------------------------------------------------------------------------------
-    def _vma_skipped_unsuitable(self, region: Region) -> bool:
+    @staticmethod
+    def _numab_key(vma: Region | VmmArea) -> int:
+        """vma->numab_state slot: guest regions by index (the fault path sets their pid
+        bits), VMM areas by a negative key."""
+        return -1 - vma.hva_start if isinstance(vma, VmmArea) else vma.index
+
+    def _vma_skipped_unsuitable(self, region: Region | VmmArea) -> bool:
         """kernel/sched/fair.c task_numa_work() VMA skips (v6.5 and v7.x, KERNEL.md §3.4,
         §3.6): !vma_migratable() / is_vm_hugetlb_page(): hugetlbfs never; !vma_policy_mof()
         for shmem and memfd without an MPOL_F_MOF (MPOL_F_NUMA_BALANCING) shared policy.
-        ``placement`` is a layout, not a mempolicy (ADR 0310)."""
+        ``placement`` is a layout, not a mempolicy (ADR 0310). A VMM area is skipped by its
+        kind (``shared_ro``, ``inaccessible``, ``unsuitable``: :class:`VmmArea`)."""
+        if isinstance(region, VmmArea):
+            return not region.scanned
         if region.backing == "hugetlbfs":
             return True
         return region.backing == "shared" and not region.mof_policy
 
-    def _vma_is_accessed(self, region: Region, numab: VmaNumab, task: TaskNuma) -> bool:
+    def _vma_is_accessed(self, region: Region | VmmArea, numab: VmaNumab, task: TaskNuma) -> bool:
         """kernel/sched/fair.c vma_is_accessed(): v6.5 ``seq < 2 || pid bit``; v6.7+
         (mm, vma) conditions (1)-(3) and, from f22cde4371f3 (~v6.12; every v6.7+ policy
         modelled is >= v6.12), (4) ``numa_scan_seq > prev_scan_seq + get_nr_threads()``
         with every QEMU thread counted (``nr_threads``), KERNEL.md §3.4."""
         pids = numab.pids_active[0] | numab.pids_active[1]
-        hit = bool(pids & pid_bit(task.pid))
+        # a populated VMM area holds every thread's bit (ADR 0320: in use by all of them)
+        hit = bool(pids & pid_bit(task.pid)) or (isinstance(region, VmmArea) and region.active)
         if not self.policy.pid_filter_v67:
             return self.numa_scan_seq < 2 or hit
         if self.numa_scan_seq - numab.start_scan_seq < 2 or hit:
@@ -219,7 +235,9 @@ class Scanner:
         ctx.counters.add_thread(ctx.epoch, task.index, "task_numa_work_runs", 1)
         pages = self.scan_pages()
         virtpages = pages * VIRT_BUDGET_FACTOR
-        regions = sorted(self.vm.cfg.regions, key=lambda r: r.hva_start)
+        regions: list[Region | VmmArea] = sorted(
+            [*self.vm.cfg.regions, *self.vmm_areas], key=lambda r: r.hva_start
+        )
         v67 = self.policy.pid_filter_v67
         rec = {"gfn_start": -1, "gfn_end": -1, "chunks": 0, "notifiers": 0, "nr": 0, "virt": 0}
         forced = False
@@ -236,7 +254,8 @@ class Scanner:
                 start = max(start, region.hva_start)
                 if self._vma_skipped_unsuitable(region):
                     continue
-                numab = self.numab.get(region.index)
+                key = self._numab_key(region)
+                numab = self.numab.get(key)
                 if numab is None:
                     numab = VmaNumab(
                         next_scan_ms=now + self.scan_delay,
@@ -245,7 +264,7 @@ class Scanner:
                         start_scan_seq=self.numa_scan_seq,
                         prev_scan_seq=self.numa_scan_seq - 1,
                     )
-                    self.numab[region.index] = numab
+                    self.numab[key] = numab
                 if self.numa_scan_seq and now < numab.next_scan_ms:
                     continue  # scan_delay
                 if not v67 and not self._vma_is_accessed(region, numab, task):
@@ -262,18 +281,23 @@ class Scanner:
                         continue  # pid_inactive
                 while True:
                     end = min(_align_up(start + pages * PAGE_SIZE, PMD_SIZE), region.hva_end)
-                    g_s, g_e = region.hva_to_gfn(start), region.hva_to_gfn(end)
-                    res = self.cprot(ctx, region, g_s, g_e)
                     nr = (end - start) // PAGE_SIZE
-                    if res.nr_updated:
+                    if isinstance(region, VmmArea):
+                        updated = region.rss_pages_in(start, end)
+                    else:
+                        g_s, g_e = region.hva_to_gfn(start), region.hva_to_gfn(end)
+                        res = self.cprot(ctx, region, g_s, g_e)
+                        updated = res.nr_updated
+                        rec["chunks"] += 1
+                        rec["notifiers"] += res.notifiers
+                        rec["nr"] += res.nr_updated
+                        rec["virt"] += nr
+                        first = rec["gfn_start"]
+                        rec["gfn_start"] = g_s if first < 0 else min(first, g_s)
+                        rec["gfn_end"] = max(rec["gfn_end"], g_e)
+                    if updated:
                         pages -= nr
                     virtpages -= nr
-                    rec["chunks"] += 1
-                    rec["notifiers"] += res.notifiers
-                    rec["nr"] += res.nr_updated
-                    rec["virt"] += nr
-                    rec["gfn_start"] = g_s if rec["gfn_start"] < 0 else min(rec["gfn_start"], g_s)
-                    rec["gfn_end"] = max(rec["gfn_end"], g_e)
                     start = end
                     if pages <= 0 or virtpages <= 0:
                         stopped = region

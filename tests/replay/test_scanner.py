@@ -100,6 +100,7 @@ def test_task_scan_bounds_follow_rss() -> None:
 
     s = Scanner.__new__(Scanner)
     s.vm = _Vm()  # type: ignore[assignment]
+    s.vmm_rss_pages = 0
     s.scan_size_mb, s.period_min, s.period_max = 256, 1000, 60000
     assert (s.task_scan_min(), s.task_scan_max()) == (100, 234)
 

@@ -1,0 +1,151 @@
+"""What the host and the VMM process add around one VM's guest RAM (ADR 0320).
+
+The ``vms`` table describes guest RAM. Three things of the *process* and the *host* also
+decide how often task_numa_work() reaches guest RAM and how many flushes a zap costs:
+
+* the VMM's other VMAs (heap, stacks, libraries' data), walked by task_numa_work() in address
+  order with the same budget and skip rules as guest RAM, and counted in get_mm_rss();
+* the CPU share each vCPU thread gets (task_tick_numa() compares se.sum_exec_runtime, CPU
+  time, not wall time);
+* how loaded the host CPUs are (need_resched() during the KVM zap walk).
+
+:class:`VmHosting` carries them for one VM (``ReplayParams.hosting``); every field defaults to
+"not known", which keeps the engine's earlier behaviour (guest RAM only, busy vCPUs owning a
+CPU, idle host).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PAGE_SIZE = 4096
+# the kinds of a VMM area, by the skip rules of task_numa_work() (KERNEL.md §3.4)
+SCANNED_KINDS = ("anon", "file_rw")  # private anonymous, private writable file mapping
+SKIPPED_KINDS = ("file_ro", "shared", "inaccessible", "special")
+AREA_KINDS = SCANNED_KINDS + SKIPPED_KINDS
+
+
+@dataclass(frozen=True)
+class VmmArea:
+    """One VMA of the VMM process that is not guest RAM (``/proc/PID/smaps`` row).
+
+    ``kind`` follows task_numa_work()'s VMA skips (kernel/sched/fair.c, v6.5 = v6.18 = v7.1,
+    KERNEL.md §3.4): ``anon`` and ``file_rw`` (private writable file mapping: vma_policy_mof()
+    is true under the default policy) are scanned; ``file_ro`` (``shared_ro``: file-backed
+    and not writable), ``shared`` (shmem without a MOF policy: vma_policy_mof() false),
+    ``inaccessible`` (no READ/WRITE/EXEC: vma_is_accessible()) and ``special`` (VM_IO,
+    VM_PFNMAP, VM_MIXEDMAP, hugetlbfs: !vma_migratable()) are skipped.
+    """
+
+    hva_start: int
+    size_bytes: int
+    rss_bytes: int
+    kind: str
+
+    @property
+    def hva_end(self) -> int:
+        return self.hva_start + self.size_bytes
+
+    @property
+    def scanned(self) -> bool:
+        return self.kind in SCANNED_KINDS
+
+    @property
+    def active(self) -> bool:
+        """Assumed touched by the VMM's threads between two scans: populated (Rss > 0). Such
+        an area has PTEs to change at every scan (its pages were used again since the last
+        PROT_NONE) and its access_pids hold the threads' bits (their hinting faults)."""
+        return self.rss_bytes > 0
+
+    def rss_pages_in(self, start: int, end: int) -> int:
+        """Populated pages of ``[start, end)`` of this area (spread evenly; at least 1 when
+        the chunk is non-empty and the area is populated)."""
+        if not self.active or end <= start:
+            return 0
+        share = (end - start) / self.size_bytes
+        return max(1, round(self.rss_bytes // PAGE_SIZE * share))
+
+
+@dataclass(frozen=True)
+class VmHosting:
+    """Process and host facts of one VM (``ReplayParams.hosting``; ADR 0320).
+
+    * ``vcpu_cpu_share``: CPU time / wall time of each vCPU thread while it runs the guest
+      (schedstat over the capture); empty = 1.0 (a busy vCPU owns a CPU).
+    * ``vmm_areas``: the VMM's non-RAM VMAs (empty = guest RAM is the whole mm).
+    * ``nr_threads``: get_nr_threads() of the VMM process (None: vCPUs +
+      ``ReplayParams.vmm_threads``).
+    * ``host_runnable``: tasks other than the zapping thread runnable on its CPU (0 = idle
+      host): with one or more, need_resched() is set at each end of the thread's slice.
+    * ``zap_ns_per_spte``: CPU time of the KVM zap walk per SPTE zapped (None: the
+      :class:`pipeline.replay.kvm.ReschedModel` default).
+    * ``host_cpus``: online CPUs of the host (scales the scheduler slice; None: the
+      ReschedModel default).
+    """
+
+    vm: str
+    vcpu_cpu_share: tuple[float, ...] = ()
+    vmm_areas: tuple[VmmArea, ...] = ()
+    nr_threads: int | None = None
+    host_runnable: float = 0.0
+    zap_ns_per_spte: float | None = None
+    host_cpus: int | None = None
+
+    def share(self, vcpu: int) -> float:
+        if not self.vcpu_cpu_share:
+            return 1.0
+        return float(self.vcpu_cpu_share[min(vcpu, len(self.vcpu_cpu_share) - 1)])
+
+    @property
+    def vmm_rss_pages(self) -> int:
+        """get_mm_rss() of the non-RAM part of the mm: every area's Rss, whatever its kind
+        (MM_FILEPAGES + MM_ANONPAGES + MM_SHMEMPAGES)."""
+        return sum(a.rss_bytes for a in self.vmm_areas) // PAGE_SIZE
+
+
+def hosting_for(hosting: Sequence[VmHosting], vm: str) -> VmHosting:
+    """The entry of ``vm`` (the defaults when there is none)."""
+    for h in hosting:
+        if h.vm == vm:
+            return h
+    return VmHosting(vm)
+
+
+def area_kind(perms: str, path: str, vm_flags: Sequence[str] = ()) -> str:
+    """The :data:`AREA_KINDS` entry of a ``/proc/PID/maps`` line (perms like ``rw-p``, the
+    path, smaps VmFlags), per task_numa_work()'s skips (KERNEL.md §3.4)."""
+    flags = set(vm_flags)
+    if flags & {"io", "pf", "mm", "ht"}:  # VM_IO, VM_PFNMAP, VM_MIXEDMAP, hugetlb
+        return "special"
+    if not any(c in perms[:3] for c in "rwx"):
+        return "inaccessible"
+    if perms[3:4] == "s":
+        return "shared"
+    file_backed = bool(path) and not path.startswith("[")
+    if file_backed and "w" not in perms[:3]:
+        return "file_ro"
+    return "file_rw" if file_backed else "anon"
+
+
+def areas_from_smaps(
+    vmas: Sequence[dict[str, object]], ram: Sequence[tuple[int, int]]
+) -> tuple[VmmArea, ...]:
+    """The VMM's non-RAM areas from ``capture.json`` ``vmas_before`` rows (``start``,
+    ``end`` hex strings, ``perms``, ``path``, ``smaps_kb.Rss``, ``vm_flags``), leaving out
+    VMAs that overlap guest RAM (``ram``: hva ``[start, end)`` ranges)."""
+    out = []
+    for row in vmas:
+        start, end = int(str(row["start"]), 16), int(str(row["end"]), 16)
+        if any(start < hi and lo < end for lo, hi in ram):
+            continue
+        smaps = row.get("smaps_kb") or {}
+        rss_kb = int(smaps.get("Rss", 0)) if isinstance(smaps, dict) else 0
+        flags = row.get("vm_flags") or ()
+        kind = area_kind(
+            str(row.get("perms") or "---p"),
+            str(row.get("path") or ""),
+            [str(f) for f in flags] if isinstance(flags, list | tuple) else (),
+        )
+        out.append(VmmArea(start, end - start, rss_kb * 1024, kind))
+    return tuple(out)

@@ -1,0 +1,127 @@
+"""The VMM process and the host around a VM (ADR 0320): the VMM's non-RAM VMAs in
+task_numa_work(), vCPU CPU share in task_tick_numa(), need_resched() yields of the zap walk."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from pipeline.replay.hosting import VmHosting, VmmArea, area_kind, areas_from_smaps
+from pipeline.replay.kvm import ReschedModel, sched_slice_ns
+from pipeline.replay.policies import POLICIES
+from pipeline.replay.runner import ReplayParams, replay_frames
+from tests.replay.conftest import MIB, accesses_frame, every_epoch, region, vm_row, vms_frame
+
+RAM_HVA = 0x7F0000000000
+GUEST_PAGES = (256 * MIB) >> 12  # 65536
+
+
+def test_area_kind_follows_task_numa_work_skips() -> None:
+    assert area_kind("rw-p", "") == "anon"
+    assert area_kind("rw-p", "[heap]") == "anon"
+    assert area_kind("rw-p", "/usr/lib/libc.so.6") == "file_rw"
+    assert area_kind("r-xp", "/usr/lib/libc.so.6") == "file_ro"  # shared_ro
+    assert area_kind("rw-s", "/memfd:ctl (deleted)") == "shared"  # no MOF policy
+    assert area_kind("---p", "") == "inaccessible"
+    assert area_kind("rw-p", "", ["rd", "wr", "pf"]) == "special"  # VM_PFNMAP
+    assert VmmArea(0, 4096, 4096, "anon").scanned
+    assert not VmmArea(0, 4096, 4096, "file_ro").scanned
+
+
+def test_areas_from_smaps_leave_out_guest_ram() -> None:
+    rows = [
+        {"start": "1000", "end": "3000", "perms": "rw-p", "path": "[heap]",
+         "smaps_kb": {"Rss": 4}, "vm_flags": ["rd", "wr"]},
+        {"start": hex(RAM_HVA)[2:], "end": hex(RAM_HVA + 2 * MIB)[2:], "perms": "rw-p",
+         "path": "", "smaps_kb": {"Rss": 2048}, "vm_flags": []},
+    ]  # fmt: skip
+    areas = areas_from_smaps(rows, [(RAM_HVA, RAM_HVA + 2 * MIB)])
+    assert areas == (VmmArea(0x1000, 0x2000, 4096, "anon"),)
+    assert VmHosting("vm0", vmm_areas=areas).vmm_rss_pages == 1
+
+
+def _scans(hosting: VmHosting | None, epochs: int = 40, **vm_kw: object) -> pl.DataFrame:
+    reg = region(size_bytes=256 * MIB, hva_start=RAM_HVA, **vm_kw)  # type: ignore[arg-type]
+    vms = vms_frame(vm_row(regions=[reg], vcpu_nodes=[0]))
+    acc = accesses_frame(every_epoch("vm0", epochs, 0, 0, GUEST_PAGES))
+    params = ReplayParams(hosting=(hosting,) if hosting else ())
+    return replay_frames(vms, acc, ["linux-6.18"], params).scans
+
+
+def test_vmm_areas_use_the_scan_budget_before_guest_ram() -> None:
+    # kernel/sched/fair.c task_numa_work(): a 24 MiB anon VMA of the VMM below guest RAM has
+    # PTEs to change, so it takes 6144 of the 65536 pages of budget; the guest chunk is then
+    # ALIGN(start + 59392 pages, 2 MiB) = 232 MiB. The next work item finishes the guest
+    # (24 MiB = 6144 pages), reaches the last VMA and wraps (numa_scan_seq++).
+    area = VmmArea(RAM_HVA - 64 * MIB, 24 * MIB, 1 * MIB, "anon")
+    scans = _scans(VmHosting("vm0", vmm_areas=(area,)))
+    sizes = (scans["gfn_end"] - scans["gfn_start"]).to_list()
+    assert sizes[:3] == [59392, 6144, 59392]
+    # guest RAM alone: every work item covers all 256 MiB
+    plain = _scans(None)
+    assert (plain["gfn_end"] - plain["gfn_start"]).to_list()[:2] == [GUEST_PAGES] * 2
+    # an unpopulated or skipped VMM area changes nothing and costs no budget
+    for idle in (VmmArea(RAM_HVA - 64 * MIB, 24 * MIB, 0, "anon"),
+                 VmmArea(RAM_HVA - 64 * MIB, 24 * MIB, MIB, "file_ro")):  # fmt: skip
+        got = _scans(VmHosting("vm0", vmm_areas=(idle,)))
+        assert (got["gfn_end"] - got["gfn_start"]).to_list()[0] == GUEST_PAGES
+
+
+def test_scan_windows_count_the_whole_mm_rss() -> None:
+    # task_nr_scan_windows(): get_mm_rss() = 256 MiB guest + 40 MiB of the VMM -> 2 windows
+    # of 256 MB: task_scan_min = max(1000 / (2560/256), 1000 / 2) = 500 ms,
+    # task_scan_max = max(500, 60000 / 2) = 30000 ms (guest alone: 1 window, 1000 / 60000)
+    from pipeline.replay.scanner import Scanner
+
+    class _Vm:
+        rss_pages = GUEST_PAGES
+
+    s = Scanner.__new__(Scanner)
+    s.vm = _Vm()  # type: ignore[assignment]
+    s.scan_size_mb, s.period_min, s.period_max = 256, 1000, 60000
+    s.vmm_rss_pages = 0
+    assert (s.task_scan_min(), s.task_scan_max()) == (1000, 60000)
+    s.vmm_rss_pages = (40 * MIB) >> 12
+    assert (s.task_scan_min(), s.task_scan_max()) == (500, 30000)
+
+
+def test_vcpu_runtime_is_its_cpu_share_of_the_epoch() -> None:
+    # task_tick_numa(): se.sum_exec_runtime > node_stamp (2 ticks = 8 ms) + period (1000 ms).
+    # Share 1.0: 100 ms per epoch -> 1100 > 1008 after 11 epochs: first scan at t = 1100 ms.
+    # Share 0.25: 25 ms per epoch -> 1025 > 1008 after 41 epochs: t = 4100 ms.
+    assert _scans(None, epochs=12)["t_ms"].to_list()[0] == 1100
+    quarter = _scans(VmHosting("vm0", vcpu_cpu_share=(0.25,)), epochs=45)
+    assert quarter["t_ms"].to_list()[0] == 4100
+
+
+def test_resched_yields_from_zap_length_and_host_load() -> None:
+    # EEVDF base slice 0.75 ms x (1 + ilog2(2 CPUs)) = 1.5 ms; a zap of 65536 SPTEs at
+    # 100 ns each walks 6.5536 ms: 6.5536 / 1.5 = 4.369 yields, each after a pending zap
+    assert sched_slice_ns(2) == 1_500_000
+    assert sched_slice_ns(64) == 3_000_000  # the factor stops at 8 CPUs
+    busy = ReschedModel(zap_ns_per_spte=100.0, host_runnable=2.0, host_cpus=2)
+    assert busy.extra_flushes(65536) == pytest.approx(65536 * 100 / 1.5e6)
+    assert busy.extra_flushes(1) == 0.0
+    assert ReschedModel(zap_ns_per_spte=100.0, host_runnable=0.5, host_cpus=2).extra_flushes(
+        65536
+    ) == pytest.approx(0.5 * 65536 * 100 / 1.5e6)  # a competitor runnable half the time
+    assert ReschedModel(host_runnable=0.0).extra_flushes(65536) == 0.0  # idle host
+    # the walk that yields: shadow rmap zap from v6.12, TDP always; never the oracle
+    assert busy.applies(POLICIES["linux-6.18"], "shadow")
+    assert not busy.applies(POLICIES["linux-6.5"], "shadow")
+    assert busy.applies(POLICIES["linux-6.5"], "tdp")
+    oracle = next(p for p in POLICIES.values() if p.migrate_filter == "oracle")
+    assert not busy.applies(oracle, "tdp")
+
+
+def test_resched_yields_flush_in_the_engine_under_preempt_none() -> None:
+    # pinned 4K anon RAM on the shadow MMU, v6.18, preempt=none (no contention term): the
+    # first scan (t = 1100 ms) zaps all 65536 SPTEs -> 1 + floor(4.369) = 5 remote flushes
+    reg = region(size_bytes=256 * MIB, hva_start=RAM_HVA, pinned="all")
+    vms = vms_frame(vm_row(regions=[reg], vcpu_nodes=[0], mmu="shadow", preempt="none"))
+    acc = accesses_frame(every_epoch("vm0", 12, 0, 0, GUEST_PAGES))
+    host = VmHosting("vm0", host_runnable=2.0, zap_ns_per_spte=100.0, host_cpus=2)
+    for hosting, flushes in (((), 1), ((host,), 5)):
+        ep = replay_frames(vms, acc, ["linux-6.18"], ReplayParams(hosting=hosting)).epochs
+        assert int(ep["spte_zapped"].sum()) == GUEST_PAGES
+        assert int(ep["remote_tlb_flushes"].sum()) == flushes
