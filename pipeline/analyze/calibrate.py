@@ -41,6 +41,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import DatasetError, InputError
+from pipeline.replay.hosting import VmHosting, areas_from_smaps
 
 KERNEL_POLICIES = (("7.1", "linux-7.1"), ("6.18", "linux-6.18"), ("6.5", "linux-6.5"))
 PAGE_4K = 4096
@@ -100,6 +101,7 @@ class LabWorkload:
     stride_bytes: int = PAGE_4K
     guest_page_bytes: int = LAB_GUEST_PAGE_BYTES
     vcpu_cpu_share: tuple[float, ...] = ()
+    thp_mapped_kb: int = 0
 
     @classmethod
     def from_table(cls, table: dict[str, Any], path: Path) -> LabWorkload:
@@ -122,6 +124,7 @@ class LabWorkload:
             int(table.get("stride_bytes", PAGE_4K)),
             int(table.get("guest_page_bytes", LAB_GUEST_PAGE_BYTES)),
             tuple(float(x) for x in table.get("vcpu_cpu_share", ())),
+            int(table.get("thp_mapped_kb", 0)),
         )
 
 
@@ -135,6 +138,7 @@ class CalibrationInput:
     t_end_ns: int
     ftrace: dict[str, pl.DataFrame] = field(default_factory=dict)
     kvm_stats_delta: dict[str, int] = field(default_factory=dict)
+    capture: dict[str, Any] = field(default_factory=dict)
 
     @property
     def vm(self) -> dict[str, Any]:
@@ -189,7 +193,8 @@ def load_input(
         guess = Path(f"{stem}.vmstat.json")
         vmstat = guess if guess.is_file() else None
     vmstat_doc = json.loads(vmstat.read_text()) if vmstat is not None else None
-    kvm_delta = _kvm_stats_delta(Path(f"{stem}.capture.json") if stem else None)
+    capture = _capture_doc(Path(f"{stem}.capture.json") if stem else None)
+    kvm_delta = _kvm_stats_delta(capture)
     tables = {
         name: _read_ftrace(dataset, name)
         for name in (
@@ -204,15 +209,22 @@ def load_input(
         )
     }
     t_on, t_end = _window(tables, lab, epoch_ms)
-    return CalibrationInput(dataset, vms, lab, vmstat_doc, t_on, t_end, tables, kvm_delta)
+    return CalibrationInput(dataset, vms, lab, vmstat_doc, t_on, t_end, tables, kvm_delta, capture)
 
 
-def _kvm_stats_delta(meta: Path | None) -> dict[str, int]:
-    """KVM's VM-wide binary stats over the lab window (``capture.json`` lab.kvm_stats_delta.vm):
-    ``remote_tlb_flush_requests`` counts kvm_flush_remote_tlbs() calls (virt/kvm/kvm_main.c)."""
+def _capture_doc(meta: Path | None) -> dict[str, Any]:
     if meta is None or not meta.is_file():
         return {}
-    doc = json.loads(meta.read_text())
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(meta, f"cannot read the capture metadata: {exc}") from exc
+    return doc if isinstance(doc, dict) else {}
+
+
+def _kvm_stats_delta(doc: dict[str, Any]) -> dict[str, int]:
+    """KVM's VM-wide binary stats over the lab window (``capture.json`` lab.kvm_stats_delta.vm):
+    ``remote_tlb_flush_requests`` counts kvm_flush_remote_tlbs() calls (virt/kvm/kvm_main.c)."""
     delta = ((doc.get("lab") or {}).get("kvm_stats_delta") or {}).get("vm") or {}
     return {str(k): int(v) for k, v in delta.items()}
 
@@ -468,37 +480,103 @@ def workload_accesses(
     return frame
 
 
-def share_stride(lab: LabWorkload) -> int:
-    """Run the vCPUs in one epoch of this many, to emulate the CPU share they had (>= 1)."""
+def host_runnable(lab: LabWorkload) -> float:
+    """Mean number of other runnable tasks on a vCPU thread's CPU, from its CPU share: the
+    vCPU thread always wants to run (the lab guest never halts), and the fair scheduler
+    (kernel/sched/fair.c, equal weights) gives each of ``1 + k`` runnable tasks ``1/(1+k)``
+    of the CPU, so ``k = 1/share - 1`` (0 when the share is unknown or 1)."""
     if not lab.vcpu_cpu_share:
-        msg = "the sidecar's [lab] has no vcpu_cpu_share (captured before it was recorded)"
-        raise InputError("[lab]", msg)
+        return 0.0
     share = sum(lab.vcpu_cpu_share) / len(lab.vcpu_cpu_share)
-    return max(1, round(1 / share)) if share > 0 else 1
+    return max(0.0, 1.0 / share - 1.0) if share > 0 else 0.0
+
+
+def zap_ns_per_spte(inp: CalibrationInput) -> float | None:
+    """CPU time per zapped SPTE of the VM's zapping notifiers, measured in the trace: from
+    each ``kvm_unmap_hva_range`` reaching guest RAM to the same thread's next host flush
+    (``tlb_flush`` reason 3/4, the end of change_prot_numa(); < 100 ms later), times the
+    vCPUs' CPU share (wall -> CPU), over the SPTEs those notifiers zapped (guest bytes / the
+    SPTE size). An upper bound: it includes the chunk's PTE changes. None if not measurable."""
+    vm = inp.vm
+    unmap = _in_window(inp.ftrace["kvm_unmap_hva_range"], inp)
+    flush = _in_window(inp.ftrace["tlb_flush"], inp)
+    if not unmap.height or not flush.height or not inp.lab.vcpu_cpu_share:
+        return None
+    over = _overlap_bytes(
+        unmap["hva_start"].to_numpy().astype(np.int64),
+        unmap["hva_end"].to_numpy().astype(np.int64),
+        vm,
+    )
+    ends = flush.filter(pl.col("reason_code").is_in([3, 4])).sort("ts_ns")
+    spte_bytes = LAB_GUEST_PAGE_BYTES if inp.lab.thp_mapped_kb > 0 else PAGE_4K
+    wall_ns = 0
+    sptes = 0
+    for ts, pid, nbytes in zip(
+        unmap["ts_ns"].to_list(), unmap["pid"].to_list(), over.tolist(), strict=True
+    ):
+        if nbytes <= 0:
+            continue
+        after = ends.filter((pl.col("pid") == pid) & (pl.col("ts_ns") > ts)).head(1)
+        if not after.height or int(after["ts_ns"][0]) - ts > BURST_GAP_NS:
+            continue
+        wall_ns += int(after["ts_ns"][0]) - int(ts)
+        sptes += max(1, int(nbytes) // spte_bytes)
+    if not sptes:
+        return None
+    share = sum(inp.lab.vcpu_cpu_share) / len(inp.lab.vcpu_cpu_share)
+    return wall_ns * share / sptes
+
+
+def _host_cpus(inp: CalibrationInput) -> int | None:
+    """Online CPUs: ``capture.json`` host.cpus, else the CPUs that appear in the trace."""
+    known = (inp.capture.get("host") or {}).get("cpus")
+    if known:
+        return int(known)
+    seen = [int(t["cpu"].max()) for t in inp.ftrace.values() if t.height and "cpu" in t.columns]  # type: ignore[arg-type]
+    return max(seen) + 1 if seen else None
+
+
+def lab_hosting(inp: CalibrationInput, *, modelled: bool = True) -> VmHosting:
+    """The lab VM's process and host facts for the engine (ADR 0320): the VMM's non-RAM VMAs
+    (``capture.json`` vmas_before), its thread count (get_nr_threads()), the vCPUs'
+    measured CPU share, the host load and zap cost derived from them. ``modelled=False``
+    gives the defaults (the engine before ADR 0320), for the before/after comparison."""
+    vm = inp.vm
+    if not modelled:
+        return VmHosting(str(vm["vm"]))
+    ram = [(lo, hi) for lo, hi, _ in _regions(vm)]
+    areas = areas_from_smaps(inp.capture.get("vmas_before") or [], ram)
+    threads = inp.capture.get("threads") or {}
+    return VmHosting(
+        vm=str(vm["vm"]),
+        vcpu_cpu_share=inp.lab.vcpu_cpu_share,
+        vmm_areas=areas,
+        nr_threads=len(threads) or None,
+        host_runnable=host_runnable(inp.lab),
+        zap_ns_per_spte=zap_ns_per_spte(inp),
+        host_cpus=_host_cpus(inp),
+    )
 
 
 def simulated(
-    inp: CalibrationInput, policy: str, epoch_ms: int = 100, *, emulate_cpu_share: bool = False
+    inp: CalibrationInput, policy: str, epoch_ms: int = 100, *, hosting: bool = True
 ) -> tuple[dict[str, float], pl.DataFrame]:
     """Replay the lab workload under ``policy``; the counters of :data:`COUNTERS` and scans.
 
-    ``emulate_cpu_share`` is a diagnostic, not a fit: the engine advances a vCPU thread's
-    runtime by the whole epoch when it ran (engine.py), while task_tick_numa() compares
-    ``se.sum_exec_runtime``; on a loaded host the lab's vCPU threads get a share of a CPU
-    (``[lab].vcpu_cpu_share``). The vCPUs then run (and sweep) in one epoch out of
-    ``round(1 / share)``, so their runtime grows at that share of wall time.
+    ``hosting`` (default) gives the engine the capture's process and host facts
+    (:func:`lab_hosting`, ADR 0320); False replays guest RAM alone on an idle host with
+    vCPUs owning their CPUs (the engine's defaults), for before/after comparisons.
     """
     from pipeline.replay.runner import ReplayParams, replay_frames
 
     vm = inp.vm
     n_epochs = round((inp.t_end_ns - inp.t_on_ns) / (epoch_ms * 1_000_000))
     accesses = workload_accesses(vm, inp.lab, n_epochs, epoch_ms)
-    if emulate_cpu_share:
-        accesses = accesses.filter(pl.col("epoch") % share_stride(inp.lab) == 0)
     params = ReplayParams(
         epoch_ms=epoch_ms,
         mmu=str(vm["mmu"]),
         shadow_guest_2m=inp.lab.guest_page_bytes >= (2 << 20),
+        hosting=(lab_hosting(inp, modelled=hosting),),
     )
     result = replay_frames(inp.vms, accesses, [policy], params, seed=0)
     epochs = result.epochs
@@ -546,13 +624,13 @@ def calibrate(
     vmstat: Path | None = None,
     policy: str | None = None,
     epoch_ms: int = 100,
-    emulate_cpu_share: bool = False,
+    hosting: bool = True,
 ) -> pl.DataFrame:
     """One row per counter: observed, simulated, relative error (sim - obs) / obs."""
     inp = load_input(dataset, sidecar, vmstat, epoch_ms)
     policy = policy or policy_for_kernel(inp.vm.get("kernel"))
     obs, background = observed(inp)
-    sim, _ = simulated(inp, policy, epoch_ms, emulate_cpu_share=emulate_cpu_share)
+    sim, _ = simulated(inp, policy, epoch_ms, hosting=hosting)
     bg = with_per_scan({**background, "scans": obs["scans"]})
     obs, sim = with_per_scan(obs), with_per_scan(sim)
     names = [*COUNTERS, *(f"{n}_per_scan" for n in PER_SCAN)]

@@ -98,11 +98,11 @@ def register(app: typer.Typer) -> None:
         ),
         epoch_ms: int = typer.Option(100, "--epoch-ms", min=1),
         markdown: bool = typer.Option(False, "--markdown", help="markdown tables, all DATASETs"),
-        emulate_cpu_share: bool = typer.Option(
+        no_hosting: bool = typer.Option(
             False,
-            "--emulate-cpu-share",
-            help="diagnostic: run the vCPUs in 1 epoch of round(1/share), share = the "
-            "measured [lab].vcpu_cpu_share (the engine counts a vCPU's whole epoch as runtime)",
+            "--no-hosting",
+            help="replay guest RAM alone on an idle host with vCPUs owning a CPU (the "
+            "engine's defaults), without the capture's VMM areas, CPU share and host load",
         ),
     ) -> None:
         """Replay a lab capture's known workload; simulated vs observed counters with errors."""
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
                     vmstat=vmstat,
                     policy=policy,
                     epoch_ms=epoch_ms,
-                    emulate_cpu_share=emulate_cpu_share,
+                    hosting=not no_hosting,
                 ),
             )
             for ds in datasets

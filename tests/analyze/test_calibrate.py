@@ -78,11 +78,13 @@ def test_attribute_vmstat_credits_windows_and_subtracts_background() -> None:
     assert math.isnan(cal.attribute_vmstat([], cols, [], (0, 1), "numa_pte_updates")[0])
 
 
-def test_share_stride() -> None:
+def test_host_runnable_from_the_vcpu_share() -> None:
+    # a vCPU thread that always runs gets 1/(1+k) of its CPU: mean share 0.25 -> k = 3
     lab = cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, vcpu_cpu_share=(0.3, 0.2))
-    assert cal.share_stride(lab) == 4
-    with pytest.raises(InputError, match="vcpu_cpu_share"):
-        cal.share_stride(cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0))
+    assert cal.host_runnable(lab) == pytest.approx(3.0)
+    assert cal.host_runnable(cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0)) == 0.0
+    full = cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, vcpu_cpu_share=(1.0,))
+    assert cal.host_runnable(full) == 0.0
 
 
 def test_cadence() -> None:
@@ -123,6 +125,18 @@ def test_calibrate_a_committed_lab_capture(tmp_path: Path) -> None:
     sim = dict(zip(table["counter"], table["simulated"], strict=True))
     assert sim["scans"] >= 1 and sim["notifier_calls"] >= 1
     assert np.isfinite(table["observed"][0])
+    # the capture's process and host facts reach the engine (ADR 0320)
+    hosting = cal.lab_hosting(inp)
+    assert hosting.vcpu_cpu_share == inp.lab.vcpu_cpu_share
+    assert hosting.nr_threads == 4  # python, CPU 0/KVM, CPU 1/KVM, kvm-nx-lpage-recovery
+    assert hosting.host_cpus == 2
+    ram = [(lo, hi) for lo, hi, _ in cal._regions(inp.vm)]
+    assert all(a.hva_end <= lo or a.hva_start >= hi for a in hosting.vmm_areas for lo, hi in ram)
+    assert any(a.kind == "anon" and a.active for a in hosting.vmm_areas)
+    assert hosting.zap_ns_per_spte is not None and hosting.zap_ns_per_spte > 0
+    # guest RAM is scanned 128 MiB per scan on average (the VMM's areas use the budget)
+    assert dict(zip(table["counter"], table["rel_error"], strict=True))["notifier_bytes"] == 0.0
+    assert cal.lab_hosting(inp, modelled=False).vmm_areas == ()
 
 
 def test_calibrate_without_lab_table_is_a_clear_error(tmp_path: Path) -> None:
