@@ -180,6 +180,8 @@ class Engine:
             for t in run.tasks
             if (t.index < run.cfg.vcpus and active[t.index]) or t.index >= run.cfg.vcpus
         ]
+        # kernel/sched/fair.c task_tick_numa() compares se.sum_exec_runtime, CPU time (v6.5 =
+        # v6.18 = v7.1, KERNEL.md §3.3): a vCPU gains its CPU share of the epoch (ADR 0320)
         for t in ran:
             t.runtime_ms += run.vcpu_ms[t.index] if t.index < run.cfg.vcpus else run.vmm_share_ms
         if ran and run.cfg.numa_balancing:  # sysctl 0: sched_numa_balancing off, no ticks

@@ -3,7 +3,9 @@ scan period (kernel/sched/fair.c; KERNEL.md §3).
 
 The threads that can run task_numa_work are the vCPU threads (their task_work runs before the
 next guest entry, §3.3) and optionally the VMM main thread (§10a). A thread's runtime
-advances by the epoch length in every epoch it ran (a vCPU ran if it accessed memory).
+(se.sum_exec_runtime) advances in every epoch it ran (a vCPU ran if it accessed memory) by
+its CPU share of the epoch (1.0 unless ``VmHosting.vcpu_cpu_share`` says otherwise). The walk
+covers guest RAM and, when given, the VMM's other VMAs (``VmHosting.vmm_areas``, ADR 0320).
 """
 
 from __future__ import annotations
