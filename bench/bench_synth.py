@@ -57,21 +57,29 @@ def run(spec: Path, out: Path) -> dict[str, float]:
     return result
 
 
-def main() -> None:
+def main() -> dict[str, float]:
+    """Run both specs, print the details; return the headline figures of each (bench table)."""
+    figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-synth-") as tmp:
         small = Path(tmp) / "large-128gib.toml"
         small.write_text(small_variant(SPEC.read_text()))
         for label, spec in (("1 TiB VM", SPEC), ("128 GiB VM", small)):
             r = run(spec, Path(tmp) / f"out-{spec.stem}")
+            rows_per_s = r["rows"] / r["seconds"]
             print(
                 f"synth {label:>10}: {r['epochs']:.0f} epochs x 100 ms, {r['rows']:,.0f} rows "
                 f"in {r['files']:.0f} files, {r['seconds']:.2f} s "
-                f"({r['rows'] / r['seconds'] / 1e6:.2f} M rows/s), "
+                f"({rows_per_s / 1e6:.2f} M rows/s), "
                 f"{r['bytes'] / 2**20:.1f} MiB on disk, "
                 f"peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB "
                 f"(after imports {r['base_rss_kib'] / 1024:.0f} MiB)",
                 flush=True,
             )
+            figures[f"synth {label}, 10 min: time (s)"] = round(r["seconds"], 2)
+            figures[f"synth {label}: rows"] = int(r["rows"])
+            figures[f"synth {label}: rows/s"] = round(rows_per_s)
+            figures[f"synth {label}: peak RSS (MiB)"] = round(r["peak_rss_kib"] / 1024)
+    return figures
 
 
 if __name__ == "__main__":

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import duckdb
 
-from pipeline.analyze.views import SQL_DIR, Source, sql_files
+from pipeline.analyze.views import (
+    POINT_KEYS,
+    SQL_DIR,
+    SWEEP_SQL_DIR,
+    Run,
+    Source,
+    sql_files,
+)
 
 _CREATE = re.compile(r"^CREATE VIEW (\w+)\s*(\(?)\s*(?:AS)?\s*$", re.IGNORECASE)
 _COLUMN = re.compile(r"^\s*(\w+)\s*,?\s*--\s*(.*)$")
@@ -78,6 +85,18 @@ def sql_view_docs(directory: Path = SQL_DIR) -> list[ViewDoc]:
     for path in sql_files(directory):
         out.extend(parse_sql_docs(path.read_text(), path.name))
     return out
+
+
+def run_view_docs(run: Run) -> list[ViewDoc]:
+    """Docs of the analysis views of ``run`` as its ``main`` views show them: for a sweep
+    with the ``sweep_*`` views, for a plain replay without the point keys (ADR 0410)."""
+    docs = sql_view_docs()
+    if run.sweep:
+        return [*docs, *sql_view_docs(SWEEP_SQL_DIR)]
+    return [
+        ViewDoc(d.name, d.doc, tuple(c for c in d.columns if c[0] not in POINT_KEYS), d.origin)
+        for d in docs
+    ]
 
 
 def source_view_docs(sources: list[Source]) -> list[ViewDoc]:

@@ -16,21 +16,22 @@ import pyarrow as pa
 from pipeline.analyze.catalog import (
     MANIFEST_DOC,
     ViewDoc,
+    run_view_docs,
     source_view_docs,
-    sql_view_docs,
 )
-from pipeline.analyze.views import AUDIT_DIR, Run, sql_files
+from pipeline.analyze.views import AUDIT_DIR, POINT_SCHEMA, Run, sql_files
 from pipeline.errors import QueryError
 
 FORMATS = ("table", "csv", "json")
 
 
 def public_views(run: Run) -> list[ViewDoc]:
-    """Every view a user may query: source views, the manifest, then sql/*.sql public views."""
+    """Every view a user may query: source views, the manifest, then the public analysis
+    views (``sql/*.sql``, and ``sql/sweep/*.sql`` for a sweep)."""
     return [
         *source_view_docs(run.sources()),
         MANIFEST_DOC,
-        *(v for v in sql_view_docs() if v.is_public),
+        *(v for v in run_view_docs(run) if v.is_public),
     ]
 
 
@@ -100,14 +101,36 @@ def _audit_doc(text: str) -> str:
 
 
 def run_audits(con: duckdb.DuckDBPyConnection, directory: Path = AUDIT_DIR) -> list[Audit]:
-    """Run every audit query; an audit passes when it returns no rows."""
+    """Run every audit query; an audit passes when it returns no rows.
+
+    Audits run over the point-keyed views (:data:`POINT_SCHEMA`), so a sweep is checked point
+    by point; for a plain replay the point columns are dropped from the rows they return.
+    """
+    sweep = _has_points_view(con)
     out: list[Audit] = []
-    for path in audit_files(directory):
-        text = path.read_text()
-        try:
-            rows = con.sql(text).to_arrow_table()
-        except duckdb.Error as exc:
-            msg = f"audit {path.name}: {_first_line(exc)}"
-            raise QueryError(msg) from None
-        out.append(Audit(path.stem, _audit_doc(text), rows))
+    con.execute(f"USE memory.{POINT_SCHEMA}")
+    try:
+        for path in audit_files(directory):
+            text = path.read_text()
+            try:
+                rows = con.sql(text).to_arrow_table()
+            except duckdb.Error as exc:
+                msg = f"audit {path.name}: {_first_line(exc)}"
+                raise QueryError(msg) from None
+            if not sweep:
+                rows = rows.drop_columns([c for c in rows.column_names if c in AUDIT_POINT_COLUMNS])
+            out.append(Audit(path.stem, _audit_doc(text), rows))
+    finally:
+        con.execute("USE memory.main")
     return out
+
+
+#: Point columns of audit rows, shown for a sweep only.
+AUDIT_POINT_COLUMNS = ("point", "setting", "other_point")
+
+
+def _has_points_view(con: duckdb.DuckDBPyConnection) -> bool:
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE schema_name = 'main' AND view_name = 'points'"
+    ).fetchall()
+    return found == [(1,)]

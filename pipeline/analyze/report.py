@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import pyarrow as pa
 from rich.progress import TaskID
 
 from pipeline import __version__
-from pipeline.analyze import plots
+from pipeline.analyze import plots, sweep_plots
 from pipeline.analyze.output import cell_text
 from pipeline.analyze.query import Audit, run_audits
 from pipeline.analyze.views import Run, connect, sql_literal
@@ -36,35 +36,38 @@ from pipeline.schema import atomic_output_dir, write_manifest
 
 REPORT = "report.html"
 
-#: The report's queries: (key, title, SQL over the views).
+#: The report's queries: (key, title, SQL over the views). ``{point}`` is ``point, `` for a
+#: sweep (its views are keyed by grid point, ADR 0410) and empty for a plain replay.
 TABLES = (
     (
         "summary",
         "Savings, all VMs together",
-        "SELECT s.* FROM savings_total AS s JOIN run_policies USING (policy) ORDER BY policy_rank",
+        "SELECT s.* FROM savings_total AS s JOIN run_policies USING (policy) "
+        "ORDER BY {point}policy_rank",
     ),
     (
         "headline",
         "Shootdowns per policy, VM and page size",
-        "SELECT policy, vm, page_size, remote_tlb_flushes, shootdown_ipis, "
+        "SELECT {point}policy, vm, page_size, remote_tlb_flushes, shootdown_ipis, "
         "kvm_unmap_gfn_range_calls, mmu_notifier_invalidations, spte_zapped, ept_violations, "
         "numa_hint_faults, numa_pages_migrated, numa_migrate_failed, host_tlb_flushes, cost_us "
-        "FROM shootdowns JOIN run_policies USING (policy) ORDER BY vm, page_size, policy_rank",
+        "FROM shootdowns JOIN run_policies USING (policy) "
+        "ORDER BY {point}vm, page_size, policy_rank",
     ),
     (
         "savings",
         "Savings per VM against linux-6.5 and linux-7.1",
         "SELECT s.* FROM savings_headline AS s JOIN run_policies USING (policy) "
-        "ORDER BY vm, policy_rank",
+        "ORDER BY {point}vm, policy_rank",
     ),
     (
         "observed",
         "Observed (ftrace) vs simulated",
         # one column per policy (its simulated total), in display order; {policies} is the
         # quoted list from run_policies
-        "PIVOT (SELECT vm, counter, observed, observed_from, policy, simulated "
+        "PIVOT (SELECT {point}vm, counter, observed, observed_from, policy, simulated "
         "FROM observed_vs_simulated) ON policy IN ({policies}) USING first(simulated) "
-        "GROUP BY vm, counter, observed, observed_from ORDER BY vm, counter",
+        "GROUP BY {point}vm, counter, observed, observed_from ORDER BY {point}vm, counter",
     ),
     (
         "observed_raw",
@@ -72,16 +75,29 @@ TABLES = (
         "SELECT * FROM observed ORDER BY vm NULLS LAST, counter, detail",
     ),
 )
-#: Rows of each plot, in the policies' display order (plots keep the order they get).
+#: The tables of a sweep only: its grid points and the savings at each point.
+SWEEP_TABLES = (
+    ("points", "Grid points", "SELECT * FROM points ORDER BY point"),
+    (
+        "sweep_savings",
+        "Savings at each point against the references at the same setting",
+        "SELECT s.* FROM sweep_savings AS s JOIN run_policies USING (policy) "
+        "ORDER BY s.point, s.baseline",
+    ),
+)
+#: Rows of each plot, in the policies' display order (plots keep the order they get). For a
+#: sweep, ``{label}`` makes each point a "policy" of its own, ``p<point> <policy>``, so the
+#: plots show points side by side instead of adding them up.
 PLOT_SQL = {
-    view: f"SELECT v.* FROM {view} AS v JOIN run_policies USING (policy) "
-    f"ORDER BY policy_rank, {keys}"
+    view: f"SELECT v.* {{label}} FROM {view} AS v JOIN run_policies USING (policy) "
+    f"ORDER BY {{point}}policy_rank, {keys}"
     for view, keys in (
         ("shootdowns", "vm, page_size"),
         ("timeline", "vm, epoch"),
         ("by_vcpu", "vm, vcpu"),
     )
 }
+SWEEP_LABEL = "REPLACE (concat('p', v.point, ' ', v.policy) AS policy)"
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -110,6 +126,7 @@ class Section:
     tables: dict[str, pa.Table]
     images: dict[str, Path]
     audits: list[Audit]
+    sensitivity: list[Path] = field(default_factory=list)
 
 
 def _slug(text: str) -> str:
@@ -131,7 +148,8 @@ def build_section(results: Path, name: str, out: Path) -> Section:
     """Query the views of ``results`` and draw its plots into ``out``."""
     con, run = connect(results)
     try:
-        tables, frames, audits = _query_section(con)
+        tables, frames, audits = _query_section(con, sweep=run.sweep)
+        sensitivity = _sweep_sensitivity(con, name, out) if run.sweep else []
     except duckdb.Error as exc:  # e.g. a corrupt row group met while reading
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = f"{run.results}: {text}"
@@ -149,20 +167,40 @@ def build_section(results: Path, name: str, out: Path) -> Section:
             frames["by_vcpu"], out / f"{name}-by_vcpu.png", title=f"{name}: per vCPU"
         ),
     }
-    return Section(name, run, tables, images, audits)
+    return Section(name, run, tables, images, audits, sensitivity)
 
 
 def _query_section(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection, *, sweep: bool = False
 ) -> tuple[dict[str, pa.Table], dict[str, pl.DataFrame], list[Audit]]:
-    """Every table (:data:`TABLES`), plot frame (:data:`PLOT_SQL`) and audit of a section."""
+    """Every table (:data:`TABLES`, and :data:`SWEEP_TABLES` for a sweep), plot frame
+    (:data:`PLOT_SQL`) and audit of a section."""
     order = con.sql("SELECT policy FROM run_policies ORDER BY policy_rank").fetchall()
-    policies = ", ".join(sql_literal(str(p)) for (p,) in order) or "NULL"
-    tables = {
-        key: con.sql(sql.replace("{policies}", policies)).to_arrow_table() for key, _, sql in TABLES
+    fill = {
+        "{policies}": ", ".join(sql_literal(str(p)) for (p,) in order) or "NULL",
+        "{point}": "point, " if sweep else "",
+        "{label}": SWEEP_LABEL if sweep else "",
     }
-    frames = {key: _polars(con.sql(sql).to_arrow_table()) for key, sql in PLOT_SQL.items()}
+
+    def sql_of(template: str) -> str:
+        for key, value in fill.items():
+            template = template.replace(key, value)
+        return template
+
+    queries = [*TABLES, *(SWEEP_TABLES if sweep else ())]
+    tables = {key: con.sql(sql_of(sql)).to_arrow_table() for key, _, sql in queries}
+    frames = {key: _polars(con.sql(sql_of(sql)).to_arrow_table()) for key, sql in PLOT_SQL.items()}
     return tables, frames, run_audits(con)
+
+
+def _sweep_sensitivity(con: duckdb.DuckDBPyConnection, name: str, out: Path) -> list[Path]:
+    """One sensitivity plot per key the sweep varies (:mod:`sweep_plots`), named after the
+    section."""
+    rows = _polars(con.sql(sweep_plots.SENSITIVITY_SQL).to_arrow_table())
+    keys = sorted(set(rows["key"].to_list()))
+    return [
+        sweep_plots.plot_sensitivity(rows, k, out / f"{name}-sensitivity_{k}.png") for k in keys
+    ]
 
 
 def _polars(table: pa.Table) -> pl.DataFrame:
@@ -219,6 +257,7 @@ def render_section(section: Section) -> str:
         f'<section class="run" id="run-{esc(s)}" data-results="{esc(str(run.results))}">',
         f"<h2>{esc(s)}</h2>",
         f'<p class="muted">RESULTS {esc(str(run.results))}<br>DATASET {esc(dataset)}</p>',
+        *(_sweep_parts(section) if run.sweep else []),
         f'<section class="part" data-part="summary"><h3>{esc(TABLES[0][1])}</h3>',
         html_table(t["summary"]),
         "</section>",
@@ -271,6 +310,29 @@ def render_section(section: Section) -> str:
         "</section>",
     ]
     return "\n".join(parts)
+
+
+def _sweep_parts(section: Section) -> list[str]:
+    """The grid points, the savings per point and the sensitivity plots of a sweep."""
+    esc, t = html.escape, section.tables
+    images = [
+        _img(p, f"{section.name}: savings against {p.stem.rsplit('sensitivity_', 1)[-1]}")
+        for p in section.sensitivity
+    ]
+    return [
+        '<section class="part" data-part="sweep"><h3>Sweep</h3>',
+        '<p class="muted">One replay per grid point. The tables below are per point '
+        "(<code>point</code> column); a policy is compared with the references replayed at the "
+        "same setting (the same grid values but the policy). The plots draw each point as "
+        "<code>p&lt;point&gt; &lt;policy&gt;</code>.</p>",
+        f"<h4>{esc(SWEEP_TABLES[0][1])}</h4>",
+        html_table(t["points"]),
+        f"<h4>{esc(SWEEP_TABLES[1][1])}</h4>",
+        html_table(t["sweep_savings"]),
+        "<h4>Sensitivity: savings against each varied key</h4>",
+        *(images or ['<p class="muted">the grid varies no key but the policy</p>']),
+        "</section>",
+    ]
 
 
 def render_page(sections: list[Section]) -> str:

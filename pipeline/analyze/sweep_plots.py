@@ -1,9 +1,9 @@
 """Sensitivity of a sweep: the ``sweep_*`` views and one plot per varied grid key.
 
 A sweep RESULTS (``tlbreplay sweep``, docs/scale.md) is a RESULTS directory whose tables carry
-a ``point`` hive partition, plus ``points.parquet``. :func:`attach_sweep` adds the ``points``
-source view and the views of ``sql/sweep/*.sql`` to a connection made by
-:func:`pipeline.analyze.views.connect`; :func:`write_sensitivity` draws, for every key the grid
+a ``point`` hive partition, plus ``points.parquet``. :func:`pipeline.analyze.views.connect`
+adds the ``points`` source view and the views of ``sql/sweep/*.sql`` for it (ADR 0410);
+:func:`write_sensitivity` draws, for every key the grid
 varies, the shootdowns saved against linux-6.5 and linux-7.1 and the mean shootdowns per
 policy as a function of the key's value (the other keys averaged out).
 
@@ -20,39 +20,33 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline.analyze.views import SQL_DIR, connect, sql_files, sql_literal
+from pipeline.analyze.views import POINTS, SWEEP_SQL_DIR, connect, is_sweep
 from pipeline.errors import QueryError
 
-SWEEP_SQL_DIR = SQL_DIR / "sweep"
-POINTS = "points.parquet"
+__all__ = ["POINTS", "SWEEP_SQL_DIR", "attach_sweep", "is_sweep", "write_sensitivity"]
+
 DPI = 100
 SENSITIVITY_SQL = (
     "SELECT * FROM sweep_sensitivity ORDER BY key, value_num NULLS LAST, value, policy, baseline"
 )
 
 
-def is_sweep(results: Path) -> bool:
-    """True when ``results`` was written by ``tlbreplay sweep``."""
-    return (Path(results) / POINTS).is_file()
-
-
 def attach_sweep(con: duckdb.DuckDBPyConnection, results: Path) -> None:
-    """Add the ``points`` view and the ``sweep_*`` views to ``con`` (a sweep RESULTS only)."""
-    path = Path(results).resolve() / POINTS
-    con.execute(f"CREATE VIEW points AS SELECT * FROM read_parquet({sql_literal(str(path))})")
-    for sql in sql_files(SWEEP_SQL_DIR):
-        try:
-            con.execute(sql.read_text())
-        except duckdb.Error as exc:
-            msg = f"{sql.name}: {str(exc).strip().splitlines()[0]}"
-            raise QueryError(msg) from None
+    """Check that ``con`` (made by :func:`connect` over a sweep ``results``) has the sweep
+    views; :func:`connect` adds them, so there is nothing left to do."""
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE schema_name = 'main' "
+        "AND view_name IN ('points', 'sweep_savings')"
+    ).fetchall()
+    if found != [(2,)]:
+        msg = f"{results}: not a sweep RESULTS (no `{POINTS}`), or the connection is not its own"
+        raise QueryError(msg)
 
 
 def sensitivity_rows(results: Path) -> pl.DataFrame:
     """Rows of ``sweep_sensitivity`` (see sql/sweep/10_sweep.sql for the columns)."""
     con, _ = connect(results)
     try:
-        attach_sweep(con, results)
         frame = pl.from_arrow(con.sql(SENSITIVITY_SQL).to_arrow_table())
     finally:
         con.close()

@@ -11,6 +11,16 @@ Two layers, Perfetto style:
 2. *Analysis views*, ``sql/*.sql`` loaded in file-name order: ``CREATE VIEW`` only, documented
    in comments (see :mod:`pipeline.analyze.catalog`).
 
+Every analysis view is keyed by the grid ``point`` (ADR 0410). The SQL files are loaded into
+the schema :data:`POINT_SCHEMA`, where ``epochs``, ``vcpu_epochs`` and ``scans`` always have a
+``point`` column (the hive partition of a ``tlbreplay sweep`` RESULTS; 0 for a plain replay)
+and ``_points`` lists the points (``points.parquet``, or the single point 0). The views users
+query live in ``main``: for a sweep they are the keyed views as they are (``point`` first);
+for a plain replay they are the same views without ``point`` (and the private ``setting``),
+so its rows are exactly those of a per-run definition. Private views (``_`` prefix) stay in
+:data:`POINT_SCHEMA` only. A sweep also gets the ``points`` view and the ``sweep_*`` views of
+``sql/sweep/``.
+
 Nothing here runs an analysis query; callers do (``query.py``, ``report.py``).
 """
 
@@ -29,6 +39,14 @@ from pipeline.schema import MANIFEST, SCHEMA_DIR, read_manifest, table_schema
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 AUDIT_DIR = SQL_DIR / "audits"
+SWEEP_SQL_DIR = SQL_DIR / "sweep"
+#: The grid points of a sweep RESULTS (schemas/points.toml), beside the results tables.
+POINTS = "points.parquet"
+#: DuckDB schema holding the point-keyed analysis views (ADR 0410); audits query it.
+POINT_SCHEMA = "per_point"
+POINT_DOC = "sweep grid point: the `point=N` partition, joins points.point"
+#: Key columns of the keyed views that a plain replay's views do not show.
+POINT_KEYS = ("point", "setting")
 
 #: Results tables written by replay (hive-partitioned by policy and vm).
 RESULTS_TABLES = ("epochs", "vcpu_epochs", "scans")
@@ -112,6 +130,11 @@ def _has_parquet(root: Path) -> bool:
     return any(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
 
 
+def is_sweep(results: Path) -> bool:
+    """True when ``results`` was written by ``tlbreplay sweep`` (it has ``points.parquet``)."""
+    return (Path(results) / POINTS).is_file()
+
+
 @dataclass
 class Run:
     """A RESULTS directory and the DATASET its manifest names."""
@@ -120,6 +143,11 @@ class Run:
     manifest: dict[str, Any]
     dataset: Path | None
     dataset_manifest: dict[str, Any] | None
+
+    @property
+    def sweep(self) -> bool:
+        """True for a ``tlbreplay sweep`` output: its tables carry a ``point`` partition."""
+        return is_sweep(self.results)
 
     @classmethod
     def open(cls, results: Path) -> Run:
@@ -149,10 +177,16 @@ class Run:
     def sources(self) -> list[Source]:
         """Every source view of this run, with its files (None when there are none)."""
         out: list[Source] = []
+        if self.sweep:
+            out.append(_schema_source("points", str(self.results / POINTS), hive=False))
         for name in RESULTS_TABLES:
             root = self.results / name
             files = str(root / "**" / "*.parquet") if root.is_dir() and _has_parquet(root) else None
-            out.append(_schema_source(name, files, hive=True))
+            source = _schema_source(name, files, hive=True)
+            if self.sweep:
+                docs = {"point": POINT_DOC, **source.column_docs}
+                source = Source(source.name, source.table, files, source.doc, docs)
+            out.append(source)
         for name, where in DATASET_TABLES.items():
             found = sorted(self.dataset.glob(where)) if self.dataset else []
             files = str(self.dataset / where) if self.dataset and found else None
@@ -168,25 +202,60 @@ class Run:
 def _schema_source(table: str, files: str | None, *, hive: bool) -> Source:
     schema = table_schema(table)
     docs = {c.name: c.doc + (f" [{c.unit}]" if c.unit else "") for c in schema.columns}
-    where = "RESULTS" if hive else "DATASET"
+    where = "RESULTS" if hive or table == "points" else "DATASET"
     name = ftrace_view(table.removeprefix("ftrace/")) if table.startswith("ftrace/") else table
     return Source(name, table, files, f"{schema.doc} ({where}: {schema.grain})", docs)
 
 
-def _source_sql(source: Source, *, hive: bool) -> str:
+def _source_sql(source: Source, *, hive: bool, sweep: bool = False) -> str:
+    """The ``CREATE VIEW`` of a source. A sweep's results tables have the ``point`` hive
+    partition first (an integer, as in ``points.point``), also when empty."""
     name = source.name
+    points = ("point",) if hive and sweep else ()
     if source.files is None:
-        return f"CREATE VIEW {name} AS {_empty_select(_schema_columns(source.table))}"
+        columns = _schema_columns(source.table)
+        if points:
+            columns = {"point": "BIGINT", **columns}
+        return f"CREATE VIEW {name} AS {_empty_select(columns)}"
     files = sql_literal(source.files)
     if hive:
-        types = ", ".join(f"{sql_literal(c)}: 'VARCHAR'" for c in PARTITION_COLUMNS)
-        keys = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in PARTITION_COLUMNS)
-        plain = ", ".join(PARTITION_COLUMNS)
+        keys = ", ".join(
+            [f"CAST({c} AS BIGINT) AS {c}" for c in points]
+            + [f"CAST({c} AS VARCHAR) AS {c}" for c in PARTITION_COLUMNS]
+        )
+        types = ", ".join(
+            [f"{sql_literal(c)}: 'BIGINT'" for c in points]
+            + [f"{sql_literal(c)}: 'VARCHAR'" for c in PARTITION_COLUMNS]
+        )
+        plain = ", ".join((*points, *PARTITION_COLUMNS))
         return (
             f"CREATE VIEW {name} AS SELECT {keys}, * EXCLUDE ({plain}) FROM read_parquet("
             f"{files}, hive_partitioning = true, hive_types = {{{types}}})"
         )
     return f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files})"
+
+
+def _point_sources(run: Run) -> list[str]:
+    """The keyed sources of :data:`POINT_SCHEMA`: results tables with ``point`` and the
+    points replayed (``_points``: point, setting, policy or NULL for every policy, status,
+    epoch_ms or NULL for the manifest's)."""
+    qualified = [f"CREATE SCHEMA {POINT_SCHEMA}"]
+    for name in RESULTS_TABLES:
+        body = (
+            f"SELECT * FROM main.{name}"
+            if run.sweep
+            else f"SELECT CAST(0 AS BIGINT) AS point, * FROM main.{name}"
+        )
+        qualified.append(f"CREATE VIEW {POINT_SCHEMA}.{name} AS {body}")
+    points = (
+        "SELECT CAST(point AS BIGINT) AS point, CAST(setting AS BIGINT) AS setting, policy, "
+        "status, CAST(epoch_ms AS BIGINT) AS epoch_ms FROM main.points"
+        if run.sweep
+        else "SELECT CAST(0 AS BIGINT) AS point, CAST(0 AS BIGINT) AS setting, "
+        "CAST(NULL AS VARCHAR) AS policy, 'ok' AS status, CAST(NULL AS BIGINT) AS epoch_ms"
+    )
+    qualified.append(f"CREATE VIEW {POINT_SCHEMA}._points AS {points}")
+    return qualified
 
 
 def sql_files(directory: Path = SQL_DIR) -> list[Path]:
@@ -195,7 +264,9 @@ def sql_files(directory: Path = SQL_DIR) -> list[Path]:
 
 
 def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
-    """An in-memory DuckDB connection with the source views and every ``sql/*.sql`` view.
+    """An in-memory DuckDB connection with the source views and every ``sql/*.sql`` view
+    (and, for a sweep, ``sql/sweep/*.sql``), point-keyed in :data:`POINT_SCHEMA` and as
+    users see them in ``main`` (see the module doc).
 
     Raises DatasetError if ``results`` is not a RESULTS directory.
     """
@@ -204,7 +275,8 @@ def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
     try:
         for source in run.sources():
             try:
-                con.execute(_source_sql(source, hive=source.name in RESULTS_TABLES))
+                hive = source.name in RESULTS_TABLES
+                con.execute(_source_sql(source, hive=hive, sweep=run.sweep))
             except duckdb.Error as exc:
                 msg = f"cannot read table `{source.table}`: {_first_line(exc)}"
                 raise DatasetError(source.files or run.results, msg) from None
@@ -212,16 +284,47 @@ def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
             "CREATE VIEW results_manifest AS SELECT "
             f"CAST({sql_literal(json.dumps(run.manifest, sort_keys=True))} AS JSON) AS manifest"
         )
-        for path in sql_files():
+        for statement in _point_sources(run):
+            con.execute(statement)
+        con.execute(f"USE memory.{POINT_SCHEMA}")
+        for path in analysis_sql_files(run):
             try:
                 con.execute(path.read_text())
             except duckdb.Error as exc:
                 msg = f"{path.name}: {_first_line(exc)}"
                 raise QueryError(msg) from None
+        con.execute("USE memory.main")
+        _expose(con, sweep=run.sweep)
     except BaseException:
         con.close()
         raise
     return con, run
+
+
+def analysis_sql_files(run: Run) -> list[Path]:
+    """The analysis SQL files loaded for ``run``: sql/*.sql, then sql/sweep/*.sql for a sweep."""
+    return [*sql_files(), *(sql_files(SWEEP_SQL_DIR) if run.sweep else [])]
+
+
+def _expose(con: duckdb.DuckDBPyConnection, *, sweep: bool) -> None:
+    """One ``main`` view per public keyed analysis view: as it is for a sweep, without the
+    point keys for a plain replay (whose one point is 0)."""
+    # duckdb_columns() has the column names each view was bound with at CREATE time: no
+    # re-binding of the view chains here
+    rows = con.execute(
+        "SELECT v.view_name, list(c.column_name) FILTER (c.column_name IN ?) "
+        "FROM duckdb_views() AS v "
+        "LEFT JOIN duckdb_columns() AS c ON c.schema_name = v.schema_name "
+        "AND c.table_name = v.view_name "
+        "WHERE v.schema_name = ? AND NOT v.internal AND NOT starts_with(v.view_name, '_') "
+        "AND v.view_name NOT IN (SELECT view_name FROM duckdb_views() WHERE schema_name = 'main')"
+        " GROUP BY v.view_name, v.view_oid ORDER BY v.view_oid",
+        [list(POINT_KEYS), POINT_SCHEMA],
+    ).fetchall()
+    for name, keys in rows:
+        hidden = [] if sweep else sorted(keys or [], key=POINT_KEYS.index)
+        body = f"* EXCLUDE ({', '.join(hidden)})" if hidden else "*"
+        con.execute(f"CREATE VIEW main.{name} AS SELECT {body} FROM {POINT_SCHEMA}.{name}")
 
 
 def _first_line(exc: BaseException) -> str:

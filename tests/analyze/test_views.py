@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipeline.analyze.catalog import describe, sql_view_docs
-from pipeline.analyze.views import SQL_DIR, connect, sql_files
+from pipeline.analyze.catalog import describe, run_view_docs
+from pipeline.analyze.views import SQL_DIR, Run, connect, sql_files
 from pipeline.errors import DatasetError
 from pipeline.schema import write_manifest
 from tests.analyze.conftest import build_small_run, rows
@@ -33,9 +33,11 @@ def test_sql_files_hold_only_create_view() -> None:
             )
 
 
-def test_every_public_view_and_column_is_documented(small_con: duckdb.DuckDBPyConnection) -> None:
+def test_every_public_view_and_column_is_documented(
+    small_con: duckdb.DuckDBPyConnection, small_run: Path
+) -> None:
     con = small_con
-    public = [v for v in sql_view_docs() if v.is_public]
+    public = [v for v in run_view_docs(Run.open(small_run)) if v.is_public]
     names = {v.name for v in public}
     assert {"shootdowns", "savings", "timeline", "by_vcpu", "observed"} <= names
     for view in public:

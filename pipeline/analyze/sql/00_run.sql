@@ -1,5 +1,5 @@
--- Area: run. What was replayed: the policies and VMs of this RESULTS directory, so that a
--- (policy, vm) pair with no non-zero counter (the results tables hold only non-zero rows)
+-- Area: run. What was replayed: the grid points, policies and VMs of this RESULTS directory
+-- (a plain replay is the single point 0; ADR 0410), so that a (point, policy, vm) triple with no non-zero counter (the results tables hold only non-zero rows)
 -- still shows up with zeros in the other areas.
 
 -- The manifest's `policies` as a list of names: a list of names, a list of {name: ...}
@@ -45,18 +45,31 @@ FROM (
 )
 WHERE vm IS NOT NULL;
 
--- Every (policy, vm) pair replayed.
+-- The grid points replayed and their settings (`_points`, made by views.py: the points of
+-- a sweep, or the single point 0 of a plain replay, whose policy is NULL: every policy).
+-- Failed points have no results and no rows here.
+CREATE VIEW _run_points AS
+SELECT p.point, p.setting, p.policy,
+    coalesce(p.epoch_ms, CAST(m.manifest ->> 'epoch_ms' AS BIGINT), 100) AS epoch_ms
+FROM _points AS p, results_manifest AS m
+WHERE p.status = 'ok';
+
+-- Every (point, policy, vm) replayed.
 CREATE VIEW _runs AS
-SELECT p.policy, v.vm
-FROM run_policies AS p
+SELECT p.point, p.setting, r.policy, v.vm
+FROM _run_points AS p
+JOIN run_policies AS r ON p.policy IS NULL OR p.policy = r.policy
 CROSS JOIN _run_vms AS v;
 
--- Every (policy, vm, page_size) the headline shows, for every policy: each page size seen
--- for the VM under any policy; for a VM with no rows at all, its regions' mapping sizes
--- (2M for THP or hugetlbfs, else 4K), so the headline still lists it, with zeros.
+-- Every (point, policy, vm, page_size) the headline shows, for every policy: each page size
+-- seen for the VM under any policy of the same setting (a plain replay: of the run); for a
+-- VM with no rows at all, its regions' mapping sizes (2M for THP or hugetlbfs, else 4K), so
+-- the headline still lists it, with zeros.
 CREATE VIEW _run_page_sizes AS
 WITH seen AS (
-    SELECT DISTINCT vm, page_size FROM epochs
+    SELECT DISTINCT p.setting, e.vm, e.page_size
+    FROM epochs AS e
+    JOIN _run_points AS p USING (point)
 ),
 mapped AS (
     SELECT DISTINCT
@@ -64,10 +77,13 @@ mapped AS (
         CASE WHEN r.thp OR r.backing = 'hugetlbfs' THEN '2M' ELSE '4K' END AS page_size
     FROM (SELECT vm, unnest(regions) AS r FROM vms)
 )
-SELECT r.policy, r.vm, s.page_size
+SELECT r.point, r.setting, r.policy, r.vm, s.page_size
 FROM _runs AS r
 JOIN (
-    SELECT vm, page_size FROM seen
+    SELECT setting, vm, page_size FROM seen
     UNION ALL
-    SELECT vm, page_size FROM mapped WHERE vm NOT IN (SELECT vm FROM seen)
-) AS s USING (vm);
+    SELECT r.setting, m.vm, m.page_size
+    FROM mapped AS m
+    JOIN (SELECT DISTINCT setting FROM _run_points) AS r ON true
+    WHERE NOT EXISTS (SELECT 1 FROM seen AS s WHERE s.setting = r.setting AND s.vm = m.vm)
+) AS s USING (setting, vm);

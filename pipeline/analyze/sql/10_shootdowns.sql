@@ -4,6 +4,7 @@
 -- Every counter of the run summed per policy, VM and page size (the SPTE level for
 -- spte_zapped, the region's mapping size for range-level events). The headline table.
 CREATE VIEW shootdowns (
+    point,                       -- sweep grid point (points.point); a plain replay shows no point
     policy,                      -- policy name (tlbreplay policies)
     vm,                          -- VM name, joins vms.vm
     page_size,                   -- SPTE level or region mapping size: 4K, 2M or 1G
@@ -26,6 +27,7 @@ CREATE VIEW shootdowns (
     cost_us                      -- modelled CPU time of the above (engine cost model) [us]
 ) AS
 SELECT
+    g.point,
     g.policy,
     g.vm,
     g.page_size,
@@ -47,12 +49,13 @@ SELECT
     coalesce(sum(ept_violations), 0)::BIGINT,
     coalesce(sum(cost_us), 0)::DOUBLE
 FROM _run_page_sizes AS g
-LEFT JOIN epochs AS e USING (policy, vm, page_size)
-GROUP BY g.policy, g.vm, g.page_size;
+LEFT JOIN epochs AS e USING (point, policy, vm, page_size)
+GROUP BY g.point, g.policy, g.vm, g.page_size;
 
 -- The same totals per policy and VM, all page sizes together (every pair replayed, zeros
 -- when the policy did nothing to the VM).
 CREATE VIEW shootdowns_by_vm (
+    point,                       -- sweep grid point; a plain replay shows no point
     policy,                      -- policy name
     vm,                          -- VM name
     numa_pte_updates,            -- base pages made PROT_NONE [pages]
@@ -73,15 +76,16 @@ CREATE VIEW shootdowns_by_vm (
     cost_us                      -- modelled CPU time [us]
 ) AS
 SELECT
+    point,
     policy,
     vm,
     -- the counters of `shootdowns`, in its column order, cost_us last
-    CAST(coalesce(sum(COLUMNS(* EXCLUDE (policy, vm, page_size, epochs, cost_us))), 0)
+    CAST(coalesce(sum(COLUMNS(* EXCLUDE (point, policy, vm, page_size, epochs, cost_us))), 0)
         AS BIGINT),
     CAST(coalesce(sum(cost_us), 0) AS DOUBLE)
 FROM (
     SELECT * FROM shootdowns
     UNION ALL BY NAME
-    SELECT policy, vm FROM _runs
+    SELECT point, policy, vm FROM _runs
 )
-GROUP BY policy, vm;
+GROUP BY point, policy, vm;

@@ -1,14 +1,19 @@
 -- Area: savings. What each policy saves against the two reference kernels: linux-6.5 (the
 -- kernel of the RFC thread) and linux-7.1 (newest upstream as read, KERNEL.md section 6).
+-- A policy is compared with the references replayed at the same setting: in a sweep, the
+-- points whose grid values differ only in policy (points.setting); in a plain replay, the
+-- run itself.
 
 -- The reference policies savings are measured against.
 CREATE VIEW _savings_baselines AS
 SELECT * FROM (VALUES ('linux-6.5'), ('linux-7.1')) AS t (baseline);
 
--- The counters compared, per policy and VM, one row per counter (long form).
+-- The counters compared, per point, policy and VM, one row per counter (long form).
 CREATE VIEW _savings_counters AS
 UNPIVOT (
     SELECT
+        point,
+        setting,
         policy,
         vm,
         remote_tlb_flushes::DOUBLE AS remote_tlb_flushes,
@@ -22,14 +27,16 @@ UNPIVOT (
         host_tlb_flushes::DOUBLE AS host_tlb_flushes,
         cost_us
     FROM shootdowns_by_vm
+    JOIN (SELECT DISTINCT point, setting FROM _run_points) USING (point)
 )
-ON COLUMNS(* EXCLUDE (policy, vm))
+ON COLUMNS(* EXCLUDE (point, setting, policy, vm))
 INTO NAME counter VALUE value;
 
 -- Each policy against each reference kernel that was replayed, per VM and counter. A saving
 -- is positive when the policy does less than the reference; the reference against itself
 -- saves 0.
 CREATE VIEW savings (
+    point,           -- sweep grid point; a plain replay shows no point
     policy,          -- policy name
     vm,              -- VM name
     baseline,        -- reference policy: linux-6.5 or linux-7.1
@@ -40,6 +47,7 @@ CREATE VIEW savings (
     saved_pct        -- 100 * saved / baseline_value; NULL when the reference is 0 [%]
 ) AS
 SELECT
+    c.point,
     c.policy,
     c.vm,
     b.baseline,
@@ -51,11 +59,13 @@ SELECT
 FROM _savings_counters AS c
 CROSS JOIN _savings_baselines AS b
 JOIN _savings_counters AS r
-    ON r.policy = b.baseline AND r.vm = c.vm AND r.counter = c.counter;
+    ON r.setting = c.setting AND r.policy = b.baseline AND r.vm = c.vm
+    AND r.counter = c.counter;
 
 -- The headline savings per policy and VM: shootdowns and modelled cost, against both
 -- reference kernels (wide form of `savings` for the report).
 CREATE VIEW savings_headline (
+    point,                      -- sweep grid point; a plain replay shows no point
     policy,                     -- policy name
     vm,                         -- VM name
     remote_tlb_flushes,         -- the VM's TLB shootdowns under this policy [flushes]
@@ -66,6 +76,7 @@ CREATE VIEW savings_headline (
     cost_saved_vs_7_1_pct       -- modelled time saved against linux-7.1 [%]
 ) AS
 SELECT
+    s.point,
     s.policy,
     s.vm,
     s.remote_tlb_flushes,
@@ -75,11 +86,13 @@ SELECT
     max(v.saved_pct) FILTER (v.counter = 'cost_us' AND v.baseline = 'linux-6.5'),
     max(v.saved_pct) FILTER (v.counter = 'cost_us' AND v.baseline = 'linux-7.1')
 FROM shootdowns_by_vm AS s
-LEFT JOIN savings AS v USING (policy, vm)
-GROUP BY s.policy, s.vm, s.remote_tlb_flushes, s.cost_us;
+LEFT JOIN savings AS v USING (point, policy, vm)
+GROUP BY s.point, s.policy, s.vm, s.remote_tlb_flushes, s.cost_us;
 
--- The headline of the whole run: every VM together, per policy, against both references.
+-- The headline of the whole run: every VM together, per policy (and point), against both
+-- references.
 CREATE VIEW savings_total (
+    point,                      -- sweep grid point; a plain replay shows no point
     policy,                     -- policy name
     vms,                        -- VMs replayed [vms]
     remote_tlb_flushes,         -- TLB shootdowns of all VMs under this policy [flushes]
@@ -90,13 +103,21 @@ CREATE VIEW savings_total (
     cost_saved_vs_7_1_pct       -- modelled time saved against linux-7.1 [%]
 ) AS
 WITH t AS (
-    SELECT policy, count(*) AS vms, sum(remote_tlb_flushes) AS flushes, sum(cost_us) AS cost
+    SELECT
+        point,
+        setting,
+        policy,
+        count(*) AS vms,
+        sum(remote_tlb_flushes) AS flushes,
+        sum(cost_us) AS cost
     FROM shootdowns_by_vm
-    GROUP BY policy
+    JOIN (SELECT DISTINCT point, setting FROM _run_points) USING (point)
+    GROUP BY point, setting, policy
 ),
-b65 AS (SELECT flushes, cost FROM t WHERE policy = 'linux-6.5'),
-b71 AS (SELECT flushes, cost FROM t WHERE policy = 'linux-7.1')
+b65 AS (SELECT setting, flushes, cost FROM t WHERE policy = 'linux-6.5'),
+b71 AS (SELECT setting, flushes, cost FROM t WHERE policy = 'linux-7.1')
 SELECT
+    t.point,
     t.policy,
     t.vms,
     t.flushes::BIGINT,
@@ -106,5 +127,5 @@ SELECT
     100.0 * (b65.cost - t.cost) / nullif(b65.cost, 0),
     100.0 * (b71.cost - t.cost) / nullif(b71.cost, 0)
 FROM t
-LEFT JOIN b65 ON true
-LEFT JOIN b71 ON true;
+LEFT JOIN b65 ON b65.setting = t.setting
+LEFT JOIN b71 ON b71.setting = t.setting;

@@ -1,41 +1,46 @@
 -- Area: timeline. The run epoch by epoch: what KVM and the host did, and what the
 -- NUMA-balancing scanner (task_numa_work) walked.
 
--- Epoch length of the run and of its dataset, from the RESULTS manifest.
+-- Epoch length of the run and of its dataset, from the RESULTS manifest; in a sweep the
+-- grid's epoch_ms key, where it is set, gives the point's engine epoch.
 CREATE VIEW _timeline_epoch_ms AS
 SELECT
-    coalesce(CAST(manifest ->> 'epoch_ms' AS BIGINT), 100) AS epoch_ms,
+    p.point,
+    p.epoch_ms,
     coalesce(
         CAST(manifest ->> 'dataset_epoch_ms' AS BIGINT),
         CAST(manifest ->> 'epoch_ms' AS BIGINT),
         100
     ) AS dataset_epoch_ms
-FROM results_manifest;
+FROM _run_points AS p, results_manifest;
 
--- Every epoch from 0 to the last one the run reaches for the VM, per policy: the last epoch
--- of any results table or of the dataset's accesses (re-binned to the run's epoch), so a
--- trace whose end is quiet still shows its whole length.
+-- Every epoch from 0 to the last one the run reaches for the VM, per point and policy: the
+-- last epoch of any results table of the same setting (a plain replay: of the run) or of the
+-- dataset's accesses (re-binned to the point's epoch), so a trace whose end is quiet still
+-- shows its whole length.
 CREATE VIEW _timeline_grid AS
-SELECT r.policy, r.vm, e.epoch
+SELECT r.point, r.policy, r.vm, e.epoch
 FROM _runs AS r
 JOIN (
-    SELECT vm, max(epoch) AS last_epoch
+    SELECT p.setting, x.vm, max(x.epoch) AS last_epoch
     FROM (
-        SELECT vm, epoch FROM epochs
-        UNION ALL SELECT vm, epoch FROM vcpu_epochs
-        UNION ALL SELECT vm, epoch FROM scans
+        SELECT point, vm, epoch FROM epochs
+        UNION ALL SELECT point, vm, epoch FROM vcpu_epochs
+        UNION ALL SELECT point, vm, epoch FROM scans
         UNION ALL
-        SELECT a.vm, max(a.epoch) * any_value(m.dataset_epoch_ms) // any_value(m.epoch_ms)
+        SELECT m.point, a.vm, max(a.epoch) * any_value(m.dataset_epoch_ms) // m.epoch_ms
         FROM accesses AS a, _timeline_epoch_ms AS m
-        GROUP BY a.vm
-    )
-    GROUP BY vm
-) AS l USING (vm)
+        GROUP BY m.point, m.epoch_ms, a.vm
+    ) AS x
+    JOIN _run_points AS p USING (point)
+    GROUP BY p.setting, x.vm
+) AS l USING (setting, vm)
 CROSS JOIN LATERAL (SELECT unnest(range(0, l.last_epoch + 1)) AS epoch) AS e;
 
 -- Scanner passes summed per epoch.
 CREATE VIEW _timeline_scans AS
 SELECT
+    point,
     policy,
     vm,
     epoch,
@@ -45,11 +50,12 @@ SELECT
     sum(nr_pte_updates) AS scan_pte_updates,
     sum(virt_pages) AS scan_virt_pages
 FROM scans
-GROUP BY policy, vm, epoch;
+GROUP BY point, policy, vm, epoch;
 
 -- Epoch counters, all page sizes together.
 CREATE VIEW _timeline_epochs AS
 SELECT
+    point,
     policy,
     vm,
     epoch,
@@ -64,10 +70,12 @@ SELECT
     sum(host_tlb_flushes) AS host_tlb_flushes,
     sum(cost_us) AS cost_us
 FROM epochs
-GROUP BY policy, vm, epoch;
+GROUP BY point, policy, vm, epoch;
 
--- One row per policy, VM and epoch, every epoch of the run (zeros where nothing happened).
+-- One row per policy, VM and epoch, every epoch of the run (zeros where nothing happened);
+-- per point of a sweep.
 CREATE VIEW timeline (
+    point,                       -- sweep grid point; a plain replay shows no point
     policy,                      -- policy name
     vm,                          -- VM name
     epoch,                       -- epoch index
@@ -89,6 +97,7 @@ CREATE VIEW timeline (
     scan_virt_pages              -- 4 KiB pages of address space walked [pages]
 ) AS
 SELECT
+    g.point,
     g.policy,
     g.vm,
     g.epoch,
@@ -109,6 +118,6 @@ SELECT
     coalesce(s.scan_pte_updates, 0)::BIGINT,
     coalesce(s.scan_virt_pages, 0)::BIGINT
 FROM _timeline_grid AS g
-CROSS JOIN _timeline_epoch_ms AS m
-LEFT JOIN _timeline_epochs AS e USING (policy, vm, epoch)
-LEFT JOIN _timeline_scans AS s USING (policy, vm, epoch);
+JOIN _timeline_epoch_ms AS m USING (point)
+LEFT JOIN _timeline_epochs AS e USING (point, policy, vm, epoch)
+LEFT JOIN _timeline_scans AS s USING (point, policy, vm, epoch);

@@ -1,8 +1,9 @@
 -- Area: by_vcpu. Who paid: each vCPU thread's faults, the shootdown IPIs it received, and
 -- the scanner work it ran, from the `vcpu_epochs` results table.
 
--- Totals per policy, VM and vCPU over the whole run.
+-- Totals per policy, VM and vCPU over the whole run (per point of a sweep).
 CREATE VIEW by_vcpu (
+    point,                   -- sweep grid point; a plain replay shows no point
     policy,                  -- policy name
     vm,                      -- VM name
     vcpu,                    -- vCPU index
@@ -19,6 +20,7 @@ CREATE VIEW by_vcpu (
     scan_period_ms_max       -- the largest numa_scan_period it reached [ms]
 ) AS
 SELECT
+    point,
     policy,
     vm,
     vcpu,
@@ -34,4 +36,4 @@ SELECT
     arg_max(scan_period_ms, epoch)::BIGINT,
     max(scan_period_ms)::BIGINT
 FROM vcpu_epochs
-GROUP BY policy, vm, vcpu;
+GROUP BY point, policy, vm, vcpu;

@@ -174,22 +174,23 @@ GROUP BY o.vm, m.sim_counter;
 -- SPTEs (ept_violations) plus first fault-ins (vcpu_epochs.spte_faultins).
 CREATE VIEW _observed_simulated AS
 UNPIVOT (
-    SELECT s.policy, s.vm, s.mmu_notifier_invalidations, s.notifier_bytes, s.ept_violations,
+    SELECT s.point, s.policy, s.vm, s.mmu_notifier_invalidations, s.notifier_bytes, s.ept_violations,
         s.ept_violations + coalesce(f.spte_faultins, 0) AS spte_requested,
         s.spte_zapped, s.remote_tlb_flushes, s.shootdown_ipis, s.host_tlb_flushes,
         s.host_tlb_flush_ipis, s.numa_pages_migrated
     FROM shootdowns_by_vm AS s
     LEFT JOIN (
-        SELECT policy, vm, sum(spte_faultins) AS spte_faultins
+        SELECT point, policy, vm, sum(spte_faultins) AS spte_faultins
         FROM vcpu_epochs
-        GROUP BY policy, vm
-    ) AS f USING (policy, vm)
+        GROUP BY point, policy, vm
+    ) AS f USING (point, policy, vm)
 )
-ON COLUMNS(* EXCLUDE (policy, vm))
+ON COLUMNS(* EXCLUDE (point, policy, vm))
 INTO NAME counter VALUE simulated;
 
 -- Simulated and observed side by side, for VMs of a real trace (empty for synthetic data).
 CREATE VIEW observed_vs_simulated (
+    point,          -- sweep grid point; a plain replay shows no point
     policy,         -- policy name (the one matching the traced kernel is the calibration)
     vm,             -- VM name
     counter,        -- simulated counter (a column of shootdowns_by_vm, or spte_requested)
@@ -199,6 +200,7 @@ CREATE VIEW observed_vs_simulated (
     ratio           -- simulated / observed; NULL when observed is 0
 ) AS
 SELECT
+    s.point,
     s.policy,
     s.vm,
     s.counter,

@@ -2,9 +2,10 @@
 -- KERNEL.md 8.5): no counter is negative; local hinting faults are a subset of hinting
 -- faults; each PMD made PROT_NONE adds 512 base pages to numa_pte_updates; KVM sends at most
 -- one IPI per vCPU per remote flush; the modelled cost is a finite non-negative number.
--- Returns: one row per (policy, vm, epoch, broken rule).
+-- Returns: one row per (point, policy, vm, epoch, broken rule); point is that of a sweep.
 WITH e AS (
     SELECT
+        e.point,
         e.policy,
         e.vm,
         e.epoch,
@@ -24,9 +25,9 @@ WITH e AS (
         min(e.cost_us) AS min_cost_us,
         bool_or(NOT isfinite(e.cost_us)) AS cost_not_finite
     FROM epochs AS e
-    GROUP BY e.policy, e.vm, e.epoch
+    GROUP BY e.point, e.policy, e.vm, e.epoch
 )
-SELECT e.policy, e.vm, e.epoch, rule
+SELECT e.point, e.policy, e.vm, e.epoch, rule
 FROM e
 LEFT JOIN vms AS v USING (vm),
 LATERAL (
@@ -43,4 +44,4 @@ LATERAL (
     ]) AS rule
 ) AS r
 WHERE rule IS NOT NULL
-ORDER BY e.policy, e.vm, e.epoch, rule
+ORDER BY e.point, e.policy, e.vm, e.epoch, rule
