@@ -102,6 +102,8 @@ class LabWorkload:
     guest_page_bytes: int = LAB_GUEST_PAGE_BYTES
     vcpu_cpu_share: tuple[float, ...] = ()
     thp_mapped_kb: int = 0
+    vcpu_runtime_start_ms: tuple[float, ...] = ()
+    host_cpus: int | None = None
 
     @classmethod
     def from_table(cls, table: dict[str, Any], path: Path) -> LabWorkload:
@@ -125,6 +127,8 @@ class LabWorkload:
             int(table.get("guest_page_bytes", LAB_GUEST_PAGE_BYTES)),
             tuple(float(x) for x in table.get("vcpu_cpu_share", ())),
             int(table.get("thp_mapped_kb", 0)),
+            tuple(float(x) for x in table.get("vcpu_runtime_start_ms", ())),
+            int(table["host_cpus"]) if table.get("host_cpus") else None,
         )
 
 
@@ -528,8 +532,8 @@ def zap_ns_per_spte(inp: CalibrationInput) -> float | None:
 
 
 def _host_cpus(inp: CalibrationInput) -> int | None:
-    """Online CPUs: ``capture.json`` host.cpus, else the CPUs that appear in the trace."""
-    known = (inp.capture.get("host") or {}).get("cpus")
+    """Online CPUs: ``[lab].host_cpus``, else the CPUs that appear in the trace."""
+    known = inp.lab.host_cpus
     if known:
         return int(known)
     seen = [int(t["cpu"].max()) for t in inp.ftrace.values() if t.height and "cpu" in t.columns]  # type: ignore[arg-type]
@@ -555,6 +559,7 @@ def lab_hosting(inp: CalibrationInput, *, modelled: bool = True) -> VmHosting:
         host_runnable=host_runnable(inp.lab),
         zap_ns_per_spte=zap_ns_per_spte(inp),
         host_cpus=_host_cpus(inp),
+        vcpu_runtime_start_ms=inp.lab.vcpu_runtime_start_ms,
     )
 
 

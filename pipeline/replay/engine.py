@@ -120,11 +120,25 @@ class VmRun:
             nr_threads=nr_threads,
             vmm_areas=self.hosting.vmm_areas,
         )
+        self._start_runtime(knobs["scan_delay_ms"])
         self.fault = FaultPath(
             self.state, self.kvm, policy, scanner=self.scanner, tasks=self.tasks, dirty=self.dirty
         )
         self.counters = Counters(n_epochs, len(self.tasks))
         self.trace: list[tuple[str, int, int]] | None = None
+
+    def _start_runtime(self, scan_delay_ms: int) -> None:
+        """vCPU threads that ran before the replay (``VmHosting.vcpu_runtime_start_ms``) start
+        with that se.sum_exec_runtime; node_stamp keeps its init_numa_balancing() value, since
+        task_tick_numa() did not run while numa_balancing was 0 (kernel/sched/fair.c, v6.5 =
+        v6.18 = v7.1, KERNEL.md §3.3). The mm is at least as old as its oldest thread's CPU
+        time, so mm->numa_next_scan (creation + scan_delay) comes that much earlier."""
+        start = self.hosting.vcpu_runtime_start_ms
+        if not start:
+            return
+        for t in self.tasks[: self.cfg.vcpus]:
+            t.runtime_ms = float(start[min(t.index, len(start) - 1)])
+        self.scanner.numa_next_scan = max(0, scan_delay_ms - int(max(start)))
 
 
 class Engine:

@@ -82,6 +82,9 @@ class VmHosting:
       :class:`pipeline.replay.kvm.ReschedModel` default).
     * ``host_cpus``: online CPUs of the host (scales the scheduler slice; None: the
       ReschedModel default).
+    * ``vcpu_runtime_start_ms``: each vCPU thread's se.sum_exec_runtime when the replay
+      starts (it ran before numa_balancing went on; empty = 0). The mm is then at least that
+      old, so mm->numa_next_scan (mm creation + scan_delay) is that much nearer.
     """
 
     vm: str
@@ -91,6 +94,7 @@ class VmHosting:
     host_runnable: float = 0.0
     zap_ns_per_spte: float | None = None
     host_cpus: int | None = None
+    vcpu_runtime_start_ms: tuple[float, ...] = ()
 
     def share(self, vcpu: int) -> float:
         if not self.vcpu_cpu_share:

@@ -125,3 +125,13 @@ def test_resched_yields_flush_in_the_engine_under_preempt_none() -> None:
         ep = replay_frames(vms, acc, ["linux-6.18"], ReplayParams(hosting=hosting)).epochs
         assert int(ep["spte_zapped"].sum()) == GUEST_PAGES
         assert int(ep["remote_tlb_flushes"].sum()) == flushes
+
+
+def test_runtime_before_the_replay_brings_the_first_scan_forward() -> None:
+    # vCPU runtime 600 ms when numa_balancing goes on: 600 + 100 k > 1008 after k = 5 epochs
+    # (t = 500 ms); mm->numa_next_scan = 1000 - 600 = 400 ms is already past then
+    got = _scans(VmHosting("vm0", vcpu_runtime_start_ms=(600.0,)), epochs=8)
+    assert got["t_ms"].to_list()[0] == 500
+    # a thread that ran for longer than scan_delay: first tick at once (t = 100 ms)
+    early = _scans(VmHosting("vm0", vcpu_runtime_start_ms=(5000.0,)), epochs=3)
+    assert early["t_ms"].to_list()[0] == 100

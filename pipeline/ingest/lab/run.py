@@ -215,6 +215,10 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
             "thp_mapped_kb": _thp_kb(guest.ram.hva),
             "guest_page_bytes": 2 << 20,
             "vcpu_cpu_share": [round(r / 1e9 / window_s, 3) for r in runtime],
+            # se.sum_exec_runtime when numa_balancing went on: task_tick_numa() compares it
+            # with node_stamp + period, so it sets when the first scan comes (ADR 0320)
+            "vcpu_runtime_start_ms": [round(r / 1e6, 1) for r in runtime0],
+            "host_cpus": os.cpu_count() or 1,
         }
         kvm_delta = {"vm": _delta(guest.stats(), vm0), "vcpu": _delta(guest.vcpu_stats(), vcpu0)}
         err = _stop_capture(child)
