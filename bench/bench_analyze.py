@@ -1,5 +1,9 @@
 """Analysis benchmarks: opening the views, each view in full, the audits, the report.
 
+The same tables are then laid out as a sweep (``tlbreplay sweep``: one grid point per policy,
+``point=N`` partitions hard-linked, a ``points.parquet``) and opened, queried, audited and
+reported again: the cost of the point-keyed views (ADR 0410) on the same rows.
+
 Run: `.venv/bin/python -m bench bench_analyze` (or `make bench`). The input is a generated
 RESULTS directory of realistic size: 7 policies x 16 VMs x 8 vCPUs x 6000 epochs (10 minutes
 at 100 ms), so ~0.67 M `epochs` rows, ~5.4 M `vcpu_epochs` rows, ~67 k `scans` rows. Figures
@@ -8,20 +12,30 @@ are wall and CPU seconds (CPU includes DuckDB's threads).
 
 from __future__ import annotations
 
+import os
 import resource
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from pipeline.analyze.query import run_audits
 from pipeline.analyze.report import write_report
 from pipeline.analyze.views import connect
-from pipeline.schema import table_schema, write_manifest, write_parquet, write_partitioned
+from pipeline.schema import (
+    read_manifest,
+    table_schema,
+    write_manifest,
+    write_parquet,
+    write_partitioned,
+)
 
 POLICIES = ["linux-6.5", "skip-pinned", "rfc-v2", "linux-6.18", "linux-7.1", "oracle", "x"]
 VMS = [f"vm{i:02d}" for i in range(16)]
@@ -175,28 +189,74 @@ def make_results(root: Path, rng: np.random.Generator) -> Path:
     return res
 
 
-def main() -> dict[str, Any]:
+def as_sweep(res: Path, out: Path) -> Path:
+    """``res`` laid out as a sweep RESULTS: policy i is grid point i of one setting (the
+    Parquet files hard-linked under ``point=i/``), with points.parquet and a sweep manifest."""
+    for table in ("epochs", "vcpu_epochs", "scans"):
+        for i, policy in enumerate(POLICIES):
+            src = res / table / f"policy={policy}"
+            for path in sorted(src.rglob("*.parquet")):
+                target = out / table / f"point={i}" / path.relative_to(res / table)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, target)
+    schema = table_schema("points")
+    points = pl.DataFrame(
+        [
+            {
+                **dict.fromkeys(schema.names),
+                "point": i,
+                "setting": 0,
+                "workload": 0,
+                "replay_seed": i,
+                "status": "ok",
+                "policy": policy,
+            }
+            for i, policy in enumerate(POLICIES)
+        ],
+        schema=schema.polars(),
+    )
+    write_parquet(points, out / "points.parquet", "points")
+    manifest = {**read_manifest(res), "dataset": None, "sweep": {"points": len(POLICIES)}}
+    write_manifest(out, manifest)
+    return out
+
+
+def fetch(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    """Every row of one query (binding and execution)."""
+    return con.sql(sql).to_arrow_table()
+
+
+def bench_views(res: Path, tmp: Path, label: str) -> dict[str, Any]:
+    """Connect, every view of :data:`VIEWS` in full, the audits and the report of ``res``."""
     figures: dict[str, Any] = {}
+    (con, _), wall, cpu = timed(lambda: connect(res))
+    print(f"{label}connect (source + {len(VIEWS)}+ views): {wall:.2f} s wall, {cpu:.2f} s CPU")
+    figures[f"{label}connect (s)"] = round(wall, 2)
+    try:
+        for view in VIEWS:
+            sql = f"SELECT * FROM {view}"
+            table, wall, cpu = timed(partial(fetch, con, sql))
+            print(f"{label}{sql}: {table.num_rows} rows, {wall:.2f} s wall, {cpu:.2f} s CPU")
+            figures[f"{label}{view} (s)"] = round(wall, 2)
+        audits, wall, cpu = timed(lambda: run_audits(con))
+        print(f"{label}audits ({len(audits)}): {wall:.2f} s wall, {cpu:.2f} s CPU")
+        figures[f"{label}audits (s)"] = round(wall, 2)
+    finally:
+        con.close()
+    _, wall, cpu = timed(lambda: write_report([res], tmp / f"report-{res.name}"))
+    print(f"{label}report: {wall:.2f} s wall, {cpu:.2f} s CPU")
+    figures[f"{label}report (s)"] = round(wall, 2)
+    return figures
+
+
+def main() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
         res = make_results(Path(tmp), np.random.default_rng(1))
         print(f"RESULTS: {len(POLICIES)} policies x {len(VMS)} VMs x {EPOCHS} epochs")
-        (con, _), wall, cpu = timed(lambda: connect(res))
-        print(f"connect (source + {len(VIEWS)}+ views): {wall:.2f} s wall, {cpu:.2f} s CPU")
-        figures["connect (s)"] = round(wall, 2)
-        try:
-            for view in VIEWS:
-                sql = f"SELECT * FROM {view}"
-                table, wall, cpu = timed(lambda q=sql: con.sql(q).to_arrow_table())
-                print(f"{sql}: {table.num_rows} rows, {wall:.2f} s wall, {cpu:.2f} s CPU")
-                figures[f"{view} (s)"] = round(wall, 2)
-            audits, wall, cpu = timed(lambda: run_audits(con))
-            print(f"audits ({len(audits)}): {wall:.2f} s wall, {cpu:.2f} s CPU")
-            figures["audits (s)"] = round(wall, 2)
-        finally:
-            con.close()
-        _, wall, cpu = timed(lambda: write_report([res], Path(tmp) / "report"))
-        print(f"report: {wall:.2f} s wall, {cpu:.2f} s CPU")
-        figures["report (s)"] = round(wall, 2)
+        figures = bench_views(res, Path(tmp), "")
+        sweep = as_sweep(res, Path(tmp) / "sweep")
+        print(f"the same rows as a sweep of {len(POLICIES)} points (one per policy)")
+        figures |= bench_views(sweep, Path(tmp), "sweep: ")
     return figures
 
 
