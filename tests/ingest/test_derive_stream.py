@@ -43,6 +43,31 @@ vcpu_tids = [300, 301, 302]
 name = "ram"
 size_mib = 4
 """
+TWO_VMS = """
+[host]
+nodes = 1
+mmu = "tdp"
+
+[[vm]]
+name = "b"
+mem_mib = 4
+vcpus = 2
+vcpu_tids = [300, 301]
+
+[[vm.region]]
+name = "ram"
+size_mib = 4
+
+[[vm]]
+name = "a"
+mem_mib = 2
+vcpus = 1
+vcpu_tids = [302]
+
+[[vm.region]]
+name = "ram"
+size_mib = 2
+"""
 
 
 def reference(
@@ -212,7 +237,7 @@ def write_faults(root: Path, event: str, faults: list[tuple[int, int, int, int, 
     ),
     in_order=st.booleans(),
     event=st.sampled_from(["kvm_page_fault", "kvm_mmu_spte_requested"]),
-    sidecar=st.booleans(),
+    sidecar=st.sampled_from([None, SIDECAR, TWO_VMS]),
     epoch_ms=st.sampled_from([1, 7, 1000]),
 )
 def test_generated_tables_streamed_equals_in_memory(  # noqa: PLR0917
@@ -220,7 +245,7 @@ def test_generated_tables_streamed_equals_in_memory(  # noqa: PLR0917
     faults: list[tuple[int, int, int, int, bool]],
     in_order: bool,
     event: str,
-    sidecar: bool,
+    sidecar: str | None,
     epoch_ms: int,
 ) -> None:
     root = tmp_path_factory.mktemp("ds")
@@ -230,7 +255,7 @@ def test_generated_tables_streamed_equals_in_memory(  # noqa: PLR0917
     vm_config = None
     if sidecar:
         vm_config = root / "vm.toml"
-        vm_config.write_text(SIDECAR)
+        vm_config.write_text(sidecar)
     t0 = min((f[0] for f in faults), default=0) + 500_000  # some rows fall before t0
     got = streamed(root, vm_config=vm_config, epoch_ms=epoch_ms, t0=t0)
     check(root, got, epoch_ms, t0)
