@@ -35,7 +35,9 @@ the whole table at once. ``accesses`` is written in parts of about ``PART_ROWS``
 
 from __future__ import annotations
 
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +189,7 @@ def _fault_rows(
 
 def _passes(root: Path, vms: pl.DataFrame | None) -> int:
     """How many times derive streams the fault table (for the progress total)."""
-    passes = 2 + (vms is None)  # epoch layout + counting, + inferring the VM
+    passes = 2  # epoch layout (and the inferred VM), counting
     spte = _nrows(root, "kvm_page_fault") == 0 and _nrows(root, "kvm_mmu_spte_requested") > 0
     return passes + (spte and (vms is None or vms.height <= 1))
 
@@ -268,6 +270,7 @@ def infer_vms(
     *,
     batch_rows: int = BATCH_ROWS,
     tick: Callable[[int], None] = lambda _n: None,
+    on_batch: Callable[[pl.DataFrame], None] = lambda _b: None,
 ) -> pl.DataFrame:
     """One VM row from what the trace shows; ``inferred`` is true.
 
@@ -276,12 +279,14 @@ def infer_vms(
     ids in sched_*_numa events (else 1); the secondary MMU is ``tdp`` when TDP-only events
     (kvm_tdp_mmu_spte_changed, kvm_page_fault) appear, else ``shadow`` when
     kvm_mmu_spte_requested does. Values the trace cannot show take the kernel defaults (scan
-    knobs), 0 (node memory: unknown) or empty (pinned ranges). Streams the fault table once.
+    knobs), 0 (node memory: unknown) or empty (pinned ranges). Streams the fault table once,
+    handing each batch to ``on_batch`` too.
     """
     first: dict[int, tuple[int, int]] = {}  # vcpu -> (earliest ts_ns, its pid)
     max_gfn: int | None = None
     for b in faults.batches(root, batch_rows):
         tick(b.height)
+        on_batch(b)
         top = b["gfn"].max()
         if top is not None:
             max_gfn = int(top) if max_gfn is None else max(max_gfn, int(top))  # type: ignore[arg-type]
@@ -348,7 +353,9 @@ class _AccessParts:
 
     Each VM's parts are staged under ``.accesses-staging/`` while the epochs stream in (all
     VMs at once) and numbered in VM order on :meth:`close`, so the files read in name order
-    are sorted by vm, epoch, vcpu, gfn_start.
+    are sorted by vm, epoch, vcpu, gfn_start. Rows are conformed, compressed and written by a
+    background thread (Arrow and zstd release the GIL), overlapping the counting; at most
+    two batches wait for it.
     """
 
     def __init__(self, root: Path, vms: list[str], params: dict[str, Any] | None, part_rows: int):
@@ -357,12 +364,32 @@ class _AccessParts:
         self.part_rows = part_rows
         self.rows = 0
         self._stage = root / ".accesses-staging"
-        self._vms = sorted(vms)
+        self._vms = vms
         self._files: dict[str, list[Path]] = {vm: [] for vm in self._vms}
         self._open: dict[str, ParquetStream] = {}
+        self._queue: queue.Queue[pl.DataFrame | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="derive-write", daemon=True)
+        self._thread.start()
 
     def add(self, accesses: pl.DataFrame) -> None:
         """Append rows sorted by vm, epoch, vcpu, gfn_start that hold whole epochs."""
+        self._raise()
+        self._queue.put(accesses)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(item)
+                except BaseException as exc:  # re-raised in the caller's thread
+                    self._error = exc
+
+    def _write(self, accesses: pl.DataFrame) -> None:
         for (vm,), rows in accesses.partition_by("vm", as_dict=True, maintain_order=True).items():
             stream = self._open.get(str(vm))
             if stream is not None and stream.rows >= self.part_rows:
@@ -372,14 +399,20 @@ class _AccessParts:
                 files = self._files[str(vm)]
                 name = f"vm{self._vms.index(str(vm)):05d}-{len(files):05d}.parquet"
                 files.append(self._stage / name)
-                stream = self._open[str(vm)] = ParquetStream(
-                    files[-1], "accesses", params=self.params
-                )
+                stream = ParquetStream(files[-1], "accesses", params=self.params)
+                self._open[str(vm)] = stream
             stream.write(rows)
             self.rows += rows.height
 
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
     def close(self) -> list[Path]:
         """Close every part and number them part-00000... in VM order; the part paths."""
+        self._stop()
+        self._raise()
         for stream in self._open.values():
             stream.close()
         self._open = {}
@@ -397,6 +430,7 @@ class _AccessParts:
         return parts
 
     def abort(self) -> None:
+        self._stop()
         for stream in self._open.values():
             stream.abort()
         self._open = {}
@@ -464,27 +498,31 @@ class _Counter:
         )
 
 
-def _epoch_layout(
-    faults: _Faults, root: Path, epoch: pl.Expr, batch_rows: int, tick: Callable[[int], None]
-) -> tuple[bool, pl.DataFrame]:
-    """Whether the fault rows are in epoch order, and the rows per epoch (epoch, rows)."""
-    ordered, last = True, None
-    counts: list[pl.DataFrame] = []
-    for b in faults.batches(root, batch_rows):
-        tick(b.height)
-        e = b.select(epoch)["epoch"]
+class _EpochLayout:
+    """Whether the fault rows are in epoch order, and the rows per epoch, batch by batch."""
+
+    def __init__(self, epoch: pl.Expr) -> None:
+        self._epoch = epoch
+        self.ordered = True
+        self._last: int | None = None
+        self._counts: list[pl.DataFrame] = []
+
+    def add(self, batch: pl.DataFrame) -> None:
+        e = batch.select(self._epoch)["epoch"]
         if e.is_empty():
-            continue
-        if (last is not None and e[0] < last) or not e.is_sorted():
-            ordered = False
-        last = e[-1]
-        counts.append(e.value_counts(name="rows"))
-        if len(counts) > 64:
-            counts = [pl.concat(counts).group_by("epoch").agg(pl.col("rows").sum())]
-    if not counts:
-        return ordered, pl.DataFrame(schema={"epoch": pl.Int64, "rows": pl.UInt32})
-    hist = pl.concat(counts).group_by("epoch").agg(pl.col("rows").sum()).sort("epoch")
-    return ordered, hist
+            return
+        if (self._last is not None and e[0] < self._last) or not e.is_sorted():
+            self.ordered = False
+        self._last = e[-1]
+        self._counts.append(e.value_counts(name="rows"))
+        if len(self._counts) > 64:
+            self._counts = [self.histogram()]
+
+    def histogram(self) -> pl.DataFrame:
+        """(epoch, rows) sorted by epoch."""
+        if not self._counts:
+            return pl.DataFrame(schema={"epoch": pl.Int64, "rows": pl.UInt32})
+        return pl.concat(self._counts).group_by("epoch").agg(pl.col("rows").sum()).sort("epoch")
 
 
 def _stream_ordered(
@@ -611,10 +649,15 @@ def derive(
         _nrows(root, "kvm_page_fault") or _nrows(root, "kvm_mmu_spte_requested")
     )
     faults = _fault_rows(root, vms, batch_rows, tick)
-    if vms is None:
-        vms = infer_vms(root, faults, batch_rows=batch_rows, tick=tick)
     t0 = t0_ns if t0_ns is not None else 0
     epoch = _epoch(t0, epoch_ms)
+    layout = _EpochLayout(epoch)
+    if vms is None:
+        vms = infer_vms(root, faults, batch_rows=batch_rows, tick=tick, on_batch=layout.add)
+    else:
+        for b in faults.batches(root, batch_rows):
+            tick(b.height)
+            layout.add(b)
     names = sorted(str(n) for n in vms["vm"])
     ram_pages = {
         names.index(str(r["vm"])): int(r["mem_bytes"]) >> PAGE_SHIFT
@@ -624,13 +667,12 @@ def derive(
     parts = _AccessParts(root, names, params, part_rows)
     emitter = _Emitter(parts, _damon_rows(root, vms, t0, epoch_ms), names)
     try:
-        ordered, hist = _epoch_layout(faults, root, epoch, batch_rows, tick)
-        if ordered:
+        if layout.ordered:
             _stream_ordered(
                 faults, root, counter=counter, emitter=emitter, batch_rows=batch_rows, tick=tick
             )
         else:
-            starts = _buckets(hist, bucket_rows)
+            starts = _buckets(layout.histogram(), bucket_rows)
             _stream_spilled(
                 faults,
                 root,

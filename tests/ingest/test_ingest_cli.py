@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -98,3 +99,63 @@ def test_subprocess_stdin_and_unwritable_out(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1 and bad.stderr.startswith("tlbreplay: error: ")
     assert "Traceback" not in bad.stderr
+
+
+class FakeReporter:
+    """Records what the bar was told (the Reporter interface of pipeline.clikit)."""
+
+    def __init__(self) -> None:
+        self.completed = 0.0
+        self.total: float | None = None
+        self.descriptions: list[str] = []
+
+    def task(self, description: str, total: float | None = None) -> int:
+        self.total = total
+        self.descriptions.append(description)
+        return 0
+
+    def advance(self, task: int, amount: float = 1) -> None:
+        self.completed += amount
+
+    def update(self, task: int, **kwargs: object) -> None:
+        if "completed" in kwargs:
+            assert float(kwargs["completed"]) >= self.completed  # type: ignore[arg-type]
+            self.completed = float(kwargs["completed"])  # type: ignore[arg-type]
+        if "description" in kwargs and kwargs["description"] != self.descriptions[-1]:
+            self.descriptions.append(str(kwargs["description"]))
+
+
+def test_one_bar_covers_parse_then_derive(tmp_path: Path) -> None:
+    from pipeline.ingest.commands import DERIVE_SHARE, IngestBar
+    from pipeline.ingest.runner import run_ingest
+
+    src = DATA / "v6.5_tracefs.txt"
+    rep = FakeReporter()
+    bar = IngestBar(rep, src.stat().st_size)  # type: ignore[arg-type]
+    at_derive: list[float] = []
+
+    def derived(done: int, total: int) -> None:
+        if not at_derive:
+            at_derive.append(rep.completed)
+        bar.derived(done, total)
+
+    run_ingest([str(src)], tmp_path / "ds", progress=bar.parsed, derive_progress=derived)
+    size = src.stat().st_size
+    assert rep.descriptions == ["parse", "derive"]
+    assert at_derive[0] == pytest.approx(size * (1 - DERIVE_SHARE))  # parse: all bytes, 75 %
+    assert rep.completed == pytest.approx(size)  # derive ends the bar at 100 %
+
+
+def test_quiet_and_pipes_print_no_bar(tmp_path: Path) -> None:
+    src = str(DATA / "v6.5_tracefs.txt")
+    for extra in (["--quiet"], []):
+        out = tmp_path / f"ds{len(extra)}"
+        res = subprocess.run(
+            [str(EXE), "ingest", src, "--out", str(out), *extra],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr
+        assert "parse" not in res.stderr and "derive" not in res.stderr  # stderr is a pipe
+        assert res.stderr == ("" if extra else res.stderr.splitlines()[0] + "\n")
