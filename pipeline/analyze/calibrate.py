@@ -41,12 +41,21 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import DatasetError, InputError
-from pipeline.replay.hosting import VmHosting, areas_from_smaps
+from pipeline.ingest import hosting as hosting_facts
+from pipeline.ingest.hosting import (
+    BURST_GAP_NS,
+    LAB_GUEST_PAGE_BYTES,
+    TRACE_TABLES,
+    LabFacts,
+    guest_overlap_bytes,
+    read_capture_doc,
+    stem_of,
+    trace_window,
+)
+from pipeline.replay.hosting import VmHosting
 
 KERNEL_POLICIES = (("7.1", "linux-7.1"), ("6.18", "linux-6.18"), ("6.5", "linux-6.5"))
 PAGE_4K = 4096
-BURST_GAP_NS = 100_000_000
-LAB_GUEST_PAGE_BYTES = 2 << 20  # the lab guest's page tables map 2 MiB pages
 COUNTERS = (
     "remote_tlb_flushes",
     "notifier_calls",
@@ -192,38 +201,16 @@ def load_input(
     stem = None
     if sources:
         trace = _resolve(str(sources[0]["path"]), dataset)
-        stem = trace.with_name(trace.name.split(".")[0])
+        stem = stem_of(trace)
     if vmstat is None and stem is not None:
         guess = Path(f"{stem}.vmstat.json")
         vmstat = guess if guess.is_file() else None
     vmstat_doc = json.loads(vmstat.read_text()) if vmstat is not None else None
-    capture = _capture_doc(Path(f"{stem}.capture.json") if stem else None)
+    capture = read_capture_doc(Path(f"{stem}.capture.json") if stem else None)
     kvm_delta = _kvm_stats_delta(capture)
-    tables = {
-        name: _read_ftrace(dataset, name)
-        for name in (
-            "kvm_unmap_hva_range",
-            "kvm_mmu_spte_requested",
-            "kvm_mmu_set_spte",
-            "kvm_tdp_mmu_spte_changed",
-            "kvm_page_fault",
-            "sched_skip_vma_numa",
-            "tlb_flush",
-            "tracing_mark_write",
-        )
-    }
+    tables = {name: _read_ftrace(dataset, name) for name in TRACE_TABLES}
     t_on, t_end = _window(tables, lab, epoch_ms)
     return CalibrationInput(dataset, vms, lab, vmstat_doc, t_on, t_end, tables, kvm_delta, capture)
-
-
-def _capture_doc(meta: Path | None) -> dict[str, Any]:
-    if meta is None or not meta.is_file():
-        return {}
-    try:
-        doc = json.loads(meta.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(meta, f"cannot read the capture metadata: {exc}") from exc
-    return doc if isinstance(doc, dict) else {}
 
 
 def _kvm_stats_delta(doc: dict[str, Any]) -> dict[str, int]:
@@ -235,17 +222,7 @@ def _kvm_stats_delta(doc: dict[str, Any]) -> dict[str, int]:
 
 def _window(tables: dict[str, pl.DataFrame], lab: LabWorkload, epoch_ms: int) -> tuple[int, int]:
     """[numa_balancing on, on + whole epochs of the window) in trace ns (the lab's markers)."""
-    marks = tables["tracing_mark_write"]
-    on = None
-    if marks.height:
-        rows = marks.filter(pl.col("buf").str.contains("numa_balancing=")).sort("ts_ns")
-        if rows.height:
-            on = int(rows["ts_ns"][0])
-    if on is None:
-        firsts = [int(t["ts_ns"].min()) for t in tables.values() if t.height]  # type: ignore[arg-type]
-        on = min(firsts) if firsts else 0
-    n_epochs = max(1, math.floor(lab.window_s * 1000 / epoch_ms))
-    return on, on + n_epochs * epoch_ms * 1_000_000
+    return trace_window(tables, lab.window_s, epoch_ms)
 
 
 def _regions(vm: dict[str, Any]) -> list[tuple[int, int, int]]:
@@ -273,10 +250,7 @@ def _guest_gfns(frame: pl.DataFrame, vm: dict[str, Any], column: str = "gfn") ->
 
 
 def _overlap_bytes(starts: np.ndarray, ends: np.ndarray, vm: dict[str, Any]) -> np.ndarray:
-    total = np.zeros(starts.size, dtype=np.int64)
-    for lo, hi, _ in _regions(vm):
-        total += np.clip(np.minimum(ends, hi) - np.maximum(starts, lo), 0, None).astype(np.int64)
-    return total
+    return guest_overlap_bytes(starts, ends, vm)
 
 
 @dataclass(frozen=True)
@@ -485,81 +459,31 @@ def workload_accesses(
 
 
 def host_runnable(lab: LabWorkload) -> float:
-    """Mean number of other runnable tasks on a vCPU thread's CPU, from its CPU share: the
-    vCPU thread always wants to run (the lab guest never halts), and the fair scheduler
-    (kernel/sched/fair.c, equal weights) gives each of ``1 + k`` runnable tasks ``1/(1+k)``
-    of the CPU, so ``k = 1/share - 1`` (0 when the share is unknown or 1)."""
-    if not lab.vcpu_cpu_share:
-        return 0.0
-    share = sum(lab.vcpu_cpu_share) / len(lab.vcpu_cpu_share)
-    return max(0.0, 1.0 / share - 1.0) if share > 0 else 0.0
+    """Other runnable tasks on a vCPU thread's CPU (ingest.hosting.host_runnable())."""
+    return hosting_facts.host_runnable(lab.vcpu_cpu_share)
 
 
-def zap_ns_per_spte(inp: CalibrationInput) -> float | None:
-    """CPU time per zapped SPTE of the VM's zapping notifiers, measured in the trace: from
-    each ``kvm_unmap_hva_range`` reaching guest RAM to the same thread's next host flush
-    (``tlb_flush`` reason 3/4, the end of change_prot_numa(); < 100 ms later), times the
-    vCPUs' CPU share (wall -> CPU), over the SPTEs those notifiers zapped (guest bytes / the
-    SPTE size). An upper bound: it includes the chunk's PTE changes. None if not measurable."""
-    vm = inp.vm
-    unmap = _in_window(inp.ftrace["kvm_unmap_hva_range"], inp)
-    flush = _in_window(inp.ftrace["tlb_flush"], inp)
-    if not unmap.height or not flush.height or not inp.lab.vcpu_cpu_share:
-        return None
-    over = _overlap_bytes(
-        unmap["hva_start"].to_numpy().astype(np.int64),
-        unmap["hva_end"].to_numpy().astype(np.int64),
-        vm,
+def lab_facts(lab: LabWorkload) -> LabFacts:
+    """The hosting facts of the ``[lab]`` table."""
+    return LabFacts(
+        lab.vcpu_cpu_share,
+        lab.vcpu_runtime_start_ms,
+        lab.host_cpus,
+        lab.thp_mapped_kb,
+        lab.window_s,
     )
-    ends = flush.filter(pl.col("reason_code").is_in([3, 4])).sort("ts_ns")
-    spte_bytes = LAB_GUEST_PAGE_BYTES if inp.lab.thp_mapped_kb > 0 else PAGE_4K
-    wall_ns = 0
-    sptes = 0
-    for ts, pid, nbytes in zip(
-        unmap["ts_ns"].to_list(), unmap["pid"].to_list(), over.tolist(), strict=True
-    ):
-        if nbytes <= 0:
-            continue
-        after = ends.filter((pl.col("pid") == pid) & (pl.col("ts_ns") > ts)).head(1)
-        if not after.height or int(after["ts_ns"][0]) - ts > BURST_GAP_NS:
-            continue
-        wall_ns += int(after["ts_ns"][0]) - int(ts)
-        sptes += max(1, int(nbytes) // spte_bytes)
-    if not sptes:
-        return None
-    share = sum(inp.lab.vcpu_cpu_share) / len(inp.lab.vcpu_cpu_share)
-    return wall_ns * share / sptes
-
-
-def _host_cpus(inp: CalibrationInput) -> int | None:
-    """Online CPUs: ``[lab].host_cpus``, else the CPUs that appear in the trace."""
-    known = inp.lab.host_cpus
-    if known:
-        return int(known)
-    seen = [int(t["cpu"].max()) for t in inp.ftrace.values() if t.height and "cpu" in t.columns]  # type: ignore[arg-type]
-    return max(seen) + 1 if seen else None
 
 
 def lab_hosting(inp: CalibrationInput, *, modelled: bool = True) -> VmHosting:
-    """The lab VM's process and host facts for the engine (ADR 0320): the VMM's non-RAM VMAs
-    (``capture.json`` vmas_before), its thread count (get_nr_threads()), the vCPUs'
-    measured CPU share, the host load and zap cost derived from them. ``modelled=False``
-    gives the defaults (the engine before ADR 0320), for the before/after comparison."""
+    """The lab VM's process and host facts for the engine (ADR 0320), built by the same
+    :func:`pipeline.ingest.hosting.build_hosting` as ``tlbreplay ingest``'s hosting.parquet
+    (ADR 0330). ``modelled=False`` gives the defaults (the engine before ADR 0320), for the
+    before/after comparison."""
     vm = inp.vm
     if not modelled:
         return VmHosting(str(vm["vm"]))
-    ram = [(lo, hi) for lo, hi, _ in _regions(vm)]
-    areas = areas_from_smaps(inp.capture.get("vmas_before") or [], ram)
-    threads = inp.capture.get("threads") or {}
-    return VmHosting(
-        vm=str(vm["vm"]),
-        vcpu_cpu_share=inp.lab.vcpu_cpu_share,
-        vmm_areas=areas,
-        nr_threads=len(threads) or None,
-        host_runnable=host_runnable(inp.lab),
-        zap_ns_per_spte=zap_ns_per_spte(inp),
-        host_cpus=_host_cpus(inp),
-        vcpu_runtime_start_ms=inp.lab.vcpu_runtime_start_ms,
+    return hosting_facts.build_hosting(
+        vm, lab_facts(inp.lab), inp.capture, inp.ftrace, (inp.t_on_ns, inp.t_end_ns)
     )
 
 

@@ -18,9 +18,16 @@ SEED_OPTION = typer.Option(
     0, "--seed", help="recorded in the manifest (the model is deterministic)"
 )
 BUSY_OPTION = typer.Option(
+    None,
+    "--busy-vcpus/--no-busy-vcpus",
+    help="every vCPU runs every epoch (default: on for a DATASET from a trace, whose "
+    "accesses come from faults only; off for synth datasets)",
+    show_default=False,
+)
+NO_HOSTING_OPTION = typer.Option(
     False,
-    "--busy-vcpus",
-    help="every vCPU runs every epoch (real traces: accesses come from faults only)",
+    "--no-hosting",
+    help="ignore the DATASET's hosting.parquet (guest RAM alone, vCPUs owning a CPU, idle host)",
 )
 JOBS_OPTION = typer.Option(
     0, "--jobs", "-j", help="processes running policies in parallel (0: one per CPU)"
@@ -38,7 +45,8 @@ def register(app: typer.Typer) -> None:
         epoch_ms: int = EPOCH_OPTION,
         seed: int = SEED_OPTION,
         jobs: int = JOBS_OPTION,
-        busy_vcpus: bool = BUSY_OPTION,
+        busy_vcpus: bool | None = BUSY_OPTION,
+        no_hosting: bool = NO_HOSTING_OPTION,
         quiet: bool = QUIET_OPTION,
     ) -> None:
         """Replay a DATASET under NUMA-balancing policies and write RESULTS."""
@@ -48,7 +56,12 @@ def register(app: typer.Typer) -> None:
             dataset,
             out,
             policy or None,
-            ReplayParams(epoch_ms=epoch_ms, workers=jobs, busy_vcpus=busy_vcpus),
+            ReplayParams(
+                epoch_ms=epoch_ms,
+                workers=jobs,
+                busy_vcpus=busy_vcpus,
+                dataset_hosting=not no_hosting,
+            ),
             quiet=quiet,
             seed=seed,
         )

@@ -46,14 +46,19 @@ class ReplayParams:
     * ``vmm_threads`` 8: QEMU threads besides the vCPUs (main thread, iothreads, RCU, worker
       pool), counted by get_nr_threads() in the v6.12+ forced scan of an inactive VMA
       (kernel/sched/fair.c vma_is_accessed() condition (4), f22cde4371f3, KERNEL.md §3.4).
-    * ``busy_vcpus`` False: treat every vCPU as running (in guest mode, gaining runtime) in
+    * ``busy_vcpus`` None: treat every vCPU as running (in guest mode, gaining runtime) in
       every epoch, not only those with accesses. For real traces, whose accesses come from
-      faults only: an idle-looking vCPU would otherwise never tick the scanner.
+      faults only: an idle-looking vCPU would otherwise never tick the scanner. None: on for a
+      DATASET from a trace (:func:`from_trace`, ADR 0330), off for frames and synth datasets.
     * ``resched``: the need_resched() yields of the KVM zap walk (:class:`ReschedModel`;
       0 on an idle host, the default).
     * ``hosting`` (): per-VM process and host facts (:class:`VmHosting`: the VMM's non-RAM
       VMAs, the vCPUs' CPU share, get_nr_threads(), host load, zap cost; ADR 0320). A VM
-      without an entry keeps the defaults (guest RAM only, share 1.0, idle host).
+      without an entry keeps the defaults (guest RAM only, share 1.0, idle host). Empty:
+      a DATASET's ``hosting.parquet`` when there is one and ``dataset_hosting`` (ADR 0330).
+    * ``dataset_hosting`` True: use a DATASET's ``hosting.parquet`` (``--no-hosting``: False).
+    * ``batch_epochs`` 256: epochs of ``accesses`` read at a time from a DATASET (memory
+      bounded by one batch, not the dataset); the results do not depend on it.
     * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8, when
       the dataset has at least 200k access rows). The results do not depend on it.
     """
@@ -69,12 +74,14 @@ class ReplayParams:
     preempt: str | None = None
     vmm_thread: bool = False
     shadow_guest_2m: bool = False
-    busy_vcpus: bool = False
+    busy_vcpus: bool | None = None
     vmm_threads: int = 8
     vmm_thread_share: float = 0.05
     resched: ReschedModel = field(default_factory=ReschedModel)
     hosting: tuple[VmHosting, ...] = ()
     workers: int = 1
+    dataset_hosting: bool = True
+    batch_epochs: int = 256
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +104,8 @@ def _check_params(params: ReplayParams) -> None:
         value = getattr(params, name)
         if value is not None and value <= 0:
             raise DatasetError(f"--{name.replace('_', '-')}", f"must be positive, got {value}")
+    if params.batch_epochs <= 0:
+        raise DatasetError("batch_epochs", f"must be positive, got {params.batch_epochs}")
     if params.mmu not in (None, "tdp", "shadow"):
         raise DatasetError("mmu", f"unknown mmu `{params.mmu}`; choose tdp or shadow")
 
@@ -114,19 +123,12 @@ def _vm_rows(vms: pl.DataFrame, params: ReplayParams) -> list[dict[str, Any]]:
     return rows
 
 
-def _accesses_by_vm(
-    accesses: pl.DataFrame | pl.LazyFrame, names: list[str]
-) -> dict[str, VmAccesses]:
-    lf = accesses.lazy() if isinstance(accesses, pl.DataFrame) else accesses
-    frame = (
-        lf.select("vm", "epoch", "vcpu", "gfn_start", "nr_pages")
-        .sort("vm", "epoch", "vcpu", "gfn_start")
-        .collect()
-    )
-    unknown = sorted(set(frame["vm"].unique().to_list()) - set(names))
-    if unknown:
-        msg = f"accesses name vms not in vms.parquet: {', '.join(unknown[:5])}"
-        raise DatasetError("accesses", msg)
+ACCESS_COLUMNS = ("vm", "epoch", "vcpu", "gfn_start", "nr_pages")
+SORT_KEYS = ("vm", "epoch", "vcpu", "gfn_start")
+
+
+def _split_by_vm(frame: pl.DataFrame, names: Sequence[str]) -> dict[str, VmAccesses]:
+    """One VM's rows of ``frame`` (sorted by vm, epoch, vcpu, gfn_start) as arrays."""
     out: dict[str, VmAccesses] = {}
     for name in names:
         sub = frame.filter(pl.col("vm") == name)
@@ -139,20 +141,97 @@ def _accesses_by_vm(
     return out
 
 
-def _validate_accesses(name: str, acc: VmAccesses, vcpus: int, nr_pages: int) -> None:
-    if acc.epoch.size == 0:
-        return
-    bad = []
-    if acc.epoch.min() < 0:
-        bad.append("negative epoch")
-    if acc.vcpu.min() < 0 or acc.vcpu.max() >= vcpus:
-        bad.append(f"vcpu outside 0..{vcpus - 1}")
-    if acc.nr_pages.min() <= 0:
-        bad.append("nr_pages <= 0")
-    if acc.gfn_start.min() < 0 or (acc.gfn_start + acc.nr_pages).max() > nr_pages:
-        bad.append(f"gfn outside guest RAM (0..{nr_pages})")
-    if bad:
-        raise DatasetError("accesses", f"vm `{name}`: " + ", ".join(bad))
+def _sorted(lf: pl.LazyFrame) -> pl.DataFrame:
+    # stable: rows with equal keys keep the file order, in memory and in batches alike
+    return lf.select(ACCESS_COLUMNS).sort(SORT_KEYS, maintain_order=True).collect()
+
+
+@dataclass(frozen=True)
+class FrameAccesses:
+    """Accesses held in memory (``replay_frames``); picklable for worker processes."""
+
+    frame: pl.DataFrame
+
+    def lazy(self) -> pl.LazyFrame:
+        return self.frame.lazy()
+
+    def window(self, e0: int, e1: int, names: Sequence[str]) -> dict[str, VmAccesses]:
+        sub = self.frame.filter((pl.col("epoch") >= e0) & (pl.col("epoch") < e1))
+        return _split_by_vm(sub, names)
+
+
+@dataclass(frozen=True)
+class DatasetAccesses:
+    """A DATASET's ``accesses/*.parquet`` read in epoch batches (issue 6). The parts are
+    sorted by vm, epoch, vcpu, gfn_start and never split an epoch of a VM, so a filter on
+    the epoch reads only the row groups that hold it (parquet statistics); ``factor`` re-bins
+    the dataset's epochs to the replay's."""
+
+    files: tuple[str, ...]
+    factor: int = 1
+
+    def lazy(self) -> pl.LazyFrame:
+        lf = pl.scan_parquet(list(self.files)).select(ACCESS_COLUMNS)
+        return lf.with_columns(pl.col("epoch") // self.factor) if self.factor > 1 else lf
+
+    def window(self, e0: int, e1: int, names: Sequence[str]) -> dict[str, VmAccesses]:
+        lf = pl.scan_parquet(list(self.files)).select(ACCESS_COLUMNS)
+        lf = lf.filter((pl.col("epoch") >= e0 * self.factor) & (pl.col("epoch") < e1 * self.factor))
+        if self.factor > 1:
+            lf = lf.with_columns(pl.col("epoch") // self.factor)
+        return _split_by_vm(_sorted(lf), names)
+
+
+Accesses = FrameAccesses | DatasetAccesses
+
+
+@dataclass(frozen=True)
+class AccessSummary:
+    """What the replay needs to know of the accesses before reading them in batches."""
+
+    n_epochs: int
+    rows: int
+
+
+def _check_accesses(source: Accesses, cfgs: Sequence[Any]) -> AccessSummary:
+    """Validate every VM's accesses with one aggregate pass (no rows held in memory)."""
+    stats = (
+        source.lazy()
+        .group_by("vm")
+        .agg(
+            pl.len().alias("rows"),
+            pl.col("epoch").min().alias("epoch_min"),
+            pl.col("epoch").max().alias("epoch_max"),
+            pl.col("vcpu").min().alias("vcpu_min"),
+            pl.col("vcpu").max().alias("vcpu_max"),
+            pl.col("nr_pages").min().alias("pages_min"),
+            pl.col("gfn_start").min().alias("gfn_min"),
+            (pl.col("gfn_start") + pl.col("nr_pages")).max().alias("gfn_end_max"),
+        )
+        .collect(engine="streaming")
+    )
+    by_name = {str(r["vm"]): r for r in stats.to_dicts()}
+    unknown = sorted(set(by_name) - {c.name for c in cfgs})
+    if unknown:
+        msg = f"accesses name vms not in vms.parquet: {', '.join(unknown[:5])}"
+        raise DatasetError("accesses", msg)
+    for cfg in cfgs:
+        row = by_name.get(cfg.name)
+        if row is None or not row["rows"]:
+            continue
+        bad = []
+        if row["epoch_min"] < 0:
+            bad.append("negative epoch")
+        if row["vcpu_min"] < 0 or row["vcpu_max"] >= cfg.vcpus:
+            bad.append(f"vcpu outside 0..{cfg.vcpus - 1}")
+        if row["pages_min"] <= 0:
+            bad.append("nr_pages <= 0")
+        if row["gfn_min"] < 0 or row["gfn_end_max"] > cfg.nr_pages:
+            bad.append(f"gfn outside guest RAM (0..{cfg.nr_pages})")
+        if bad:
+            raise DatasetError("accesses", f"vm `{cfg.name}`: " + ", ".join(bad))
+    n_epochs = max((int(r["epoch_max"]) + 1 for r in by_name.values()), default=0)
+    return AccessSummary(n_epochs, sum(int(r["rows"]) for r in by_name.values()))
 
 
 Traces = dict[tuple[str, str], list[tuple[str, int, int]]]
@@ -164,7 +243,7 @@ class _Job:
 
     policy: str
     rows: list[dict[str, Any]]
-    acc: dict[str, VmAccesses]
+    acc: Accesses
     params: ReplayParams
     n_epochs: int
     trace: bool
@@ -184,7 +263,7 @@ def _run_job(
         yields=params.yields,
         vmm_thread=params.vmm_thread,
         shadow_guest_2m=params.shadow_guest_2m,
-        busy_vcpus=params.busy_vcpus,
+        busy_vcpus=bool(params.busy_vcpus),
         vmm_threads=params.vmm_threads,
         vmm_thread_share=params.vmm_thread_share,
         resched=params.resched,
@@ -192,10 +271,12 @@ def _run_job(
     host = HostState(cfgs[0].node_mem_pages.copy() if cfgs else np.zeros(1, np.int64))
     traces: Traces = {}
     runs = []
+    names = [c.name for c in cfgs]
+    empty = np.zeros(0, np.int64)
     for cfg, row in zip(cfgs, job.rows, strict=True):
         run = VmRun(
             cfg,
-            job.acc[cfg.name],
+            VmAccesses(empty, empty, empty, empty),
             policy,
             host,
             opts=opts,
@@ -206,7 +287,15 @@ def _run_job(
         if job.trace:
             run.trace = traces.setdefault((policy.name, cfg.name), [])
         runs.append(run)
-    Engine(runs, params.epoch_ms, job.n_epochs).run(progress=progress)
+    engine = Engine(runs, params.epoch_ms, job.n_epochs)
+    for e0 in range(0, job.n_epochs, params.batch_epochs):
+        e1 = min(job.n_epochs, e0 + params.batch_epochs)
+        batch = job.acc.window(e0, e1, names)
+        for run in runs:
+            run.acc = batch[run.cfg.name]  # epochs are absolute: bounds[e] for e in [e0, e1)
+            run.bounds = run.acc.bounds(e1)
+        engine.run(until=e1, progress=progress)
+        del batch
     weights = params.cost.weights()
     return (
         [_epochs_frame(policy.name, r, params.epoch_ms, weights) for r in runs],
@@ -218,7 +307,7 @@ def _run_job(
 
 def replay_frames(
     vms: pl.DataFrame,
-    accesses: pl.DataFrame | pl.LazyFrame,
+    accesses: pl.DataFrame | pl.LazyFrame | Accesses,
     policies: Sequence[str] | None = None,
     params: ReplayParams = ReplayParams(),
     seed: int = 0,
@@ -228,7 +317,10 @@ def replay_frames(
 ) -> ReplayOutput:
     """Replay ``accesses`` (table accesses, epochs of ``params.epoch_ms``) on ``vms``.
 
-    The model is deterministic (expected values, no RNG); ``seed`` is recorded only.
+    ``accesses`` may also be a :class:`DatasetAccesses` (read in batches of
+    ``params.batch_epochs``). ``params.busy_vcpus`` None means off here (:func:`resolve_params`
+    decides it for a DATASET). The model is deterministic (expected values, no RNG); ``seed``
+    is recorded only.
     ``progress`` is called with each increment of epochs done (over all policies); ``trace``
     keeps the notifier start/end events in ``ReplayOutput.traces`` (for tests). With
     ``params.workers > 1`` and several policies, policies run in worker processes; the
@@ -245,12 +337,14 @@ def replay_frames(
     dup = sorted({c.name for c in cfgs if [d.name for d in cfgs].count(c.name) > 1})
     if dup:
         raise DatasetError("vms", f"duplicate vm names: {', '.join(dup)}")
-    acc = _accesses_by_vm(accesses, [c.name for c in cfgs])
-    for cfg in cfgs:
-        _validate_accesses(cfg.name, acc[cfg.name], cfg.vcpus, cfg.nr_pages)
-    n_epochs = max((int(a.epoch.max()) + 1 for a in acc.values() if a.epoch.size), default=0)
+    if isinstance(accesses, DatasetAccesses | FrameAccesses):
+        acc: Accesses = accesses
+    else:
+        lf = accesses.lazy() if isinstance(accesses, pl.DataFrame) else accesses
+        acc = FrameAccesses(_sorted(lf))
+    summary = _check_accesses(acc, cfgs)
+    n_epochs, rows_total = summary.n_epochs, summary.rows
     jobs = [_Job(n, rows, acc, params, n_epochs, trace) for n in names]
-    rows_total = sum(int(a.epoch.size) for a in acc.values())
     workers = min(_workers(params, rows_total), len(jobs))
     if workers > 1 and not trace:
         import multiprocessing as mp
@@ -351,10 +445,19 @@ def _scans_frame(policy: str, run: VmRun) -> pl.DataFrame:
 
 
 # -- DATASET / RESULTS ----------------------------------------------------------------------
-def load_dataset(
-    dataset: Path, params: ReplayParams
-) -> tuple[pl.DataFrame, pl.LazyFrame, dict[str, Any]]:
-    """Read a DATASET's manifest, vms and accesses (lazily), re-binned to ``params.epoch_ms``."""
+@dataclass(frozen=True)
+class Dataset:
+    """A DATASET opened for replay: vms, accesses (read in batches), manifest, hosting."""
+
+    vms: pl.DataFrame
+    accesses: DatasetAccesses
+    manifest: dict[str, Any]
+    hosting: tuple[VmHosting, ...]
+
+
+def open_dataset(dataset: Path, params: ReplayParams) -> Dataset:
+    """Read a DATASET's manifest, vms and hosting; its accesses re-binned to
+    ``params.epoch_ms`` are read later, in batches."""
     from pipeline.schema import read_manifest, read_parquet
 
     dataset = Path(dataset)
@@ -377,18 +480,62 @@ def load_dataset(
     files = sorted((dataset / "accesses").glob("*.parquet"))
     if not files:
         raise DatasetError(dataset, "no `accesses/*.parquet`: not a complete DATASET")
-    lf = pl.scan_parquet([str(f) for f in files])
-    missing = [
-        c
-        for c in ("vm", "epoch", "vcpu", "gfn_start", "nr_pages")
-        if c not in lf.collect_schema().names()
-    ]
+    names = pl.scan_parquet([str(f) for f in files]).collect_schema().names()
+    missing = [c for c in ACCESS_COLUMNS if c not in names]
     if missing:
         raise DatasetError(files[0], f"accesses lack columns {', '.join(missing)}")
-    factor = params.epoch_ms // ds_ms
-    if factor > 1:
-        lf = lf.with_columns(pl.col("epoch") // factor)
-    return vms, lf, manifest
+    hosting: tuple[VmHosting, ...] = ()
+    if (dataset / "hosting.parquet").is_file():
+        from pipeline.ingest.hosting import hosting_from_frame
+
+        hosting = hosting_from_frame(read_parquet(dataset / "hosting.parquet", "hosting"))
+    accesses = DatasetAccesses(tuple(str(f) for f in files), params.epoch_ms // ds_ms)
+    return Dataset(vms, accesses, manifest, hosting)
+
+
+def load_dataset(
+    dataset: Path, params: ReplayParams
+) -> tuple[pl.DataFrame, pl.LazyFrame, dict[str, Any]]:
+    """Read a DATASET's manifest, vms and accesses (lazily), re-binned to ``params.epoch_ms``."""
+    ds = open_dataset(dataset, params)
+    return ds.vms, ds.accesses.lazy(), ds.manifest
+
+
+def from_trace(manifest: dict[str, Any], hosting: Sequence[VmHosting] = ()) -> bool:
+    """Whether a DATASET comes from a kernel trace (``ingest``, or ``hosting.parquet``), not
+    from a synthetic spec: its accesses are the faults of vCPUs that ran all along."""
+    if hosting or manifest.get("command") == "ingest":
+        return True
+    if manifest.get("generator") == "synth" or manifest.get("command") == "synth":
+        return False
+    paths = [str(s.get("path", "")) for s in manifest.get("sources") or [] if isinstance(s, dict)]
+    return any(p and not p.endswith(".toml") for p in paths)
+
+
+def _facts(h: VmHosting) -> list[str]:
+    default = VmHosting(h.vm)
+    return [f for f in VmHosting.__dataclass_fields__ if getattr(h, f) != getattr(default, f)]
+
+
+def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dict[str, Any]]:
+    """``params`` completed from the DATASET (ADR 0330): its hosting.parquet unless
+    ``params.hosting`` is given or ``params.dataset_hosting`` is False; ``busy_vcpus`` on for
+    a dataset from a trace when not given. Also what was used, for the RESULTS manifest."""
+    if params.hosting:
+        hosting, origin = params.hosting, "params"
+    elif params.dataset_hosting and ds.hosting:
+        hosting, origin = ds.hosting, "dataset hosting.parquet"
+    else:
+        hosting, origin = (), "none" if params.dataset_hosting else "none (--no-hosting)"
+    busy, busy_from = params.busy_vcpus, "params"
+    if busy is None:
+        busy = from_trace(ds.manifest, ds.hosting)
+        busy_from = "dataset from a trace" if busy else "synthetic dataset"
+    used = {
+        "hosting": {"from": origin, "facts": {h.vm: _facts(h) for h in hosting}},
+        "busy_vcpus": {"value": busy, "from": busy_from},
+    }
+    return replace(params, hosting=tuple(hosting), busy_vcpus=busy), used
 
 
 def replay_dataset(
@@ -399,9 +546,11 @@ def replay_dataset(
     *,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayOutput:
-    """Replay a DATASET directory under ``policies`` (default: all)."""
-    vms, lf, _ = load_dataset(dataset, params)
-    return replay_frames(vms, lf, policies, params, seed, progress=progress)
+    """Replay a DATASET directory under ``policies`` (default: all), reading its accesses in
+    batches of ``params.batch_epochs`` and using its hosting.parquet (:func:`resolve_params`)."""
+    ds = open_dataset(dataset, params)
+    params, _ = resolve_params(ds, params)
+    return replay_frames(ds.vms, ds.accesses, policies, params, seed, progress=progress)
 
 
 def run_replay(
@@ -424,12 +573,15 @@ def run_replay(
     ds_abs, out_abs = Path(dataset).resolve(), Path(out).resolve()
     if ds_abs == out_abs or out_abs in ds_abs.parents:
         raise OutputError(out, "would replace the DATASET it reads; choose another `--out`")
-    vms, lf, manifest = load_dataset(dataset, params)
-    n_epochs = int(lf.select(pl.col("epoch").max()).collect().item() or 0) + 1
+    ds = open_dataset(dataset, params)
+    params, used = resolve_params(ds, params)
+    manifest = ds.manifest
+    epoch_max = ds.accesses.lazy().select(pl.col("epoch").max()).collect(engine="streaming")
+    n_epochs = int(epoch_max.item() or 0) + 1
     with reporter(quiet) as rep:
         task = rep.task("replay", total=n_epochs * len(names))
         result = replay_frames(
-            vms, lf, names, params, seed, progress=lambda done: rep.advance(task, done)
+            ds.vms, ds.accesses, names, params, seed, progress=lambda done: rep.advance(task, done)
         )
     meta = {"policies": ",".join(names), "epoch_ms": params.epoch_ms, "seed": seed}
     with atomic_output_dir(Path(out)) as tmp:
@@ -447,6 +599,7 @@ def run_replay(
                 "params": _jsonable(replace(params).as_dict()),
                 "epoch_ms": params.epoch_ms,
                 "seed": seed,
+                **used,
                 "rows": {
                     "epochs": result.epochs.height,
                     "vcpu_epochs": result.vcpu_epochs.height,

@@ -1,0 +1,340 @@
+"""A captured VM's process and host facts (table ``hosting``, ADR 0320 / ADR 0330).
+
+One builder for ``tlbreplay ingest`` (writes ``DATASET/hosting.parquet``) and ``tlbreplay
+calibrate`` (replays a lab workload): the facts come from the capture's files beside the
+sidecar (same stem), never from the counters they are meant to predict.
+
+* sidecar ``[lab]``: ``vcpu_cpu_share`` (schedstat over the window), ``vcpu_runtime_start_ms``,
+  ``host_cpus``, ``thp_mapped_kb``, ``window_s`` (written by ``tlbreplay lab run``);
+* ``NAME.capture.json``: ``vmas_before`` (the VMM's VMAs with smaps Rss) and ``threads``
+  (get_nr_threads() of the VMM process), written by ``tlbreplay capture``;
+* the trace: the zap cost per SPTE (kvm_unmap_hva_range to the thread's closing tlb_flush) and
+  the CPUs seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline.errors import InputError
+from pipeline.replay.hosting import VmHosting, VmmArea, areas_from_smaps
+
+PAGE_4K = 4096
+BURST_GAP_NS = 100_000_000  # a scan's events are < 100 ms apart
+LAB_GUEST_PAGE_BYTES = 2 << 20  # the lab guest's page tables map 2 MiB pages
+# the ftrace tables calibration reads; the builder's "CPUs seen" looks at these
+TRACE_TABLES = (
+    "kvm_unmap_hva_range",
+    "kvm_mmu_spte_requested",
+    "kvm_mmu_set_spte",
+    "kvm_tdp_mmu_spte_changed",
+    "kvm_page_fault",
+    "sched_skip_vma_numa",
+    "tlb_flush",
+    "tracing_mark_write",
+)
+
+
+@dataclass(frozen=True)
+class LabFacts:
+    """The hosting facts of a sidecar's ``[lab]`` table (all optional)."""
+
+    vcpu_cpu_share: tuple[float, ...] = ()
+    vcpu_runtime_start_ms: tuple[float, ...] = ()
+    host_cpus: int | None = None
+    thp_mapped_kb: int = 0
+    window_s: float | None = None
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], path: Path) -> LabFacts:
+        try:
+            return cls(
+                tuple(float(x) for x in table.get("vcpu_cpu_share", ())),
+                tuple(float(x) for x in table.get("vcpu_runtime_start_ms", ())),
+                int(table["host_cpus"]) if table.get("host_cpus") else None,
+                int(table.get("thp_mapped_kb", 0)),
+                float(table["window_s"]) if "window_s" in table else None,
+            )
+        except (TypeError, ValueError) as exc:
+            raise InputError(path, f"[lab] table mistypes a hosting fact: {exc}") from exc
+
+
+def ram_ranges(vm: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """hva ``[start, end)`` of each guest-RAM region of a ``vms`` row."""
+    return [
+        (int(r["hva_start"]), int(r["hva_start"]) + int(r["size_bytes"])) for r in vm["regions"]
+    ]
+
+
+def guest_overlap_bytes(starts: np.ndarray, ends: np.ndarray, vm: Mapping[str, Any]) -> np.ndarray:
+    """Bytes of each hva range ``[starts, ends)`` inside the VM's guest RAM."""
+    total = np.zeros(starts.size, dtype=np.int64)
+    for lo, hi in ram_ranges(vm):
+        total += np.clip(np.minimum(ends, hi) - np.maximum(starts, lo), 0, None).astype(np.int64)
+    return total
+
+
+def trace_window(
+    tables: Mapping[str, pl.DataFrame], window_s: float, epoch_ms: int
+) -> tuple[int, int]:
+    """[numa_balancing on, on + whole epochs of ``window_s``) in trace ns: the lab's
+    ``numa_balancing=`` marker (tracing_mark_write), else the first event."""
+    marks = tables.get("tracing_mark_write", pl.DataFrame())
+    on = None
+    if marks.height:
+        rows = marks.filter(pl.col("buf").str.contains("numa_balancing=")).sort("ts_ns")
+        if rows.height:
+            on = int(rows["ts_ns"][0])
+    if on is None:
+        firsts = [int(t["ts_ns"].min()) for t in tables.values() if t.height]  # type: ignore[arg-type]
+        on = min(firsts) if firsts else 0
+    n_epochs = max(1, math.floor(window_s * 1000 / epoch_ms))
+    return on, on + n_epochs * epoch_ms * 1_000_000
+
+
+def in_window(frame: pl.DataFrame, window: tuple[int, int] | None) -> pl.DataFrame:
+    if not frame.height or window is None:
+        return frame
+    return frame.filter((pl.col("ts_ns") >= window[0]) & (pl.col("ts_ns") < window[1]))
+
+
+def host_runnable(vcpu_cpu_share: Sequence[float]) -> float:
+    """Mean number of other runnable tasks on a vCPU thread's CPU, from its CPU share: the
+    vCPU thread always wants to run (a guest that never halts), and the fair scheduler
+    (kernel/sched/fair.c, equal weights) gives each of ``1 + k`` runnable tasks ``1/(1+k)``
+    of the CPU, so ``k = 1/share - 1`` (0 when the share is unknown or 1)."""
+    if not vcpu_cpu_share:
+        return 0.0
+    share = sum(vcpu_cpu_share) / len(vcpu_cpu_share)
+    return max(0.0, 1.0 / share - 1.0) if share > 0 else 0.0
+
+
+def zap_ns_per_spte(
+    vm: Mapping[str, Any],
+    unmap: pl.DataFrame,
+    flush: pl.DataFrame,
+    vcpu_cpu_share: Sequence[float],
+    thp_mapped_kb: int,
+) -> float | None:
+    """CPU time per zapped SPTE of the VM's zapping notifiers, measured in the trace
+    (``unmap``/``flush`` already cut to the window): from each ``kvm_unmap_hva_range`` reaching
+    guest RAM to the same thread's next host flush (``tlb_flush`` reason 3/4, the end of
+    change_prot_numa(); < 100 ms later), times the vCPUs' CPU share (wall -> CPU), over the
+    SPTEs those notifiers zapped (guest bytes / the SPTE size: 2 MiB when THP backs the lab
+    guest's 2 MiB pages). An upper bound: it includes the chunk's PTE changes. None if not
+    measurable."""
+    if not unmap.height or not flush.height or not vcpu_cpu_share:
+        return None
+    over = guest_overlap_bytes(
+        unmap["hva_start"].to_numpy().astype(np.int64),
+        unmap["hva_end"].to_numpy().astype(np.int64),
+        vm,
+    )
+    ends = flush.filter(pl.col("reason_code").is_in([3, 4])).sort("ts_ns")
+    spte_bytes = LAB_GUEST_PAGE_BYTES if thp_mapped_kb > 0 else PAGE_4K
+    wall_ns = 0
+    sptes = 0
+    for ts, pid, nbytes in zip(
+        unmap["ts_ns"].to_list(), unmap["pid"].to_list(), over.tolist(), strict=True
+    ):
+        if nbytes <= 0:
+            continue
+        after = ends.filter((pl.col("pid") == pid) & (pl.col("ts_ns") > ts)).head(1)
+        if not after.height or int(after["ts_ns"][0]) - ts > BURST_GAP_NS:
+            continue
+        wall_ns += int(after["ts_ns"][0]) - int(ts)
+        sptes += max(1, int(nbytes) // spte_bytes)
+    if not sptes:
+        return None
+    share = sum(vcpu_cpu_share) / len(vcpu_cpu_share)
+    return wall_ns * share / sptes
+
+
+def host_cpus(known: int | None, tables: Mapping[str, pl.DataFrame]) -> int | None:
+    """Online CPUs: ``known`` (``[lab].host_cpus``), else the CPUs that appear in the trace."""
+    if known:
+        return int(known)
+    seen = [int(t["cpu"].max()) for t in tables.values() if t.height and "cpu" in t.columns]  # type: ignore[arg-type]
+    return max(seen) + 1 if seen else None
+
+
+def build_hosting(
+    vm: Mapping[str, Any],
+    lab: LabFacts,
+    capture: Mapping[str, Any],
+    tables: Mapping[str, pl.DataFrame],
+    window: tuple[int, int] | None,
+) -> VmHosting:
+    """A captured VM's :class:`VmHosting` (ADR 0320): the VMM's non-RAM VMAs (``capture``
+    vmas_before), its thread count (get_nr_threads(): ``capture`` threads), the vCPUs'
+    measured CPU share and runtime at the start (``lab``), the host load derived from the
+    share, the zap cost measured in ``tables`` within ``window``, the host's CPUs."""
+    areas = areas_from_smaps(capture.get("vmas_before") or [], ram_ranges(vm))
+    threads = capture.get("threads") or {}
+    empty = pl.DataFrame()
+    return VmHosting(
+        vm=str(vm["vm"]),
+        vcpu_cpu_share=lab.vcpu_cpu_share,
+        vmm_areas=areas,
+        nr_threads=len(threads) or None,
+        host_runnable=host_runnable(lab.vcpu_cpu_share),
+        zap_ns_per_spte=zap_ns_per_spte(
+            vm,
+            in_window(tables.get("kvm_unmap_hva_range", empty), window),
+            in_window(tables.get("tlb_flush", empty), window),
+            lab.vcpu_cpu_share,
+            lab.thp_mapped_kb,
+        ),
+        host_cpus=host_cpus(lab.host_cpus, tables),
+        vcpu_runtime_start_ms=lab.vcpu_runtime_start_ms,
+    )
+
+
+def has_facts(h: VmHosting) -> bool:
+    """Whether ``h`` knows anything the engine's defaults do not."""
+    return h != VmHosting(h.vm)
+
+
+def read_capture_doc(path: Path | None) -> dict[str, Any]:
+    """``NAME.capture.json`` as a dict ({} when there is none)."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"cannot read the capture metadata: {exc}") from exc
+    return doc if isinstance(doc, dict) else {}
+
+
+def stem_of(path: Path) -> Path:
+    """``dir/NAME.trace.zst`` or ``dir/NAME.toml`` -> ``dir/NAME``."""
+    return path.with_name(path.name.split(".")[0])
+
+
+def dataset_hosting(
+    dataset: Path,
+    vms: pl.DataFrame,
+    sidecar: Path,
+    sources: Sequence[str] = (),
+    epoch_ms: int = 100,
+) -> list[VmHosting]:
+    """The hosting rows of a dataset being ingested (``dataset``: its ftrace/ tables) from
+    ``sidecar`` and the capture files beside it (``NAME.capture.json``, else beside the first
+    source trace). A capture describes one VMM process: with several VMs, none (the facts
+    cannot be told apart). Empty when neither the sidecar's ``[lab]`` nor ``capture.json``
+    gives a fact; the trace then only completes them (zap cost, CPUs seen)."""
+    if vms.height != 1:
+        return []
+    try:
+        doc = tomllib.loads(sidecar.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(sidecar, f"cannot read the sidecar: {exc}") from exc
+    lab = LabFacts.from_table(doc.get("lab") or {}, sidecar)
+    meta = Path(f"{stem_of(sidecar)}.capture.json")
+    if not meta.is_file() and sources and sources[0] != "-":
+        meta = Path(f"{stem_of(Path(sources[0]))}.capture.json")
+    capture = read_capture_doc(meta)
+    given = (
+        lab.vcpu_cpu_share,
+        lab.vcpu_runtime_start_ms,
+        lab.host_cpus,
+        capture.get("vmas_before"),
+        capture.get("threads"),
+    )
+    if not any(given):
+        return []  # the trace alone (CPUs seen) is not a capture's hosting record
+    tables = {}
+    for name in TRACE_TABLES:
+        path = dataset / "ftrace" / f"{name}.parquet"
+        tables[name] = pl.read_parquet(path) if path.is_file() else pl.DataFrame()
+    window = trace_window(tables, lab.window_s, epoch_ms) if lab.window_s else None
+    hosting = build_hosting(vms.row(0, named=True), lab, capture, tables, window)
+    return [hosting] if has_facts(hosting) else []
+
+
+def hosting_frame(rows: Sequence[VmHosting]) -> pl.DataFrame:
+    """Table ``hosting`` of ``rows``."""
+    from pipeline.schema import conform
+
+    data = {
+        "vm": [h.vm for h in rows],
+        "vcpu_cpu_share": [list(h.vcpu_cpu_share) for h in rows],
+        "vmm_areas": [
+            [
+                {
+                    "hva_start": a.hva_start,
+                    "size_bytes": a.size_bytes,
+                    "rss_bytes": a.rss_bytes,
+                    "kind": a.kind,
+                }
+                for a in h.vmm_areas
+            ]
+            for h in rows
+        ],
+        "nr_threads": [h.nr_threads for h in rows],
+        "host_runnable": [h.host_runnable for h in rows],
+        "zap_ns_per_spte": [h.zap_ns_per_spte for h in rows],
+        "host_cpus": [h.host_cpus for h in rows],
+        "vcpu_runtime_start_ms": [list(h.vcpu_runtime_start_ms) for h in rows],
+    }
+    table = conform(pl.DataFrame(data, strict=False), "hosting")
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def hosting_from_frame(frame: pl.DataFrame) -> tuple[VmHosting, ...]:
+    """The :class:`VmHosting` of each row of table ``hosting``."""
+    out = []
+    for row in frame.to_dicts():
+        out.append(
+            VmHosting(
+                vm=str(row["vm"]),
+                vcpu_cpu_share=tuple(float(x) for x in row["vcpu_cpu_share"] or ()),
+                vmm_areas=tuple(
+                    VmmArea(
+                        int(a["hva_start"]), int(a["size_bytes"]), int(a["rss_bytes"]), a["kind"]
+                    )
+                    for a in row["vmm_areas"] or ()
+                ),
+                nr_threads=None if row["nr_threads"] is None else int(row["nr_threads"]),
+                host_runnable=float(row["host_runnable"]),
+                zap_ns_per_spte=None
+                if row["zap_ns_per_spte"] is None
+                else float(row["zap_ns_per_spte"]),
+                host_cpus=None if row["host_cpus"] is None else int(row["host_cpus"]),
+                vcpu_runtime_start_ms=tuple(float(x) for x in row["vcpu_runtime_start_ms"] or ()),
+            )
+        )
+    return tuple(out)
+
+
+def write_hosting(
+    dataset: Path,
+    vms: pl.DataFrame,
+    sidecar: Path | None,
+    *,
+    sources: Sequence[str] = (),
+    epoch_ms: int = 100,
+    params: Mapping[str, Any] | None = None,
+) -> int:
+    """Write ``dataset/hosting.parquet`` when the sidecar and capture give any hosting fact;
+    returns its rows (0: no file)."""
+    from pipeline.schema import write_parquet
+
+    if sidecar is None:
+        return 0
+    rows = dataset_hosting(dataset, vms, sidecar, sources, epoch_ms)
+    if not rows:
+        return 0
+    write_parquet(hosting_frame(rows), dataset / "hosting.parquet", "hosting", params=params)
+    return len(rows)
