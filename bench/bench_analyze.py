@@ -29,6 +29,7 @@ import pyarrow as pa
 from pipeline.analyze.query import run_audits
 from pipeline.analyze.report import write_report
 from pipeline.analyze.views import connect
+from pipeline.ingest.vmmodel import NUMA_KNOB_DEFAULTS
 from pipeline.schema import (
     read_manifest,
     table_schema,
@@ -80,10 +81,7 @@ def _vms() -> pl.DataFrame:
                 "host_node_mem_bytes": [256 * GIB] * 2,
                 "regions": [region],
                 "numa_balancing": 1,
-                "scan_delay_ms": 1000,
-                "scan_period_min_ms": 1000,
-                "scan_period_max_ms": 60000,
-                "scan_size_mb": 256,
+                **NUMA_KNOB_DEFAULTS,
                 "preempt": "full",
                 "mmu": "tdp",
                 "kernel": None,

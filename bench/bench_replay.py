@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipeline.ingest.vmmodel import NUMA_KNOB_DEFAULTS
 from pipeline.replay.policies import POLICIES
 from pipeline.replay.runner import ReplayOutput, ReplayParams, load_dataset, replay_frames
 from pipeline.schema import conform
@@ -60,10 +61,7 @@ def vm(mem_bytes: int) -> pl.DataFrame:
             }
         ],
         "numa_balancing": 1,
-        "scan_delay_ms": 1000,
-        "scan_period_min_ms": 1000,
-        "scan_period_max_ms": 60000,
-        "scan_size_mb": 256,
+        **NUMA_KNOB_DEFAULTS,
         "preempt": "full",
         "mmu": "tdp",
         "kernel": None,

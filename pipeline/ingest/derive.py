@@ -46,6 +46,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.ingest.vmmodel import NUMA_KNOB_DEFAULTS
 from pipeline.schema import ParquetStream, conform, table_schema
 
 PAGE_SHIFT = 12
@@ -335,10 +336,7 @@ def infer_vms(
             }
         ],
         "numa_balancing": 1,
-        "scan_delay_ms": 1000,
-        "scan_period_min_ms": 1000,
-        "scan_period_max_ms": 60000,
-        "scan_size_mb": 256,
+        **NUMA_KNOB_DEFAULTS,
         "preempt": "voluntary",
         "mmu": "tdp" if tdp else ("shadow" if shadow else "tdp"),
         "kernel": None,

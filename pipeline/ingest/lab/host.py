@@ -13,12 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NUMA_KNOB_DEFAULTS = {  # kernel/sched/fair.c, v6.x
-    "scan_delay_ms": 1000,
-    "scan_period_min_ms": 1000,
-    "scan_period_max_ms": 60000,
-    "scan_size_mb": 256,
-}
+from pipeline.ingest.vmmodel import NUMA_KNOB_DEFAULTS
+
 DEBUGFS_NUMA = Path("/sys/kernel/debug/sched/numa_balancing")
 DEBUGFS_PREEMPT = Path("/sys/kernel/debug/sched/preempt")
 NUMA_BALANCING = Path("/proc/sys/kernel/numa_balancing")
