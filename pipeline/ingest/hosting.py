@@ -263,7 +263,9 @@ def dataset_hosting(
 
 def hosting_frame(rows: Sequence[VmHosting]) -> pl.DataFrame:
     """Table ``hosting`` of ``rows``."""
-    from pipeline.schema import conform
+    import pyarrow as pa
+
+    from pipeline.schema import conform, table_schema
 
     data = {
         "vm": [h.vm for h in rows],
@@ -286,7 +288,9 @@ def hosting_frame(rows: Sequence[VmHosting]) -> pl.DataFrame:
         "host_cpus": [h.host_cpus for h in rows],
         "vcpu_runtime_start_ms": [list(h.vcpu_runtime_start_ms) for h in rows],
     }
-    table = conform(pl.DataFrame(data, strict=False), "hosting")
+    schema = table_schema("hosting").arrow()
+    # hva_start is uint64: /proc/PID/maps lists [vsyscall] at 0xffffffffff600000
+    table = conform(pa.Table.from_pydict(data, schema=schema), "hosting")
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     return frame
