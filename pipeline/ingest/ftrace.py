@@ -303,6 +303,15 @@ SPECS: dict[str, EventSpec] = {
                     reason="str",
                     reason_code="dec",
                 ),
+                # `trace-cmd report` of a trace.dat: libtraceevent's tlb plugin prints
+                # "pages=%ld reason=%s (%d)" with its own lower-case strings, and an empty
+                # string for codes it does not know (4, 5): seen on 6.18 with trace-cmd 3.1.6.
+                _g(
+                    rf"^pages=(?P<pages>{D}) reason=(?P<reason>.*) \((?P<reason_code>{D})\)$",
+                    pages="dec",
+                    reason="str",
+                    reason_code="dec",
+                ),
                 _g(
                     rf"^reason=(?P<reason_code>{NUM}) pages=(?P<pages>{NUM})$",
                     reason_code="num",

@@ -291,3 +291,23 @@ def test_any_lines_parse_or_quarantine_like_the_exact_grammar(
 def test_random_bytes_never_raise(data: bytes) -> None:
     result = parse_chunk(data, source="p", final=True)
     assert result.lines == result.parsed + result.comments + result.quarantined
+
+
+def test_trace_cmd_tlb_plugin_format() -> None:
+    # `trace-cmd report` (3.1.6) of a real 6.18 trace.dat: libtraceevent's tlb plugin prints
+    # "pages=%ld reason=%s (%d)" with lower-case strings and "" for codes it does not know.
+    buf = (
+        b"cpus=2\n"
+        b"          python-31706 [000]  6237.944303241: tlb_flush:            "
+        b"pages=-1 reason=local mm shootdown (3)\n"
+        b"       CPU 1/KVM-31927 [000]  6256.261349911: tlb_flush:            "
+        b"pages=1 reason= (4)\n"
+    )
+    result = parse_chunk(buf, source="p", final=True)
+    assert result.quarantined == 0, result.quarantine.to_pylist()
+    flushes = result.tables["ftrace/tlb_flush"].to_pylist()
+    assert [(f["pages"], f["reason"], f["reason_code"]) for f in flushes] == [
+        (-1, "local mm shootdown", 3),
+        (1, "", 4),
+    ]
+    assert_same_as_slow(buf)

@@ -81,3 +81,5 @@ def test_real_trace_dat(tmp_path: Path, dat: Path) -> None:
     (s,) = m["sources"]
     assert s["parsed"] > 0
     assert s["lines_total"] == s["parsed"] + s["comments"] + s["quarantined"]
+    # a real capture from this project's host: every event line has a grammar
+    assert s["quarantined"] == 0
