@@ -62,6 +62,12 @@ def run_ingest(
             progress=derive_progress,
         )
         write_parquet(derived.vms, tmp / "vms.parquet", "vms", params=params)
+        from pipeline.ingest.hosting import write_hosting
+
+        # the capture's process and host facts, when the sidecar or capture.json has any
+        hosting_rows = write_hosting(
+            tmp, derived.vms, vm_config, sources=sources, epoch_ms=epoch_ms, params=params
+        )
         manifest: dict[str, Any] = {
             "kind": "dataset",
             "tool": "tlbreplay",
@@ -71,7 +77,12 @@ def run_ingest(
             "t0_ns": t0,
             "parameters": params,
             "sources": [s.manifest() for s in stats],
-            "tables": {**rows, "vms": derived.vms.height, "accesses": derived.accesses_rows},
+            "tables": {
+                **rows,
+                "vms": derived.vms.height,
+                "accesses": derived.accesses_rows,
+                "hosting": hosting_rows,
+            },
             "accesses_from": derived.access_source,
             "accesses_unassigned": derived.unassigned,
             "accesses_outside_ram": derived.outside_ram,
