@@ -1,0 +1,97 @@
+"""Hosting facts of a captured VM (table hosting, ADR 0330): one builder for ingest and
+calibrate, the hosting.parquet of `tlbreplay ingest`, and no file without facts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.analyze import calibrate as cal
+from pipeline.ingest.hosting import (
+    LabFacts,
+    dataset_hosting,
+    has_facts,
+    hosting_frame,
+    hosting_from_frame,
+)
+from pipeline.ingest.runner import run_ingest
+from pipeline.replay.hosting import VmHosting, VmmArea
+from pipeline.schema import read_manifest, read_parquet
+
+REAL = Path(__file__).resolve().parents[2] / "traces" / "real"
+SMALL = REAL / "lab-anon-thp-nopin-nb1"
+needs_capture = pytest.mark.skipif(
+    not Path(f"{SMALL}.trace.zst").is_file(), reason=f"{SMALL}.trace.zst is not committed"
+)
+
+
+def _ingest(stem: Path, out: Path, sidecar: Path | None = None) -> Path:
+    run_ingest([f"{stem}.trace.zst"], out, vm_config=sidecar or Path(f"{stem}.toml"))
+    return out
+
+
+def test_table_round_trips_every_field() -> None:
+    rows = [
+        VmHosting(
+            "a",
+            vcpu_cpu_share=(0.25, 0.5),
+            vmm_areas=(
+                VmmArea(0x1000, 8192, 4096, "anon"),
+                VmmArea(0xFFFFFFFFFF600000, 4096, 0, "anon"),
+            ),
+            nr_threads=4,
+            host_runnable=3.0,
+            zap_ns_per_spte=52.5,
+            host_cpus=2,
+            vcpu_runtime_start_ms=(1200.0, 800.5),
+        ),
+        VmHosting("b", host_runnable=0.0),
+    ]
+    frame = hosting_frame(rows)
+    assert frame["nr_threads"].to_list() == [4, None]
+    assert hosting_from_frame(frame) == tuple(rows)
+    assert has_facts(rows[0]) and not has_facts(rows[1])
+
+
+def test_lab_facts_reject_a_mistyped_share(tmp_path: Path) -> None:
+    from pipeline.errors import InputError
+
+    with pytest.raises(InputError, match="hosting fact"):
+        LabFacts.from_table({"vcpu_cpu_share": ["x"]}, tmp_path / "s.toml")
+
+
+@needs_capture
+def test_ingest_writes_the_hosting_calibrate_builds(tmp_path: Path) -> None:
+    ds = _ingest(SMALL, tmp_path / "ds")
+    assert read_manifest(ds)["tables"]["hosting"] == 1
+    written = hosting_from_frame(read_parquet(ds / "hosting.parquet", "hosting"))
+    # the same builder: calibrate's lab_hosting() gives the same facts, to the bit
+    assert written == (cal.lab_hosting(cal.load_input(ds)),)
+    (h,) = written
+    assert h.vm == read_parquet(ds / "vms.parquet", "vms")["vm"][0]
+    assert h.nr_threads == 4  # python, CPU 0/KVM, CPU 1/KVM, kvm-nx-lpage-recovery
+    assert h.host_cpus == 2 and len(h.vcpu_cpu_share) == 2
+    assert h.host_runnable > 1.0  # the committed cells ran at a 10-30% CPU share
+    assert h.zap_ns_per_spte is not None and h.zap_ns_per_spte > 0
+    assert any(a.kind == "anon" and a.active for a in h.vmm_areas)
+
+
+@needs_capture
+def test_no_hosting_file_without_facts(tmp_path: Path) -> None:
+    # a sidecar without [lab] and no capture.json beside it or the trace: nothing to record
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(f"{SMALL}.trace.zst", src / "cell.trace.zst")
+    text = Path(f"{SMALL}.toml").read_text()
+    (src / "cell.toml").write_text(text[: text.index("[lab]")])
+    ds = _ingest(src / "cell", tmp_path / "ds")
+    assert not (ds / "hosting.parquet").exists()
+    assert read_manifest(ds)["tables"]["hosting"] == 0
+    # capture.json alone (a `tlbreplay capture` without the lab) gives the VMM's areas
+    shutil.copy(f"{SMALL}.capture.json", src / "cell.capture.json")
+    vms = read_parquet(ds / "vms.parquet", "vms")
+    (h,) = dataset_hosting(ds, vms, src / "cell.toml", [str(src / "cell.trace.zst")])
+    assert h.vmm_areas and h.nr_threads == 4
+    assert h.vcpu_cpu_share == () and h.zap_ns_per_spte is None and h.host_runnable == 0.0
