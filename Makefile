@@ -64,7 +64,8 @@ HEADLINE_SQL := SELECT s.* FROM savings_total AS s JOIN run_policies USING (poli
 $(OUT)/datasets/%/manifest.json: traces/%.toml $(INGEST_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay synth $< --out $(@D) --quiet
 
-$(OUT)/datasets/real-%/manifest.json: traces/real/%.trace.zst traces/real/%.toml $(INGEST_SRC) | $(VENV)/.installed
+.SECONDEXPANSION:
+$(OUT)/datasets/real-%/manifest.json: traces/real/%.trace.zst traces/real/%.toml $$(wildcard traces/real/$$*.capture.json) $(INGEST_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay ingest $< --out $(@D) --vm-config traces/real/$*.toml --quiet
 
 $(OUT)/results/%/manifest.json: $(OUT)/datasets/%/manifest.json $(REPLAY_SRC) | $(VENV)/.installed
