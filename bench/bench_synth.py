@@ -18,14 +18,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "traces" / "large-1tib.toml"
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 import pipeline.ingest.synth_runner as runner
-base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM is this mm's high-water mark; ru_maxrss would carry the forking parent's over exec.
+def hwm_kib():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+base_kib = hwm_kib()
 t0 = time.perf_counter()
 result = runner.run_synth(Path(sys.argv[1]), Path(sys.argv[2]))
 seconds = time.perf_counter() - t0
-peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak_kib = hwm_kib()
 size = sum(p.stat().st_size for p in Path(sys.argv[2]).rglob("*") if p.is_file())
 print(json.dumps({"seconds": seconds, "rows": result.manifest["counts"]["accesses"],
                   "epochs": result.manifest["parameters"]["nr_epochs"],
