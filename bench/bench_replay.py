@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.ingest.vmmodel import NUMA_KNOB_DEFAULTS
+from pipeline.knobs import NUMA_KNOB_DEFAULTS
 from pipeline.replay.policies import POLICIES
 from pipeline.replay.runner import ReplayOutput, ReplayParams, load_dataset, replay_frames
 from pipeline.schema import conform

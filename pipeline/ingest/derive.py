@@ -46,7 +46,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline.ingest.vmmodel import NUMA_KNOB_DEFAULTS
+from pipeline.knobs import NUMA_KNOB_DEFAULTS
 from pipeline.schema import ParquetStream, conform, table_schema
 
 PAGE_SHIFT = 12

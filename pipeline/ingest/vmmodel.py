@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import SpecError
+from pipeline.knobs import NUMA_KNOB_DEFAULTS
 from pipeline.schema import conform, enums
 
 PAGE_SHIFT = 12
@@ -52,14 +53,6 @@ SYNTH_TID_BASE = 100_000
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _SIZE_UNITS = {"gib": GIB, "mib": MIB, "bytes": 1}
 
-# The kernel's defaults (KERNEL.md 3.1: kernel/sched/fair.c sysctl_numa_balancing_*, v6.5 and
-# v7.1 alike); the one place the project writes them down.
-NUMA_KNOB_DEFAULTS: dict[str, int] = {
-    "scan_delay_ms": 1000,
-    "scan_period_min_ms": 1000,
-    "scan_period_max_ms": 60000,
-    "scan_size_mb": 256,
-}
 HOST_DEFAULTS: dict[str, int | str] = {
     "numa_balancing": 1,
     **NUMA_KNOB_DEFAULTS,

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.ingest.vmmodel import NUMA_KNOB_DEFAULTS
+from pipeline.knobs import NUMA_KNOB_DEFAULTS
 
 DEBUGFS_NUMA = Path("/sys/kernel/debug/sched/numa_balancing")
 DEBUGFS_PREEMPT = Path("/sys/kernel/debug/sched/preempt")
