@@ -212,8 +212,10 @@ class Scanner:
         modelled is >= v6.12), (4) ``numa_scan_seq > prev_scan_seq + get_nr_threads()``
         with every QEMU thread counted (``nr_threads``), KERNEL.md §3.4."""
         pids = numab.pids_active[0] | numab.pids_active[1]
-        # a populated VMM area holds every thread's bit (ADR 0320: in use by all of them)
-        hit = bool(pids & pid_bit(task.pid)) or (isinstance(region, VmmArea) and region.active)
+        # access_pids bits are set only by NUMA hinting faults (mm/memory.c do_numa_page() ->
+        # vma_set_access_pid_bit(), current's pid); none are modelled on VMM areas, so they are
+        # reached through rules (1), (3) and (4) only (ADR 0340; seen as pid_inactive on 6.18)
+        hit = bool(pids & pid_bit(task.pid))
         if not self.policy.pid_filter_v67:
             return self.numa_scan_seq < 2 or hit
         if self.numa_scan_seq - numab.start_scan_seq < 2 or hit:
