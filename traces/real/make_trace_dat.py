@@ -9,6 +9,7 @@ EV = ["kvm/kvm_unmap_hva_range", "kvmmmu/kvm_mmu_spte_requested", "kvmmmu/kvm_mm
 def w(p, v): (T / p).write_text(v)
 nb = Path("/proc/sys/kernel/numa_balancing")
 old_nb = nb.read_text().strip()
+old_kb = (T / "buffer_size_kb").read_text().split()[-1].strip("()").split(":")[-1].strip()
 g = Guest(16 << 20, 2, "anon", False, "split")
 try:
     tids = g.start()
@@ -25,6 +26,7 @@ finally:
     w("tracing_on", "0")
     for e in EV: w(f"events/{e}/enable", "0")
     w("set_event_pid", "")
+    w("buffer_size_kb", old_kb)
     g.stop(); g.close()
 subprocess.run(["trace-cmd", "extract", "-o", sys.argv[1]], check=True, capture_output=True)
 w("trace", "")
