@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,8 @@ def policy_for_kernel(release: str | None) -> str:
 
 @dataclass(frozen=True)
 class LabWorkload:
-    """The ``[lab]`` table of a lab sidecar: what the guest did."""
+    """The ``[lab]`` table of a lab sidecar: what the guest did, and the hosting facts
+    (:class:`pipeline.ingest.hosting.LabFacts`) the lab measured."""
 
     pattern: str
     touch_start_gpa: tuple[int, ...]
@@ -109,10 +110,7 @@ class LabWorkload:
     window_s: float
     stride_bytes: int = PAGE_4K
     guest_page_bytes: int = LAB_GUEST_PAGE_BYTES
-    vcpu_cpu_share: tuple[float, ...] = ()
-    thp_mapped_kb: int = 0
-    vcpu_runtime_start_ms: tuple[float, ...] = ()
-    host_cpus: int | None = None
+    facts: LabFacts = field(default_factory=LabFacts)
 
     @classmethod
     def from_table(cls, table: dict[str, Any], path: Path) -> LabWorkload:
@@ -134,10 +132,7 @@ class LabWorkload:
             window_s,
             int(table.get("stride_bytes", PAGE_4K)),
             int(table.get("guest_page_bytes", LAB_GUEST_PAGE_BYTES)),
-            tuple(float(x) for x in table.get("vcpu_cpu_share", ())),
-            int(table.get("thp_mapped_kb", 0)),
-            tuple(float(x) for x in table.get("vcpu_runtime_start_ms", ())),
-            int(table["host_cpus"]) if table.get("host_cpus") else None,
+            LabFacts.from_table(table, path),
         )
 
 
@@ -378,6 +373,24 @@ def attribute_vmstat(
     return max(0.0, signal), background
 
 
+def with_baseline(
+    samples: Sequence[Sequence[int]],
+    columns: Sequence[str],
+    before: Mapping[str, int],
+    t_on_ns: int,
+) -> list[Sequence[int]]:
+    """``samples`` with the capture's starting snapshot (vmstat.json ``before``) as a first
+    row stamped just before ``t_on_ns``, when the first sample came later: the sampler kept
+    its first row only at its first tick, which could follow numa_balancing=1 and a first
+    scan (3.9 ms after it in a lab cell), whose increments would then be lost."""
+    rows = list(samples)
+    if not rows or not before or rows[0][0] < t_on_ns:
+        return rows
+    if not all(c in before for c in columns[1:]):
+        return rows
+    return [[t_on_ns - 1, *(int(before[c]) for c in columns[1:])], *rows]
+
+
 def observed(inp: CalibrationInput) -> tuple[dict[str, float], dict[str, float]]:
     """The counters of :data:`COUNTERS` measured in the capture (module docstring), and the
     host background subtracted from each vmstat counter (0 for counters from the trace)."""
@@ -415,6 +428,7 @@ def observed(inp: CalibrationInput) -> tuple[dict[str, float], dict[str, float]]
     background = dict.fromkeys(COUNTERS, 0.0)
     samples = (inp.vmstat or {}).get("samples") or []
     columns = (inp.vmstat or {}).get("samples_columns") or []
+    samples = with_baseline(samples, columns, (inp.vmstat or {}).get("before") or {}, span[0])
     for name in VMSTAT_COUNTERS:
         windows = fault_windows if name == "numa_hint_faults" else scan_windows
         out[name], background[name] = attribute_vmstat(samples, columns, windows, span, name)
@@ -460,18 +474,7 @@ def workload_accesses(
 
 def host_runnable(lab: LabWorkload) -> float:
     """Other runnable tasks on a vCPU thread's CPU (ingest.hosting.host_runnable())."""
-    return hosting_facts.host_runnable(lab.vcpu_cpu_share)
-
-
-def lab_facts(lab: LabWorkload) -> LabFacts:
-    """The hosting facts of the ``[lab]`` table."""
-    return LabFacts(
-        lab.vcpu_cpu_share,
-        lab.vcpu_runtime_start_ms,
-        lab.host_cpus,
-        lab.thp_mapped_kb,
-        lab.window_s,
-    )
+    return hosting_facts.host_runnable(lab.facts.vcpu_cpu_share)
 
 
 def lab_hosting(inp: CalibrationInput, *, modelled: bool = True) -> VmHosting:
@@ -483,7 +486,7 @@ def lab_hosting(inp: CalibrationInput, *, modelled: bool = True) -> VmHosting:
     if not modelled:
         return VmHosting(str(vm["vm"]))
     return hosting_facts.build_hosting(
-        vm, lab_facts(inp.lab), inp.capture, inp.ftrace, (inp.t_on_ns, inp.t_end_ns)
+        vm, inp.lab.facts, inp.capture, inp.ftrace, (inp.t_on_ns, inp.t_end_ns)
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import shlex
 import signal
 import sys
@@ -281,12 +280,17 @@ class PipeReader:
                 self.lost[cpu] = self.lost.get(cpu, 0) + int(match.group(2))
 
     def stream(self, deadline: float) -> bool:
-        """Copy until ``deadline``; returns True when stopped early by Ctrl-C/SIGINT/SIGTERM."""
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
+        """Copy until ``deadline``; returns True when stopped early by Ctrl-C/SIGINT/SIGTERM.
+
+        Sleeps on a timer between drains instead of polling the pipe: a reader waiting in
+        poll() is woken by the first event after it sleeps (kernel/trace/ring_buffer.c
+        rb_wakeups()), so each kvm_unmap_hva_range would wake it at once, and on a busy
+        host its wake-up preempts the very thread that is zapping: the zap walk then flushes
+        and yields (ADR 0350). A timer wake-up is uncorrelated with the scans, like any other
+        background task. The 16 MiB per-CPU buffers hold far more than one interval."""
         try:
             while time.monotonic() < deadline:
-                poller.poll(SAMPLE_INTERVAL_NS // 1_000_000)
+                time.sleep(SAMPLE_INTERVAL_NS / 1e9)
                 self.drain(until=deadline)
         except KeyboardInterrupt:
             return True
@@ -327,6 +331,7 @@ def capture(
     tids = host.thread_ids(pid)
     before_vmstat = host.vmstat()
     before_vmas = host.read_smaps(pid)
+    thread_sp = {str(t): host.thread_user_sp(pid, t) for t in tids}
     before_kvm = host.kvm_debugfs_stats(pid)
     sampler = VmstatSampler()
     facts = host.host_facts()
@@ -345,6 +350,8 @@ def capture(
                     reader = PipeReader(pipe_fd, sink, sampler)
                     session.start()
                     start = time.monotonic()
+                    # the baseline row, before anything the caller does once we are ready
+                    sampler.tick()
                     print(
                         f"{READY_MESSAGE} pid {pid} for {seconds:g} s (Ctrl-C stops early)",
                         file=sys.stderr,
@@ -399,6 +406,9 @@ def capture(
                 for t in tids
                 if Path(f"/proc/{pid}/task/{t}").exists()
             },
+            # each thread's user stack pointer at the start (null: it never left the CPU
+            # while we looked): the VMA holding it holds the thread's TLS and rseq area
+            "thread_sp": thread_sp,
             "lost_events": reader.lost,
             "overruns": overruns,
             "lines": reader.lines,

@@ -5,11 +5,14 @@ calibrate`` (replays a lab workload): the facts come from the capture's files be
 sidecar (same stem), never from the counters they are meant to predict.
 
 * sidecar ``[lab]``: ``vcpu_cpu_share`` (schedstat over the window), ``vcpu_runtime_start_ms``,
-  ``host_cpus``, ``thp_mapped_kb``, ``window_s`` (written by ``tlbreplay lab run``);
+  ``host_cpus``, ``thp_mapped_kb``, ``window_s``, ``vcpu_preempt_per_s`` (involuntary context
+  switches per vCPU CPU second), ``vcpu_pthread_hva`` (each vCPU thread's TCB) and
+  ``kvm_zap_ns_per_spte`` (the KVM zap walk alone, pipeline/ingest/lab/zapprobe.py; written by
+  ``tlbreplay lab run``);
 * ``NAME.capture.json``: ``vmas_before`` (the VMM's VMAs with smaps Rss) and ``threads``
   (get_nr_threads() of the VMM process), written by ``tlbreplay capture``;
-* the trace: the zap cost per SPTE (kvm_unmap_hva_range to the thread's closing tlb_flush) and
-  the CPUs seen.
+* the trace: the zap cost per SPTE when the lab did not probe it (kvm_unmap_hva_range to the
+  thread's closing tlb_flush, an upper bound) and the CPUs seen.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ class LabFacts:
     host_cpus: int | None = None
     thp_mapped_kb: int = 0
     window_s: float | None = None
+    vcpu_preempt_per_s: tuple[float, ...] = ()
+    vcpu_pthread_hva: tuple[int, ...] = ()
+    kvm_zap_ns_per_spte: float | None = None
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], path: Path) -> LabFacts:
@@ -63,6 +69,9 @@ class LabFacts:
                 int(table["host_cpus"]) if table.get("host_cpus") else None,
                 int(table.get("thp_mapped_kb", 0)),
                 float(table["window_s"]) if "window_s" in table else None,
+                tuple(float(x) for x in table.get("vcpu_preempt_per_s", ())),
+                tuple(int(x) for x in table.get("vcpu_pthread_hva", ())),
+                float(table["kvm_zap_ns_per_spte"]) if "kvm_zap_ns_per_spte" in table else None,
             )
         except (TypeError, ValueError) as exc:
             raise InputError(path, f"[lab] table mistypes a hosting fact: {exc}") from exc
@@ -118,20 +127,32 @@ def host_runnable(vcpu_cpu_share: Sequence[float]) -> float:
     return max(0.0, 1.0 / share - 1.0) if share > 0 else 0.0
 
 
-def zap_ns_per_spte(
+def preempt_per_s(vcpu_preempt_per_s: Sequence[float]) -> float | None:
+    """How often need_resched() is set on a vCPU thread's CPU, per second of its CPU time:
+    the mean of the vCPUs' involuntary context switches per CPU second (None: not recorded).
+    A vCPU thread of a guest that never halts never sleeps, so every switch-out is another
+    task taking its CPU (kernel/sched/core.c __schedule() counts it in ``nivcsw``), i.e. one
+    need_resched() (wake-up preemption, check_preempt_wakeup_fair(), or the end of a slice,
+    update_deadline()) that a zap walk running at that moment would have honoured."""
+    if not vcpu_preempt_per_s:
+        return None
+    return sum(vcpu_preempt_per_s) / len(vcpu_preempt_per_s)
+
+
+def invalidate_ns_per_spte(
     vm: Mapping[str, Any],
     unmap: pl.DataFrame,
     flush: pl.DataFrame,
     vcpu_cpu_share: Sequence[float],
     thp_mapped_kb: int,
 ) -> float | None:
-    """CPU time per zapped SPTE of the VM's zapping notifiers, measured in the trace
+    """CPU time per zapped SPTE of the VM's zapping notifiers (KVM's zap plus the PTE changes
+    of the same range: the cost of a scan per SPTE, ADR 0350), measured in the trace
     (``unmap``/``flush`` already cut to the window): from each ``kvm_unmap_hva_range`` reaching
     guest RAM to the same thread's next host flush (``tlb_flush`` reason 3/4, the end of
     change_prot_numa(); < 100 ms later), times the vCPUs' CPU share (wall -> CPU), over the
     SPTEs those notifiers zapped (guest bytes / the SPTE size: 2 MiB when THP backs the lab
-    guest's 2 MiB pages). An upper bound: it includes the chunk's PTE changes. None if not
-    measurable."""
+    guest's 2 MiB pages). An upper bound of KVM's part alone. None if not measurable."""
     if not unmap.height or not flush.height or not vcpu_cpu_share:
         return None
     over = guest_overlap_bytes(
@@ -176,27 +197,51 @@ def build_hosting(
 ) -> VmHosting:
     """A captured VM's :class:`VmHosting` (ADR 0320): the VMM's non-RAM VMAs (``capture``
     vmas_before), its thread count (get_nr_threads(): ``capture`` threads), the vCPUs'
-    measured CPU share and runtime at the start (``lab``), the host load derived from the
-    share, the zap cost measured in ``tables`` within ``window``, the host's CPUs."""
-    areas = areas_from_smaps(capture.get("vmas_before") or [], ram_ranges(vm))
+    measured CPU share, runtime at the start and preemption rate (``lab``), the host load
+    derived from the share, the zap cost (the lab's probe, else measured in ``tables`` within
+    ``window``), the host's
+    CPUs."""
+    areas = areas_from_smaps(
+        capture.get("vmas_before") or [], ram_ranges(vm), vcpu_tls_hva(vm, lab, capture)
+    )
     threads = capture.get("threads") or {}
     empty = pl.DataFrame()
+    scan_ns = invalidate_ns_per_spte(
+        vm,
+        in_window(tables.get("kvm_unmap_hva_range", empty), window),
+        in_window(tables.get("tlb_flush", empty), window),
+        lab.vcpu_cpu_share,
+        lab.thp_mapped_kb,
+    )
+    thp = lab.thp_mapped_kb > 0
     return VmHosting(
         vm=str(vm["vm"]),
         vcpu_cpu_share=lab.vcpu_cpu_share,
         vmm_areas=areas,
         nr_threads=len(threads) or None,
         host_runnable=host_runnable(lab.vcpu_cpu_share),
-        zap_ns_per_spte=zap_ns_per_spte(
-            vm,
-            in_window(tables.get("kvm_unmap_hva_range", empty), window),
-            in_window(tables.get("tlb_flush", empty), window),
-            lab.vcpu_cpu_share,
-            lab.thp_mapped_kb,
-        ),
+        # KVM's walk alone (the lab's probe), else its upper bound from the trace
+        zap_ns_per_spte=scan_ns if lab.kvm_zap_ns_per_spte is None else lab.kvm_zap_ns_per_spte,
         host_cpus=host_cpus(lab.host_cpus, tables),
         vcpu_runtime_start_ms=lab.vcpu_runtime_start_ms,
+        preempt_per_s=preempt_per_s(lab.vcpu_preempt_per_s),
+        scan_ns_per_spte_4k=None if thp else scan_ns,
+        scan_ns_per_spte_2m=scan_ns if thp else None,
     )
+
+
+def vcpu_tls_hva(
+    vm: Mapping[str, Any], lab: LabFacts, capture: Mapping[str, Any]
+) -> list[int | None]:
+    """An address inside each vCPU thread's stack mapping (its TLS and rseq area; ADR 0350):
+    ``[lab].vcpu_pthread_hva`` (pthread_self(), the lab's exact record), else the thread's
+    user stack pointer from ``capture.json`` ``thread_sp`` (by the VM's ``vcpu_tids``);
+    None where neither is known."""
+    if any(lab.vcpu_pthread_hva):
+        return [hva or None for hva in lab.vcpu_pthread_hva]
+    sp = capture.get("thread_sp") or {}
+    tids = vm.get("vcpu_tids") or []
+    return [sp.get(str(int(t))) for t in tids]
 
 
 def has_facts(h: VmHosting) -> bool:
@@ -247,6 +292,8 @@ def dataset_hosting(
         lab.vcpu_cpu_share,
         lab.vcpu_runtime_start_ms,
         lab.host_cpus,
+        lab.vcpu_preempt_per_s,
+        lab.vcpu_pthread_hva,
         capture.get("vmas_before"),
         capture.get("threads"),
     )
@@ -277,6 +324,7 @@ def hosting_frame(rows: Sequence[VmHosting]) -> pl.DataFrame:
                     "size_bytes": a.size_bytes,
                     "rss_bytes": a.rss_bytes,
                     "kind": a.kind,
+                    "tls_vcpu": a.tls_vcpu,
                 }
                 for a in h.vmm_areas
             ]
@@ -287,6 +335,9 @@ def hosting_frame(rows: Sequence[VmHosting]) -> pl.DataFrame:
         "zap_ns_per_spte": [h.zap_ns_per_spte for h in rows],
         "host_cpus": [h.host_cpus for h in rows],
         "vcpu_runtime_start_ms": [list(h.vcpu_runtime_start_ms) for h in rows],
+        "preempt_per_s": [h.preempt_per_s for h in rows],
+        "scan_ns_per_spte_4k": [h.scan_ns_per_spte_4k for h in rows],
+        "scan_ns_per_spte_2m": [h.scan_ns_per_spte_2m for h in rows],
     }
     schema = table_schema("hosting").arrow()
     # hva_start is uint64: /proc/PID/maps lists [vsyscall] at 0xffffffffff600000
@@ -294,6 +345,11 @@ def hosting_frame(rows: Sequence[VmHosting]) -> pl.DataFrame:
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     return frame
+
+
+def _opt_float(value: Any) -> float | None:
+    """A nullable float column's value (absent in hosting.parquet written before ADR 0350)."""
+    return None if value is None else float(value)
 
 
 def hosting_from_frame(frame: pl.DataFrame) -> tuple[VmHosting, ...]:
@@ -306,7 +362,11 @@ def hosting_from_frame(frame: pl.DataFrame) -> tuple[VmHosting, ...]:
                 vcpu_cpu_share=tuple(float(x) for x in row["vcpu_cpu_share"] or ()),
                 vmm_areas=tuple(
                     VmmArea(
-                        int(a["hva_start"]), int(a["size_bytes"]), int(a["rss_bytes"]), a["kind"]
+                        int(a["hva_start"]),
+                        int(a["size_bytes"]),
+                        int(a["rss_bytes"]),
+                        a["kind"],
+                        -1 if a.get("tls_vcpu") is None else int(a["tls_vcpu"]),  # ADR 0350
                     )
                     for a in row["vmm_areas"] or ()
                 ),
@@ -317,6 +377,10 @@ def hosting_from_frame(frame: pl.DataFrame) -> tuple[VmHosting, ...]:
                 else float(row["zap_ns_per_spte"]),
                 host_cpus=None if row["host_cpus"] is None else int(row["host_cpus"]),
                 vcpu_runtime_start_ms=tuple(float(x) for x in row["vcpu_runtime_start_ms"] or ()),
+                # absent in hosting.parquet written before ADR 0350
+                preempt_per_s=_opt_float(row.get("preempt_per_s")),
+                scan_ns_per_spte_4k=_opt_float(row.get("scan_ns_per_spte_4k")),
+                scan_ns_per_spte_2m=_opt_float(row.get("scan_ns_per_spte_2m")),
             )
         )
     return tuple(out)

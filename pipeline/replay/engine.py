@@ -24,6 +24,7 @@ from pipeline.replay.mprotect import ChangeProtNuma
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.scanner import Scanner, TaskNuma
 from pipeline.replay.state import HostState, VmConfig, VmState
+from pipeline.replay.workcost import NumaWorkCost
 
 I64 = npt.NDArray[np.int64]
 
@@ -54,6 +55,7 @@ class EngineOptions:
     vmm_threads: int = 8
     vmm_thread_share: float = 0.05
     resched: ReschedModel = field(default_factory=ReschedModel)
+    work_cost: NumaWorkCost = field(default_factory=NumaWorkCost)
 
 
 class VmRun:
@@ -119,11 +121,13 @@ class VmRun:
             knobs,
             nr_threads=nr_threads,
             vmm_areas=self.hosting.vmm_areas,
+            work_cost=opts.work_cost.for_host(self.hosting),
         )
         self._start_runtime(knobs["scan_delay_ms"])
         self.fault = FaultPath(
             self.state, self.kvm, policy, scanner=self.scanner, tasks=self.tasks, dirty=self.dirty
         )
+        self.scanner.tls_fault = self.fault.tls_fault
         self.counters = Counters(n_epochs, len(self.tasks))
         self.trace: list[tuple[str, int, int]] | None = None
 

@@ -407,6 +407,19 @@ class FaultPath:
             ctx.counters.add(ctx.epoch, page_size, "host_tlb_flushes", n)
             ctx.counters.add(ctx.epoch, page_size, "host_tlb_flush_ipis", n * ctx.others_in_guest())
 
+    def tls_fault(self, now_ms: int, task: TaskNuma) -> None:
+        """The vCPU thread's NUMA hinting fault on its own rseq area after a scan made that
+        page PROT_NONE (:class:`pipeline.replay.hosting.VmmArea` ``tls_vcpu``, ADR 0350): one
+        private (the thread's own last cpupid), local page fault through task_numa_fault()
+        (v6.5 = v7.1, KERNEL.md §3.5). It keeps update_task_scan_period() running for a
+        thread whose guest pages take no fault (pinned anonymous RAM). Not counted in
+        ``numa_hint_faults``, which counts the guest's."""
+        mem = np.zeros(task.nodes, np.float64)
+        mem[task.node] = 1.0
+        self._task_numa_fault(
+            now_ms, task, shared=0, private=1, local=1, remote=0, failed=0, mem=mem
+        )
+
     def _task_numa_fault(
         self,
         now_ms: int,

@@ -36,12 +36,21 @@ class VmmArea:
     and not writable), ``shared`` (shmem without a MOF policy: vma_policy_mof() false),
     ``inaccessible`` (no READ/WRITE/EXEC: vma_is_accessible()) and ``special`` (VM_IO,
     VM_PFNMAP, VM_MIXEDMAP, hugetlbfs: !vma_migratable()) are skipped.
+
+    ``tls_vcpu``: the vCPU whose thread's TLS lives here (its glibc stack mapping, which
+    holds the TCB and the rseq area), -1 for none (ADR 0350). The kernel writes that rseq
+    area each time the thread goes back to user or guest mode after a preemption
+    (kernel/rseq.c __rseq_handle_notify_resume() -> rseq_update_cpu_node_id(), reached from
+    xfer_to_guest_mode_handle_work() for a vCPU in KVM_RUN, v4.18+, v6.18), so once a scan
+    has made the page PROT_NONE the thread takes a hinting fault there within milliseconds
+    and do_numa_page() -> vma_set_access_pid_bit() gives the area its pid bit.
     """
 
     hva_start: int
     size_bytes: int
     rss_bytes: int
     kind: str
+    tls_vcpu: int = -1
 
     @property
     def hva_end(self) -> int:
@@ -85,6 +94,11 @@ class VmHosting:
     * ``vcpu_runtime_start_ms``: each vCPU thread's se.sum_exec_runtime when the replay
       starts (it ran before numa_balancing went on; empty = 0). The mm is then at least that
       old, so mm->numa_next_scan (mm creation + scan_delay) is that much nearer.
+    * ``preempt_per_s``: need_resched() events on a vCPU thread's CPU per second of its CPU
+      time (its involuntary context switches; None: not measured, ``host_runnable`` decides).
+    * ``scan_ns_per_spte_4k`` / ``scan_ns_per_spte_2m``: CPU time of a scan per SPTE it zaps
+      (KVM's zap plus the PTE/PMD change; :class:`pipeline.replay.workcost.NumaWorkCost`;
+      None: its default).
     """
 
     vm: str
@@ -95,6 +109,9 @@ class VmHosting:
     zap_ns_per_spte: float | None = None
     host_cpus: int | None = None
     vcpu_runtime_start_ms: tuple[float, ...] = ()
+    preempt_per_s: float | None = None
+    scan_ns_per_spte_4k: float | None = None
+    scan_ns_per_spte_2m: float | None = None
 
     def share(self, vcpu: int) -> float:
         if not self.vcpu_cpu_share:
@@ -133,11 +150,15 @@ def area_kind(perms: str, path: str, vm_flags: Sequence[str] = ()) -> str:
 
 
 def areas_from_smaps(
-    vmas: Sequence[dict[str, object]], ram: Sequence[tuple[int, int]]
+    vmas: Sequence[dict[str, object]],
+    ram: Sequence[tuple[int, int]],
+    tls_hva: Sequence[int | None] = (),
 ) -> tuple[VmmArea, ...]:
     """The VMM's non-RAM areas from ``capture.json`` ``vmas_before`` rows (``start``,
     ``end`` hex strings, ``perms``, ``path``, ``smaps_kb.Rss``, ``vm_flags``), leaving out
-    VMAs that overlap guest RAM (``ram``: hva ``[start, end)`` ranges)."""
+    VMAs that overlap guest RAM (``ram``: hva ``[start, end)`` ranges). ``tls_hva[v]`` is an
+    address inside vCPU ``v``'s stack mapping (None: unknown); the area holding it gets
+    ``tls_vcpu = v``."""
     out = []
     for row in vmas:
         start, end = int(str(row["start"]), 16), int(str(row["end"]), 16)
@@ -151,5 +172,8 @@ def areas_from_smaps(
             str(row.get("path") or ""),
             [str(f) for f in flags] if isinstance(flags, list | tuple) else (),
         )
-        out.append(VmmArea(start, end - start, rss_kb * 1024, kind))
+        owner = next(
+            (v for v, hva in enumerate(tls_hva) if hva is not None and start <= hva < end), -1
+        )
+        out.append(VmmArea(start, end - start, rss_kb * 1024, kind, owner))
     return tuple(out)

@@ -109,8 +109,8 @@ def sched_slice_ns(cpus: int) -> float:
 
 @dataclass(frozen=True)
 class ReschedModel:
-    """The need_resched() term of the zap walk's yields (ADR 0320): on a loaded host the
-    zapping thread's slice ends during a long zap, and the walk flushes before it yields.
+    """The need_resched() term of the zap walk's yields (ADR 0320, ADR 0350): when another
+    task wants the zapping thread's CPU during a long zap, the walk flushes before it yields.
 
     Kernel rule: arch/x86/kvm/mmu/mmu.c __walk_slot_rmaps() (shadow MMU, reached from
     kvm_unmap_gfn_range() -> kvm_rmap_zap_gfn_range() with ``can_yield = range->may_block``
@@ -124,23 +124,30 @@ class ReschedModel:
     blockable (mmu_notifier_invalidate_range_start() sets MMU_NOTIFIER_RANGE_BLOCKABLE), so
     ``may_block`` is true.
 
-    Scheduler side (kernel/sched/fair.c, EEVDF v6.6+): with another task runnable on the
-    CPU, update_curr() -> update_deadline() sets need_resched when the running task has
-    used its slice (sysctl_sched_base_slice, :func:`sched_slice_ns`); with none runnable it
-    is never set. So a zap whose walk takes ``W`` ns of CPU time yields, in expectation,
+    Scheduler side (kernel/sched/core.c, fair.c, EEVDF v6.6+): need_resched() is set on the
+    thread's CPU by wake-up preemption (check_preempt_wakeup_fair() -> resched_curr()) and
+    at the end of a slice with another task runnable (update_curr() -> update_deadline()).
+    A zap walk of ``W`` ns of CPU time (``W = S * zap_ns_per_spte``, ``S`` SPTEs zapped; the
+    empty rmap heads are ignored: THP ranges walk 128 heads of 2 MiB) then yields, in
+    expectation,
 
-        Y_resched = min(1, host_runnable) * W / slice,    W = S * zap_ns_per_spte
+        Y_resched = preempt_per_s * W / 1e9           when the rate is measured (ADR 0350)
+        Y_resched = min(1, host_runnable) * W / slice  otherwise (ADR 0320)
 
-    (``S`` SPTEs zapped; the empty rmap heads of the walk are ignored: THP ranges walk
-    128 heads of 2 MiB and do not yield on the lab host). ``host_runnable`` is the mean
-    number of other runnable tasks on the zapping thread's CPU (0: idle host, the default,
-    so the term is 0); ``zap_ns_per_spte`` the CPU cost per zapped SPTE (default 100 ns, an
-    assumption of the order measured by ``tlbreplay calibrate`` on the lab host).
+    ``preempt_per_s`` is the rate of those events per second of the thread's CPU time: a
+    vCPU thread of a guest that never halts never sleeps, so its involuntary context switches
+    (``nonvoluntary_ctxt_switches``, which ``tlbreplay lab run`` records) are exactly the
+    need_resched() events of its CPU, whether it ran the guest or a zap at that moment. It
+    counts wake-ups as well as slice ends, so it holds on an idle host too, where the slice
+    model (``host_runnable`` other runnable tasks, 0 = idle, the default) says no yields.
+    ``zap_ns_per_spte`` is the CPU cost per zapped SPTE (default 100 ns, an assumption of
+    the order ``tlbreplay calibrate`` measures on the lab host).
     """
 
     zap_ns_per_spte: float = 100.0
     host_runnable: float = 0.0
     host_cpus: int = 8
+    preempt_per_s: float | None = None
 
     def for_host(self, hosting: VmHosting) -> ReschedModel:
         """This model with the VM's measured host facts (:class:`VmHosting`) where known."""
@@ -149,23 +156,31 @@ class ReschedModel:
             out = replace(out, zap_ns_per_spte=hosting.zap_ns_per_spte)
         if hosting.host_cpus is not None:
             out = replace(out, host_cpus=hosting.host_cpus)
+        if hosting.preempt_per_s is not None:
+            out = replace(out, preempt_per_s=hosting.preempt_per_s)
         return out
+
+    @property
+    def yields_per_walk_ns(self) -> float:
+        """Expected need_resched() events per ns of zap walk CPU time."""
+        if self.preempt_per_s is not None:
+            return max(0.0, self.preempt_per_s) / 1e9
+        return min(1.0, max(0.0, self.host_runnable)) / sched_slice_ns(self.host_cpus)
 
     def applies(self, policy: Policy, mmu: str = "tdp") -> bool:
         """Whether the zap of ``policy``'s kernel yields on need_resched() with a flush:
         the TDP walk always; the shadow rmap zap from v6.12 (``rmap_zap_yields``; v6.5's
         kvm_handle_gfn_range(kvm_zap_rmap) never yields); never for the oracle (ADR 0302)."""
-        if self.host_runnable <= 0 or policy.migrate_filter == "oracle":
+        if self.yields_per_walk_ns <= 0 or policy.migrate_filter == "oracle":
             return False
         return not (mmu == "shadow" and not policy.rmap_zap_yields)
 
     def extra_flushes(self, spte_zapped: int) -> float:
         """Expected need_resched() yields with a pending flush of one zap of
         ``spte_zapped`` SPTEs (the flush at the end of the range is not counted)."""
-        if spte_zapped <= 1 or self.host_runnable <= 0:
+        if spte_zapped <= 1:
             return 0.0
-        walk_ns = spte_zapped * self.zap_ns_per_spte
-        return min(1.0, self.host_runnable) * walk_ns / sched_slice_ns(self.host_cpus)
+        return spte_zapped * self.zap_ns_per_spte * self.yields_per_walk_ns
 
 
 class Kvm:
@@ -190,6 +205,8 @@ class Kvm:
         self.resched_on = self.resched.applies(policy, vm.cfg.mmu)
         self.yield_carry = 0.0
         self.in_progress = 0
+        # SPTEs zapped by notifier calls so far (4 KiB, 2 MiB): the scan's CPU cost
+        self.zapped = [0, 0]
 
     # -- SPTE zaps ------------------------------------------------------------------------
     def zap_range(self, gfn_start: int, gfn_end: int) -> tuple[int, int]:
@@ -294,6 +311,8 @@ class Kvm:
             n4k += a
             n2m += b
         self._account_zap(ctx, n4k, n2m)
+        self.zapped[0] += n4k
+        self.zapped[1] += n2m
         if n4k + n2m:
             extra = self._yields(ctx, int(starts.min()), int(ends.max()), n4k + n2m)
             self.flush_remote_tlbs(ctx, page_size, 1 + extra)

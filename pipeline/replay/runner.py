@@ -22,6 +22,7 @@ from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
 from pipeline.replay.hosting import VmHosting, hosting_for
 from pipeline.replay.kvm import ReschedModel, YieldModel
 from pipeline.replay.policies import POLICIES, get_policy
+from pipeline.replay.workcost import NumaWorkCost
 from pipeline.schema import conform, table_schema
 
 KNOBS = ("scan_delay_ms", "scan_period_min_ms", "scan_period_max_ms", "scan_size_mb")
@@ -52,6 +53,8 @@ class ReplayParams:
       DATASET from a trace (:func:`from_trace`, ADR 0330), off for frames and synth datasets.
     * ``resched``: the need_resched() yields of the KVM zap walk (:class:`ReschedModel`;
       0 on an idle host, the default).
+    * ``work_cost``: CPU time of task_numa_work() per SPTE zapped and PTE changed, for the
+      ``node_stamp += 32 * runtime`` cap (:class:`NumaWorkCost`, ADR 0350).
     * ``hosting`` (): per-VM process and host facts (:class:`VmHosting`: the VMM's non-RAM
       VMAs, the vCPUs' CPU share, get_nr_threads(), host load, zap cost; ADR 0320). A VM
       without an entry keeps the defaults (guest RAM only, share 1.0, idle host). Empty:
@@ -78,6 +81,7 @@ class ReplayParams:
     vmm_threads: int = 8
     vmm_thread_share: float = 0.05
     resched: ReschedModel = field(default_factory=ReschedModel)
+    work_cost: NumaWorkCost = field(default_factory=NumaWorkCost)
     hosting: tuple[VmHosting, ...] = ()
     workers: int = 1
     dataset_hosting: bool = True
@@ -267,6 +271,7 @@ def _run_job(
         vmm_threads=params.vmm_threads,
         vmm_thread_share=params.vmm_thread_share,
         resched=params.resched,
+        work_cost=params.work_cost,
     )
     host = HostState(cfgs[0].node_mem_pages.copy() if cfgs else np.zeros(1, np.int64))
     traces: Traces = {}

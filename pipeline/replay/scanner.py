@@ -10,6 +10,7 @@ covers guest RAM and, when given, the VMM's other VMAs (``VmHosting.vmm_areas``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ from pipeline.replay.hosting import VmmArea
 from pipeline.replay.mprotect import ChangeProtNuma
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.state import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, Region, VmState
+from pipeline.replay.workcost import NumaWorkCost
 
 MAX_SCAN_WINDOW = 2560  # MB/s
 NUMA_PERIOD_SLOTS = 10
@@ -59,7 +61,7 @@ class TaskNuma:
     nodes: int
     main_thread: bool = False
     runtime_ms: float = 0.0  # sum_exec_runtime
-    node_stamp_ms: int = 0
+    node_stamp_ms: float = 0.0
     numa_scan_period: int = 0  # ms; set to scan_delay by init_numa_balancing()
     numa_scan_period_max: int = 0
     numa_scan_seq: int = 0
@@ -115,8 +117,12 @@ class Scanner:
         *,
         nr_threads: int | None = None,
         vmm_areas: tuple[VmmArea, ...] = (),
+        work_cost: NumaWorkCost | None = None,
     ) -> None:
         self.vm = vm
+        self.work_cost = work_cost or NumaWorkCost()
+        # the fault path's hinting fault of a vCPU thread on its own rseq area (ADR 0350)
+        self.tls_fault: Callable[[int, TaskNuma], None] | None = None
         # the VMM's non-RAM VMAs (ADR 0320): walked with guest RAM in address order
         self.vmm_areas = tuple(sorted(vmm_areas, key=lambda a: a.hva_start))
         self.vmm_rss_pages = sum(a.rss_bytes for a in vmm_areas) // PAGE_SIZE
@@ -213,7 +219,8 @@ class Scanner:
         with every QEMU thread counted (``nr_threads``), KERNEL.md §3.4."""
         pids = numab.pids_active[0] | numab.pids_active[1]
         # access_pids bits are set only by NUMA hinting faults (mm/memory.c do_numa_page() ->
-        # vma_set_access_pid_bit(), current's pid); none are modelled on VMM areas, so they are
+        # vma_set_access_pid_bit(), current's pid); on VMM areas only the vCPU thread's own
+        # rseq writes to its TLS fault (set after each scan, below; ADR 0350): the rest are
         # reached through rules (1), (3) and (4) only (ADR 0340; seen as pid_inactive on 6.18)
         hit = bool(pids & pid_bit(task.pid))
         if not self.policy.pid_filter_v67:
@@ -228,13 +235,20 @@ class Scanner:
         """Models kernel/sched/fair.c task_numa_work() (KERNEL.md §3.4): one cmpxchg winner
         per period per mm, VMA walk from numa_scan_offset, 2 MiB-aligned chunks, 256 MB page
         budget counting only chunks that changed something, 8x virtual budget, numa_scan_seq
-        on wrap. Per version: v6.5 order scan_delay -> vma_is_accessed() -> pid reset; v6.7+
-        scan_delay -> pid reset -> seq_completed -> pid_inactive, and the forced retry of one
-        inactive VMA when every VMA was skipped (retry_pids, ~v6.12)."""
+        on wrap; the winner's node_stamp += 2 ticks, and += 32 x the work's CPU time at the
+        end (:class:`NumaWorkCost`, ADR 0350; v6.5 = v7.1). Per version: v6.5 order
+        scan_delay -> vma_is_accessed() -> pid reset; v6.7+ scan_delay -> pid reset ->
+        seq_completed -> pid_inactive, and the forced retry of one inactive VMA when every VMA
+        was skipped (retry_pids, ~v6.12)."""
         now = ctx.now_ms
         if now < self.numa_next_scan:
             return
         self.numa_next_scan = now + task.numa_scan_period  # the cmpxchg winner
+        # "Delay this task enough that another task of this mm will likely win the next time
+        # around": p->node_stamp += 2 * TICK_NSEC (v6.5 = v7.1, KERNEL.md §3.4)
+        task.node_stamp_ms += 2 * TICK_MS
+        zapped0 = list(self.cprot.kvm.zapped)
+        vmm_ptes = 0
         ctx.thread = task.index
         ctx.counters.add_thread(ctx.epoch, task.index, "task_numa_work_runs", 1)
         pages = self.scan_pages()
@@ -288,6 +302,9 @@ class Scanner:
                     nr = (end - start) // PAGE_SIZE
                     if isinstance(region, VmmArea):
                         updated = region.rss_pages_in(start, end)
+                        vmm_ptes += updated
+                        if updated:
+                            self._tls_fault(now, region, numab)
                     else:
                         g_s, g_e = region.hva_to_gfn(start), region.hva_to_gfn(end)
                         res = self.cprot(ctx, region, g_s, g_e)
@@ -324,6 +341,9 @@ class Scanner:
             else:
                 self._reset_ptenuma_scan()
             break
+        # p->node_stamp += 32 * (runtime of this work) (ADR 0350, pipeline/replay/workcost.py)
+        z4k, z2m = (b - a for a, b in zip(zapped0, self.cprot.kvm.zapped, strict=True))
+        task.node_stamp_ms += self.work_cost.node_stamp_delay_ms(z4k, z2m, vmm_ptes)
         if rec["chunks"]:
             self.records.append(
                 ScanRecord(
@@ -340,6 +360,19 @@ class Scanner:
                     virt_pages=rec["virt"],
                 )
             )
+
+    def _tls_fault(self, now_ms: int, area: VmmArea, numab: VmaNumab) -> None:
+        """The owning vCPU thread's hinting fault on its rseq area right after this scan
+        made it PROT_NONE (:class:`VmmArea` ``tls_vcpu``; kernel/rseq.c
+        rseq_update_cpu_node_id() on its next preemption, ~8 ms at the lab's 125/s): mm/
+        memory.c do_numa_page() -> vma_set_access_pid_bit() sets the thread's bit in
+        pids_active[1] (v6.5+, KERNEL.md §3.4) and task_numa_fault() records one private local
+        fault for it (``tls_fault``, the fault path; ADR 0350)."""
+        if 0 <= area.tls_vcpu < len(self.tasks):
+            owner = self.tasks[area.tls_vcpu]
+            numab.pids_active[1] |= pid_bit(owner.pid)
+            if self.tls_fault is not None:
+                self.tls_fault(now_ms, owner)
 
     def _reset_ptenuma_scan(self) -> None:
         """kernel/sched/fair.c reset_ptenuma_scan(): a full pass is done, numa_scan_seq++ and

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.analyze import calibrate as cal
 from pipeline.errors import InputError
+from pipeline.ingest.hosting import LabFacts
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO / "traces" / "real"
@@ -81,10 +82,10 @@ def test_attribute_vmstat_credits_windows_and_subtracts_background() -> None:
 
 def test_host_runnable_from_the_vcpu_share() -> None:
     # a vCPU thread that always runs gets 1/(1+k) of its CPU: mean share 0.25 -> k = 3
-    lab = cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, vcpu_cpu_share=(0.3, 0.2))
+    lab = cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, facts=LabFacts((0.3, 0.2)))
     assert cal.host_runnable(lab) == pytest.approx(3.0)
     assert cal.host_runnable(cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0)) == 0.0
-    full = cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, vcpu_cpu_share=(1.0,))
+    full = cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, facts=LabFacts((1.0,)))
     assert cal.host_runnable(full) == 0.0
 
 
@@ -130,7 +131,7 @@ def test_calibrate_a_committed_lab_capture(tmp_path: Path) -> None:
     assert np.isfinite(table["observed"][0])
     # the capture's process and host facts reach the engine (ADR 0320)
     hosting = cal.lab_hosting(inp)
-    assert hosting.vcpu_cpu_share == inp.lab.vcpu_cpu_share
+    assert hosting.vcpu_cpu_share == inp.lab.facts.vcpu_cpu_share
     # get_nr_threads(): every thread the capture saw in the VMM (the vCPUs, the lab process's
     # own threads, kvm-nx-lpage-recovery)
     capture = json.loads(SMALL.with_name("lab-anon-thp-nopin-nb1.capture.json").read_text())

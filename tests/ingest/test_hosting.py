@@ -15,9 +15,11 @@ from pipeline.ingest.hosting import (
     has_facts,
     hosting_frame,
     hosting_from_frame,
+    preempt_per_s,
+    vcpu_tls_hva,
 )
 from pipeline.ingest.runner import run_ingest
-from pipeline.replay.hosting import VmHosting, VmmArea
+from pipeline.replay.hosting import VmHosting, VmmArea, areas_from_smaps
 from pipeline.schema import read_manifest, read_parquet
 
 REAL = Path(__file__).resolve().parents[2] / "traces" / "real"
@@ -40,12 +42,14 @@ def test_table_round_trips_every_field() -> None:
             vmm_areas=(
                 VmmArea(0x1000, 8192, 4096, "anon"),
                 VmmArea(0xFFFFFFFFFF600000, 4096, 0, "anon"),
+                VmmArea(0x7F0000000000, 8 << 20, 12288, "anon", tls_vcpu=1),
             ),
             nr_threads=4,
             host_runnable=3.0,
             zap_ns_per_spte=52.5,
             host_cpus=2,
             vcpu_runtime_start_ms=(1200.0, 800.5),
+            preempt_per_s=124.9,
         ),
         VmHosting("b", host_runnable=0.0),
     ]
@@ -53,6 +57,34 @@ def test_table_round_trips_every_field() -> None:
     assert frame["nr_threads"].to_list() == [4, None]
     assert hosting_from_frame(frame) == tuple(rows)
     assert has_facts(rows[0]) and not has_facts(rows[1])
+
+
+def test_vcpu_stack_areas_from_the_lab_or_the_thread_sp() -> None:
+    # ADR 0350: the VMA holding a vCPU thread's pthread_self() (the lab) or user stack
+    # pointer (capture.json thread_sp) is that vCPU's TLS / rseq area
+    vmas = [
+        {"start": "7f0000000000", "end": "7f0000800000", "perms": "rw-p", "path": "",
+         "smaps_kb": {"Rss": 12}, "vm_flags": ["rd", "wr"]},
+        {"start": "7f0000801000", "end": "7f0001001000", "perms": "rw-p", "path": "",
+         "smaps_kb": {"Rss": 8}, "vm_flags": ["rd", "wr"]},
+    ]  # fmt: skip
+    vm = {"vm": "lab", "vcpu_tids": [101, 102], "regions": []}
+    lab = LabFacts(vcpu_pthread_hva=(0x7F0001000700, 0x7F00007FF700))
+    areas = areas_from_smaps(vmas, [], vcpu_tls_hva(vm, lab, {}))
+    assert [a.tls_vcpu for a in areas] == [1, 0]
+    # no lab record: the stack pointers the capture read (None: the thread stayed on a CPU)
+    capture = {"thread_sp": {"101": 0x7F00007FE000, "102": None}}
+    assert vcpu_tls_hva(vm, LabFacts(), capture) == [0x7F00007FE000, None]
+    areas = areas_from_smaps(vmas, [], vcpu_tls_hva(vm, LabFacts(), capture))
+    assert [a.tls_vcpu for a in areas] == [0, -1]
+    assert [a.tls_vcpu for a in areas_from_smaps(vmas, [])] == [-1, -1]
+
+
+def test_preempt_rate_is_the_vcpus_mean() -> None:
+    assert preempt_per_s((120.0, 130.0)) == 125.0
+    assert preempt_per_s(()) is None
+    lab = LabFacts.from_table({"vcpu_preempt_per_s": [100, 150.5]}, Path("s.toml"))
+    assert lab.vcpu_preempt_per_s == (100.0, 150.5)
 
 
 def test_lab_facts_reject_a_mistyped_share(tmp_path: Path) -> None:

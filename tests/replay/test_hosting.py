@@ -10,6 +10,7 @@ from pipeline.replay.hosting import VmHosting, VmmArea, area_kind, areas_from_sm
 from pipeline.replay.kvm import ReschedModel, sched_slice_ns
 from pipeline.replay.policies import POLICIES
 from pipeline.replay.runner import ReplayParams, replay_frames
+from pipeline.replay.workcost import NumaWorkCost
 from tests.replay.conftest import MIB, accesses_frame, every_epoch, region, vm_row, vms_frame
 
 RAM_HVA = 0x7F0000000000
@@ -114,6 +115,23 @@ def test_resched_yields_from_zap_length_and_host_load() -> None:
     assert not busy.applies(oracle, "tdp")
 
 
+def test_resched_yields_at_the_measured_preemption_rate() -> None:
+    # ADR 0350: 125 involuntary switches per vCPU CPU second, a zap of 32768 SPTEs at 100 ns
+    # walks 3.2768 ms: 125 * 3.2768e-3 = 0.4096 yields, on an idle host too (host_runnable 0)
+    idle = ReschedModel(zap_ns_per_spte=100.0, host_runnable=0.0, preempt_per_s=125.0)
+    assert idle.extra_flushes(32768) == pytest.approx(125 * 32768 * 100 / 1e9)
+    assert idle.applies(POLICIES["linux-6.18"], "shadow")
+    # the measured rate wins over the slice model, which it already includes
+    both = ReschedModel(zap_ns_per_spte=100.0, host_runnable=2.0, preempt_per_s=125.0)
+    assert both.extra_flushes(32768) == pytest.approx(idle.extra_flushes(32768))
+    assert not ReschedModel(preempt_per_s=0.0).applies(POLICIES["linux-6.18"], "tdp")
+    # VmHosting carries it into the model
+    host = VmHosting("vm0", preempt_per_s=125.0, zap_ns_per_spte=80.0)
+    model = ReschedModel().for_host(host)
+    assert model.preempt_per_s == 125.0 and model.zap_ns_per_spte == 80.0
+    assert ReschedModel().for_host(VmHosting("vm0")).preempt_per_s is None
+
+
 def test_resched_yields_flush_in_the_engine_under_preempt_none() -> None:
     # pinned 4K anon RAM on the shadow MMU, v6.18, preempt=none (no contention term): the
     # first scan (t = 1100 ms) zaps all 65536 SPTEs -> 1 + floor(4.369) = 5 remote flushes
@@ -135,3 +153,23 @@ def test_runtime_before_the_replay_brings_the_first_scan_forward() -> None:
     # a thread that ran for longer than scan_delay: first tick at once (t = 100 ms)
     early = _scans(VmHosting("vm0", vcpu_runtime_start_ms=(5000.0,)), epochs=3)
     assert early["t_ms"].to_list()[0] == 100
+
+
+def test_node_stamp_pays_32_times_the_scan_cpu_time() -> None:
+    # kernel/sched/fair.c task_numa_work() (ADR 0350): the winner's node_stamp += 2 ticks at
+    # the cmpxchg and += 32 x the work's CPU time at the end. One vCPU (share 1.0, CLONE_VM
+    # node_stamp 8 ms) scans 65536 4K SPTEs at t = 1100 ms: node_stamp = 1008 + 8 + 32 x
+    # 65536 x 180 ns = 1393.5 ms, so the next crossing of node_stamp + 1000 ms of runtime is
+    # in the epoch ending at 2400 ms; without the cost term it is 2016 ms -> 2100 ms.
+    reg = region(size_bytes=256 * MIB, hva_start=RAM_HVA)
+    vms = vms_frame(vm_row(regions=[reg], vcpu_nodes=[0]))
+    acc = accesses_frame(every_epoch("vm0", 30, 0, 0, GUEST_PAGES))
+    assert NumaWorkCost().node_stamp_delay_ms(65536, 0, 0) == pytest.approx(377.487, abs=1e-3)
+    times = {}
+    for name, cost in (("free", NumaWorkCost(0.0, 0.0, 0.0)), ("lab", NumaWorkCost())):
+        scans = replay_frames(vms, acc, ["linux-6.18"], ReplayParams(work_cost=cost)).scans
+        times[name] = scans["t_ms"].to_list()[:2]
+    assert times == {"free": [1100, 2100], "lab": [1100, 2400]}
+    # a capture's own measurement replaces the default
+    host = VmHosting("vm0", scan_ns_per_spte_4k=90.0, scan_ns_per_spte_2m=700.0)
+    assert NumaWorkCost().for_host(host) == NumaWorkCost(90.0, 700.0, 100.0)

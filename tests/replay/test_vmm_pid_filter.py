@@ -20,3 +20,20 @@ def test_vmm_area_is_pid_inactive_for_the_vcpu_from_the_third_pass() -> None:
     scans = _scans(VmHosting("vm0", vmm_areas=(area,)), epochs=160)
     sizes = (scans["gfn_end"] - scans["gfn_start"]).to_list()
     assert sizes[:7] == [59392, 6144, 59392, 6144, 65536, 65536, 65536]
+
+
+def test_a_vcpu_threads_own_stack_keeps_its_pid_bit() -> None:
+    # ADR 0350: the same area as above, but it is the vCPU thread's stack mapping (its TLS
+    # and rseq area, VmmArea.tls_vcpu = 0). The kernel writes the rseq area after each
+    # preemption (kernel/rseq.c rseq_update_cpu_node_id()), so after every scan of the area
+    # the thread takes a hinting fault there and do_numa_page() -> vma_set_access_pid_bit()
+    # sets its bit: from pass 2 the area stays accessed and keeps taking 6144 pages of the
+    # budget, so the 59392 / 6144 alternation of passes 0-1 goes on.
+    stack = VmmArea(RAM_HVA - 64 * MIB, 24 * MIB, 1 * MIB, "anon", tls_vcpu=0)
+    scans = _scans(VmHosting("vm0", vmm_areas=(stack,)), epochs=160)
+    sizes = (scans["gfn_end"] - scans["gfn_start"]).to_list()
+    assert sizes[:7] == [59392, 6144, 59392, 6144, 59392, 6144, 59392]
+    # a vCPU the VM does not have owns nothing: the ADR 0340 behaviour
+    other = VmmArea(RAM_HVA - 64 * MIB, 24 * MIB, 1 * MIB, "anon", tls_vcpu=5)
+    got = _scans(VmHosting("vm0", vmm_areas=(other,)), epochs=160)
+    assert (got["gfn_end"] - got["gfn_start"]).to_list()[:5] == [59392, 6144, 59392, 6144, 65536]

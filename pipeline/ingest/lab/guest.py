@@ -259,6 +259,12 @@ class Guest:
             time.sleep(0.001)
         return [v.result.tid for v in self.vcpus]
 
+    def pthread_addresses(self) -> list[int]:
+        """pthread_self() of each vCPU thread (CPython's thread ident on Linux): with glibc,
+        the address of the thread's TCB, which holds its TLS and rseq area and sits at the
+        top of the thread's stack mapping."""
+        return [int(v.thread.ident or 0) if v.thread is not None else 0 for v in self.vcpus]
+
     def passes(self) -> list[int]:
         """Completed sweeps of each vCPU (the guest's counters)."""
         buf = self.ctl.view()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,6 +218,26 @@ def thread_ids(pid: int) -> list[int]:
 
 def thread_comm(pid: int, tid: int) -> str:
     return (_read(Path(f"/proc/{pid}/task/{tid}/comm")) or "").strip()
+
+
+def thread_user_sp(pid: int, tid: int, tries: int = 200) -> int | None:
+    """The thread's user stack pointer from ``/proc/PID/task/TID/syscall`` (``nr args... sp
+    pc`` while it is off-CPU in a syscall, ``-1 sp pc`` when blocked elsewhere); None when it
+    stayed on a CPU ("running") for every try, 1 ms apart, or the file is unreadable. The VMA
+    holding it is the thread's stack mapping, which with glibc also holds its TLS and rseq
+    area (ADR 0350)."""
+    path = Path(f"/proc/{pid}/task/{tid}/syscall")
+    for _ in range(max(1, tries)):
+        fields = (_read(path) or "").split()
+        if len(fields) >= 3 and fields[0] != "running":
+            try:
+                return int(fields[-2], 16)
+            except ValueError:
+                return None
+        if not fields:
+            return None
+        time.sleep(0.001)
+    return None
 
 
 def kvm_debugfs_stats(pid: int) -> dict[str, dict[str, int]]:

@@ -33,6 +33,7 @@ _libc.mmap.argtypes = [
 ]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -64,6 +65,10 @@ class HostMapping:
     def view(self) -> ctypes.Array[ctypes.c_char]:
         """A ctypes byte array over the mapping (no copy)."""
         return (ctypes.c_char * self.size_bytes).from_address(self.hva)
+
+    def protect(self, prot: int) -> None:
+        """mprotect() the whole mapping (an MMU-notifier invalidation of all of it)."""
+        _check(_libc.mprotect(self.hva, self.size_bytes, prot), "mprotect")
 
     def close(self) -> None:
         _libc.munmap(self.hva, self.size_bytes)

@@ -29,6 +29,7 @@ from pipeline.ingest.lab import host, tracefs
 from pipeline.ingest.lab.guest import PAGE_4K, Guest
 from pipeline.ingest.lab.pin import LongTermPin
 from pipeline.ingest.lab.sidecar import RegionSpec, VmSpec, render_sidecar, write_sidecar
+from pipeline.ingest.lab.zapprobe import kvm_zap_ns_per_spte
 
 WARMUP_PASSES = 2
 WARMUP_TIMEOUT_S = 60.0
@@ -191,6 +192,7 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
         child = _start_capture(config, out)
         passes0, vm0, vcpu0 = guest.passes(), guest.stats(), guest.vcpu_stats()
         runtime0 = [_runtime_ns(t) for t in tids]
+        preempt0 = [_involuntary_switches(t) for t in tids]
         t0 = time.monotonic()
         _marker(root, f"numa_balancing={config.numa_balancing}")
         set_numa_balancing(config.numa_balancing)
@@ -203,6 +205,7 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
         _marker(root, f"numa_balancing={old_balancing}")
         passes = [b - a for a, b in zip(passes0, guest.passes(), strict=True)]
         runtime = [_runtime_ns(t) - r for t, r in zip(tids, runtime0, strict=True)]
+        preempt = [_involuntary_switches(t) - n for t, n in zip(tids, preempt0, strict=True)]
         lab: dict[str, Any] = {
             "pattern": config.pattern,
             "stride_bytes": PAGE_4K,
@@ -219,11 +222,24 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
             # with node_stamp + period, so it sets when the first scan comes (ADR 0320)
             "vcpu_runtime_start_ms": [round(r / 1e6, 1) for r in runtime0],
             "host_cpus": os.cpu_count() or 1,
+            # involuntary context switches per second of vCPU CPU time: how often another
+            # task set need_resched() on the vCPU's CPU, which is what makes a zap walk yield
+            # with a flush (ReschedModel, ADR 0350)
+            # pthread_self() of each vCPU thread: glibc's TCB, which holds the thread's rseq
+            # area, at the top of the thread's stack mapping (ADR 0350)
+            "vcpu_pthread_hva": guest.pthread_addresses(),
+            "vcpu_preempt_per_s": [
+                round(n / (r / 1e9), 3) if r else 0.0 for n, r in zip(preempt, runtime, strict=True)
+            ],
         }
         kvm_delta = {"vm": _delta(guest.stats(), vm0), "vcpu": _delta(guest.vcpu_stats(), vcpu0)}
         err = _stop_capture(child)
         child_rc, child = child.returncode, None
         failures = guest.failed()
+        guest.stop()
+        zap_ns = kvm_zap_ns_per_spte(guest)  # the vCPUs are stopped, the trace is closed
+        if zap_ns is not None:
+            lab["kvm_zap_ns_per_spte"] = round(zap_ns, 2)
     finally:
         set_numa_balancing(old_balancing)
         if child is not None:
@@ -270,6 +286,16 @@ def _runtime_ns(tid: int) -> int:
     """The thread's CPU time (se.sum_exec_runtime, /proc/PID/task/TID/schedstat field 1): the
     clock task_tick_numa() compares with numa_scan_period."""
     return int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+
+
+def _involuntary_switches(tid: int) -> int:
+    """The thread's ``nonvoluntary_ctxt_switches`` (/proc/PID/task/TID/status; kernel/sched/
+    core.c __schedule() counts prev->nivcsw when the task is switched out still runnable)."""
+    for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines():
+        if line.startswith("nonvoluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    msg = f"/proc/self/task/{tid}/status: no nonvoluntary_ctxt_switches line"
+    raise LabError(msg)
 
 
 def _thp_kb(hva: int) -> int:
