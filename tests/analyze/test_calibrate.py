@@ -102,9 +102,10 @@ def _ingest(trace: Path, out: Path) -> Path:
     return out
 
 
-# The idle-host capture: it records the vCPUs' runtime at the window start, so the first scan is
-# modelled at the right time (docs/lab.md); the loaded-host captures lack it.
-SMALL = REAL / "idle" / "lab-anon-thp-nopin-nb1.trace.zst"
+# A committed idle-host capture (traces/real/, ADR 0350): it records the vCPUs' runtime at the
+# window start, so the first scan is modelled at the right time (docs/lab.md); the loaded-host
+# captures (traces/real/loaded/) lack it.
+SMALL = REAL / "lab-anon-thp-nopin-nb1.trace.zst"
 
 
 @pytest.mark.skipif(not SMALL.is_file(), reason=f"{SMALL} is not committed")

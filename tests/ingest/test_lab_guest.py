@@ -156,5 +156,17 @@ def test_guest_runs_and_touches_pages() -> None:
         view = guest.ram.view()
         assert view[0] != b"\0"
         assert view[(8 << 20) + 4096] != b"\0"
+        # the vCPU threads' pthread_self() lies in their own stack mappings (ADR 0350)
+        maps = Path("/proc/self/maps").read_text().splitlines()
+        spans = [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in maps]
+        for hva in guest.pthread_addresses():
+            assert any(lo <= hva < hi for lo, hi in spans)
+        # the KVM zap probe: the RAM's 4096 SPTEs are zapped by the first mprotect()
+        from pipeline.ingest.lab.zapprobe import installed_sptes, kvm_zap_ns_per_spte
+
+        assert installed_sptes(guest.stats()) >= (16 << 20) // 4096
+        ns = kvm_zap_ns_per_spte(guest)
+        assert ns is None or 0 < ns < 10_000
+        assert installed_sptes(guest.stats()) < 16  # the control memslot's few pages stay
     finally:
         guest.close()

@@ -1,4 +1,4 @@
-"""The v6.7+ PID filter on the VMM's own VMAs (ADR 0340; traces/real/idle, docs/lab.md)."""
+"""The v6.7+ PID filter on the VMM's own VMAs (ADR 0340, ADR 0350; traces/real/, docs/lab.md)."""
 
 from __future__ import annotations
 
