@@ -249,6 +249,7 @@ class Scanner:
         task.node_stamp_ms += 2 * TICK_MS
         zapped0 = list(self.cprot.kvm.zapped)
         vmm_ptes = 0
+        tls_owners: list[TaskNuma] = []
         ctx.thread = task.index
         ctx.counters.add_thread(ctx.epoch, task.index, "task_numa_work_runs", 1)
         pages = self.scan_pages()
@@ -303,8 +304,8 @@ class Scanner:
                     if isinstance(region, VmmArea):
                         updated = region.rss_pages_in(start, end)
                         vmm_ptes += updated
-                        if updated:
-                            self._tls_fault(now, region, numab)
+                        if updated and 0 <= region.tls_vcpu < len(self.tasks):
+                            tls_owners.append(self.tasks[region.tls_vcpu])
                     else:
                         g_s, g_e = region.hva_to_gfn(start), region.hva_to_gfn(end)
                         res = self.cprot(ctx, region, g_s, g_e)
@@ -344,6 +345,8 @@ class Scanner:
         # p->node_stamp += 32 * (runtime of this work) (ADR 0350, pipeline/replay/workcost.py)
         z4k, z2m = (b - a for a, b in zip(zapped0, self.cprot.kvm.zapped, strict=True))
         task.node_stamp_ms += self.work_cost.node_stamp_delay_ms(z4k, z2m, vmm_ptes)
+        for owner in tls_owners:
+            self._tls_fault(now, owner)
         if rec["chunks"]:
             self.records.append(
                 ScanRecord(
@@ -361,18 +364,21 @@ class Scanner:
                 )
             )
 
-    def _tls_fault(self, now_ms: int, area: VmmArea, numab: VmaNumab) -> None:
-        """The owning vCPU thread's hinting fault on its rseq area right after this scan
-        made it PROT_NONE (:class:`VmmArea` ``tls_vcpu``; kernel/rseq.c
-        rseq_update_cpu_node_id() on its next preemption, ~8 ms at the lab's 125/s): mm/
-        memory.c do_numa_page() -> vma_set_access_pid_bit() sets the thread's bit in
-        pids_active[1] (v6.5+, KERNEL.md §3.4) and task_numa_fault() records one private local
-        fault for it (``tls_fault``, the fault path; ADR 0350)."""
-        if 0 <= area.tls_vcpu < len(self.tasks):
-            owner = self.tasks[area.tls_vcpu]
-            numab.pids_active[1] |= pid_bit(owner.pid)
-            if self.tls_fault is not None:
-                self.tls_fault(now_ms, owner)
+    def _tls_fault(self, now_ms: int, owner: TaskNuma) -> None:
+        """The owning vCPU thread's hinting fault on its rseq area, which this work item
+        made PROT_NONE (:class:`VmmArea` ``tls_vcpu``): kernel/rseq.c
+        rseq_update_cpu_node_id() writes it on the thread's next return to guest mode after a
+        preemption (~8 ms at the lab's 125/s), so after the work item and its seq wrap. mm/
+        memory.c do_numa_page() -> vma_set_access_pid_bit() sets the thread's bit in the
+        area's pids_active[1] (v6.5+, KERNEL.md §3.4) and task_numa_fault() records one
+        private local fault for it (``tls_fault``, the fault path; ADR 0350)."""
+        for area in self.vmm_areas:
+            if 0 <= area.tls_vcpu < len(self.tasks) and self.tasks[area.tls_vcpu] is owner:
+                numab = self.numab.get(self._numab_key(area))
+                if numab is not None:
+                    numab.pids_active[1] |= pid_bit(owner.pid)
+        if self.tls_fault is not None:
+            self.tls_fault(now_ms, owner)
 
     def _reset_ptenuma_scan(self) -> None:
         """kernel/sched/fair.c reset_ptenuma_scan(): a full pass is done, numa_scan_seq++ and
