@@ -8,6 +8,7 @@ accesses). No clock, no RNG: time is ``epoch * epoch_ms``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -200,11 +201,35 @@ class Engine:
         ]
         # kernel/sched/fair.c task_tick_numa() compares se.sum_exec_runtime, CPU time (v6.5 =
         # v6.18 = v7.1, KERNEL.md §3.3): a vCPU gains its CPU share of the epoch (ADR 0320)
+        gained = {}
         for t in ran:
-            t.runtime_ms += run.vcpu_ms[t.index] if t.index < run.cfg.vcpus else run.vmm_share_ms
+            gained[t.index] = run.vcpu_ms[t.index] if t.index < run.cfg.vcpus else run.vmm_share_ms
+            t.runtime_ms += gained[t.index]
         if ran and run.cfg.numa_balancing:  # sysctl 0: sched_numa_balancing off, no ticks
+            # the thread whose runtime crossed node_stamp + period earliest in the epoch ticks
+            # first (it wins the cmpxchg on numa_next_scan); equal times in a rotating order
             k = e % n
-            order = sorted(ran, key=lambda t: (t.index - k) % n)
+            order = sorted(
+                ran,
+                key=lambda t: (
+                    _crossing_ms(t, gained[t.index], self.epoch_ms),
+                    (t.index - k) % n,
+                ),
+            )
             for t in order:
                 run.scanner.task_tick_numa(ctx, t)
         run.counters.scan_period_ms[e, :] = [t.numa_scan_period for t in run.tasks]
+
+
+def _crossing_ms(task: TaskNuma, gained_ms: float, epoch_ms: int) -> float:
+    """When in the epoch ``task``'s se.sum_exec_runtime passed node_stamp + numa_scan_period,
+    the point at which kernel/sched/fair.c task_tick_numa() (at the next 4 ms tick) queues its
+    work (v6.5 = v7.1, KERNEL.md §3.3): 0 if it was already past at the epoch start (as for
+    every vCPU when numa_balancing goes on late), infinity if it does not pass."""
+    threshold = task.node_stamp_ms + task.numa_scan_period
+    before = task.runtime_ms - gained_ms
+    if before > threshold:
+        return 0.0
+    if task.runtime_ms <= threshold or gained_ms <= 0:
+        return math.inf
+    return (threshold - before) / gained_ms * epoch_ms

@@ -173,3 +173,28 @@ def test_node_stamp_pays_32_times_the_scan_cpu_time() -> None:
     # a capture's own measurement replaces the default
     host = VmHosting("vm0", scan_ns_per_spte_4k=90.0, scan_ns_per_spte_2m=700.0)
     assert NumaWorkCost().for_host(host) == NumaWorkCost(90.0, 700.0, 100.0)
+
+
+def test_the_thread_that_crossed_first_in_the_epoch_scans() -> None:
+    # kernel/sched/fair.c task_tick_numa(): each thread queues its work when its runtime
+    # passes node_stamp + period, at its next tick; the first one wins the cmpxchg on
+    # numa_next_scan. Both vCPUs (node_stamp 8 ms, period 1000 ms) pass 1008 ms of runtime
+    # in the epoch [1000, 1100) ms: vCPU 1, which had run 5 ms before the replay, at 1003 ms,
+    # vCPU 0 at 1008 ms. vCPU 1 scans although the rotating order puts vCPU 0 first there.
+    from pipeline.replay.engine import _crossing_ms
+    from pipeline.replay.scanner import TaskNuma
+
+    half = GUEST_PAGES // 2
+    reg = region(size_bytes=256 * MIB, hva_start=RAM_HVA)
+    vms = vms_frame(vm_row(regions=[reg], vcpu_nodes=[0, 0]))
+    acc = accesses_frame(every_epoch("vm0", 20, 0, 0, half) + every_epoch("vm0", 20, 1, half, half))
+    host = VmHosting("vm0", vcpu_runtime_start_ms=(0.0, 5.0))
+    scans = replay_frames(vms, acc, ["linux-6.18"], ReplayParams(hosting=(host,))).scans
+    assert (scans["t_ms"][0], scans["vcpu"][0]) == (1100, 1)
+    task = TaskNuma(index=0, pid=1, node=0, nodes=1, runtime_ms=1050.0, node_stamp_ms=8.0)
+    task.numa_scan_period = 1000
+    assert _crossing_ms(task, 100.0, 100) == pytest.approx(58.0)  # 950 + 58 = 1008
+    task.runtime_ms = 1200.0
+    assert _crossing_ms(task, 100.0, 100) == 0.0  # already past at the epoch start
+    task.runtime_ms = 1000.0
+    assert _crossing_ms(task, 100.0, 100) == float("inf")
