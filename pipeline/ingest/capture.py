@@ -352,6 +352,7 @@ def capture(
                     start = time.monotonic()
                     # the baseline row, before anything the caller does once we are ready
                     sampler.tick()
+                    sched_before = {t: host.thread_sched(pid, t) for t in tids}
                     print(
                         f"{READY_MESSAGE} pid {pid} for {seconds:g} s (Ctrl-C stops early)",
                         file=sys.stderr,
@@ -359,6 +360,7 @@ def capture(
                     )
                     interrupted = reader.stream(start + seconds)
                     elapsed = time.monotonic() - start
+                    sched_after = {t: host.thread_sched(pid, t) for t in tids}
                     session.stop()
                     reader.drain()
                 overruns = {
@@ -409,6 +411,9 @@ def capture(
             # each thread's user stack pointer at the start (null: it never left the CPU
             # while we looked): the VMA holding it holds the thread's TLS and rseq area
             "thread_sp": thread_sp,
+            # each thread's CPU seconds, involuntary switches and runtime at the start, over
+            # the capture: a vCPU's CPU share and preemption rate (ADRs 0320, 0350)
+            "thread_sched": host.sched_delta(sched_before, sched_after),
             "lost_events": reader.lost,
             "overruns": overruns,
             "lines": reader.lines,

@@ -21,7 +21,7 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,27 @@ def host_cpus(known: int | None, tables: Mapping[str, pl.DataFrame]) -> int | No
     return max(seen) + 1 if seen else None
 
 
+def with_capture_sched(
+    vm: Mapping[str, Any], lab: LabFacts, capture: Mapping[str, Any]
+) -> LabFacts:
+    """``lab`` with the vCPUs' CPU share and preemption rate taken from ``capture.json``
+    ``thread_sched`` (``tlbreplay capture`` of any VMM) where the sidecar's ``[lab]`` does not
+    give them: CPU seconds / capture seconds, and involuntary switches / CPU seconds of each
+    of the VM's ``vcpu_tids``. Unchanged when a vCPU is missing from the record."""
+    sched = capture.get("thread_sched") or {}
+    seconds = float(capture.get("seconds") or 0.0)
+    tids = [str(int(t)) for t in vm.get("vcpu_tids") or []]
+    if not tids or seconds <= 0 or not all(t in sched for t in tids):
+        return lab
+    rows = [sched[t] for t in tids]
+    share = lab.vcpu_cpu_share or tuple(round(float(r["cpu_s"]) / seconds, 3) for r in rows)
+    preempt = lab.vcpu_preempt_per_s or tuple(
+        round(float(r["nonvoluntary"]) / float(r["cpu_s"]), 3) if float(r["cpu_s"]) > 0 else 0.0
+        for r in rows
+    )
+    return replace(lab, vcpu_cpu_share=share, vcpu_preempt_per_s=preempt)
+
+
 def build_hosting(
     vm: Mapping[str, Any],
     lab: LabFacts,
@@ -201,6 +222,7 @@ def build_hosting(
     derived from the share, the zap cost (the lab's probe, else measured in ``tables`` within
     ``window``), the host's
     CPUs."""
+    lab = with_capture_sched(vm, lab, capture)
     areas = areas_from_smaps(
         capture.get("vmas_before") or [], ram_ranges(vm), vcpu_tls_hva(vm, lab, capture)
     )

@@ -17,6 +17,7 @@ from pipeline.ingest.hosting import (
     hosting_from_frame,
     preempt_per_s,
     vcpu_tls_hva,
+    with_capture_sched,
 )
 from pipeline.ingest.runner import run_ingest
 from pipeline.replay.hosting import VmHosting, VmmArea, areas_from_smaps
@@ -78,6 +79,27 @@ def test_vcpu_stack_areas_from_the_lab_or_the_thread_sp() -> None:
     areas = areas_from_smaps(vmas, [], vcpu_tls_hva(vm, LabFacts(), capture))
     assert [a.tls_vcpu for a in areas] == [0, -1]
     assert [a.tls_vcpu for a in areas_from_smaps(vmas, [])] == [-1, -1]
+
+
+def test_capture_sched_fills_what_the_lab_table_lacks() -> None:
+    # `tlbreplay capture` of any VMM records each thread's CPU seconds and involuntary
+    # switches over the capture (capture.json thread_sched); [lab] values win when present
+    vm = {"vm": "q", "vcpu_tids": [11, 12], "regions": []}
+    capture = {
+        "seconds": 10.0,
+        "thread_sched": {
+            "11": {"cpu_s": 9.0, "nonvoluntary": 900.0, "runtime_start_ms": 5.0},
+            "12": {"cpu_s": 5.0, "nonvoluntary": 1000.0, "runtime_start_ms": 7.0},
+            "13": {"cpu_s": 0.1, "nonvoluntary": 3.0, "runtime_start_ms": 1.0},
+        },
+    }
+    got = with_capture_sched(vm, LabFacts(), capture)
+    assert got.vcpu_cpu_share == (0.9, 0.5) and got.vcpu_preempt_per_s == (100.0, 200.0)
+    assert got.vcpu_runtime_start_ms == ()  # numa_balancing was not turned on at the start
+    lab = LabFacts(vcpu_cpu_share=(1.0, 1.0))
+    assert with_capture_sched(vm, lab, capture).vcpu_cpu_share == (1.0, 1.0)
+    # a vCPU the capture did not see: nothing is guessed
+    assert with_capture_sched({**vm, "vcpu_tids": [11, 99]}, LabFacts(), capture) == LabFacts()
 
 
 def test_preempt_rate_is_the_vcpus_mean() -> None:

@@ -220,6 +220,46 @@ def thread_comm(pid: int, tid: int) -> str:
     return (_read(Path(f"/proc/{pid}/task/{tid}/comm")) or "").strip()
 
 
+@dataclass(frozen=True)
+class ThreadSched:
+    """A thread's CPU time and involuntary context switches at one moment."""
+
+    runtime_ns: int  # se.sum_exec_runtime: /proc/PID/task/TID/schedstat field 1
+    nonvoluntary: int  # nivcsw: /proc/PID/task/TID/status nonvoluntary_ctxt_switches
+
+
+def thread_sched(pid: int, tid: int) -> ThreadSched | None:
+    """The thread's :class:`ThreadSched` (None when it is gone or unreadable).
+    task_tick_numa() compares se.sum_exec_runtime with node_stamp + numa_scan_period, and a
+    thread that never sleeps is switched out involuntarily at each need_resched() of its CPU
+    (kernel/sched/core.c __schedule(); ADRs 0320, 0350)."""
+    base = Path(f"/proc/{pid}/task/{tid}")
+    stat, status = _read(base / "schedstat"), _read(base / "status")
+    if not stat or not status:
+        return None
+    match = re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.M)
+    if match is None:
+        return None
+    return ThreadSched(int(stat.split()[0]), int(match.group(1)))
+
+
+def sched_delta(
+    before: dict[int, ThreadSched | None], after: dict[int, ThreadSched | None]
+) -> dict[str, dict[str, float]]:
+    """Per thread id (as a string): CPU seconds and involuntary switches between two reads."""
+    out: dict[str, dict[str, float]] = {}
+    for tid, a in before.items():
+        b = after.get(tid)
+        if a is None or b is None:
+            continue
+        out[str(tid)] = {
+            "cpu_s": round((b.runtime_ns - a.runtime_ns) / 1e9, 6),
+            "nonvoluntary": float(b.nonvoluntary - a.nonvoluntary),
+            "runtime_start_ms": round(a.runtime_ns / 1e6, 1),
+        }
+    return out
+
+
 def thread_user_sp(pid: int, tid: int, tries: int = 200) -> int | None:
     """The thread's user stack pointer from ``/proc/PID/task/TID/syscall`` (``nr args... sp
     pc`` while it is off-CPU in a syscall, ``-1 sp pc`` when blocked elsewhere); None when it

@@ -191,8 +191,7 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
         ])  # fmt: skip
         child = _start_capture(config, out)
         passes0, vm0, vcpu0 = guest.passes(), guest.stats(), guest.vcpu_stats()
-        runtime0 = [_runtime_ns(t) for t in tids]
-        preempt0 = [_involuntary_switches(t) for t in tids]
+        sched0 = [_sched(os.getpid(), t) for t in tids]
         t0 = time.monotonic()
         _marker(root, f"numa_balancing={config.numa_balancing}")
         set_numa_balancing(config.numa_balancing)
@@ -204,8 +203,9 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
         window_s = time.monotonic() - t0
         _marker(root, f"numa_balancing={old_balancing}")
         passes = [b - a for a, b in zip(passes0, guest.passes(), strict=True)]
-        runtime = [_runtime_ns(t) - r for t, r in zip(tids, runtime0, strict=True)]
-        preempt = [_involuntary_switches(t) - n for t, n in zip(tids, preempt0, strict=True)]
+        sched1 = [_sched(os.getpid(), t) for t in tids]
+        runtime = [b.runtime_ns - a.runtime_ns for a, b in zip(sched0, sched1, strict=True)]
+        preempt = [b.nonvoluntary - a.nonvoluntary for a, b in zip(sched0, sched1, strict=True)]
         lab: dict[str, Any] = {
             "pattern": config.pattern,
             "stride_bytes": PAGE_4K,
@@ -220,7 +220,7 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
             "vcpu_cpu_share": [round(r / 1e9 / window_s, 3) for r in runtime],
             # se.sum_exec_runtime when numa_balancing went on: task_tick_numa() compares it
             # with node_stamp + period, so it sets when the first scan comes (ADR 0320)
-            "vcpu_runtime_start_ms": [round(r / 1e6, 1) for r in runtime0],
+            "vcpu_runtime_start_ms": [round(a.runtime_ns / 1e6, 1) for a in sched0],
             "host_cpus": os.cpu_count() or 1,
             # involuntary context switches per second of vCPU CPU time: how often another
             # task set need_resched() on the vCPU's CPU, which is what makes a zap walk yield
@@ -282,20 +282,12 @@ def _finish_files(
     tmp.replace(paths.meta)
 
 
-def _runtime_ns(tid: int) -> int:
-    """The thread's CPU time (se.sum_exec_runtime, /proc/PID/task/TID/schedstat field 1): the
-    clock task_tick_numa() compares with numa_scan_period."""
-    return int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
-
-
-def _involuntary_switches(tid: int) -> int:
-    """The thread's ``nonvoluntary_ctxt_switches`` (/proc/PID/task/TID/status; kernel/sched/
-    core.c __schedule() counts prev->nivcsw when the task is switched out still runnable)."""
-    for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines():
-        if line.startswith("nonvoluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    msg = f"/proc/self/task/{tid}/status: no nonvoluntary_ctxt_switches line"
-    raise LabError(msg)
+def _sched(pid: int, tid: int) -> host.ThreadSched:
+    sched = host.thread_sched(pid, tid)
+    if sched is None:
+        msg = f"cannot read the scheduling counters of vCPU thread {tid}"
+        raise LabError(msg)
+    return sched
 
 
 def _thp_kb(hva: int) -> int:
