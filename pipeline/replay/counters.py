@@ -13,38 +13,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.schema import table_schema
+
 PAGE_SIZES = ("4K", "2M", "1G")
 PS_4K, PS_2M, PS_1G = 0, 1, 2
 
-EPOCH_COUNTERS = (
-    "numa_pte_updates",
-    "numa_huge_pte_updates",
-    "numa_hint_faults",
-    "numa_hint_faults_local",
-    "numa_pages_migrated",
-    "numa_migrate_failed",
-    "mmu_notifier_invalidations",
-    "notifier_bytes",
-    "kvm_unmap_gfn_range_calls",
-    "spte_zapped",
-    "remote_tlb_flushes",
-    "shootdown_ipis",
-    "host_tlb_flushes",
-    "host_tlb_flush_ipis",
-    "ept_violations",
-)
+# The counter columns of schemas/epochs.toml and schemas/vcpu_epochs.toml, in schema order: the
+# tables' keys and the columns that are not event counts (a modelled cost, a period) are left
+# out, so a counter added to a schema is counted here without a second list to keep in step.
+EPOCH_NOT_COUNTERS = frozenset({"policy", "vm", "page_size", "epoch", "t_ms", "cost_us"})
+VCPU_NOT_COUNTERS = frozenset({"policy", "vm", "vcpu", "epoch", "t_ms", "scan_period_ms"})
+
+
+def schema_counters(table: str, not_counters: frozenset[str]) -> tuple[str, ...]:
+    return tuple(c.name for c in table_schema(table).columns if c.name not in not_counters)
+
+
+EPOCH_COUNTERS = schema_counters("epochs", EPOCH_NOT_COUNTERS)
 E = {name: i for i, name in enumerate(EPOCH_COUNTERS)}
 
-VCPU_COUNTERS = (
-    "ept_violations",
-    "numa_hint_faults",
-    "numa_hint_faults_local",
-    "numa_pages_migrated",
-    "numa_migrate_failed",
-    "shootdown_ipis",
-    "task_numa_work_runs",
-    "spte_faultins",
-)
+VCPU_COUNTERS = schema_counters("vcpu_epochs", VCPU_NOT_COUNTERS)
 V = {name: i for i, name in enumerate(VCPU_COUNTERS)}
 
 I64 = npt.NDArray[np.int64]
