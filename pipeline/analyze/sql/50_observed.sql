@@ -47,6 +47,7 @@ CREATE VIEW _observed_unmap_guest AS
 WITH u AS (
     SELECT
         row_number() OVER () AS event,
+        ts_ns,
         pid,
         CAST(hva_start AS HUGEINT) AS hva_start,
         CAST(hva_end AS HUGEINT) AS hva_end
@@ -54,6 +55,7 @@ WITH u AS (
 )
 SELECT
     u.event,
+    any_value(u.ts_ns) AS ts_ns,
     any_value(u.pid) AS pid,
     sum(least(u.hva_end, g.hva_end) - greatest(u.hva_start, g.hva_start)) AS guest_bytes
 FROM u
@@ -72,6 +74,42 @@ SELECT * FROM (VALUES
     (4, 'remote ipi send'),
     (5, 'remote wrong cpu')
 ) AS t (reason_code, reason);
+
+-- The host flush that closes each guest-RAM invalidation: the same thread's first "local mm
+-- shootdown" at or after the notifier, within 100 ms. mm/mprotect.c change_protection() ends
+-- in flush_tlb_range() (arch/x86/mm/tlb.c flush_tlb_mm_range()), the engine's
+-- host_tlb_flushes. The VMM's other local mm shootdowns (munmap, mprotect, the scans of its
+-- own VMAs) are not the VM's and are left out.
+CREATE VIEW _observed_scan_flushes AS
+SELECT DISTINCT f.flush, f.pid, f.ts_ns
+FROM _observed_unmap_guest AS u
+ASOF JOIN (
+    SELECT row_number() OVER () AS flush, ts_ns, pid
+    FROM ftrace_tlb_flush
+    WHERE reason_code = 3
+) AS f ON f.pid = u.pid AND f.ts_ns >= u.ts_ns
+WHERE f.ts_ns - u.ts_ns <= 100000000;
+
+-- Their IPIs: a "remote shootdown" on another CPU (the receiving side of
+-- flush_tlb_mm_range(): flush_tlb_func(), reason TLB_REMOTE_SHOOTDOWN, with the sender's page
+-- count) whose latest preceding local mm shootdown of the same page count, within 1 ms, is
+-- such a closing flush. The scan's flushes of the VMM's own small VMAs come microseconds
+-- later, with their own page counts and IPIs.
+CREATE VIEW _observed_scan_flush_ipis AS
+SELECT r.ipi, r.pid
+FROM (
+    SELECT row_number() OVER () AS ipi, ts_ns, pid, pages
+    FROM ftrace_tlb_flush
+    WHERE reason_code = 1
+) AS r
+ASOF JOIN (
+    SELECT row_number() OVER () AS flush, ts_ns, pid, pages
+    FROM ftrace_tlb_flush
+    WHERE reason_code = 3
+) AS f ON f.pages = r.pages AND f.ts_ns <= r.ts_ns
+WHERE r.ts_ns - f.ts_ns <= 1000000
+  AND f.pid <> r.pid
+  AND f.flush IN (SELECT flush FROM _observed_scan_flushes);
 
 -- Leaf SPTEs zapped, from kvmmmu:kvm_tdp_mmu_spte_changed (TDP MMU only): the old SPTE was
 -- MMU-present (SPTE_MMU_PRESENT_MASK, bit 11, arch/x86/kvm/mmu/spte.h) and a leaf (level 1,
@@ -115,6 +153,12 @@ WITH ev AS (
     FROM ftrace_tlb_flush AS f
     LEFT JOIN _observed_tlb_flush_reasons AS r USING (reason_code)
     UNION ALL
+    SELECT 'tlb_flush', 'local mm shootdown closing a guest-RAM notifier', pid, 1
+    FROM _observed_scan_flushes
+    UNION ALL
+    SELECT 'tlb_flush', 'remote shootdown after one', pid, 1
+    FROM _observed_scan_flush_ipis
+    UNION ALL
     SELECT 'ipi_send_cpumask', regexp_replace(callback, '\+.*$', '') || ' calls', pid, 1
     FROM ftrace_ipi_send_cpumask
     UNION ALL
@@ -142,8 +186,9 @@ GROUP BY p.vm, ev.counter, ev.detail;
 
 -- Which observed numbers stand for which simulated counter. KVM's remote flushes appear as
 -- ipi_send_cpumask with callback ack_kick (KERNEL.md section 9, gaps); the host's flushes
--- of the VM's mm as tlb_flush "local mm shootdown" in the thread that changed the PTEs, and
--- their IPIs as "remote shootdown" on the receiving CPUs (arch/x86/mm/tlb.c).
+-- of guest RAM as the tlb_flush "local mm shootdown" closing a guest-RAM notifier in the
+-- thread that changed the PTEs, and their IPIs as "remote shootdown" on the receiving CPUs
+-- (arch/x86/mm/tlb.c).
 CREATE VIEW _observed_counter_map AS
 SELECT * FROM (VALUES
     ('mmu_notifier_invalidations', 'kvm_unmap_hva_range', 'calls in guest RAM'),
@@ -155,8 +200,8 @@ SELECT * FROM (VALUES
     ('spte_zapped', 'spte_zapped', '1G'),
     ('remote_tlb_flushes', 'ipi_send_cpumask', 'ack_kick calls'),
     ('shootdown_ipis', 'ipi_send_cpumask', 'ack_kick targets'),
-    ('host_tlb_flushes', 'tlb_flush', 'local mm shootdown'),
-    ('host_tlb_flush_ipis', 'tlb_flush', 'remote shootdown'),
+    ('host_tlb_flushes', 'tlb_flush', 'local mm shootdown closing a guest-RAM notifier'),
+    ('host_tlb_flush_ipis', 'tlb_flush', 'remote shootdown after one'),
     ('numa_pages_migrated', 'mm_migrate_pages', 'numa_misplaced nr_succeeded')
 ) AS t (sim_counter, counter, detail);
 
