@@ -549,6 +549,29 @@ def relative_error(sim: float, obs: float) -> float:
     return (sim - obs) / obs
 
 
+def pooled(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """The totals of several :func:`calibrate` tables added up, for the counters that add up
+    over captures (:data:`PER_SCAN` and ``scans``): a count the engine predicts in expectation,
+    such as the need_resched() yields in KVM flushes, is judged over all captures rather than
+    draw by draw. NaN (``n/a``) when any capture has no value."""
+    names = [*PER_SCAN, "scans"]
+    obs = dict.fromkeys(names, 0.0)
+    sim = dict.fromkeys(names, 0.0)
+    for table in tables:
+        for row in table.iter_rows(named=True):
+            if row["counter"] in obs:
+                obs[row["counter"]] += float(row["observed"])
+                sim[row["counter"]] += float(row["simulated"])
+    return pl.DataFrame(
+        {
+            "counter": names,
+            "observed": [obs[c] for c in names],
+            "simulated": [sim[c] for c in names],
+            "rel_error": [relative_error(sim[c], obs[c]) for c in names],
+        }
+    )
+
+
 def calibrate(
     dataset: Path,
     *,

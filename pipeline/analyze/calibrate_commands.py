@@ -75,8 +75,33 @@ def _markdown(tables: list[tuple[str, object]]) -> list[str]:
                     f"({_err(r['rel_error'])})"
                 )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if suffix == "" and len(tables) > 1:
+            lines.append(_pooled_row(tables, cols))
         lines.append("")
     return lines
+
+
+def _pooled_row(tables: list[tuple[str, object]], cols: list[tuple[str, str]]) -> str:
+    """The totals row of all captures added up (calibrate.pooled()); blank where a counter
+    does not add up over captures (the interval)."""
+    import polars as pl
+
+    from pipeline.analyze.calibrate import pooled
+
+    frames = [t for _, t in tables if isinstance(t, pl.DataFrame)]
+    rows = {r["counter"]: r for r in pooled(frames).iter_rows(named=True)}
+    cells = []
+    for counter, _ in cols:
+        r = rows.get(counter)
+        if r is None:
+            cells.append("")
+            continue
+        scale = 1 / (1 << 20) if counter.startswith("notifier_bytes") else 1
+        cells.append(
+            f"{_fmt(r['observed'] * scale)} / {_fmt(r['simulated'] * scale)} "
+            f"({_err(r['rel_error'])})"
+        )
+    return "| **all captures** | " + " | ".join(cells) + " |"
 
 
 def register(app: typer.Typer) -> None:

@@ -165,3 +165,27 @@ def test_frames_are_polars() -> None:
         ),
         pl.DataFrame,
     )
+
+
+def test_pooled_adds_up_the_counters_that_add_up() -> None:
+    def table(flush_obs: float, flush_sim: float, hint_obs: float) -> pl.DataFrame:
+        names = list(cal.COUNTERS)
+        obs = {c: 1.0 for c in names} | {"remote_tlb_flushes": flush_obs}
+        obs["numa_hint_faults"] = hint_obs
+        sim = {c: 1.0 for c in names} | {"remote_tlb_flushes": flush_sim}
+        return pl.DataFrame(
+            {"counter": names, "observed": [obs[c] for c in names],
+             "simulated": [sim[c] for c in names]}
+        )  # fmt: skip
+
+    got = cal.pooled([table(9.0, 7.0, 5.0), table(6.0, 7.0, float("nan"))])
+    rows = {r["counter"]: r for r in got.iter_rows(named=True)}
+    # -22% and +17% per capture, 0% pooled: a Poisson count judged over all captures
+    assert (rows["remote_tlb_flushes"]["observed"], rows["remote_tlb_flushes"]["simulated"]) == (
+        15.0,
+        14.0,
+    )
+    assert rows["remote_tlb_flushes"]["rel_error"] == pytest.approx(-1 / 15)
+    assert rows["scans"]["observed"] == 2.0
+    assert math.isnan(rows["numa_hint_faults"]["observed"])  # n/a in one capture: n/a
+    assert "scan_interval_ms" not in rows and "first_scan_ms" not in rows  # do not add up
