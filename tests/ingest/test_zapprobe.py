@@ -40,7 +40,7 @@ def test_probe_is_the_first_mprotect_minus_the_same_one_without_sptes(
     vm = FakeVm(65536)
     # t0, t1 (first PROT_READ: 10 ms), t2, t3 (second PROT_READ, no SPTEs: 6.5 ms)
     ticks = _clock([0, 10_000_000, 12_000_000, 18_500_000])
-    monkeypatch.setattr(zapprobe.time, "perf_counter_ns", lambda: next(ticks))
+    monkeypatch.setattr(zapprobe.time, "thread_time_ns", lambda: next(ticks))
     ns = zapprobe.kvm_zap_ns_per_spte(vm)  # type: ignore[arg-type]
     assert ns == pytest.approx(3_500_000 / 65536)
     # read-only, read-write, read-only, read-write: the RAM is left as it was
@@ -55,5 +55,5 @@ def test_probe_declines_without_enough_4k_sptes(monkeypatch: pytest.MonkeyPatch)
     # a difference that is not positive is not a measurement
     vm = FakeVm(65536)
     ticks = _clock([0, 5_000_000, 6_000_000, 12_000_000])
-    monkeypatch.setattr(zapprobe.time, "perf_counter_ns", lambda: next(ticks))
+    monkeypatch.setattr(zapprobe.time, "thread_time_ns", lambda: next(ticks))
     assert zapprobe.kvm_zap_ns_per_spte(vm) is None  # type: ignore[arg-type]

@@ -15,8 +15,10 @@ stopped and their SPTEs still installed:
    same walks, but KVM finds no SPTE left.
 
 (1) minus the second ``PROT_READ`` is the zap of the SPTEs that were installed (KVM's own
-``pages_4k`` + ``pages_2m`` VM stats before and after), per SPTE. The calls run on an
-otherwise idle VM, so their wall time is their CPU time. On the lab host (6.18, kvm_pvm) the
+``pages_4k`` + ``pages_2m`` VM stats before and after), per SPTE. The calls are timed in the
+calling thread's CPU time (CLOCK_THREAD_CPUTIME_ID, which includes the kernel's work in the
+syscall), not wall time: on a loaded host a preempted mprotect() would otherwise count the
+other tasks' time, as a first loaded run did (175 ns per SPTE instead of ~55). On the lab host (6.18, kvm_pvm) the
 zap costs 40-60 ns per 4 KiB SPTE, about a third of the ~160 ns the whole invalidation takes
 per page.
 """
@@ -49,14 +51,14 @@ def kvm_zap_ns_per_spte(vm: ProbedVm) -> float | None:
     before = vm.stats()
     if int(before.get("pages_4k", 0)) < MIN_4K_SPTES:
         return None
-    t0 = time.perf_counter_ns()
+    t0 = time.thread_time_ns()
     vm.ram.protect(PROT_READ)
-    t1 = time.perf_counter_ns()
+    t1 = time.thread_time_ns()
     zapped = installed_sptes(before) - installed_sptes(vm.stats())
     vm.ram.protect(PROT_READ | PROT_WRITE)
-    t2 = time.perf_counter_ns()
+    t2 = time.thread_time_ns()
     vm.ram.protect(PROT_READ)
-    t3 = time.perf_counter_ns()
+    t3 = time.thread_time_ns()
     vm.ram.protect(PROT_READ | PROT_WRITE)
     kvm_ns = (t1 - t0) - (t3 - t2)
     if zapped <= 0 or kvm_ns <= 0:
