@@ -100,6 +100,7 @@ class YieldModel:
 # kernel/sched/fair.c sysctl_sched_base_slice (EEVDF, v6.6+): 0.75 ms, scaled at boot by
 # get_update_sysctl_factor() = 1 + ilog2(min(online CPUs, 8)) (SCHED_TUNABLESCALING_LOG)
 BASE_SLICE_NS = 750_000
+TICK_NS = 4_000_000  # HZ=250 (the lab host's CONFIG_HZ; KERNEL.md §3.3 uses the same tick)
 
 
 def sched_slice_ns(cpus: int) -> float:
@@ -125,23 +126,32 @@ class ReschedModel:
     ``may_block`` is true.
 
     Scheduler side (kernel/sched/core.c, fair.c, EEVDF v6.6+): need_resched() is set on the
-    thread's CPU by wake-up preemption (check_preempt_wakeup_fair() -> resched_curr()) and
-    at the end of a slice with another task runnable (update_curr() -> update_deadline()).
-    A zap walk of ``W`` ns of CPU time (``W = S * zap_ns_per_spte``, ``S`` SPTEs zapped; the
-    empty rmap heads are ignored: THP ranges walk 128 heads of 2 MiB) then yields, in
-    expectation,
+    thread's CPU in two ways (ADR 0350).
 
-        Y_resched = preempt_per_s * W / 1e9           when the rate is measured (ADR 0350)
-        Y_resched = min(1, host_runnable) * W / slice  otherwise (ADR 0320)
+    * **Slice ends.** With another task runnable, update_curr() -> update_deadline() ->
+      resched_curr() runs at a scheduler tick once the thread's slice (the base slice,
+      :func:`sched_slice_ns`) is used. The check comes only at ticks, so a slice lasts
+      ``max(slice, TICK_NS)``. The tick that queues task_numa_work() (task_tick_numa()) is
+      such a tick when the slice is shorter than a tick. The work then runs when the thread
+      is next scheduled in, at the start of a fresh slice. A walk of ``W`` ns of CPU
+      therefore yields about ``(W - L) / L`` times with ``L = max(slice, TICK_NS)`` (none
+      when ``W < L``), weighted by ``min(1, host_runnable)``, the time a competitor is there.
+    * **Wake-ups.** check_preempt_wakeup_fair() -> resched_curr() at any moment: a Poisson
+      rate, ``W x rate`` yields.
 
-    ``preempt_per_s`` is the rate of those events per second of the thread's CPU time: a
-    vCPU thread of a guest that never halts never sleeps, so its involuntary context switches
-    (``nonvoluntary_ctxt_switches``, which ``tlbreplay lab run`` records) are exactly the
-    need_resched() events of its CPU, whether it ran the guest or a zap at that moment. It
-    counts wake-ups as well as slice ends, so it holds on an idle host too, where the slice
-    model (``host_runnable`` other runnable tasks, 0 = idle, the default) says no yields.
-    ``zap_ns_per_spte`` is the CPU cost per zapped SPTE (default 100 ns, an assumption of
-    the order ``tlbreplay calibrate`` measures on the lab host).
+    ``preempt_per_s`` is the vCPU threads' measured involuntary context switches per second
+    of CPU time. A vCPU thread of a guest that never halts never sleeps, so every switch-out
+    is one need_resched() of its CPU. The wake-up rate is what is left of it after the slice
+    ends, ``min(1, host_runnable) / L`` per second. Without a measured rate, only the slice
+    term applies (ADR 0320's model, 0 on an idle host). In the lab:
+    - at an idle host's ~125/s, almost all wake-ups, the zap walks' yields match pooled
+      (51 / 51);
+    - at a CPU share of 0.33 (300/s, mostly 4 ms slice ends), walks shorter than a tick do
+      not yield, and the observed flushes show it.
+
+    ``W = S * zap_ns_per_spte`` for ``S`` SPTEs zapped; the empty rmap heads are ignored
+    (THP ranges walk 128 heads of 2 MiB). ``zap_ns_per_spte`` is the CPU cost per zapped
+    SPTE: the lab's mprotect() probe, else 100 ns, an assumption of the order measured.
     """
 
     zap_ns_per_spte: float = 100.0
@@ -161,17 +171,27 @@ class ReschedModel:
         return out
 
     @property
-    def yields_per_walk_ns(self) -> float:
-        """Expected need_resched() events per ns of zap walk CPU time."""
-        if self.preempt_per_s is not None:
-            return max(0.0, self.preempt_per_s) / 1e9
-        return min(1.0, max(0.0, self.host_runnable)) / sched_slice_ns(self.host_cpus)
+    def slice_ns(self) -> float:
+        """How long a slice lasts: the base slice, but need_resched() is only set at a tick."""
+        return max(sched_slice_ns(self.host_cpus), TICK_NS)
+
+    @property
+    def competing(self) -> float:
+        """The share of the time another task is runnable on the CPU (0 to 1)."""
+        return min(1.0, max(0.0, self.host_runnable))
+
+    @property
+    def wakeups_per_s(self) -> float:
+        """Wake-up preemptions per second of CPU time: the measured rate less the slice ends."""
+        if self.preempt_per_s is None:
+            return 0.0
+        return max(0.0, self.preempt_per_s - self.competing * 1e9 / self.slice_ns)
 
     def applies(self, policy: Policy, mmu: str = "tdp") -> bool:
         """Whether the zap of ``policy``'s kernel yields on need_resched() with a flush:
         the TDP walk always; the shadow rmap zap from v6.12 (``rmap_zap_yields``; v6.5's
         kvm_handle_gfn_range(kvm_zap_rmap) never yields); never for the oracle (ADR 0302)."""
-        if self.yields_per_walk_ns <= 0 or policy.migrate_filter == "oracle":
+        if (self.competing <= 0 and self.wakeups_per_s <= 0) or policy.migrate_filter == "oracle":
             return False
         return not (mmu == "shadow" and not policy.rmap_zap_yields)
 
@@ -180,7 +200,10 @@ class ReschedModel:
         ``spte_zapped`` SPTEs (the flush at the end of the range is not counted)."""
         if spte_zapped <= 1:
             return 0.0
-        return spte_zapped * self.zap_ns_per_spte * self.yields_per_walk_ns
+        walk_ns = spte_zapped * self.zap_ns_per_spte
+        slice_ns = self.slice_ns
+        slice_ends = self.competing * max(0.0, walk_ns - slice_ns) / slice_ns
+        return slice_ends + self.wakeups_per_s * walk_ns / 1e9
 
 
 class Kvm:

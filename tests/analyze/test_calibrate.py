@@ -170,9 +170,9 @@ def test_frames_are_polars() -> None:
 def test_pooled_adds_up_the_counters_that_add_up() -> None:
     def table(flush_obs: float, flush_sim: float, hint_obs: float) -> pl.DataFrame:
         names = list(cal.COUNTERS)
-        obs = {c: 1.0 for c in names} | {"remote_tlb_flushes": flush_obs}
+        obs = dict.fromkeys(names, 1.0) | {"remote_tlb_flushes": flush_obs}
         obs["numa_hint_faults"] = hint_obs
-        sim = {c: 1.0 for c in names} | {"remote_tlb_flushes": flush_sim}
+        sim = dict.fromkeys(names, 1.0) | {"remote_tlb_flushes": flush_sim}
         return pl.DataFrame(
             {"counter": names, "observed": [obs[c] for c in names],
              "simulated": [sim[c] for c in names]}

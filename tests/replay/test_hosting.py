@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from pipeline.replay.hosting import VmHosting, VmmArea, area_kind, areas_from_smaps
-from pipeline.replay.kvm import ReschedModel, sched_slice_ns
+from pipeline.replay.kvm import TICK_NS, ReschedModel, sched_slice_ns
 from pipeline.replay.policies import POLICIES
 from pipeline.replay.runner import ReplayParams, replay_frames
 from pipeline.replay.workcost import NumaWorkCost
@@ -96,16 +96,19 @@ def test_vcpu_runtime_is_its_cpu_share_of_the_epoch() -> None:
 
 
 def test_resched_yields_from_zap_length_and_host_load() -> None:
-    # EEVDF base slice 0.75 ms x (1 + ilog2(2 CPUs)) = 1.5 ms; a zap of 65536 SPTEs at
-    # 100 ns each walks 6.5536 ms: 6.5536 / 1.5 = 4.369 yields, each after a pending zap
+    # EEVDF base slice 0.75 ms x (1 + ilog2(2 CPUs)) = 1.5 ms, but need_resched() is set at a
+    # tick (4 ms at HZ=250), so a slice lasts 4 ms. The work starts at a fresh slice (the
+    # tick that queued it also ended the slice), so a zap of 65536 SPTEs at 100 ns (6.5536 ms
+    # of walk) yields (6.5536 - 4) / 4 = 0.6384 times with a competitor always there.
     assert sched_slice_ns(2) == 1_500_000
     assert sched_slice_ns(64) == 3_000_000  # the factor stops at 8 CPUs
     busy = ReschedModel(zap_ns_per_spte=100.0, host_runnable=2.0, host_cpus=2)
-    assert busy.extra_flushes(65536) == pytest.approx(65536 * 100 / 1.5e6)
+    assert busy.slice_ns == TICK_NS == 4_000_000
+    assert busy.extra_flushes(65536) == pytest.approx((6.5536e6 - 4e6) / 4e6)
+    assert busy.extra_flushes(32768) == 0.0  # a walk shorter than a slice does not yield
     assert busy.extra_flushes(1) == 0.0
-    assert ReschedModel(zap_ns_per_spte=100.0, host_runnable=0.5, host_cpus=2).extra_flushes(
-        65536
-    ) == pytest.approx(0.5 * 65536 * 100 / 1.5e6)  # a competitor runnable half the time
+    half = ReschedModel(zap_ns_per_spte=100.0, host_runnable=0.5, host_cpus=2)
+    assert half.extra_flushes(65536) == pytest.approx(0.5 * (6.5536e6 - 4e6) / 4e6)
     assert ReschedModel(host_runnable=0.0).extra_flushes(65536) == 0.0  # idle host
     # the walk that yields: shadow rmap zap from v6.12, TDP always; never the oracle
     assert busy.applies(POLICIES["linux-6.18"], "shadow")
@@ -116,14 +119,18 @@ def test_resched_yields_from_zap_length_and_host_load() -> None:
 
 
 def test_resched_yields_at_the_measured_preemption_rate() -> None:
-    # ADR 0350: 125 involuntary switches per vCPU CPU second, a zap of 32768 SPTEs at 100 ns
-    # walks 3.2768 ms: 125 * 3.2768e-3 = 0.4096 yields, on an idle host too (host_runnable 0)
-    idle = ReschedModel(zap_ns_per_spte=100.0, host_runnable=0.0, preempt_per_s=125.0)
-    assert idle.extra_flushes(32768) == pytest.approx(125 * 32768 * 100 / 1e9)
+    # ADR 0350: an idle host (host_runnable 0.05: 0.05 x 250 = 12.5 slice ends/s) whose vCPUs
+    # are switched out 125 times per CPU second: 112.5/s are wake-ups, which can come at any
+    # moment. A zap of 32768 SPTEs at 100 ns walks 3.2768 ms: 112.5 x 3.2768e-3 yields.
+    idle = ReschedModel(zap_ns_per_spte=100.0, host_runnable=0.05, preempt_per_s=125.0)
+    assert idle.wakeups_per_s == pytest.approx(112.5)
+    assert idle.extra_flushes(32768) == pytest.approx(112.5 * 3.2768e-3)
     assert idle.applies(POLICIES["linux-6.18"], "shadow")
-    # the measured rate wins over the slice model, which it already includes
-    both = ReschedModel(zap_ns_per_spte=100.0, host_runnable=2.0, preempt_per_s=125.0)
-    assert both.extra_flushes(32768) == pytest.approx(idle.extra_flushes(32768))
+    # a loaded host (share 0.33: host_runnable 2): 300/s are mostly slice ends at ticks (250/s);
+    # a walk shorter than a tick yields only to the 50/s of wake-ups
+    loaded = ReschedModel(zap_ns_per_spte=55.0, host_runnable=2.0, preempt_per_s=300.0)
+    assert loaded.wakeups_per_s == pytest.approx(50.0)
+    assert loaded.extra_flushes(32768) == pytest.approx(50 * 32768 * 55e-9)
     assert not ReschedModel(preempt_per_s=0.0).applies(POLICIES["linux-6.18"], "tdp")
     # VmHosting carries it into the model
     host = VmHosting("vm0", preempt_per_s=125.0, zap_ns_per_spte=80.0)
@@ -134,12 +141,13 @@ def test_resched_yields_at_the_measured_preemption_rate() -> None:
 
 def test_resched_yields_flush_in_the_engine_under_preempt_none() -> None:
     # pinned 4K anon RAM on the shadow MMU, v6.18, preempt=none (no contention term): the
-    # first scan (t = 1100 ms) zaps all 65536 SPTEs -> 1 + floor(4.369) = 5 remote flushes
+    # first scan (t = 1100 ms) zaps all 65536 SPTEs. At 200 ns per SPTE the walk takes
+    # 13.1 ms: (13.1072 - 4) / 4 = 2.28 slice-end yields -> 1 + floor(2.28) = 3 flushes
     reg = region(size_bytes=256 * MIB, hva_start=RAM_HVA, pinned="all")
     vms = vms_frame(vm_row(regions=[reg], vcpu_nodes=[0], mmu="shadow", preempt="none"))
     acc = accesses_frame(every_epoch("vm0", 12, 0, 0, GUEST_PAGES))
-    host = VmHosting("vm0", host_runnable=2.0, zap_ns_per_spte=100.0, host_cpus=2)
-    for hosting, flushes in (((), 1), ((host,), 5)):
+    host = VmHosting("vm0", host_runnable=2.0, zap_ns_per_spte=200.0, host_cpus=2)
+    for hosting, flushes in (((), 1), ((host,), 3)):
         ep = replay_frames(vms, acc, ["linux-6.18"], ReplayParams(hosting=hosting)).epochs
         assert int(ep["spte_zapped"].sum()) == GUEST_PAGES
         assert int(ep["remote_tlb_flushes"].sum()) == flushes
