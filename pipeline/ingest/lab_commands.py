@@ -63,6 +63,9 @@ def register(app: typer.Typer) -> None:
         pattern: str = typer.Option("split", "--pattern", help="split | all | hot"),
         seconds: float = typer.Option(10.0, "--seconds", min=0.5),
         numa_balancing: int = typer.Option(1, "--numa-balancing", min=0, max=3),
+        busy_loops: int = typer.Option(
+            0, "--busy-loops", min=0, max=256, help="CPU-bound competitors (a loaded host)"
+        ),
         out: Path = typer.Option(None, "--out", help="default: traces/real/<cell>.trace.zst"),  # noqa: B008
     ) -> None:
         """Run the lab guest under numa_balancing and capture it (needs root and /dev/kvm)."""
@@ -70,7 +73,7 @@ def register(app: typer.Typer) -> None:
         from pipeline.ingest.lab.run import run_lab
 
         config = config_from_options(
-            mem_mib, vcpus, backing, thp, pin, pattern, seconds, numa_balancing
+            mem_mib, vcpus, backing, thp, pin, pattern, seconds, numa_balancing, busy_loops
         )
         out = out or Path("traces/real") / f"{config.name}.trace.zst"
         lab = run_lab(config, out)
@@ -82,12 +85,16 @@ def register(app: typer.Typer) -> None:
         vcpus: int = typer.Option(2, "--vcpus", min=1, max=64),
         seconds: float = typer.Option(8.0, "--seconds", min=0.5),
         out_dir: Path = typer.Option(Path("traces/real"), "--out-dir"),  # noqa: B008
+        busy_loops: int = typer.Option(
+            0, "--busy-loops", min=0, max=256, help="CPU-bound competitors (a loaded host)"
+        ),
     ) -> None:
         """Run backing x THP x pin under numa_balancing=1, plus a numa_balancing=0 control."""
         from pipeline.ingest.lab.matrix import matrix_configs, run_matrix
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        run_matrix(matrix_configs(mem_mib, vcpus, seconds), out_dir, report=typer.echo)
+        configs = matrix_configs(mem_mib, vcpus, seconds, busy_loops=busy_loops)
+        run_matrix(configs, out_dir, report=typer.echo)
 
     @command(lab_app, "reset")
     def lab_reset() -> None:

@@ -32,6 +32,7 @@ def config_from_options(  # noqa: PLR0917 - mirrors the CLI options one to one
     pattern: str,
     seconds: float,
     numa_balancing: int,
+    busy_loops: int = 0,
 ) -> LabConfig:
     """Validate CLI options into a :class:`LabConfig` (one-line errors naming the option)."""
     if backing not in BACKINGS:
@@ -51,18 +52,21 @@ def config_from_options(  # noqa: PLR0917 - mirrors the CLI options one to one
         pattern,
         seconds,
         numa_balancing,
+        busy_loops=busy_loops,
     )
 
 
 def matrix_configs(
-    mem_mib: int, vcpus: int, seconds: float, pattern: str = "split"
+    mem_mib: int, vcpus: int, seconds: float, pattern: str = "split", busy_loops: int = 0
 ) -> list[LabConfig]:
     """backing x THP x pin at numa_balancing=1, then the anon/4K/unpinned control at 0."""
     cells = [
-        LabConfig(mem_mib, vcpus, backing, thp, pin, pattern, seconds, 1)
+        LabConfig(mem_mib, vcpus, backing, thp, pin, pattern, seconds, 1, busy_loops=busy_loops)
         for backing, thp, pin in itertools.product(BACKINGS, (False, True), (False, True))
     ]
-    cells.append(LabConfig(mem_mib, vcpus, "anon", False, False, pattern, seconds, 0))
+    cells.append(
+        LabConfig(mem_mib, vcpus, "anon", False, False, pattern, seconds, 0, busy_loops=busy_loops)
+    )
     return cells
 
 
@@ -95,7 +99,7 @@ def run_argv(config: LabConfig, out: Path) -> list[str]:
         "--backing", config.backing, "--thp", "on" if config.thp else "off",
         "--pin", "on" if config.pin else "off", "--pattern", config.pattern,
         "--seconds", str(config.seconds), "--numa-balancing", str(config.numa_balancing),
-        "--out", str(out),
+        "--busy-loops", str(config.busy_loops), "--out", str(out),
     ]  # fmt: skip
 
 

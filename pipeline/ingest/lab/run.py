@@ -70,6 +70,7 @@ class LabConfig:
     seconds: float = 10.0
     numa_balancing: int = 1
     buffer_kb: int = 16384
+    busy_loops: int = 0  # CPU-bound competitors for the whole cell (a loaded host)
 
     @property
     def name(self) -> str:
@@ -169,8 +170,35 @@ def run_lab(config: LabConfig, out: Path) -> dict[str, Any]:
         raise MissingFacilityError(msg)
     root = tracefs.find_tracefs()
     old_balancing = get_numa_balancing()
-    with interrupt_signals(), shmem_thp(config.thp and config.backing == "shared"):
+    with (
+        interrupt_signals(),
+        shmem_thp(config.thp and config.backing == "shared"),
+        busy_loops(config.busy_loops),
+    ):
         return _run(config, out, root, old_balancing)
+
+
+@contextmanager
+def busy_loops(n: int) -> Iterator[None]:
+    """``n`` CPU-bound processes (``python -c 'while True: pass'``) for the duration: the
+    loaded host of `traces/real/loaded/` (4 on 2 CPUs: a vCPU share of ~0.33). They are
+    always killed, also on error or a signal."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(max(0, n))
+    ]
+    try:
+        yield
+    finally:
+        for child in children:
+            child.kill()
+        for child in children:
+            child.wait()
 
 
 def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[str, Any]:
@@ -222,6 +250,7 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
             # with node_stamp + period, so it sets when the first scan comes (ADR 0320)
             "vcpu_runtime_start_ms": [round(a.runtime_ns / 1e6, 1) for a in sched0],
             "host_cpus": os.cpu_count() or 1,
+            "busy_loops": config.busy_loops,
             # involuntary context switches per second of vCPU CPU time: how often another
             # task set need_resched() on the vCPU's CPU, which is what makes a zap walk yield
             # with a flush (ReschedModel, ADR 0350)

@@ -18,9 +18,9 @@ stopped and their SPTEs still installed:
 ``pages_4k`` + ``pages_2m`` VM stats before and after), per SPTE. The calls are timed in the
 calling thread's CPU time (CLOCK_THREAD_CPUTIME_ID, which includes the kernel's work in the
 syscall), not wall time: on a loaded host a preempted mprotect() would otherwise count the
-other tasks' time, as a first loaded run did (175 ns per SPTE instead of ~55). On the lab host (6.18, kvm_pvm) the
-zap costs 40-60 ns per 4 KiB SPTE, about a third of the ~160 ns the whole invalidation takes
-per page.
+other tasks' time, as a first loaded run did (175 ns per SPTE instead of ~55). On the lab
+host (6.18, kvm_pvm) the zap costs 40-60 ns per 4 KiB SPTE, about a third of the ~160 ns the
+whole invalidation takes per page.
 """
 
 from __future__ import annotations
