@@ -249,7 +249,8 @@ class Scanner:
         task.node_stamp_ms += 2 * TICK_MS
         zapped0 = list(self.cprot.kvm.zapped)
         vmm_ptes = 0
-        tls_owners: list[TaskNuma] = []
+        # the vCPU stacks whose PTEs this work changed: their owners fault after it (ADR 0350)
+        tls_areas: dict[int, tuple[VmaNumab, TaskNuma]] = {}
         ctx.thread = task.index
         ctx.counters.add_thread(ctx.epoch, task.index, "task_numa_work_runs", 1)
         pages = self.scan_pages()
@@ -305,7 +306,7 @@ class Scanner:
                         updated = region.rss_pages_in(start, end)
                         vmm_ptes += updated
                         if updated and 0 <= region.tls_vcpu < len(self.tasks):
-                            tls_owners.append(self.tasks[region.tls_vcpu])
+                            tls_areas[region.hva_start] = (numab, self.tasks[region.tls_vcpu])
                     else:
                         g_s, g_e = region.hva_to_gfn(start), region.hva_to_gfn(end)
                         res = self.cprot(ctx, region, g_s, g_e)
@@ -345,8 +346,8 @@ class Scanner:
         # p->node_stamp += 32 * (runtime of this work) (ADR 0350, pipeline/replay/workcost.py)
         z4k, z2m = (b - a for a, b in zip(zapped0, self.cprot.kvm.zapped, strict=True))
         task.node_stamp_ms += self.work_cost.node_stamp_delay_ms(z4k, z2m, vmm_ptes)
-        for owner in tls_owners:
-            self._tls_fault(now, owner)
+        for numab, owner in tls_areas.values():
+            self._tls_fault(now, numab, owner)
         if rec["chunks"]:
             self.records.append(
                 ScanRecord(
@@ -364,7 +365,7 @@ class Scanner:
                 )
             )
 
-    def _tls_fault(self, now_ms: int, owner: TaskNuma) -> None:
+    def _tls_fault(self, now_ms: int, numab: VmaNumab, owner: TaskNuma) -> None:
         """The owning vCPU thread's hinting fault on its rseq area, which this work item
         made PROT_NONE (:class:`VmmArea` ``tls_vcpu``): kernel/rseq.c
         rseq_update_cpu_node_id() writes it on the thread's next return to guest mode after a
@@ -372,11 +373,7 @@ class Scanner:
         memory.c do_numa_page() -> vma_set_access_pid_bit() sets the thread's bit in the
         area's pids_active[1] (v6.5+, KERNEL.md §3.4) and task_numa_fault() records one
         private local fault for it (``tls_fault``, the fault path; ADR 0350)."""
-        for area in self.vmm_areas:
-            if 0 <= area.tls_vcpu < len(self.tasks) and self.tasks[area.tls_vcpu] is owner:
-                numab = self.numab.get(self._numab_key(area))
-                if numab is not None:
-                    numab.pids_active[1] |= pid_bit(owner.pid)
+        numab.pids_active[1] |= pid_bit(owner.pid)
         if self.tls_fault is not None:
             self.tls_fault(now_ms, owner)
 
