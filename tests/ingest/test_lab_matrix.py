@@ -43,7 +43,8 @@ def test_busy_loops_run_for_the_block_and_are_killed() -> None:
     marker = "while True: pass"
 
     def count() -> int:
-        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        ps = subprocess.run(["ps", "-eo", "args"], check=True, capture_output=True, text=True)
+        out = ps.stdout
         return sum(1 for line in out.splitlines() if line.endswith(marker))
 
     before = count()
