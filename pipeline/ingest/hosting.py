@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import InputError
+from pipeline.ingest.lab.host import share_and_preempt_rate
 from pipeline.replay.hosting import VmHosting, VmmArea, areas_from_smaps
 
 PAGE_4K = 4096
@@ -200,12 +201,9 @@ def with_capture_sched(
     tids = [str(int(t)) for t in vm.get("vcpu_tids") or []]
     if not tids or seconds <= 0 or not all(t in sched for t in tids):
         return lab
-    rows = [sched[t] for t in tids]
-    share = lab.vcpu_cpu_share or tuple(round(float(r["cpu_s"]) / seconds, 3) for r in rows)
-    preempt = lab.vcpu_preempt_per_s or tuple(
-        round(float(r["nonvoluntary"]) / float(r["cpu_s"]), 3) if float(r["cpu_s"]) > 0 else 0.0
-        for r in rows
-    )
+    share_rate = [share_and_preempt_rate(sched[t], seconds) for t in tids]
+    share = lab.vcpu_cpu_share or tuple(share for share, _ in share_rate)
+    preempt = lab.vcpu_preempt_per_s or tuple(rate for _, rate in share_rate)
     return replace(lab, vcpu_cpu_share=share, vcpu_preempt_per_s=preempt)
 
 
@@ -220,8 +218,7 @@ def build_hosting(
     vmas_before), its thread count (get_nr_threads(): ``capture`` threads), the vCPUs'
     measured CPU share, runtime at the start and preemption rate (``lab``), the host load
     derived from the share, the zap cost (the lab's probe, else measured in ``tables`` within
-    ``window``), the host's
-    CPUs."""
+    ``window``), the host's CPUs."""
     lab = with_capture_sched(vm, lab, capture)
     areas = areas_from_smaps(
         capture.get("vmas_before") or [], ram_ranges(vm), vcpu_tls_hva(vm, lab, capture)

@@ -260,6 +260,15 @@ def sched_delta(
     return out
 
 
+def share_and_preempt_rate(delta: dict[str, float], seconds: float) -> tuple[float, float]:
+    """A thread's CPU share over ``seconds`` and its involuntary switches per second of CPU
+    time, from one :func:`sched_delta` row (0.0 where there is nothing to divide by)."""
+    cpu_s = float(delta["cpu_s"])
+    share = round(cpu_s / seconds, 3) if seconds > 0 else 0.0
+    rate = round(float(delta["nonvoluntary"]) / cpu_s, 3) if cpu_s > 0 else 0.0
+    return share, rate
+
+
 def thread_user_sp(pid: int, tid: int, tries: int = 200) -> int | None:
     """The thread's user stack pointer from ``/proc/PID/task/TID/syscall`` (``nr args... sp
     pc`` while it is off-CPU in a syscall, ``-1 sp pc`` when blocked elsewhere); None when it

@@ -232,8 +232,10 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
         _marker(root, f"numa_balancing={old_balancing}")
         passes = [b - a for a, b in zip(passes0, guest.passes(), strict=True)]
         sched1 = [_sched(os.getpid(), t) for t in tids]
-        runtime = [b.runtime_ns - a.runtime_ns for a, b in zip(sched0, sched1, strict=True)]
-        preempt = [b.nonvoluntary - a.nonvoluntary for a, b in zip(sched0, sched1, strict=True)]
+        deltas = host.sched_delta(
+            dict(zip(tids, sched0, strict=True)), dict(zip(tids, sched1, strict=True))
+        )
+        share_rate = [host.share_and_preempt_rate(deltas[str(t)], window_s) for t in tids]
         lab: dict[str, Any] = {
             "pattern": config.pattern,
             "stride_bytes": PAGE_4K,
@@ -245,21 +247,19 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
             "passes_per_s": [round(p / window_s, 3) for p in passes],
             "thp_mapped_kb": _thp_kb(guest.ram.hva),
             "guest_page_bytes": 2 << 20,
-            "vcpu_cpu_share": [round(r / 1e9 / window_s, 3) for r in runtime],
+            "vcpu_cpu_share": [share for share, _ in share_rate],
             # se.sum_exec_runtime when numa_balancing went on: task_tick_numa() compares it
             # with node_stamp + period, so it sets when the first scan comes (ADR 0320)
             "vcpu_runtime_start_ms": [round(a.runtime_ns / 1e6, 1) for a in sched0],
             "host_cpus": os.cpu_count() or 1,
             "busy_loops": config.busy_loops,
-            # involuntary context switches per second of vCPU CPU time: how often another
-            # task set need_resched() on the vCPU's CPU, which is what makes a zap walk yield
-            # with a flush (ReschedModel, ADR 0350)
             # pthread_self() of each vCPU thread: glibc's TCB, which holds the thread's rseq
             # area, at the top of the thread's stack mapping (ADR 0350)
             "vcpu_pthread_hva": guest.pthread_addresses(),
-            "vcpu_preempt_per_s": [
-                round(n / (r / 1e9), 3) if r else 0.0 for n, r in zip(preempt, runtime, strict=True)
-            ],
+            # involuntary context switches per second of vCPU CPU time: how often another
+            # task set need_resched() on the vCPU's CPU, which is what makes a zap walk yield
+            # with a flush (ReschedModel, ADR 0350)
+            "vcpu_preempt_per_s": [rate for _, rate in share_rate],
         }
         kvm_delta = {"vm": _delta(guest.stats(), vm0), "vcpu": _delta(guest.vcpu_stats(), vcpu0)}
         err = _stop_capture(child)
