@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -68,17 +69,21 @@ def _markdown(tables: list[tuple[str, object]]) -> list[str]:
             rows = {r["counter"]: r for r in table.iter_rows(named=True)}
             cells = []
             for counter, _ in cols:
-                r = rows[counter]
-                scale = 1 / (1 << 20) if counter.startswith("notifier_bytes") else 1
-                cells.append(
-                    f"{_fmt(r['observed'] * scale)} / {_fmt(r['simulated'] * scale)} "
-                    f"({_err(r['rel_error'])})"
-                )
+                cells.append(_cell(counter, rows[counter]))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if suffix == "" and len(tables) > 1:
             lines.append(_pooled_row(tables, cols))
         lines.append("")
     return lines
+
+
+def _cell(counter: str, row: dict[str, Any]) -> str:
+    """``observed / simulated (error)``; notifier bytes in MiB."""
+    scale = 1 / (1 << 20) if counter.startswith("notifier_bytes") else 1
+    return (
+        f"{_fmt(row['observed'] * scale)} / {_fmt(row['simulated'] * scale)} "
+        f"({_err(row['rel_error'])})"
+    )
 
 
 def _pooled_row(tables: list[tuple[str, object]], cols: list[tuple[str, str]]) -> str:
@@ -93,14 +98,7 @@ def _pooled_row(tables: list[tuple[str, object]], cols: list[tuple[str, str]]) -
     cells = []
     for counter, _ in cols:
         r = rows.get(counter)
-        if r is None:
-            cells.append("")
-            continue
-        scale = 1 / (1 << 20) if counter.startswith("notifier_bytes") else 1
-        cells.append(
-            f"{_fmt(r['observed'] * scale)} / {_fmt(r['simulated'] * scale)} "
-            f"({_err(r['rel_error'])})"
-        )
+        cells.append("" if r is None else _cell(counter, r))
     return "| **all captures** | " + " | ".join(cells) + " |"
 
 
