@@ -59,7 +59,6 @@ SCHEMA_SRC := pipeline/schema.py pipeline/errors.py $(wildcard schemas/*.toml sc
 INGEST_SRC := $(SCHEMA_SRC) $(shell find pipeline/ingest -name '*.py' 2>/dev/null)
 REPLAY_SRC := $(SCHEMA_SRC) $(shell find pipeline/replay -name '*.py' 2>/dev/null)
 ANALYZE_SRC := $(SCHEMA_SRC) $(shell find pipeline/analyze -name '*.py' -o -name '*.sql' 2>/dev/null)
-HEADLINE_SQL := SELECT s.* FROM savings_total AS s JOIN run_policies USING (policy) ORDER BY policy_rank
 
 $(OUT)/datasets/%/manifest.json: traces/%.toml $(INGEST_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay synth $< --out $(@D) --quiet
@@ -78,10 +77,7 @@ $(OUT)/report/report.html: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC)
 
 pipeline: setup ## synth traces/*.toml samples + ingest traces/real/, replay every policy, report
 	@$(MAKE) --no-print-directory -j$(JOBS) $(OUT)/report/report.html
-	@for r in $(RESULTS); do \
-	  echo "== $$r: KVM TLB shootdowns and modelled cost, all VMs, per policy"; \
-	  $(BIN)/tlbreplay query $$r "$(HEADLINE_SQL)" || exit 1; \
-	done
+	@$(BIN)/tlbreplay verdict $(RESULTS)
 	@echo "report: $(OUT)/report/report.html"
 
 clean: ## remove outputs (not the venv)

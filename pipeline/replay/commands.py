@@ -66,7 +66,11 @@ def register(app: typer.Typer) -> None:
             seed=seed,
         )
         if not quiet:
-            typer.echo(f"wrote {path}", err=True)
+            from pipeline.analyze.verdict import load_verdict, verdict_lines
+
+            for line in verdict_lines(load_verdict(path)):
+                typer.echo(line)
+            typer.echo(f"wrote {path} (`tlbreplay query {path} --views` lists its views)")
 
     @command(app, "policies")
     def policies() -> None:
