@@ -17,14 +17,18 @@ UNDEFINED = "—"
 
 
 def cell_text(value: Any) -> str:
-    """One value as a person reads it: ``—`` for NULL, integers as is, floats to 3 decimals at
-    most."""
+    """One value as a person reads it: ``—`` for NULL, numbers with thousands separators,
+    floats to 3 decimals at most."""
     if value is None:
         return UNDEFINED
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        text = f"{value:.3f}".rstrip("0").rstrip(".")
+        text = f"{value:,.3f}".rstrip("0").rstrip(".")
         return "0" if text == "-0" else text
     if isinstance(value, Decimal):
         return cell_text(_number(value))
