@@ -73,10 +73,16 @@ $(OUT)/results/%/manifest.json: $(OUT)/datasets/%/manifest.json $(REPLAY_SRC) | 
 $(OUT)/report/report.html: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay report $(RESULTS) --out $(@D) --quiet
 
+# The README's generated tables (results of the sample specs, calibration of the lab cells):
+# computed when an input changed, written into README.md's marked blocks on every run.
+$(OUT)/readme.json: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC) | $(VENV)/.installed
+	$(BIN)/python -m pipeline.analyze.readme_tables README.md --out $(OUT) --save $@
+
 .SECONDARY: $(addsuffix /manifest.json,$(RESULTS) $(addprefix $(OUT)/datasets/,$(DATASETS)))
 
 pipeline: setup ## synth traces/*.toml samples + ingest traces/real/, replay every policy, report
-	@$(MAKE) --no-print-directory -j$(JOBS) $(OUT)/report/report.html
+	@$(MAKE) --no-print-directory -j$(JOBS) $(OUT)/report/report.html $(OUT)/readme.json
+	@$(BIN)/python -m pipeline.analyze.readme_tables README.md --load $(OUT)/readme.json
 	@$(BIN)/tlbreplay verdict $(RESULTS)
 	@echo "report: $(OUT)/report/report.html"
 
