@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import typer
@@ -34,8 +35,11 @@ JOBS_OPTION = typer.Option(
 )
 
 
-def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app."""
+def register(
+    app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | None = None
+) -> None:
+    """Add this stage's commands to the root app. ``summary(RESULTS)``: the lines `replay`
+    ends with (the CLI passes the analysis stage's verdict; stage 2 does not import it)."""
 
     @command(app, "replay")
     def replay(  # noqa: PLR0917 - typer maps parameters to options
@@ -66,9 +70,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
         )
         if not quiet:
-            from pipeline.analyze.verdict import load_verdict, verdict_lines
-
-            for line in verdict_lines(load_verdict(path)):
+            for line in summary(path) if summary else ():
                 typer.echo(line)
             typer.echo(f"wrote {path} (`tlbreplay query {path} --views` lists its views)")
 
