@@ -166,3 +166,18 @@ def to_json(rows: pa.Table) -> str:
     """A JSON array of row objects (NaN and infinities as null)."""
     records = [_plain(r) for r in rows.to_pylist()]
     return json.dumps(records, indent=1, default=str) + "\n"
+
+
+def to_ndjson(rows: pa.Table) -> str:
+    """One JSON object per line (NaN and infinities as null): what jq and DuckDB's
+    read_json read as a stream."""
+    return "".join(json.dumps(_plain(r), default=str) + "\n" for r in rows.to_pylist())
+
+
+def to_parquet(rows: pa.Table) -> bytes:
+    """The rows as one Parquet file (zstd), column types as DuckDB returned them."""
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(rows, buf, compression="zstd")
+    return bytes(buf.getvalue().to_pybytes())
