@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from pipeline.clikit import command
+from pipeline.clikit import QUIET_OPTION, command, reporter
 
 
 def _fmt(value: float) -> str:
@@ -127,6 +127,7 @@ def register(app: typer.Typer) -> None:
             help="replay guest RAM alone on an idle host with vCPUs owning a CPU (the "
             "engine's defaults), without the capture's VMM areas, CPU share and host load",
         ),
+        quiet: bool = QUIET_OPTION,
     ) -> None:
         """Replay a lab capture's known workload; simulated vs observed counters with errors."""
         from pipeline.analyze.calibrate import calibrate
@@ -135,20 +136,20 @@ def register(app: typer.Typer) -> None:
             from pipeline.errors import InputError
 
             raise InputError("--sidecar", "give --sidecar/--vmstat with a single DATASET only")
-        tables = [
-            (
-                ds,
-                calibrate(
+        tables = []
+        with reporter(quiet) as rep:
+            task = rep.task("calibrate", total=len(datasets), unit="captures")
+            for ds in datasets:
+                table = calibrate(
                     ds,
                     sidecar=sidecar,
                     vmstat=vmstat,
                     policy=policy,
                     epoch_ms=epoch_ms,
                     hosting=not no_hosting,
-                ),
-            )
-            for ds in datasets
-        ]
+                )
+                tables.append((ds, table))
+                rep.advance(task)
         if markdown:
             for line in _markdown([(ds.name, table) for ds, table in tables]):
                 typer.echo(line)

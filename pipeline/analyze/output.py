@@ -37,6 +37,20 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
+def page_size_order() -> list[str]:
+    """Page sizes smallest first (schemas/enums.toml), so 4K sorts before 2M and 1G."""
+    from pipeline.schema import enums
+
+    sizes: dict[str, int] = enums()["page_size"]["bytes"]
+    return sorted(sizes, key=sizes.__getitem__)
+
+
+def page_size_sql(column: str = "page_size") -> str:
+    """A SQL sort key of ``column`` by size (unknown sizes last)."""
+    names = ", ".join(f"'{n}'" for n in page_size_order())
+    return f"coalesce(list_position([{names}], {column}), 99)"
+
+
 def count_text(value: float) -> str:
     """A count with thousands separators (``39,235``); a fraction keeps one decimal."""
     if value == int(value):

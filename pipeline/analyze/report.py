@@ -27,7 +27,7 @@ from rich.progress import TaskID
 
 from pipeline import __version__
 from pipeline.analyze import plots, sweep_plots
-from pipeline.analyze.output import display_text
+from pipeline.analyze.output import display_text, page_size_sql
 from pipeline.analyze.query import Audit, run_audits
 from pipeline.analyze.verdict import Verdict, verdict_of
 from pipeline.analyze.views import Run, connect, sql_literal
@@ -53,7 +53,7 @@ TABLES = (
         "kvm_unmap_gfn_range_calls, mmu_notifier_invalidations, spte_zapped, ept_violations, "
         "numa_hint_faults, numa_pages_migrated, numa_migrate_failed, host_tlb_flushes, cost_us "
         "FROM shootdowns JOIN run_policies USING (policy) "
-        "ORDER BY {point}vm, page_size, policy_rank",
+        "ORDER BY {point}vm, {page_size}, policy_rank",
     ),
     (
         "savings",
@@ -93,7 +93,7 @@ PLOT_SQL = {
     view: f"SELECT v.* {{label}} FROM {view} AS v JOIN run_policies USING (policy) "
     f"ORDER BY {{point}}policy_rank, {keys}"
     for view, keys in (
-        ("shootdowns", "vm, page_size"),
+        ("shootdowns", "vm, {page_size}"),
         ("timeline", "vm, epoch"),
         ("by_vcpu", "vm, vcpu"),
     )
@@ -187,6 +187,7 @@ def _query_section(
         "{policies}": ", ".join(sql_literal(str(p)) for (p,) in order) or "NULL",
         "{point}": "point, " if sweep else "",
         "{label}": SWEEP_LABEL if sweep else "",
+        "{page_size}": page_size_sql(),
     }
 
     def sql_of(template: str) -> str:
@@ -526,7 +527,7 @@ def write_report(
     if workers is None:
         workers = min(len(jobs), os.cpu_count() or 1)
     with atomic_output_dir(out) as tmp, reporter(quiet) as rep:
-        task = rep.task("report", total=len(jobs))
+        task = rep.task("report", total=len(jobs), unit="sections")
         sections = _build_sections(jobs, tmp, workers, rep, task)
         (tmp / REPORT).write_text(render_page(sections))
         write_manifest(

@@ -356,11 +356,10 @@ def replay_frames(
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            results = []
-            for res in pool.map(_run_job, jobs):
-                results.append(res)
-                if progress is not None:
-                    progress(n_epochs)
+            if progress is None:
+                results = list(pool.map(_run_job, jobs))
+            else:
+                results = _map_with_progress(pool, jobs, progress)
     else:
         results = [_run_job(job, progress) for job in jobs]
     traces: Traces = {}
@@ -372,6 +371,41 @@ def replay_frames(
         scans=_concat([f for r in results for f in r[2]], "scans"),
         traces=traces if trace else None,
     )
+
+
+def _run_job_queued(job: _Job, done: Any) -> Any:
+    """_run_job in a worker, its epochs done put on the ``done`` queue in steps of 1% of
+    the run (few messages, a bar that still moves smoothly)."""
+    step, pending = max(1, job.n_epochs // 100), [0]
+
+    def tick(n: int) -> None:
+        pending[0] += n
+        if pending[0] >= step:
+            done.put(pending[0])
+            pending[0] = 0
+
+    result = _run_job(job, tick)
+    if pending[0]:
+        done.put(pending[0])
+    return result
+
+
+def _map_with_progress(pool: Any, jobs: list[_Job], progress: Callable[[int], None]) -> list[Any]:
+    """``pool.map(_run_job, jobs)`` with the workers' epoch-by-epoch progress reported in
+    this process (a bar that moves per batch of epochs, not per finished policy)."""
+    import contextlib
+    import multiprocessing as mp
+    import queue
+
+    with mp.get_context("spawn").Manager() as manager:
+        done = manager.Queue()
+        futures = [pool.submit(_run_job_queued, job, done) for job in jobs]
+        while not all(f.done() for f in futures):
+            with contextlib.suppress(queue.Empty):
+                progress(done.get(timeout=0.2))
+        while not done.empty():
+            progress(done.get())
+        return [f.result() for f in futures]
 
 
 AUTO_PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
@@ -466,6 +500,9 @@ def open_dataset(dataset: Path, params: ReplayParams) -> Dataset:
     from pipeline.schema import read_manifest, read_parquet
 
     dataset = Path(dataset)
+    if not dataset.exists():
+        msg = "no such DATASET directory; make one with `tlbreplay ingest` or `tlbreplay synth`"
+        raise DatasetError(dataset, msg)
     manifest = read_manifest(dataset)
     if manifest.get("kind") != "dataset":
         raise DatasetError(dataset, f"manifest kind is `{manifest.get('kind')}`, want `dataset`")
@@ -584,7 +621,9 @@ def run_replay(
     epoch_max = ds.accesses.lazy().select(pl.col("epoch").max()).collect(engine="streaming")
     n_epochs = int(epoch_max.item() or 0) + 1
     with reporter(quiet) as rep:
-        task = rep.task("replay", total=n_epochs * len(names))
+        task = rep.task(
+            f"replay: {len(names)} policies", total=n_epochs * len(names), unit="epochs"
+        )
         result = replay_frames(
             ds.vms, ds.accesses, names, params, seed, progress=lambda done: rep.advance(task, done)
         )
