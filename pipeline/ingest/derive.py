@@ -56,7 +56,7 @@ from pipeline.ingest.derive_stream import (
 )
 from pipeline.ingest.derive_stream import stream_spilled as _stream_spilled
 from pipeline.ingest.points import Points, runs
-from pipeline.knobs import NUMA_KNOB_DEFAULTS
+from pipeline.model.knobs import NUMA_KNOB_DEFAULTS
 from pipeline.schema import conform, table_schema
 
 PAGE_SHIFT = 12
@@ -366,7 +366,7 @@ def derive(
     """
     vms: pl.DataFrame | None = None
     if vm_config is not None:
-        from pipeline.ingest.vmmodel import load_vm_file
+        from pipeline.model.vmmodel import load_vm_file
 
         vms = load_vm_file(vm_config)
     done, total = 0, 0
