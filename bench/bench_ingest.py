@@ -259,7 +259,7 @@ def measure(label: str, src: Path, tmp: Path) -> dict[str, float]:
 
     mb = src.stat().st_size / 1e6
     out = tmp / f"ds-{label}"
-    load = loadavg()
+    load_ingest = load = loadavg()
     exe = str(Path(sys.executable).with_name("tlbreplay"))
     ing = run_measured([exe, "ingest", str(src), "--out", str(out), "--quiet"])
     manifest = json.loads((out / "manifest.json").read_text())
@@ -291,7 +291,7 @@ def measure(label: str, src: Path, tmp: Path) -> dict[str, float]:
         f"ingest {label} peak RSS, process tree (MiB)": round(ing["peak_rss_bytes"] / 2**20),
         f"ingest {label} / polars one-column read": round(ingest_mbs / pol_mbs, 2),
         f"ingest {label} / python re loop": round(ingest_mbs / re_mbs, 2),
-        f"ingest {label} load average (start)": float(load),
+        f"ingest {label} load average (start)": float(load_ingest),
     }
 
 
