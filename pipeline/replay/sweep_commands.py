@@ -17,7 +17,10 @@ SCHEDULER_OPTION = typer.Option(
 SEED_OPTION = typer.Option(
     None, "--seed", help="base seed (default: the grid's `seed`, else the spec's)"
 )
-WORKERS_OPTION = typer.Option(2, "--workers", help="LocalCluster worker processes")
+WORKERS_OPTION = typer.Option(2, "--workers", "-j", help="LocalCluster worker processes")
+RESUME_OPTION = typer.Option(
+    False, "--resume", help="keep the finished points of an earlier run in --out, run the rest"
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,18 +34,20 @@ def register(app: typer.Typer) -> None:
         scheduler: str | None = SCHEDULER_OPTION,
         seed: int | None = SEED_OPTION,
         workers: int = WORKERS_OPTION,
+        resume: bool = RESUME_OPTION,
         quiet: bool = QUIET_OPTION,
     ) -> None:
         """Replay every point of a parameter grid as one Dask task; results per point."""
         from pipeline.clikit import reporter
         from pipeline.errors import SweepError
+        from pipeline.fleet.cluster import sigterm_as_interrupt
         from pipeline.replay.sweep import plan_sweep, run_sweep
 
         if workers < 1:
             msg = f"--workers must be >= 1, got {workers}"
             raise SweepError(msg)
         plan = plan_sweep(spec, grid, seed=seed)
-        with reporter(quiet) as rep:
+        with sigterm_as_interrupt(), reporter(quiet) as rep:
             task = rep.task("sweep", total=len(plan.points))
             result = run_sweep(
                 spec,
@@ -52,6 +57,7 @@ def register(app: typer.Typer) -> None:
                 workers=workers,
                 progress=lambda n: rep.advance(task, n),
                 plan=plan,
+                resume=resume,
             )
         for point, error in sorted(result.failed.items()):
             typer.echo(f"tlbreplay: point {point} failed after one retry: {error}", err=True)

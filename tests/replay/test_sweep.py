@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pipeline.analyze.sweep_plots import attach_sweep, write_sensitivity
 from pipeline.analyze.views import connect
 from pipeline.cli import app
-from pipeline.errors import SweepError
+from pipeline.errors import ClusterError
 from pipeline.ingest.spec import load_spec
 from pipeline.replay.runner import ReplayParams, replay_frames
 from pipeline.replay.sweep import dask_client, plan_sweep, run_sweep, synth_frames, task_key
@@ -250,7 +250,7 @@ def test_cli_with_scheduler_and_bad_grid(
 
 def test_unreachable_scheduler_is_a_sweep_error() -> None:
     with (
-        pytest.raises(SweepError, match=r"cannot use the Dask scheduler `tcp://127.0.0.1:9`"),
+        pytest.raises(ClusterError, match=r"cannot use the Dask scheduler `tcp://127.0.0.1:9`"),
         dask_client("tcp://127.0.0.1:9", connect_timeout_s=1),
     ):
         pass
