@@ -363,3 +363,21 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def execute(
+    tasks: Sequence[Task],
+    *,
+    scheduler: str | None,
+    workers: int,
+    on_done: Callable[[Outcome], None],
+) -> str:
+    """Run ``tasks`` in this process (no ``scheduler`` and ``workers`` <= 1: in order, a
+    project error raised as it is) or on Dask (:func:`run_tasks` on :func:`dask_client`).
+    Either way each task's outcome goes to ``on_done``; returns the Dask run token or ""."""
+    if scheduler is None and workers <= 1:
+        for task in tasks:
+            on_done(Outcome(task.key, result=task.fn(*task.args)))
+        return ""
+    with dask_client(scheduler, max(workers, 1)) as client:
+        return run_tasks(client, tasks, on_done=on_done)

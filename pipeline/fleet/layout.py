@@ -112,3 +112,14 @@ def _is_trace(path: Path) -> bool:
 def host_dirs(root: Path, manifest: dict[str, Any]) -> dict[str, Path]:
     """``host -> root/host=H`` of a fleet manifest, in the manifest's order."""
     return {str(h["host"]): root / HOST_DIR.format(h["host"]) for h in manifest.get("hosts", [])}
+
+
+def remove_stale(root: Path) -> None:
+    """Temporary files a task left when its worker died (the retry wrote the real ones)."""
+    import shutil
+
+    for path in sorted(root.rglob(".*.tmp"), reverse=True):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
