@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _fleet_sources(sources: list[str]) -> bool:
-    from pipeline.fleet.layout import wants_fleet
+    from pipeline.model.fleet import wants_fleet
 
     return wants_fleet(sources)
 
@@ -85,9 +85,9 @@ def _ingest_fleet(  # noqa: PLR0917 - the command's options
 ) -> None:
     """One DATASET per host under ``host=H/`` of ``out`` (docs/scale.md, ADR 0611)."""
     from pipeline.clikit import reporter
-    from pipeline.fleet.cluster import sigterm_as_interrupt
-    from pipeline.fleet.ingest import run_fleet_ingest
-    from pipeline.fleet.layout import find_captures
+    from pipeline.cluster import sigterm_as_interrupt
+    from pipeline.ingest.fleet import run_fleet_ingest
+    from pipeline.model.fleet import find_captures
 
     if vm_config is not None:
         msg = "a fleet takes each capture's own sidecar (NAME.toml beside it); drop --vm-config"

@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _is_fleet(dataset: Path) -> bool:
-    from pipeline.fleet.layout import is_fleet
+    from pipeline.model.fleet import is_fleet
     from pipeline.schema import MANIFEST, read_manifest
 
     return (Path(dataset) / MANIFEST).is_file() and is_fleet(read_manifest(Path(dataset)))
@@ -107,9 +107,9 @@ def _replay_tasks(  # noqa: PLR0917 - the command's options
     import os
 
     from pipeline.clikit import reporter
-    from pipeline.fleet.cluster import sigterm_as_interrupt
-    from pipeline.fleet.layout import is_fleet
-    from pipeline.fleet.replay import run_fleet_replay
+    from pipeline.cluster import sigterm_as_interrupt
+    from pipeline.model.fleet import is_fleet
+    from pipeline.replay.fleet import run_fleet_replay
     from pipeline.replay.policies import POLICIES
     from pipeline.schema import read_manifest
 
