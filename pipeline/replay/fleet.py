@@ -159,7 +159,9 @@ def _fleet_manifest(  # noqa: PLR0917 - the manifest's parts, in order
         "dataset": str(dataset),
         "dataset_epoch_ms": top.get("epoch_ms"),
         "policies": names,
-        "params": _jsonable(replace(params, hosting=()).as_dict()),
+        # hosting is per host (below); workers is how it ran, not what: the results
+        # do not depend on it
+        "params": _jsonable(replace(params, hosting=(), workers=1).as_dict()),
         "epoch_ms": params.epoch_ms,
         "seed": seed,
         "hosts": [{"host": h, "dir": HOST_DIR.format(h), **u} for h, u in used.items()],
