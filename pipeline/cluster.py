@@ -291,19 +291,15 @@ def run_tasks(
                 watch.check(done)
                 continue
             for future in pending.next_batch(block=False):  # type: ignore[no-untyped-call]
-                task = futures[future]
-                if future.status == "finished":
-                    on_done(Outcome(task.key, result=future.result()))
-                    done.add(task.key)
-                elif future.status == "cancelled":
+                outcome = _outcome(future, futures[future].key)
+                if outcome is None:  # cancelled, or its result went with the scheduler
                     lost += 1
-                else:
-                    exc = future.exception()
-                    if isinstance(exc, WorkerMismatchError):
-                        client.cancel(list(futures))
-                        raise ClusterError(str(exc)) from None
-                    on_done(Outcome(task.key, error=str(exc) or type(exc).__name__))
-                    done.add(task.key)
+                    continue
+                if isinstance(outcome, WorkerMismatchError):
+                    client.cancel(list(futures))
+                    raise ClusterError(str(outcome)) from None
+                on_done(outcome)
+                done.add(outcome.key)
                 future.release()
     if lost:
         msg = (
@@ -311,6 +307,22 @@ def run_tasks(
         )
         raise SchedulerLostError(msg, done)
     return run
+
+
+def _outcome(future: Any, key: Hashable) -> Outcome | WorkerMismatchError | None:
+    """A completed future's outcome; None when the scheduler (or the worker holding the
+    result) is gone: cancelled, or the result cannot be fetched any more."""
+    try:
+        if future.status == "finished":
+            return Outcome(key, result=future.result())
+        if future.status == "cancelled":
+            return None
+        exc = future.exception()
+    except (OSError, TimeoutError):  # distributed's CommClosedError is an OSError
+        return None
+    if isinstance(exc, WorkerMismatchError):
+        return exc
+    return Outcome(key, error=str(exc) or type(exc).__name__)
 
 
 class _WorkerWatch:
