@@ -70,9 +70,11 @@ def code_fingerprint() -> str:
     SQL and schema files (relative path and bytes, sorted), so a modified worker differs even
     when it reports the same version."""
     from pipeline import __version__
-    from pipeline.schema import SCHEMA_DIR
 
     package = Path(__file__).resolve().parent
+    # pipeline.schema.SCHEMA_DIR's rule, without importing polars and pyarrow for it
+    inside = package / "schemas"
+    SCHEMA_DIR = inside if inside.is_dir() else package.parent / "schemas"  # noqa: N806
     digest = hashlib.sha256()
     for root, prefix in ((package, "pipeline"), (SCHEMA_DIR, "schemas")):
         files = sorted(
