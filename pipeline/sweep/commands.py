@@ -8,7 +8,7 @@ import typer
 
 from pipeline.clikit import QUIET_OPTION, command
 
-SPEC_ARG = typer.Argument(..., help="synth spec (docs/spec.md) the grid varies")
+SPEC_ARG = typer.Argument(..., help="synth spec (docs/spec.md), or a DATASET for engine keys only")
 GRID_OPTION = typer.Option(..., "--grid", "-g", help="GRID.toml: the keys to vary (docs/scale.md)")
 OUT_OPTION = typer.Option(..., "--out", "-o", help="RESULTS directory to write")
 SCHEDULER_OPTION = typer.Option(

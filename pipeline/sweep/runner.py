@@ -72,6 +72,7 @@ class Variant:
     spec_sha256: str
     spec_path: str
     epoch_ms: int
+    dataset: str | None = None  # an ingested (or synthesized) DATASET every point replays
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ def plan_sweep(
 ) -> SweepPlan:
     """Read and validate spec and grid; every point's spec variant is validated here."""
     grid = load_grid(grid_path)
+    if Path(spec_path).is_dir():
+        return _plan_dataset_sweep(Path(spec_path), grid, seed=seed, base=base)
     spec = load_spec(spec_path)
     doc, source = read_source(spec_path)
     base_seed = seed if seed is not None else grid.seed if grid.seed is not None else spec.seed
@@ -159,6 +162,50 @@ def plan_sweep(
         variants=list(variants.values()),
         spec_epoch_ms=spec.epoch_ms,
     )
+
+
+def _plan_dataset_sweep(
+    dataset: Path, grid: Grid, *, seed: int | None, base: ReplayParams | None
+) -> SweepPlan:
+    """The plan of a sweep over a DATASET: engine keys only (an ingested trace fixes the
+    workload), every point replaying the same accesses, read by the worker from ``dataset``
+    (a path the workers share)."""
+    from pipeline.errors import SweepError
+    from pipeline.model.fleet import is_fleet
+    from pipeline.replay.runner import open_dataset
+    from pipeline.schema import MANIFEST, read_manifest
+
+    manifest = read_manifest(dataset)
+    if is_fleet(manifest):
+        msg = "a sweep replays one host; pass one host of the fleet (`DATASET/host=H`)"
+        raise SweepError(f"{dataset}: {msg}")
+    workload = [k for k in grid.key_names() if k in WORKLOAD_KEYS]
+    if workload:
+        msg = (
+            f"`{workload[0]}` changes the workload, which a DATASET fixes; only engine keys "
+            f"apply to `{dataset}` (docs/scale.md), or sweep its synth spec instead"
+        )
+        raise SpecError(grid.path, "grid", msg)
+    epoch_ms = int(manifest.get("epoch_ms") or 0)
+    base_params = base if base is not None else ReplayParams(epoch_ms=epoch_ms)
+    open_dataset(dataset, base_params)  # a complete DATASET, or one clear error now
+    base_seed = seed if seed is not None else grid.seed if grid.seed is not None else 0
+    digest = hashlib.sha256((dataset / MANIFEST).read_bytes()).hexdigest()
+    variant = Variant(0, (), {}, digest, str(dataset.resolve()), epoch_ms, str(dataset.resolve()))
+    points = grid.points()
+    tasks = []
+    for point in points:
+        check_point_against(point, grid.path, spec_epoch_ms=epoch_ms)
+        tasks.append(
+            PointTask(
+                point=point.point,
+                policy=str(point.values["policy"]),
+                params=replay_params(point, base_params),
+                seed=point_seed(base_seed, point.point),
+                variant=variant,
+            )
+        )
+    return SweepPlan(dataset, grid, points, tasks, base_seed, [variant], epoch_ms)
 
 
 def _validate_variant(
@@ -214,6 +261,8 @@ def run_point(task: PointTask) -> dict[str, pa.Table]:
     """Replay one grid point; the result tables as Arrow (raises PointFailedError)."""
     from pipeline.replay.runner import replay_frames
 
+    if task.variant.dataset is not None:
+        return _run_dataset_point(task)
     try:
         vms, accesses = _variant_dataset(task.variant)
         factor = task.params.epoch_ms // task.variant.epoch_ms
@@ -224,11 +273,28 @@ def run_point(task: PointTask) -> dict[str, pa.Table]:
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}"
         raise PointFailedError(msg) from None
-    return {
-        "epochs": out.epochs.to_arrow(),
-        "vcpu_epochs": out.vcpu_epochs.to_arrow(),
-        "scans": out.scans.to_arrow(),
-    }
+    return _arrow_tables(out)
+
+
+def _arrow_tables(out: Any) -> dict[str, pa.Table]:
+    """A ReplayOutput's result tables as Arrow, by name."""
+    return {name: getattr(out, name).to_arrow() for name in RESULT_TABLES}
+
+
+def _run_dataset_point(task: PointTask) -> dict[str, pa.Table]:
+    """A point of a DATASET sweep: the DATASET replayed with the point's engine parameters
+    (its hosting and busy-vCPU rule as ``tlbreplay replay`` takes them)."""
+    from pipeline.replay.runner import open_dataset, replay_frames, resolve_params
+
+    assert task.variant.dataset is not None
+    try:
+        ds = open_dataset(Path(task.variant.dataset), task.params)
+        params, _ = resolve_params(ds, task.params)
+        out = replay_frames(ds.vms, ds.accesses, [task.policy], params, task.seed)
+    except Exception as exc:
+        msg = f"{type(exc).__name__}: {exc}"
+        raise PointFailedError(msg) from None
+    return _arrow_tables(out)
 
 
 # -- Dask -------------------------------------------------------------------------------------
@@ -432,7 +498,7 @@ def run_sweep(
         manifest: dict[str, Any] = {
             "kind": "results",
             "tool_version": __version__,
-            "dataset": None,
+            "dataset": plan.variants[0].dataset if plan.variants else None,
             "policies": policies,
             "params": {"epoch_ms": plan.spec_epoch_ms},
             "epoch_ms": plan.spec_epoch_ms,
