@@ -248,7 +248,7 @@ def test_cli_with_scheduler_and_bad_grid(
     assert not (tmp_path / "bad").exists()
 
 
-def test_unreachable_scheduler_is_a_sweep_error() -> None:
+def test_unreachable_scheduler_is_one_cluster_error() -> None:
     with (
         pytest.raises(ClusterError, match=r"cannot use the Dask scheduler `tcp://127.0.0.1:9`"),
         dask_client("tcp://127.0.0.1:9", connect_timeout_s=1),
