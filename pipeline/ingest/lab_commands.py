@@ -131,11 +131,25 @@ def register(app: typer.Typer) -> None:
         ),
         busy_loops: int = typer.Option(0, "--busy-loops", min=0, max=256),
         out_dir: Path = typer.Option(Path("traces/real/regimes"), "--out-dir"),  # noqa: B008
+        plan: Path | None = typer.Option(  # noqa: B008
+            None, "--plan", help="run the [[cell]]s of a plan (traces/real/regimes/SPLIT.toml)"
+        ),
     ) -> None:
         """Sweep regimes: VM size x vCPUs x when numa_balancing goes on x VMM threads x window,
         each cell a fresh `lab run` (needs root and /dev/kvm)."""
-        from pipeline.ingest.lab.matrix import parse_cells, parse_list, regime_configs, run_matrix
+        from pipeline.ingest.lab.matrix import (
+            parse_cells,
+            parse_list,
+            plan_configs,
+            regime_configs,
+            run_matrix,
+        )
 
+        if plan is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            planned = [config for _, config in plan_configs(plan)]
+            run_matrix(planned, out_dir, report=typer.echo, regime_names=True)
+            return
         configs = regime_configs(
             mem_mib=parse_list("--mem-mib", mem_mib, int),
             vcpus=parse_list("--vcpus", vcpus, int),

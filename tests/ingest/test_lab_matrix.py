@@ -105,3 +105,33 @@ def test_numa_maps_policy_field_to_mempolicy() -> None:
     assert numa_maps_mempolicy("bind=static|balancing:0-1") == "bind+numa_balancing"
     assert numa_maps_mempolicy("prefer:1") == "preferred"
     assert numa_maps_mempolicy("interleave:0-1") == "interleave"
+
+
+def test_the_committed_regime_plan_and_its_split() -> None:
+    """traces/real/regimes/SPLIT.toml: decided before the captures; every cell a valid `lab
+    run`, both sets present, names distinct, and the mempolicy cell held out."""
+    from pipeline.ingest.lab.matrix import plan_configs
+
+    plan = Path(__file__).resolve().parents[2] / "traces" / "real" / "regimes" / "SPLIT.toml"
+    cells = plan_configs(plan)
+    sets = {which for which, _ in cells}
+    assert sets == {"fit", "held-out"}
+    names = [c.regime_name for _, c in cells]
+    assert len(set(names)) == len(names)
+    held = [c for which, c in cells if which == "held-out"]
+    assert any(c.mempolicy == "bind" and c.backing == "anon" for c in held)
+    assert {c.mem_mib for _, c in cells} >= {256, 1024, 2048}
+    assert {c.nb_from for c in held} == {"after-population", "before-guest"}
+    assert all(20 <= c.seconds <= 60 for _, c in cells)
+
+
+def test_a_plan_with_a_bad_cell_is_a_clear_error(tmp_path: Path) -> None:
+    from pipeline.ingest.lab.matrix import plan_configs
+
+    path = tmp_path / "plan.toml"
+    path.write_text('[[cell]]\nset = "train"\n')
+    with pytest.raises(InputError, match="fit or held-out"):
+        plan_configs(path)
+    path.write_text('[[cell]]\nset = "fit"\nbacking = "anon"\n')
+    with pytest.raises(InputError, match="lacks or mistypes"):
+        plan_configs(path)

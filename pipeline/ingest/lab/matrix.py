@@ -113,6 +113,48 @@ def matrix_configs(
     return cells
 
 
+PLAN_SETS = ("fit", "held-out")
+PLAN_KEYS = (
+    "set", "backing", "thp", "pin", "mem_mib", "vcpus", "nb_from", "vmm_threads", "vmm_vmas",
+    "seconds", "mempolicy", "busy_loops",
+)  # fmt: skip
+
+
+def plan_configs(path: Path) -> list[tuple[str, LabConfig]]:
+    """The ``[[cell]]`` tables of a regime plan (traces/real/regimes/SPLIT.toml): each cell's
+    set (fit / held-out) and :class:`LabConfig`, validated as by ``lab run``."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(path, f"cannot read the plan: {exc}") from exc
+    out = []
+    for i, cell in enumerate(doc.get("cell") or [], start=1):
+        extra = set(cell) - set(PLAN_KEYS)
+        if extra:
+            raise InputError(path, f"cell {i}: unknown key `{sorted(extra)[0]}`")
+        which = str(cell.get("set", ""))
+        if which not in PLAN_SETS:
+            raise InputError(path, f"cell {i}: `set` = {which!r}; use fit or held-out")
+        try:
+            config = config_from_options(
+                int(cell["mem_mib"]), int(cell["vcpus"]), str(cell["backing"]),
+                "on" if cell["thp"] else "off", "on" if cell["pin"] else "off", "split",
+                float(cell["seconds"]), 1, int(cell.get("busy_loops", 0)),
+                mempolicy=str(cell.get("mempolicy", "")),
+                nb_from=str(cell.get("nb_from", "after-population")),
+                vmm_threads=int(cell.get("vmm_threads", 0)),
+                vmm_vmas=int(cell.get("vmm_vmas", -1)),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(path, f"cell {i}: lacks or mistypes {exc}") from exc
+        out.append((which, config))
+    if not out:
+        raise InputError(path, "no [[cell]] tables")
+    return out
+
+
 def parse_list(option: str, text: str, kind: Callable[[str], T]) -> list[T]:
     """A comma list option (``256,1024``) as values of ``kind``; one-line error otherwise."""
     try:
