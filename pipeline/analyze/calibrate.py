@@ -514,10 +514,16 @@ def _cadence(starts_ns: Sequence[int], t0_ns: int) -> dict[str, float]:
 
 
 def workload_accesses(
-    vm: dict[str, Any], lab: LabWorkload, n_epochs: int, epoch_ms: int
+    vm: dict[str, Any],
+    lab: LabWorkload,
+    n_epochs: int,
+    epoch_ms: int,
+    prefix: Sequence[Sequence[int]] | None = None,
 ) -> pl.DataFrame:
     """The lab guest's sweeps as table ``accesses``: each vCPU writes every 4 KiB page of its
-    range once per sweep; ``nr_accesses`` = sweeps per epoch (at least 1)."""
+    range once per sweep; ``nr_accesses`` = sweeps per epoch (at least 1). ``prefix``
+    (vCPU -> epoch -> pages, observed_events.populated_prefix()) limits each epoch to the part
+    of the range the guest had touched by then, while it populates its RAM."""
     rows: dict[str, list[Any]] = {
         k: [] for k in ("vm", "epoch", "vcpu", "gfn_start", "nr_pages", "nr_accesses", "write")
     }
@@ -525,11 +531,16 @@ def workload_accesses(
         for vcpu, (start, end, rate) in enumerate(
             zip(lab.touch_start_gpa, lab.touch_end_gpa, lab.passes_per_s, strict=True)
         ):
+            nr_pages = (end - start) // PAGE_4K
+            if prefix is not None:
+                nr_pages = min(nr_pages, int(prefix[vcpu][epoch]))
+                if nr_pages <= 0:
+                    continue
             rows["vm"].append(vm["vm"])
             rows["epoch"].append(epoch)
             rows["vcpu"].append(vcpu)
             rows["gfn_start"].append(start // PAGE_4K)
-            rows["nr_pages"].append((end - start) // PAGE_4K)
+            rows["nr_pages"].append(nr_pages)
             rows["nr_accesses"].append(max(1, round(rate * epoch_ms / 1000)))
             rows["write"].append(True)
     from pipeline.schema import conform
@@ -570,7 +581,18 @@ def simulated(
 
     vm = inp.vm
     n_epochs = round((inp.t_end_ns - inp.t_on_ns) / (epoch_ms * 1_000_000))
-    accesses = workload_accesses(vm, inp.lab, n_epochs, epoch_ms)
+    prefix = None
+    if population_in_trace(inp):
+        # the guest's first touches, as the trace shows them (ADR 0510)
+        prefix = obs_events.populated_prefix(
+            _guest_installs(inp),
+            [(s // PAGE_4K, e // PAGE_4K) for s, e in zip(
+                inp.lab.touch_start_gpa, inp.lab.touch_end_gpa, strict=True)],
+            inp.t_on_ns,
+            epoch_ms * 1_000_000,
+            n_epochs,
+        )  # fmt: skip
+    accesses = workload_accesses(vm, inp.lab, n_epochs, epoch_ms, prefix)
     params = ReplayParams(
         epoch_ms=epoch_ms,
         mmu=str(vm["mmu"]),

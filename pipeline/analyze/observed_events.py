@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 # the events each observed counter needs, by MMU kind (calibrate.COUNTERS)
@@ -120,3 +121,40 @@ def drop_first_touch(installs: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame
     keyed = _keyed(rows).join(first, on="key", how="left")
     kept = keyed.filter(pl.col("_first_ns").is_not_null() & (pl.col("ts_ns") > pl.col("_first_ns")))
     return kept.drop("key", "_first_ns")
+
+
+def populated_prefix(
+    installs: pl.DataFrame,
+    ranges_gfn: list[tuple[int, int]],
+    t_on_ns: int,
+    epoch_ns: int,
+    n_epochs: int,
+) -> list[list[int]]:
+    """Per vCPU range ``[start, end)`` (gfns) and epoch: how many pages from its start the
+    guest had touched by the end of the epoch, from each page's first SPTE install in the
+    trace (``installs``: guest kvm_mmu_set_spte rows; a level-2 SPTE covers its 512 gfns).
+
+    The lab guest sweeps its range in ascending order, so while it populates its RAM the
+    touched pages are a prefix of the range; the count of pages first installed by the
+    epoch's end is that prefix's length. This is the guest's workload (the input calibrate
+    rebuilds), measured in the trace, not a counter it predicts (ADR 0510).
+    """
+    if not installs.height:
+        return [[0] * n_epochs for _ in ranges_gfn]
+    level = installs["level"].cast(pl.Int64).clip(1, 2).to_numpy()
+    gfn = installs["gfn"].cast(pl.Int64).to_numpy()
+    ts = installs["ts_ns"].cast(pl.Int64).to_numpy()
+    big = level == 2
+    pages = np.concatenate(
+        [gfn[~big], ((gfn[big] - gfn[big] % 512)[:, None] + np.arange(512)).ravel()]
+    )
+    times = np.concatenate([ts[~big], np.repeat(ts[big], 512)])
+    first = pl.DataFrame({"gfn": pages, "ts_ns": times}).group_by("gfn").agg(pl.col("ts_ns").min())
+    ends = t_on_ns + epoch_ns * np.arange(1, n_epochs + 1, dtype=np.int64)
+    out = []
+    for start, end in ranges_gfn:
+        done = np.sort(
+            first.filter((pl.col("gfn") >= start) & (pl.col("gfn") < end))["ts_ns"].to_numpy()
+        )
+        out.append([int(n) for n in np.searchsorted(done, ends, side="right")])
+    return out

@@ -103,3 +103,26 @@ def test_a_capture_without_an_event_reports_na(tmp_path: Path) -> None:
     got = json.loads(result.output)["captures"][0]["counters"]
     assert got["spte_zapped"]["observed"] is None and "set_spte" in got["spte_zapped"]["na_reason"]
     assert got["refaults"]["observed"] == rows["refaults"]["observed"]
+
+
+def test_populated_prefix_follows_the_first_installs() -> None:
+    # vCPU range gfns [0, 8): pages 0-2 installed in epoch 0 (t 10-30), 3-4 in epoch 1,
+    # page 0 re-installed later (not a first touch); a 2 MiB SPTE at gfn 512 covers the
+    # second range [512, 1024) in epoch 2
+    installs = _installs([(10, 0, 1), (20, 1, 1), (30, 2, 1), (150, 3, 1), (160, 4, 1)])
+    installs = pl.concat([installs, _installs([(170, 0, 1), (250, 700, 2)])])
+    got = oe.populated_prefix(installs, [(0, 8), (512, 1024)], 0, 100, 3)
+    assert got == [[3, 5, 5], [0, 0, 512]]
+    frame = cal.workload_accesses(
+        {"vm": "lab"},
+        cal.LabWorkload("split", (0, 512 * 4096), (8 * 4096, 1024 * 4096), (10.0, 10.0), 0.3),
+        3,
+        100,
+        got,
+    )
+    assert frame.select("epoch", "vcpu", "nr_pages").rows() == [
+        (0, 0, 3),
+        (1, 0, 5),
+        (2, 0, 5),
+        (2, 1, 512),
+    ]
