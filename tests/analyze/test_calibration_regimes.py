@@ -75,3 +75,22 @@ def test_held_out_cell_is_pinned(name: str, cfg: object, tmp_path: Path) -> None
         # first-touch installs are not zaps: at most one re-install per page per notifier
         pages = getattr(cfg, "mem_mib", 0) * 256
         assert got["spte_zapped"] <= pages * max(1.0, got["notifier_calls"])
+
+
+CONTROL = REGIMES / "control" / "lab-anon-4k-nopin-nb0-early-1024m-2v-20s"
+
+
+@pytest.mark.skipif(not Path(f"{CONTROL}.trace.zst").is_file(), reason="control not committed")
+def test_population_in_the_window_is_no_zap(tmp_path: Path) -> None:
+    """numa_balancing=0, the guest faulting its 1 GiB of 4K RAM in during the window: ~100k
+    SPTE installs and as many faults, none of them a zap or a refault (ADR 0510)."""
+    import polars as pl
+
+    dataset = tmp_path / "ctl"
+    run_ingest([f"{CONTROL}.trace.zst"], dataset, vm_config=Path(f"{CONTROL}.toml"))
+    installs = pl.read_parquet(dataset / "ftrace" / "kvm_mmu_set_spte.parquet").height
+    assert installs > 100_000
+    inp = cal.load_input(dataset)
+    assert cal.population_in_trace(inp)
+    got = _values(cal.calibrate(dataset))
+    assert got["spte_zapped"] == 0 and got["refaults"] == 0 and got["notifier_calls"] == 0
