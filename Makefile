@@ -56,12 +56,14 @@ DATASETS := $(SPECS) $(addprefix real-,$(REAL_NAMES))
 RESULTS := $(addprefix $(OUT)/results/,$(DATASETS))
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 SCHEMA_SRC := pipeline/schema.py pipeline/errors.py $(wildcard schemas/*.toml schemas/ftrace/*.toml)
-INGEST_SRC := $(SCHEMA_SRC) $(shell find pipeline/ingest -name '*.py' 2>/dev/null)
-REPLAY_SRC := $(SCHEMA_SRC) $(shell find pipeline/replay -name '*.py' 2>/dev/null)
+MODEL_SRC := $(SCHEMA_SRC) $(shell find pipeline/model -name '*.py' 2>/dev/null)
+INGEST_SRC := $(MODEL_SRC) $(shell find pipeline/ingest -name '*.py' 2>/dev/null)
+SYNTH_SRC := $(MODEL_SRC) $(shell find pipeline/synth -name '*.py' 2>/dev/null)
+REPLAY_SRC := $(MODEL_SRC) $(shell find pipeline/replay -name '*.py' 2>/dev/null)
 ANALYZE_SRC := $(SCHEMA_SRC) $(shell find pipeline/analyze -name '*.py' -o -name '*.sql' 2>/dev/null)
 HEADLINE_SQL := SELECT s.* FROM savings_total AS s JOIN run_policies USING (policy) ORDER BY policy_rank
 
-$(OUT)/datasets/%/manifest.json: traces/%.toml $(INGEST_SRC) | $(VENV)/.installed
+$(OUT)/datasets/%/manifest.json: traces/%.toml $(SYNTH_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay synth $< --out $(@D) --quiet
 
 .SECONDEXPANSION:

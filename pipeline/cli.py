@@ -12,9 +12,10 @@ import typer
 from pipeline.analyze import calibrate_commands
 from pipeline.analyze import commands as analyze_commands
 from pipeline.ingest import commands as ingest_commands
-from pipeline.ingest import lab_commands, synth_commands
+from pipeline.lab import commands as lab_commands
 from pipeline.replay import commands as replay_commands
-from pipeline.replay import sweep_commands
+from pipeline.sweep import commands as sweep_commands
+from pipeline.synth import commands as synth_commands
 
 app = typer.Typer(
     name="tlbreplay",

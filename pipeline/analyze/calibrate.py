@@ -42,8 +42,8 @@ import polars as pl
 
 from pipeline.analyze import observed_events as obs_events
 from pipeline.errors import DatasetError, InputError
-from pipeline.ingest import hosting as hosting_facts
-from pipeline.ingest.hosting import (
+from pipeline.ingest import capture_facts as hosting_facts
+from pipeline.ingest.capture_facts import (
     BURST_GAP_NS,
     LAB_GUEST_PAGE_BYTES,
     TRACE_TABLES,
@@ -53,7 +53,8 @@ from pipeline.ingest.hosting import (
     stem_of,
     trace_window,
 )
-from pipeline.replay.hosting import VmHosting
+from pipeline.model import hosting as model_hosting
+from pipeline.model.hosting import VmHosting
 
 KERNEL_POLICIES = (("7.1", "linux-7.1"), ("6.18", "linux-6.18"), ("6.5", "linux-6.5"))
 PAGE_4K = 4096
@@ -103,7 +104,7 @@ def policy_for_kernel(release: str | None) -> str:
 @dataclass(frozen=True)
 class LabWorkload:
     """The ``[lab]`` table of a lab sidecar: what the guest did, and the hosting facts
-    (:class:`pipeline.ingest.hosting.LabFacts`) the lab measured."""
+    (:class:`pipeline.ingest.capture_facts.LabFacts`) the lab measured."""
 
     pattern: str
     touch_start_gpa: tuple[int, ...]
@@ -551,13 +552,13 @@ def workload_accesses(
 
 
 def host_runnable(lab: LabWorkload) -> float:
-    """Other runnable tasks on a vCPU thread's CPU (ingest.hosting.host_runnable())."""
-    return hosting_facts.host_runnable(lab.facts.vcpu_cpu_share)
+    """Other runnable tasks on a vCPU thread's CPU (model.hosting.host_runnable())."""
+    return model_hosting.host_runnable(lab.facts.vcpu_cpu_share)
 
 
 def lab_hosting(inp: CalibrationInput, *, modelled: bool = True) -> VmHosting:
     """The lab VM's process and host facts for the engine (ADR 0320), built by the same
-    :func:`pipeline.ingest.hosting.build_hosting` as ``tlbreplay ingest``'s hosting.parquet
+    :func:`pipeline.ingest.capture_facts.build_hosting` as ``tlbreplay ingest``'s hosting.parquet
     (ADR 0330). ``modelled=False`` gives the defaults (the engine before ADR 0320), for the
     before/after comparison."""
     vm = inp.vm

@@ -46,7 +46,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline.knobs import NUMA_KNOB_DEFAULTS
+from pipeline.model.knobs import NUMA_KNOB_DEFAULTS
 from pipeline.schema import ParquetStream, conform, table_schema
 
 PAGE_SHIFT = 12
@@ -632,7 +632,7 @@ def derive(
     """
     vms: pl.DataFrame | None = None
     if vm_config is not None:
-        from pipeline.ingest.vmmodel import load_vm_file
+        from pipeline.model.vmmodel import load_vm_file
 
         vms = load_vm_file(vm_config)
     done, total = 0, 0

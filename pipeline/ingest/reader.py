@@ -26,7 +26,7 @@ from typing import IO, Any, cast
 import pyarrow.compute as pc
 
 from pipeline.errors import InputError
-from pipeline.ingest import ftrace
+from pipeline.ingest import events, ftrace, polarsscan
 from pipeline.schema import ParquetStream
 
 CHUNK_BYTES = 16 << 20
@@ -57,7 +57,7 @@ class SourceStats:
     first_ts_ns: int | None = None
     parser: str = "polars"  # "c": the compiled scanner; "polars": the fallback (ADR 0110)
 
-    def add(self, result: ftrace.ChunkResult) -> None:
+    def add(self, result: polarsscan.ChunkResult) -> None:
         self.lines_total += result.lines
         self.parsed += result.parsed
         self.comments += result.comments
@@ -259,14 +259,14 @@ class TableSinks:
 
     def __init__(self, root: Path, params: dict[str, Any]) -> None:
         self.streams: dict[str, ParquetStream] = {}
-        for table in ftrace.event_tables():
+        for table in events.event_tables():
             path = root / f"{table}.parquet"
             self.streams[table] = ParquetStream(path, table, params=params)
         self.streams["quarantine"] = ParquetStream(
             root / "quarantine.parquet", "quarantine", params=params
         )
 
-    def write(self, result: ftrace.ChunkResult) -> None:
+    def write(self, result: polarsscan.ChunkResult) -> None:
         for table, rows in result.tables.items():
             self.streams[table].write(rows)
         if result.quarantine.num_rows:
@@ -296,11 +296,11 @@ class ChunkParser:
     """
 
     def __init__(self, workers: int = WORKERS, parser: str | None = None) -> None:
-        self.sink: Callable[[ftrace.ChunkResult], None] = lambda _r: None
+        self.sink: Callable[[polarsscan.ChunkResult], None] = lambda _r: None
         self.parser = parser or ftrace.default_parser()
         self._workers = workers
         self._pool: Executor | None = None
-        self._pending: deque[tuple[Future[ftrace.ChunkResult], Block]] = deque()
+        self._pending: deque[tuple[Future[polarsscan.ChunkResult], Block]] = deque()
         self._held: list[Block] = []
 
     def submit(self, block: bytes, source: str, final: bool) -> None:
@@ -367,7 +367,7 @@ class ChunkParser:
 Block = tuple[bytes, str, bool, str]  # block, source, final, parser
 
 
-def _parse(item: Block) -> ftrace.ChunkResult:
+def _parse(item: Block) -> polarsscan.ChunkResult:
     block, source, final, parser = item
     return ftrace.parse_chunk(block, source=source, final=final, parser=parser)
 
@@ -424,8 +424,8 @@ def ingest_source(
             raw_file.close()
 
 
-def _collector(stats: SourceStats, sinks: TableSinks) -> Callable[[ftrace.ChunkResult], None]:
-    def collect(result: ftrace.ChunkResult) -> None:
+def _collector(stats: SourceStats, sinks: TableSinks) -> Callable[[polarsscan.ChunkResult], None]:
+    def collect(result: polarsscan.ChunkResult) -> None:
         # blocks are parsed with line numbers from 1; shift by the lines before the block
         if result.quarantine.num_rows and stats.lines_total:
             q = result.quarantine

@@ -62,7 +62,7 @@ def run_ingest(
             progress=derive_progress,
         )
         write_parquet(derived.vms, tmp / "vms.parquet", "vms", params=params)
-        from pipeline.ingest.hosting import write_hosting
+        from pipeline.ingest.capture_facts import write_hosting
 
         # the capture's process and host facts, when the sidecar or capture.json has any
         hosting_rows = write_hosting(

@@ -409,7 +409,7 @@ class FaultPath:
 
     def tls_fault(self, now_ms: int, task: TaskNuma) -> None:
         """The vCPU thread's NUMA hinting fault on its own rseq area after a scan made that
-        page PROT_NONE (:class:`pipeline.replay.hosting.VmmArea` ``tls_vcpu``, ADR 0350): one
+        page PROT_NONE (:class:`pipeline.model.hosting.VmmArea` ``tls_vcpu``, ADR 0350): one
         private (the thread's own last cpupid), local page fault through task_numa_fault()
         (v6.5 = v7.1, KERNEL.md §3.5). It keeps update_task_scan_period() running for a
         thread whose guest pages take no fault (pinned anonymous RAM). Not counted in

@@ -16,10 +16,10 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import DatasetError, OutputError
+from pipeline.model.hosting import VmHosting, hosting_for
 from pipeline.replay.cost import CostModel
 from pipeline.replay.counters import EPOCH_COUNTERS, PAGE_SIZES, VCPU_COUNTERS
 from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
-from pipeline.replay.hosting import VmHosting, hosting_for
 from pipeline.replay.kvm import ReschedModel, YieldModel
 from pipeline.replay.policies import POLICIES, get_policy
 from pipeline.replay.workcost import NumaWorkCost
@@ -491,7 +491,7 @@ def open_dataset(dataset: Path, params: ReplayParams) -> Dataset:
         raise DatasetError(files[0], f"accesses lack columns {', '.join(missing)}")
     hosting: tuple[VmHosting, ...] = ()
     if (dataset / "hosting.parquet").is_file():
-        from pipeline.ingest.hosting import hosting_from_frame
+        from pipeline.model.hosting import hosting_from_frame
 
         hosting = hosting_from_frame(read_parquet(dataset / "hosting.parquet", "hosting"))
     accesses = DatasetAccesses(tuple(str(f) for f in files), params.epoch_ms // ds_ms)

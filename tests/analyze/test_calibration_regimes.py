@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.analyze import calibrate as cal
-from pipeline.ingest.lab.matrix import plan_configs
 from pipeline.ingest.runner import run_ingest
+from pipeline.lab.matrix import plan_configs
 
 REGIMES = Path(__file__).resolve().parents[2] / "traces" / "real" / "regimes"
 PLAN = REGIMES / "SPLIT.toml"

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from pipeline.ingest import derive as derive_mod
 from pipeline.ingest.runner import run_ingest
-from pipeline.ingest.vmmodel import load_vm_file
+from pipeline.model.vmmodel import load_vm_file
 from pipeline.schema import table_schema
 
 REAL = Path(

@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 
 from pipeline.analyze.calibrate import calibrate
-from pipeline.ingest.lab.matrix import plan_configs
 from pipeline.ingest.runner import run_ingest
+from pipeline.lab.matrix import plan_configs
 
 HERE = Path(__file__).resolve().parent
 
