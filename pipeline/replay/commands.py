@@ -46,9 +46,7 @@ SCHEDULER_OPTION = typer.Option(
 )
 
 
-def register(
-    app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | None = None
-) -> None:
+def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | None = None) -> None:
     """Add this stage's commands to the root app. ``summary(RESULTS)``: the lines `replay`
     ends with (the CLI passes the analysis stage's verdict; stage 2 does not import it)."""
 
