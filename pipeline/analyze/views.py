@@ -27,6 +27,7 @@ Nothing here runs an analysis query; callers do (``query.py``, ``report.py``).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ import duckdb
 import pyarrow as pa
 
 from pipeline.errors import DatasetError, QueryError
+from pipeline.outdir import pin
 from pipeline.schema import MANIFEST, SCHEMA_DIR, read_manifest, table_schema
+from pipeline.snapshot import check_dataset, check_files
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 AUDIT_DIR = SQL_DIR / "audits"
@@ -137,12 +140,14 @@ def is_sweep(results: Path) -> bool:
 
 @dataclass
 class Run:
-    """A RESULTS directory and the DATASET its manifest names."""
+    """A RESULTS directory and the DATASET its manifest names. ``results`` and ``dataset``
+    are the versions read (pinned when opened, ADR 0003); ``path`` is RESULTS as given."""
 
     results: Path
     manifest: dict[str, Any]
     dataset: Path | None
     dataset_manifest: dict[str, Any] | None
+    path: Path = Path()
 
     @property
     def sweep(self) -> bool:
@@ -151,8 +156,10 @@ class Run:
 
     @classmethod
     def open(cls, results: Path) -> Run:
-        """Check ``results`` is a replay output and find its dataset (which may be gone)."""
-        results = Path(results).resolve()
+        """Check ``results`` is a replay output, whole, and find its dataset (which may be
+        gone) unchanged since the replay (ADR 0005)."""
+        given = Path(os.path.abspath(results))
+        results = pin(given)
         if not results.is_dir():
             raise DatasetError(results, "no such RESULTS directory; run `tlbreplay replay` first")
         manifest = read_manifest(results)
@@ -170,9 +177,13 @@ class Run:
             if not candidate.is_absolute():
                 candidate = (results / candidate).resolve()
             if (candidate / MANIFEST).is_file():
-                dataset = candidate
-                dataset_manifest = read_manifest(candidate)
-        return cls(results, manifest, dataset, dataset_manifest)
+                dataset = pin(candidate)
+                check_dataset(
+                    dataset, manifest.get("dataset_manifest_sha256"), during="since the replay"
+                )
+                dataset_manifest = read_manifest(dataset)
+        check_files(results, manifest.get("files"))
+        return cls(results, manifest, dataset, dataset_manifest, given)
 
     def sources(self) -> list[Source]:
         """Every source view of this run, with its files (None when there are none)."""
@@ -271,7 +282,7 @@ def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
     Raises DatasetError if ``results`` is not a RESULTS directory.
     """
     run = Run.open(results)
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(":memory:", config=LOCKED_CONFIG)
     try:
         for source in run.sources():
             try:
@@ -295,10 +306,31 @@ def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
                 raise QueryError(msg) from None
         con.execute("USE memory.main")
         _expose(con, sweep=run.sweep)
+        lock_down(con, run)
     except BaseException:
         con.close()
         raise
     return con, run
+
+
+LOCKED_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+}
+"""Extensions are neither installed nor loaded: the views need only the statically linked
+parquet and json (ADR 0007)."""
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, run: Run) -> None:
+    """Limit file access to the pinned RESULTS and DATASET versions, turn off every other
+    external access (other files, http(s), extension installs) and lock the configuration,
+    so no statement can undo it (ADR 0007)."""
+    dirs = [str(run.results) + os.sep, *([str(run.dataset) + os.sep] if run.dataset else [])]
+    con.execute("SET allowed_directories = ?", [dirs])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def analysis_sql_files(run: Run) -> list[Path]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.clikit import QUIET_OPTION, Reporter, command
+from pipeline.clikit import FORCE_OPTION, QUIET_OPTION, Reporter, command
 
 DERIVE_SHARE = 0.25
 """Part of the bar given to derive: its share of the wall time of the 10 GB benchmark (C parser)."""
@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
 
     @command(app, "ingest")
-    def ingest(
+    def ingest(  # noqa: PLR0917 - typer maps parameters to options
         sources: list[str] = typer.Argument(  # noqa: B008
             ..., metavar="SRC...", help="ftrace text, .gz/.zst of it, trace.dat, or - for stdin"
         ),
@@ -26,6 +26,10 @@ def register(app: typer.Typer) -> None:
         ),
         epoch_ms: int = typer.Option(100, "--epoch-ms", help="epoch length of table accesses"),
         quiet: bool = QUIET_OPTION,
+        force: bool = FORCE_OPTION,
+        allow_empty: bool = typer.Option(
+            False, "--allow-empty", help="accept an input with no (or few) parsed events"
+        ),
     ) -> None:
         """Parse ftrace text / trace.dat into a DATASET (typed event tables, accesses, vms)."""
         from pipeline.clikit import reporter
@@ -40,6 +44,8 @@ def register(app: typer.Typer) -> None:
                 epoch_ms=epoch_ms,
                 progress=bar.parsed,
                 derive_progress=bar.derived,
+                force=force,
+                allow_empty=allow_empty,
             )
         if not quiet:
             typer.echo(

@@ -664,11 +664,20 @@ def parse_vm(
     )
 
 
+MAX_REGIONS = 65_536
+"""Regions per VM at most (ADR 0008): far above a real VMM's memslots (KVM allows 32767
+per address space, include/linux/kvm_host.h KVM_MEM_SLOTS_NUM); the checks below are
+O(R log R)."""
+
+
 def _check_regions(keys: Keys, regions: list[Region], mem: int | None) -> None:
-    names = [r.name for r in regions]
-    for n in names:
-        if names.count(n) > 1:
-            keys.fail(f"two regions are named `{n}`; region names must be unique")
+    if len(regions) > MAX_REGIONS:
+        keys.fail(f"{len(regions)} regions; at most {MAX_REGIONS} per VM")
+    seen: set[str] = set()
+    for r in regions:
+        if r.name in seen:
+            keys.fail(f"two regions are named `{r.name}`; region names must be unique")
+        seen.add(r.name)
     by_hva = sorted(regions, key=lambda r: r.hva_start)
     for a, b in itertools.pairwise(by_hva):
         if a.hva_start + a.size_bytes > b.hva_start:

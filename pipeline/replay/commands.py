@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.clikit import QUIET_OPTION, command
+from pipeline.clikit import FORCE_OPTION, QUIET_OPTION, command
 
 DATASET_ARG = typer.Argument(..., help="DATASET directory (ingest/synth output)")
 OUT_OPTION = typer.Option(..., "--out", "-o", help="RESULTS directory to write")
@@ -29,6 +29,11 @@ NO_HOSTING_OPTION = typer.Option(
     "--no-hosting",
     help="ignore the DATASET's hosting.parquet (guest RAM alone, vCPUs owning a CPU, idle host)",
 )
+MAX_MEMORY_OPTION = typer.Option(
+    None,
+    "--max-memory",
+    help="refuse a replay whose engine arrays need more (e.g. 8G; default: half the RAM)",
+)
 JOBS_OPTION = typer.Option(
     0, "--jobs", "-j", help="processes running policies in parallel (0: one per CPU)"
 )
@@ -48,8 +53,11 @@ def register(app: typer.Typer) -> None:
         busy_vcpus: bool | None = BUSY_OPTION,
         no_hosting: bool = NO_HOSTING_OPTION,
         quiet: bool = QUIET_OPTION,
+        force: bool = FORCE_OPTION,
+        max_memory: str | None = MAX_MEMORY_OPTION,
     ) -> None:
         """Replay a DATASET under NUMA-balancing policies and write RESULTS."""
+        from pipeline.replay.bounds import parse_bytes
         from pipeline.replay.runner import ReplayParams, run_replay
 
         path = run_replay(
@@ -61,9 +69,11 @@ def register(app: typer.Typer) -> None:
                 workers=jobs,
                 busy_vcpus=busy_vcpus,
                 dataset_hosting=not no_hosting,
+                max_memory_bytes=parse_bytes(max_memory) if max_memory else None,
             ),
             quiet=quiet,
             seed=seed,
+            force=force,
         )
         if not quiet:
             typer.echo(f"wrote {path}", err=True)

@@ -379,13 +379,14 @@ def run_sweep(
     ``client``: an existing ``distributed.Client`` to use (else one is made and closed here).
     """
     from pipeline import __version__
-    from pipeline.schema import atomic_output_dir, write_manifest, write_parquet, write_partitioned
+    from pipeline.outdir import atomic_output_dir
+    from pipeline.schema import write_manifest, write_parquet, write_partitioned
 
     if plan is None:
         plan = plan_sweep(spec_path, grid_path, seed=seed)
     failed: dict[int, str] = {}
     rows = dict.fromkeys(RESULT_TABLES, 0)
-    with atomic_output_dir(Path(out)) as tmp:
+    with atomic_output_dir(Path(out), kind="results") as tmp:
 
         def write_point(outcome: PointOutcome) -> None:
             if outcome.error is not None:
