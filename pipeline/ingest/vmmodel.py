@@ -599,6 +599,12 @@ def _align_up(value: int, align: int) -> int:
     return -(-value // align) * align
 
 
+MAX_REGIONS = 65_536
+"""Regions per VM at most (ADR 0008): far above a real VMM's memslots (KVM allows 32767
+per address space, include/linux/kvm_host.h KVM_MEM_SLOTS_NUM); the checks below are
+O(R log R)."""
+
+
 def parse_vm(
     table: object,
     path: PathLike,
@@ -634,6 +640,8 @@ def parse_vm(
         if mem is None:
             keys.fail("missing guest RAM size: give `mem_gib` (or `mem_mib`, `mem_bytes`)")
         region_tables = [{"name": "ram", "size_bytes": mem}]
+    if len(region_tables) > MAX_REGIONS:
+        keys.fail(f"{len(region_tables)} regions; at most {MAX_REGIONS} per VM")
     regions: list[Region] = []
     gpa_next, hva_next = 0, DEFAULT_HVA_BASE
     for i, rt in enumerate(region_tables):
@@ -664,15 +672,7 @@ def parse_vm(
     )
 
 
-MAX_REGIONS = 65_536
-"""Regions per VM at most (ADR 0008): far above a real VMM's memslots (KVM allows 32767
-per address space, include/linux/kvm_host.h KVM_MEM_SLOTS_NUM); the checks below are
-O(R log R)."""
-
-
 def _check_regions(keys: Keys, regions: list[Region], mem: int | None) -> None:
-    if len(regions) > MAX_REGIONS:
-        keys.fail(f"{len(regions)} regions; at most {MAX_REGIONS} per VM")
     seen: set[str] = set()
     for r in regions:
         if r.name in seen:
