@@ -52,7 +52,7 @@ def run_ingest(
         reader.check_source(src)
     if vm_config is not None:
         reader.check_source(str(vm_config))
-    _check_out(Path(out))
+    check_out(Path(out))
     check_replaceable(Path(out), "dataset", force=force)
     params = {"epoch_ms": epoch_ms, "vm_config": str(vm_config) if vm_config else None}
     with atomic_output_dir(out, kind="dataset", force=force) as tmp:
@@ -72,7 +72,7 @@ def run_ingest(
             progress=derive_progress,
         )
         write_parquet(derived.vms, tmp / "vms.parquet", "vms", params=params)
-        from pipeline.ingest.hosting import write_hosting
+        from pipeline.ingest.capture_facts import write_hosting
 
         # the capture's process and host facts, when the sidecar or capture.json has any
         hosting_rows = write_hosting(
@@ -132,7 +132,7 @@ def _check_parsed(stats: list[reader.SourceStats], tmp: Path) -> None:
         raise InputError(s.path, msg)
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     """Refuse an ``--out`` that cannot be created before reading any input."""
     parent = out.absolute().parent
     while not parent.exists():

@@ -5,7 +5,7 @@ faulting is still scanned by NUMA balancing until the trace ends (issue 16: a la
 whose refaults stop at 7.4 s of a 30 s window). The span is
 
 * the sidecar's ``[lab] window_s`` from the lab's ``numa_balancing=`` marker, cut to whole
-  epochs (:func:`pipeline.ingest.hosting.trace_window`, what ``calibrate`` replays), when the
+  epochs (:func:`pipeline.ingest.capture_facts.trace_window`, what ``calibrate`` replays), when the
   sidecar has one;
 * else the first to the last event of any kind (``ftrace/*.parquet``).
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.ingest.hosting import trace_window
+from pipeline.ingest.capture_facts import trace_window
 
 
 def _event_bounds(root: Path) -> tuple[int, int] | None:

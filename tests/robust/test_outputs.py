@@ -121,8 +121,8 @@ def test_query_reads_its_own_results_and_dataset(small: dict[str, Path]) -> None
 def test_replay_reads_one_version_and_query_sees_a_changed_dataset(
     small: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.ingest.synth_runner import run_synth
     from pipeline.replay import runner
+    from pipeline.synth.runner import run_synth
     from tests.robust.helpers import write_spec
 
     ds = tmp_path / "ds"
@@ -225,14 +225,14 @@ def test_region_checks_scale(tmp_path: Path) -> None:
     """100k regions were > 120 s (O(R^2)); now refused at once above the documented cap,
     and the cap itself is checked in O(R log R)."""
     from pipeline.errors import SpecError
-    from pipeline.ingest.vmmodel import MAX_REGIONS
+    from pipeline.model.vmmodel import MAX_REGIONS
 
     lines = ["[[vm]]", 'name = "v"', f"mem_mib = {2 * (MAX_REGIONS + 1)}", "vcpus = 1"]
     for i in range(MAX_REGIONS + 1):
         lines += ["[[vm.region]]", f'name = "r{i}"', "size_mib = 2"]
     sidecar = tmp_path / "vm.toml"
     sidecar.write_text("\n".join(lines) + "\n")
-    from pipeline.ingest.vmmodel import load_vm_file
+    from pipeline.model.vmmodel import load_vm_file
 
     with pytest.raises(SpecError, match=f"at most {MAX_REGIONS} per VM"):
         load_vm_file(sidecar)
