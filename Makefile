@@ -66,8 +66,7 @@ MODEL_SRC := $(SCHEMA_SRC) $(shell find pipeline/model -name '*.py' 2>/dev/null)
 INGEST_SRC := $(MODEL_SRC) $(shell find pipeline/ingest -name '*.py' 2>/dev/null)
 SYNTH_SRC := $(MODEL_SRC) $(shell find pipeline/synth -name '*.py' 2>/dev/null)
 REPLAY_SRC := $(MODEL_SRC) $(shell find pipeline/replay -name '*.py' 2>/dev/null)
-ANALYZE_SRC := $(SCHEMA_SRC) $(shell find pipeline/analyze -name '*.py' -o -name '*.sql' 2>/dev/null)
-HEADLINE_SQL := SELECT s.* FROM savings_total AS s JOIN run_policies USING (policy) ORDER BY policy_rank
+ANALYZE_SRC := $(INGEST_SRC) $(REPLAY_SRC) $(shell find pipeline/analyze -name '*.py' -o -name '*.sql' 2>/dev/null)
 
 $(OUT)/datasets/%/manifest.json: traces/%.toml $(SYNTH_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay synth $< --out $(@D) --quiet
@@ -82,19 +81,21 @@ $(OUT)/results/%/manifest.json: $(OUT)/datasets/%/manifest.json $(REPLAY_SRC) | 
 $(OUT)/report/report.html: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay report $(RESULTS) --out $(@D) --quiet
 
-# the headline of one RESULTS is a file too: a warm `make pipeline` runs no query (issue 13)
-$(OUT)/headline/%.txt: $(OUT)/results/%/manifest.json $(ANALYZE_SRC) | $(VENV)/.installed
-	@mkdir -p $(@D)
-	@{ echo "== $(OUT)/results/$*: KVM TLB shootdowns and modelled cost, all VMs, per policy"; \
-	  $(BIN)/tlbreplay query $(<D) "$(HEADLINE_SQL)"; } > $@.tmp && mv $@.tmp $@ || { rm -f $@.tmp; exit 1; }
+# The README's generated tables (results of the sample specs, calibration of the lab cells):
+# computed when an input changed, written into README.md's marked blocks on every run.
+$(OUT)/readme.json: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC) | $(VENV)/.installed
+	$(BIN)/python -m pipeline.analyze.readme_tables README.md --out $(OUT) --save $@
 
-HEADLINES := $(addprefix $(OUT)/headline/,$(addsuffix .txt,$(DATASETS)))
+# the verdict is a file too: a warm `make pipeline` runs no query (issue 13)
+$(OUT)/verdict.txt: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC) | $(VENV)/.installed
+	@$(BIN)/tlbreplay verdict $(RESULTS) > $@.tmp && mv $@.tmp $@ || { rm -f $@.tmp; exit 1; }
 
 .SECONDARY: $(addsuffix /manifest.json,$(RESULTS) $(addprefix $(OUT)/datasets/,$(DATASETS)))
 
 pipeline: setup ## synth traces/*.toml samples + ingest traces/real/, replay every policy, report
-	@$(MAKE) --no-print-directory -j$(JOBS) $(OUT)/report/report.html $(HEADLINES)
-	@cat $(HEADLINES)
+	@$(MAKE) --no-print-directory -j$(JOBS) $(OUT)/report/report.html $(OUT)/readme.json $(OUT)/verdict.txt
+	@$(BIN)/python -m pipeline.analyze.readme_tables README.md --load $(OUT)/readme.json
+	@cat $(OUT)/verdict.txt
 	@echo "report: $(OUT)/report/report.html"
 
 clean: ## remove outputs (not the venv)

@@ -29,7 +29,13 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline.errors import OutputError, SchemaMismatchError, TlbReplayError
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+#: schemas/ of a checkout, or the copy inside the package of an installed wheel
+_PACKAGE_SCHEMAS = Path(__file__).resolve().parent / "schemas"
+SCHEMA_DIR = (
+    _PACKAGE_SCHEMAS
+    if _PACKAGE_SCHEMAS.is_dir()
+    else Path(__file__).resolve().parent.parent / "schemas"
+)
 
 _PRIMITIVES: dict[str, pa.DataType] = {
     "int8": pa.int8(),
