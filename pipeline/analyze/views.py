@@ -297,41 +297,43 @@ def sql_files(directory: Path = SQL_DIR) -> list[Path]:
 
 
 def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
-    """An in-memory DuckDB connection with the source views and every ``sql/*.sql`` view
+    """A DuckDB connection with the source views and every ``sql/*.sql`` view
     (and, for a sweep, ``sql/sweep/*.sql``), point-keyed in :data:`POINT_SCHEMA` and as
-    users see them in ``main`` (see the module doc).
+    users see them in ``main`` (see the module doc). The views are built once per state of
+    the RESULTS and opened read-only from a saved catalog after that (ADR 0420).
 
     Raises DatasetError if ``results`` is not a RESULTS directory.
     """
+    from pipeline.analyze.persisted import open_catalog
+
     run = Run.open(results)
-    con = duckdb.connect(":memory:")
-    try:
-        for source in run.sources():
-            try:
-                hive = source.name in RESULTS_TABLES
-                con.execute(_source_sql(source, hive=hive, sweep=run.sweep, fleet=run.fleet))
-            except duckdb.Error as exc:
-                msg = f"cannot read table `{source.table}`: {_first_line(exc)}"
-                raise DatasetError(source.files or run.results, msg) from None
-        con.execute(
-            "CREATE VIEW results_manifest AS SELECT "
-            f"CAST({sql_literal(json.dumps(run.manifest, sort_keys=True))} AS JSON) AS manifest"
-        )
-        for statement in _point_sources(run):
-            con.execute(statement)
-        con.execute(f"USE memory.{POINT_SCHEMA}")
-        for path in analysis_sql_files(run):
-            try:
-                con.execute(path.read_text())
-            except duckdb.Error as exc:
-                msg = f"{path.name}: {_first_line(exc)}"
-                raise QueryError(msg) from None
-        con.execute("USE memory.main")
-        _expose(con, sweep=run.sweep, fleet=run.fleet)
-    except BaseException:
-        con.close()
-        raise
-    return con, run
+    return open_catalog(run.results, run.dataset, lambda con: build_views(con, run)), run
+
+
+def build_views(con: duckdb.DuckDBPyConnection, run: Run) -> None:
+    """Create every view of ``run`` on ``con`` (an empty database)."""
+    for source in run.sources():
+        try:
+            hive = source.name in RESULTS_TABLES
+            con.execute(_source_sql(source, hive=hive, sweep=run.sweep, fleet=run.fleet))
+        except duckdb.Error as exc:
+            msg = f"cannot read table `{source.table}`: {_first_line(exc)}"
+            raise DatasetError(source.files or run.results, msg) from None
+    con.execute(
+        "CREATE VIEW results_manifest AS SELECT "
+        f"CAST({sql_literal(json.dumps(run.manifest, sort_keys=True))} AS JSON) AS manifest"
+    )
+    for statement in _point_sources(run):
+        con.execute(statement)
+    con.execute(f"USE {POINT_SCHEMA}")
+    for path in analysis_sql_files(run):
+        try:
+            con.execute(path.read_text())
+        except duckdb.Error as exc:
+            msg = f"{path.name}: {_first_line(exc)}"
+            raise QueryError(msg) from None
+    con.execute("USE main")
+    _expose(con, sweep=run.sweep, fleet=run.fleet)
 
 
 def analysis_sql_files(run: Run) -> list[Path]:

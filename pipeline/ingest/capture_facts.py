@@ -101,13 +101,17 @@ def guest_overlap_bytes(starts: np.ndarray, ends: np.ndarray, vm: Mapping[str, A
 
 
 def trace_window(
-    tables: Mapping[str, pl.DataFrame], window_s: float, epoch_ms: int
+    tables: Mapping[str, pl.DataFrame],
+    window_s: float,
+    epoch_ms: int,
+    on_ns: int | None = None,
 ) -> tuple[int, int]:
-    """[numa_balancing on, on + whole epochs of ``window_s``) in trace ns: the lab's
-    ``numa_balancing=`` marker (tracing_mark_write), else the first event."""
+    """[numa_balancing on, on + whole epochs of ``window_s``) in trace ns: ``on_ns`` (the
+    sidecar's ``[lab].numa_balancing_on_ns``), else the lab's ``numa_balancing=`` marker
+    (tracing_mark_write), else the first event."""
     marks = tables.get("tracing_mark_write", pl.DataFrame())
-    on = None
-    if marks.height:
+    on = on_ns
+    if on is None and marks.height:
         rows = marks.filter(pl.col("buf").str.contains("numa_balancing=")).sort("ts_ns")
         if rows.height:
             on = int(rows["ts_ns"][0])
@@ -301,7 +305,12 @@ def dataset_hosting(
     for name in TRACE_TABLES:
         path = dataset / "ftrace" / f"{name}.parquet"
         tables[name] = pl.read_parquet(path) if path.is_file() else pl.DataFrame()
-    window = trace_window(tables, lab.window_s, epoch_ms) if lab.window_s else None
+    on_ns = (doc.get("lab") or {}).get("numa_balancing_on_ns")
+    window = (
+        trace_window(tables, lab.window_s, epoch_ms, None if on_ns is None else int(on_ns))
+        if lab.window_s
+        else None
+    )
     hosting = build_hosting(vms.row(0, named=True), lab, capture, tables, window)
     return [hosting] if has_facts(hosting) else []
 

@@ -95,18 +95,33 @@ def classify_vma(vma: host.Vma) -> str:
     return "anon"
 
 
-def mof_ranges(pid: int) -> list[int]:
-    """Start addresses of VMAs whose policy has MPOL_F_NUMA_BALANCING (/proc/PID/numa_maps)."""
-    starts: list[int] = []
+def numa_maps_mempolicy(field: str) -> str:
+    """A /proc/PID/numa_maps policy field as enums.mempolicy (mm/mempolicy.c mpol_to_str():
+    ``mode[=flags][:nodes]``; MPOL_LOCAL, which has no MPOL_F_MOF either, as "preferred")."""
+    mode, _, rest = field.partition("=")
+    mode = mode.split(":")[0]
+    flags = rest.split(":")[0]
+    if mode == "bind":
+        return "bind+numa_balancing" if "balancing" in flags else "bind"
+    if mode in ("prefer", "local", "prefer (many)"):
+        return "preferred"
+    if mode in ("interleave", "weighted"):
+        return "interleave"
+    return "default"
+
+
+def vma_mempolicies(pid: int) -> dict[int, str]:
+    """Each VMA's mempolicy by start address (/proc/PID/numa_maps); {} when unreadable."""
+    out: dict[int, str] = {}
     try:
         text = Path(f"/proc/{pid}/numa_maps").read_text()
     except OSError:
-        return starts
+        return out
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) > 1 and "balancing" in fields[1]:
-            starts.append(int(fields[0], 16))
-    return starts
+        if len(fields) > 1:
+            out[int(fields[0], 16)] = numa_maps_mempolicy(fields[1])
+    return out
 
 
 def detect_vm(
@@ -126,7 +141,7 @@ def detect_vm(
     """
     tids = host.thread_ids(pid)
     vcpu_tids = [t for t in tids if VCPU_COMM.match(host.thread_comm(pid, t))]
-    mof = set(mof_ranges(pid))
+    policies = vma_mempolicies(pid)
     regions: list[RegionSpec] = []
     gpa = 0
     for vma in vmas:
@@ -147,7 +162,7 @@ def detect_vm(
                 backing,
                 thp,
                 pinned,
-                vma.start in mof,
+                policies.get(vma.start, "default"),
             )
         )
         gpa += vma.size_bytes

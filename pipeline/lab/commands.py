@@ -67,14 +67,33 @@ def register(app: typer.Typer) -> None:
             0, "--busy-loops", min=0, max=256, help="CPU-bound competitors (a loaded host)"
         ),
         out: Path = typer.Option(None, "--out", help="default: traces/real/<cell>.trace.zst"),  # noqa: B008
+        mempolicy: str = typer.Option(
+            "",
+            "--mempolicy",
+            help="default | bind | bind+numa_balancing | preferred | interleave (node 0); "
+            "default: bind+numa_balancing for shared, none for anon",
+        ),
+        nb_from: str = typer.Option(
+            "after-population",
+            "--nb-from",
+            help="after-population | before-guest: numa_balancing on before the guest runs, "
+            "so it faults its RAM in under the scanner",
+        ),
+        vmm_threads: int = typer.Option(
+            0, "--vmm-threads", min=0, max=512, help="VMM helper threads waking every 100 ms"
+        ),
+        vmm_vmas: int = typer.Option(
+            -1, "--vmm-vmas", min=-1, max=4096, help="extra VMM VMAs (-1: 4 per helper thread)"
+        ),
     ) -> None:
         """Run the lab guest under numa_balancing and capture it (needs root and /dev/kvm)."""
         from pipeline.lab.matrix import config_from_options
         from pipeline.lab.run import run_lab
 
         config = config_from_options(
-            mem_mib, vcpus, backing, thp, pin, pattern, seconds, numa_balancing, busy_loops
-        )
+            mem_mib, vcpus, backing, thp, pin, pattern, seconds, numa_balancing, busy_loops,
+            mempolicy=mempolicy, nb_from=nb_from, vmm_threads=vmm_threads, vmm_vmas=vmm_vmas,
+        )  # fmt: skip
         out = out or Path("traces/real") / f"{config.name}.trace.zst"
         lab = run_lab(config, out)
         typer.echo(f"{out}: passes per vCPU {lab['passes']} in {lab['window_s']} s")
@@ -95,6 +114,53 @@ def register(app: typer.Typer) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         configs = matrix_configs(mem_mib, vcpus, seconds, busy_loops=busy_loops)
         run_matrix(configs, out_dir, report=typer.echo)
+
+    @command(lab_app, "sweep")
+    def lab_sweep(  # noqa: PLR0917 - typer maps parameters to options
+        mem_mib: str = typer.Option("256,1024,2048", "--mem-mib", help="comma list, MiB"),
+        vcpus: str = typer.Option("2", "--vcpus", help="comma list, 1-4"),
+        nb_from: str = typer.Option(
+            "after-population", "--nb-from", help="comma list: after-population, before-guest"
+        ),
+        vmm_threads: str = typer.Option("0", "--vmm-threads", help="comma list"),
+        seconds: str = typer.Option("20", "--seconds", help="comma list, 20-60"),
+        cells: str = typer.Option(
+            "anon-4k-pin,anon-thp-nopin",
+            "--cells",
+            help="comma list of <anon|shared>-<4k|thp>-<pin|nopin>",
+        ),
+        busy_loops: int = typer.Option(0, "--busy-loops", min=0, max=256),
+        out_dir: Path = typer.Option(Path("traces/real/regimes"), "--out-dir"),  # noqa: B008
+        plan: Path | None = typer.Option(  # noqa: B008
+            None, "--plan", help="run the [[cell]]s of a plan (traces/real/regimes/SPLIT.toml)"
+        ),
+    ) -> None:
+        """Sweep regimes: VM size x vCPUs x when numa_balancing goes on x VMM threads x window,
+        each cell a fresh `lab run` (needs root and /dev/kvm)."""
+        from pipeline.lab.matrix import (
+            parse_cells,
+            parse_list,
+            plan_configs,
+            regime_configs,
+            run_matrix,
+        )
+
+        if plan is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            planned = [config for _, config in plan_configs(plan)]
+            run_matrix(planned, out_dir, report=typer.echo, regime_names=True)
+            return
+        configs = regime_configs(
+            mem_mib=parse_list("--mem-mib", mem_mib, int),
+            vcpus=parse_list("--vcpus", vcpus, int),
+            nb_from=parse_list("--nb-from", nb_from, str),
+            vmm_threads=parse_list("--vmm-threads", vmm_threads, int),
+            seconds=parse_list("--seconds", seconds, float),
+            cells=parse_cells(cells),
+            busy_loops=busy_loops,
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_matrix(configs, out_dir, report=typer.echo, regime_names=True)
 
     @command(lab_app, "reset")
     def lab_reset() -> None:

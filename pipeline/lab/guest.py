@@ -162,7 +162,16 @@ class Vcpu:
 class Guest:
     """One lab VM: its RAM, control slot, vCPU fds and the threads that run them."""
 
-    def __init__(self, mem_bytes: int, vcpus: int, backing: str, thp: bool, pattern: str) -> None:
+    def __init__(
+        self,
+        mem_bytes: int,
+        vcpus: int,
+        backing: str,
+        thp: bool,
+        pattern: str,
+        *,
+        mempolicy: str | None = None,
+    ) -> None:
         if mem_bytes > MAX_RAM_GIB * GIB:
             msg = f"guest RAM above {MAX_RAM_GIB} GiB is not supported by the lab page tables"
             raise ValueError(msg)
@@ -172,7 +181,7 @@ class Guest:
         self.kvm_fd = kvm.open_kvm()
         self.vm_fd = kvm.ioctl(self.kvm_fd, kvm.KVM_CREATE_VM, 0)
         self.vm_stats_fd = kvm.ioctl(self.vm_fd, kvm.KVM_GET_STATS_FD)
-        self.ram = map_guest_ram(mem_bytes, backing, thp)
+        self.ram = map_guest_ram(mem_bytes, backing, thp, mempolicy=mempolicy)
         self.ctl = map_control(CTL_SIZE)
         build_control(self.ctl, mem_bytes, vcpus)
         self._set_slot(RAM_SLOT, 0, self.ram)
@@ -218,9 +227,12 @@ class Guest:
         )
         kvm.ioctl(fd, kvm.KVM_SET_REGS, regs)
 
-    def _vcpu_main(self, vcpu: Vcpu) -> None:
+    def _vcpu_main(self, vcpu: Vcpu, gate: threading.Event | None) -> None:
         set_thread_comm(f"CPU {vcpu.index}/KVM")
         vcpu.result.tid = threading.get_native_id()
+        while gate is not None and not gate.wait(0.01):
+            if self._stop.is_set():
+                return
         try:
             while not self._stop.is_set():
                 try:
@@ -247,12 +259,13 @@ class Guest:
         except Exception as exc:  # reported to the main thread
             vcpu.result.error = f"vcpu {vcpu.index}: {exc}"
 
-    def start(self) -> list[int]:
-        """Start one host thread per vCPU; returns their host thread ids once all are running."""
+    def start(self, gate: threading.Event | None = None) -> list[int]:
+        """Start one host thread per vCPU; returns their host thread ids once all are running.
+        With ``gate``, each thread enters the guest only once the gate is set."""
         signal.signal(STOP_SIGNAL, lambda *_: None)
         for vcpu in self.vcpus:
             vcpu.thread = threading.Thread(
-                target=self._vcpu_main, args=(vcpu,), name=f"vcpu{vcpu.index}"
+                target=self._vcpu_main, args=(vcpu, gate), name=f"vcpu{vcpu.index}"
             )
             vcpu.thread.start()
         while any(v.result.tid == 0 for v in self.vcpus):

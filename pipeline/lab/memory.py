@@ -15,7 +15,7 @@ from dataclasses import dataclass
 PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0x10, 0x20, 0x4000
 MADV_DONTFORK, MADV_HUGEPAGE, MADV_NOHUGEPAGE = 10, 14, 15
-MPOL_BIND = 2
+MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE = 1, 2, 3  # include/uapi/linux/mempolicy.h
 MPOL_F_NUMA_BALANCING = 1 << 13  # include/uapi/linux/mempolicy.h
 SYS_MBIND = 237  # x86-64
 HUGE_2M = 2 << 20
@@ -59,8 +59,12 @@ class HostMapping:
     size_bytes: int
     backing: str  # anon | shared
     thp: bool
-    mof_policy: bool
+    mempolicy: str  # enums.mempolicy
     fd: int = -1
+
+    @property
+    def mof_policy(self) -> bool:
+        return self.mempolicy == "bind+numa_balancing"
 
     def view(self) -> ctypes.Array[ctypes.c_char]:
         """A ctypes byte array over the mapping (no copy)."""
@@ -77,15 +81,56 @@ class HostMapping:
             self.fd = -1
 
 
-def map_guest_ram(
-    size_bytes: int, backing: str, thp: bool, *, name: str = "tlbreplay-ram"
-) -> HostMapping:
-    """Map ``size_bytes`` of guest RAM at a 2 MiB aligned address.
+MBIND_MODES = {
+    "bind": MPOL_BIND,
+    "bind+numa_balancing": MPOL_BIND | MPOL_F_NUMA_BALANCING,
+    "preferred": MPOL_PREFERRED,
+    "interleave": MPOL_INTERLEAVE,
+}
 
-    ``backing="shared"`` uses a memfd (shmem) and gives it ``MPOL_BIND|MPOL_F_NUMA_BALANCING``
-    on node 0: task_numa_work() skips shared file VMAs without a MOF policy as `unsuitable`
-    (kernel/sched/fair.c:vma_is_accessible/vma_migratable + vma_policy_mof(), KERNEL.md 3.4).
+
+def default_mempolicy(backing: str) -> str:
+    """The lab's policy when none is asked for: shared gets MPOL_BIND|MPOL_F_NUMA_BALANCING
+    (else task_numa_work() never scans it, vma_policy_mof()), anon none."""
+    return "bind+numa_balancing" if backing == "shared" else "default"
+
+
+def mbind(hva: int, size_bytes: int, mempolicy: str) -> None:
+    """mbind(2) the range to node 0 with ``mempolicy`` (enums.mempolicy; "default": none)."""
+    if mempolicy == "default":
+        return
+    nodemask = ctypes.c_ulong(1)  # node 0
+    ret = _libc.syscall(
+        SYS_MBIND,
+        ctypes.c_ulong(hva),
+        ctypes.c_ulong(size_bytes),
+        ctypes.c_ulong(MBIND_MODES[mempolicy]),
+        ctypes.byref(nodemask),
+        ctypes.c_ulong(64),
+        ctypes.c_ulong(0),
+    )
+    _check(int(ret), f"mbind({mempolicy})")
+
+
+def map_guest_ram(
+    size_bytes: int,
+    backing: str,
+    thp: bool,
+    *,
+    name: str = "tlbreplay-ram",
+    mempolicy: str | None = None,
+) -> HostMapping:
+    """Map ``size_bytes`` of guest RAM at a 2 MiB aligned address, with ``mempolicy``
+    (default: :func:`default_mempolicy`) on node 0.
+
+    task_numa_work() skips a VMA whose policy lacks MPOL_F_MOF as `unsuitable`
+    (kernel/sched/fair.c + mm/mempolicy.c vma_policy_mof(), KERNEL.md 3.6): shmem without a
+    policy, and any VMA under a plain MPOL_BIND / PREFERRED / INTERLEAVE.
     """
+    mempolicy = mempolicy or default_mempolicy(backing)
+    if mempolicy not in ("default", *MBIND_MODES):
+        msg = f"unknown mempolicy {mempolicy!r}"
+        raise ValueError(msg)
     if size_bytes % HUGE_2M:
         msg = f"guest RAM of {size_bytes} bytes is not a multiple of 2 MiB"
         raise ValueError(msg)
@@ -112,21 +157,8 @@ def map_guest_ram(
     _check(_libc.madvise(hva, size_bytes, MADV_HUGEPAGE if thp else MADV_NOHUGEPAGE), "madvise")
     # As QEMU does for guest RAM: a fork (e.g. spawning the capture) must not COW-share it.
     _check(_libc.madvise(hva, size_bytes, MADV_DONTFORK), "madvise(MADV_DONTFORK)")
-    mof = False
-    if backing == "shared":
-        nodemask = ctypes.c_ulong(1)  # node 0
-        ret = _libc.syscall(
-            SYS_MBIND,
-            ctypes.c_ulong(hva),
-            ctypes.c_ulong(size_bytes),
-            ctypes.c_ulong(MPOL_BIND | MPOL_F_NUMA_BALANCING),
-            ctypes.byref(nodemask),
-            ctypes.c_ulong(64),
-            ctypes.c_ulong(0),
-        )
-        _check(int(ret), "mbind(MPOL_BIND|MPOL_F_NUMA_BALANCING)")
-        mof = True
-    return HostMapping(hva, size_bytes, backing, thp, mof, fd)
+    mbind(hva, size_bytes, mempolicy)
+    return HostMapping(hva, size_bytes, backing, thp, mempolicy, fd)
 
 
 def map_control(size_bytes: int) -> HostMapping:
@@ -137,4 +169,4 @@ def map_control(size_bytes: int) -> HostMapping:
     """
     hva = _mmap(None, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1)
     _check(_libc.madvise(hva, size_bytes, MADV_DONTFORK), "madvise(MADV_DONTFORK)")
-    return HostMapping(hva, size_bytes, "shared", False, False)
+    return HostMapping(hva, size_bytes, "shared", False, "default")

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +28,10 @@ from pipeline.errors import MissingFacilityError, TlbReplayError
 from pipeline.lab import host, tracefs
 from pipeline.lab.capture import READY_MESSAGE, CapturePaths, interrupt_signals, recompress
 from pipeline.lab.guest import PAGE_4K, Guest
+from pipeline.lab.memory import default_mempolicy
 from pipeline.lab.pin import LongTermPin
 from pipeline.lab.sidecar import RegionSpec, VmSpec, render_sidecar, write_sidecar
+from pipeline.lab.vmmshape import VMAS_PER_THREAD, VmmShape
 from pipeline.lab.zapprobe import kvm_zap_ns_per_spte
 from pipeline.model.hosting import share_and_preempt_rate
 
@@ -72,13 +75,37 @@ class LabConfig:
     numa_balancing: int = 1
     buffer_kb: int = 16384
     busy_loops: int = 0  # CPU-bound competitors for the whole cell (a loaded host)
+    mempolicy: str = ""  # enums.mempolicy; "": memory.default_mempolicy(backing)
+    # when numa_balancing goes on: after the guest has populated its RAM, or before the guest
+    # (its RAM, memslots, vCPU threads) exists, so it faults its RAM in under the scanner
+    nb_from: str = "after-population"
+    vmm_threads: int = 0  # helper threads of the VMM (vmmshape.VmmShape)
+    vmm_vmas: int = -1  # extra VMAs of the VMM; -1: VMAS_PER_THREAD per helper thread
 
     @property
     def name(self) -> str:
-        return (
+        """``lab-<backing>-<4k|thp>-<pin|nopin>-nb<N>``, then what differs from the first
+        matrix: ``-<MiB>m-<vcpus>v-<seconds>s``, ``-<policy>``, ``-early``, ``-t<threads>``."""
+        base = (
             f"lab-{self.backing}-{'thp' if self.thp else '4k'}-{'pin' if self.pin else 'nopin'}"
             f"-nb{self.numa_balancing}"
         )
+        if self.mempolicy and self.mempolicy != default_mempolicy(self.backing):
+            base += "-" + self.mempolicy.replace("+numa_balancing", "-nb")
+        if self.nb_from != "after-population":
+            base += "-early"
+        if self.vmm_threads:
+            base += f"-t{self.vmm_threads}"
+        return base
+
+    @property
+    def extra_vmas(self) -> int:
+        return self.vmm_threads * VMAS_PER_THREAD if self.vmm_vmas < 0 else self.vmm_vmas
+
+    @property
+    def regime_name(self) -> str:
+        """:attr:`name` with the size, vCPUs and window (the regime sweep's cells)."""
+        return f"{self.name}-{self.mem_mib}m-{self.vcpus}v-{self.seconds:g}s"
 
 
 def set_numa_balancing(value: int) -> None:
@@ -206,17 +233,32 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
     guest: Guest | None = None
     pin: LongTermPin | None = None
     child: subprocess.Popen[str] | None = None
+    shape = VmmShape(config.vmm_threads, config.extra_vmas)
+    early = config.nb_from == "before-guest"
     try:
+        shape.start()
         guest = Guest(
-            config.mem_mib << 20, config.vcpus, config.backing, config.thp, config.pattern
+            config.mem_mib << 20,
+            config.vcpus,
+            config.backing,
+            config.thp,
+            config.pattern,
+            mempolicy=config.mempolicy or None,
         )
         if config.pin:
             pin = LongTermPin(guest.ram.hva, guest.ram.size_bytes)
-        tids = guest.start()
-        _warm_up(guest)
+        # early: the vCPU threads exist (the capture filters on their tids) but wait at the
+        # gate until numa_balancing is on, so the guest faults its RAM in while the scanner
+        # runs (the window includes the population, ADR 0510)
+        gate = threading.Event()
+        if not early:
+            gate.set()
+        tids = guest.start(gate)
+        if not early:
+            _warm_up(guest)
         vm = VmSpec("lab", config.vcpus, tids, os.getpid(), [
             RegionSpec("ram", guest.ram.size_bytes, 0, guest.ram.hva, config.backing, config.thp,
-                       "all" if config.pin else "none", guest.ram.mof_policy),
+                       "all" if config.pin else "none", guest.ram.mempolicy),
         ])  # fmt: skip
         child = _start_capture(config, out)
         passes0, vm0, vcpu0 = guest.passes(), guest.stats(), guest.vcpu_stats()
@@ -224,6 +266,7 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
         t0 = time.monotonic()
         _marker(root, f"numa_balancing={config.numa_balancing}")
         set_numa_balancing(config.numa_balancing)
+        gate.set()
         while time.monotonic() < t0 + config.seconds:
             if guest.failed() or child.poll() is not None:
                 break
@@ -261,6 +304,13 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
             # task set need_resched() on the vCPU's CPU, which is what makes a zap walk yield
             # with a flush (ReschedModel, ADR 0350)
             "vcpu_preempt_per_s": [rate for _, rate in share_rate],
+            # the regime (issue 11): when numa_balancing went on, and the VMM's shape
+            "numa_balancing_from": config.nb_from,
+            "ram_populated": "in_capture" if early else "before_capture",
+            "vmm_threads": config.vmm_threads,
+            "vmm_extra_vmas": config.extra_vmas,
+            "mempolicy": guest.ram.mempolicy,
+            "load_avg_1m": round(os.getloadavg()[0], 2),
         }
         kvm_delta = {"vm": _delta(guest.stats(), vm0), "vcpu": _delta(guest.vcpu_stats(), vcpu0)}
         err = _stop_capture(child)
@@ -280,6 +330,7 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
             pin.close()
         if guest is not None:
             guest.close()
+        shape.close()
     # The guest is gone: recompressing the trace does not compete with its vCPU threads.
     if failures:
         raise LabError("; ".join(failures))

@@ -28,7 +28,7 @@ class RegionSpec:
     backing: str  # anon | shared | hugetlbfs
     thp: bool
     pinned: str = "none"  # none | all
-    mof_policy: bool = False
+    mempolicy: str = "default"  # enums.mempolicy
 
 
 @dataclass
@@ -111,7 +111,7 @@ def render_sidecar(
                     "hva_start": region.hva_start,
                     "backing": region.backing,
                     "thp": region.thp,
-                    "mof_policy": region.mof_policy,
+                    "mempolicy": region.mempolicy,
                     "placement": "first-touch",
                     "pinned": region.pinned,
                 }

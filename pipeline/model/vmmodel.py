@@ -342,9 +342,15 @@ class Region:
     size_bytes: int
     backing: str
     thp: bool
-    mof_policy: bool
+    mempolicy: str
     placement: str
     pinned: tuple[tuple[int, int], ...]
+
+    @property
+    def mof_policy(self) -> bool:
+        """MPOL_BIND|MPOL_F_NUMA_BALANCING: the one policy with MPOL_F_MOF a VMA can be given
+        (mm/mempolicy.c sanitize_mpol_flags()); the key before ``mempolicy`` existed."""
+        return self.mempolicy == "bind+numa_balancing"
 
     @property
     def gfn_start(self) -> int:
@@ -404,6 +410,7 @@ REGION_KEYS = (
     "backing",
     "thp",
     "mof_policy",
+    "mempolicy",
     "placement",
     "pinned",
 )
@@ -526,6 +533,7 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ..
 
 
 REGION_PLACEMENTS = ("first-touch", "interleave", "node:N")
+MEMPOLICIES = ("default", "bind", "bind+numa_balancing", "preferred", "interleave")
 
 
 def parse_region(
@@ -554,10 +562,13 @@ def parse_region(
     if thp and backing == "hugetlbfs":
         keys.fail("`thp` = true with `backing` = hugetlbfs; hugetlbfs pages are not THP")
     mof_policy = keys.bool_("mof_policy", False)
-    if mof_policy and backing != "shared":
+    mempolicy = keys.choice(
+        "mempolicy", "bind+numa_balancing" if mof_policy else "default", MEMPOLICIES
+    )
+    if mof_policy and mempolicy != "bind+numa_balancing":
         keys.fail(
-            f"`mof_policy` = true with `backing` = {backing}; it applies only to shared "
-            "(anon is always scannable, hugetlbfs never)"
+            f"`mof_policy` = true with `mempolicy` = {mempolicy}; `mof_policy` = true means "
+            '`mempolicy` = "bind+numa_balancing": give one of them'
         )
     gpa_start = keys.int_("gpa_start", gpa_next, lo=0, hi=MAX_BYTES - size)
     hva_start = keys.int_("hva_start", hva_next, lo=0, hi=MAX_HVA - size)
@@ -589,7 +600,7 @@ def parse_region(
         size_bytes=size,
         backing=backing,
         thp=thp,
-        mof_policy=mof_policy,
+        mempolicy=mempolicy,
         placement=placement,
         pinned=pinned,
     )
@@ -739,6 +750,7 @@ def vms_frame(model: VmModel, *, inferred: bool = False) -> pl.DataFrame:
                     "mof_policy": r.mof_policy,
                     "placement": r.placement,
                     "pinned": [{"gfn_start": s, "nr_pages": n} for s, n in r.pinned],
+                    "mempolicy": r.mempolicy,
                 }
                 for r in vm.regions
             ],

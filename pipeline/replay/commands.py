@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,8 +46,9 @@ SCHEDULER_OPTION = typer.Option(
 )
 
 
-def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app."""
+def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | None = None) -> None:
+    """Add this stage's commands to the root app. ``summary(RESULTS)``: the lines `replay`
+    ends with (the CLI passes the analysis stage's verdict; stage 2 does not import it)."""
 
     @command(app, "replay")
     def replay(  # noqa: PLR0917 - typer maps parameters to options
@@ -73,7 +75,9 @@ def register(app: typer.Typer) -> None:
             run_replay(dataset, out, policy or None, params, quiet=quiet, seed=seed)
         path = out
         if not quiet:
-            typer.echo(f"wrote {path}", err=True)
+            for line in summary(path) if summary else ():
+                typer.echo(line)
+            typer.echo(f"wrote {path} (`tlbreplay query {path} --views` lists its views)")
 
     @command(app, "policies")
     def policies() -> None:

@@ -86,7 +86,7 @@ def test_touch_ranges() -> None:
 def test_page_tables_identity_map_ram_and_control_at_cpl3() -> None:
     size = 2 << 20
     buf = (ctypes.c_char * size)()
-    mapping = HostMapping(ctypes.addressof(buf), size, "shared", False, False)
+    mapping = HostMapping(ctypes.addressof(buf), size, "shared", False, "default")
     mem = GIB + (4 << 20)  # two PDs, the second one partly used
     build_control(mapping, mem, 2)
     q = lambda off: struct.unpack_from("<Q", buf, off)[0]  # noqa: E731

@@ -173,7 +173,8 @@ def test_merge_ranges() -> None:
         ({"backng": "anon"}, "unknown key `backng`; did you mean `backing`?"),
         ({"thp": "yes"}, "`thp` = `yes`; expected true or false"),
         ({"backing": "hugetlbfs", "thp": True}, "hugetlbfs pages are not THP"),
-        ({"mof_policy": True}, "applies only to shared"),
+        ({"mof_policy": True, "mempolicy": "bind"}, "`mof_policy` = true means `mempolicy`"),
+        ({"mempolicy": "bound"}, "expected one of default, bind, bind+numa_balancing, preferred"),
         ({"placement": "node:2"}, "node:N with N in [0, 1]"),
         ({"placement": "random"}, "expected one of first-touch, interleave, node:N"),
         ({"size_gib": 1, "size_mib": 1024}, "give only one of"),
@@ -273,3 +274,36 @@ def test_errors_name_the_line(tmp_path: Path) -> None:
     assert f"vm.toml:{lines.index('[[vm.region]]') + 2}: vm `vm0`: region 1: unknown key" in str(
         info.value
     )
+
+
+def test_region_mempolicy_and_the_mof_policy_alias(tmp_path: Path) -> None:
+    text = """
+[[vm]]
+name = "v"
+vcpus = 1
+[[vm.region]]
+name = "a"
+size_mib = 64
+mempolicy = "bind"
+[[vm.region]]
+name = "b"
+size_mib = 64
+backing = "shared"
+mof_policy = true
+[[vm.region]]
+name = "c"
+size_mib = 64
+"""
+    path = tmp_path / "v.toml"
+    path.write_text(text)
+    model = parse_vm_model(tomllib.loads(text), path)
+    regions = model.vms[0].regions
+    assert [r.mempolicy for r in regions] == ["bind", "bind+numa_balancing", "default"]
+    assert [r.mof_policy for r in regions] == [False, True, False]
+    rows = load_vm_file(path).to_dicts()
+    assert [r["mof_policy"] for r in rows[0]["regions"]] == [False, True, False]
+    assert [r["mempolicy"] for r in rows[0]["regions"]] == [
+        "bind",
+        "bind+numa_balancing",
+        "default",
+    ]
