@@ -7,6 +7,8 @@ stays fast. Every command is wrapped by :func:`pipeline.clikit.command`, which t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from pipeline.analyze import calibrate_commands
@@ -32,6 +34,13 @@ def main() -> None:
     """tlbreplay: NUMA-balancing TLB-shootdown replay for KVM."""
 
 
+def _replay_summary(results: Path) -> list[str]:
+    """What `replay` ends with: the verdict and compact table of its RESULTS."""
+    from pipeline.analyze.verdict import load_verdict, verdict_lines
+
+    return verdict_lines(load_verdict(results))
+
+
 for module in (
     ingest_commands,
     synth_commands,
@@ -41,7 +50,10 @@ for module in (
     analyze_commands,
     calibrate_commands,
 ):
-    module.register(app)
+    if module is replay_commands:
+        replay_commands.register(app, summary=_replay_summary)
+    else:
+        module.register(app)
 
 
 @app.command("version")

@@ -13,7 +13,9 @@ import gzip
 import hashlib
 import multiprocessing
 import os
+import queue
 import sys
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -85,12 +87,47 @@ class SourceStats:
         }
 
 
+class _Hasher:
+    """sha256 of the raw input in a thread of its own, off the reading thread's path.
+
+    ``hashlib`` releases the GIL on large updates, so the hash runs beside the parse threads.
+    At most ``_QUEUED`` reads wait for it.
+    """
+
+    _QUEUED = 8
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self._QUEUED)
+        self._thread = threading.Thread(target=self._run, name="ingest-hash", daemon=True)
+        self._thread.start()
+        self._digest: str | None = None
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._sha.update(data)
+
+    def update(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def hexdigest(self) -> str:
+        self.close()
+        if self._digest is None:
+            self._digest = self._sha.hexdigest()
+        return self._digest
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class HashingReader:
-    """A binary reader that hashes and counts the raw bytes and reports progress."""
+    """A binary reader that hashes (in a thread) and counts the raw bytes, reports progress."""
 
     def __init__(self, raw: IO[bytes], progress: Callable[[int], None] | None = None) -> None:
         self._raw = raw
-        self._sha = hashlib.sha256()
+        self._sha = _Hasher()
         self._progress = progress
         self.count = 0
         self._head = b""
@@ -127,41 +164,73 @@ class HashingReader:
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
 
+    def close(self) -> None:
+        """Stop the hash thread (the digest stays available)."""
+        self._sha.close()
+
 
 class ZstdFrames:
-    """Decompress concatenated zstd frames; a frame cut off at the end raises EOFError."""
+    """Decompress concatenated zstd frames; a frame cut off at the end raises EOFError.
+
+    Output is bounded per call: compressed input is fed in pieces sized from the ratio seen so
+    far so that one piece yields about ``OUT_BYTES`` (an 84 KB .zst of 1 GB of repetitive text
+    must not decompress in one go). The worst case of one piece of ``MIN_PIECE`` bytes is
+    MIN_PIECE / 4 raw-block headers of 128 KiB each: 32 MiB.
+    """
+
+    OUT_BYTES = 4 << 20
+    MIN_PIECE = 1 << 10
+    MAX_PIECE = 1 << 20
 
     def __init__(self, raw: HashingReader, zstandard: Any) -> None:
         self._raw = raw
         self._zstd = zstandard
         self._dobj = zstandard.ZstdDecompressor().decompressobj()
         self._open = False  # bytes of an unfinished frame were fed
-        self._out = b""
+        self._out = bytearray()
+        self._pending = memoryview(b"")  # compressed bytes read but not fed yet
+        self._piece = self.MIN_PIECE
         self._eof = False
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes) -> int:
+        """Decompress ``data``; bytes of output produced."""
+        produced = 0
         while data:
             self._open = True
-            self._out += self._dobj.decompress(data)
+            out = self._dobj.decompress(data)
+            produced += len(out)
+            self._out += out
             if not self._dobj.eof:
-                return
+                break
             data = self._dobj.unused_data
             self._dobj = self._zstd.ZstdDecompressor().decompressobj()
             self._open = False
+        return produced
 
-    def read(self, n: int = -1) -> bytes:
-        while not self._eof and (n < 0 or len(self._out) < n):
-            data = self._raw.read(1 << 20)
+    def _step(self) -> None:
+        """Feed one piece of compressed input (reading more when none is pending)."""
+        if not self._pending:
+            data = self._raw.read(self.MAX_PIECE)
             if not data:
                 self._eof = True
                 if self._open:
                     raise EOFError
-                break
-            self._feed(data)
-        if n < 0:
-            out, self._out = self._out, b""
+                return
+            self._pending = memoryview(data)
+        piece = self._pending[: self._piece]
+        self._pending = self._pending[len(piece) :]
+        produced = self._feed(bytes(piece))
+        ratio = max(produced // max(len(piece), 1), 1)
+        self._piece = min(max(self.OUT_BYTES // ratio, self.MIN_PIECE), self.MAX_PIECE)
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._out) < n):
+            self._step()
+        if n < 0 or n >= len(self._out):
+            out, self._out = bytes(self._out), bytearray()
         else:
-            out, self._out = self._out[:n], self._out[n:]
+            out = bytes(memoryview(self._out)[:n])
+            del self._out[:n]
         return out
 
 
@@ -255,7 +324,14 @@ def iter_blocks(
 
 
 class TableSinks:
-    """One ParquetStream per ftrace table plus quarantine, under a dataset directory."""
+    """One ParquetStream per ftrace table plus quarantine, under a dataset directory.
+
+    Results are conformed, compressed and appended by a writer thread (Arrow and zstd release
+    the GIL), so the thread that reads the input and hands blocks to the parsers never waits
+    on a write; at most ``QUEUED`` results wait for it.
+    """
+
+    QUEUED = 2
 
     def __init__(self, root: Path, params: dict[str, Any]) -> None:
         self.streams: dict[str, ParquetStream] = {}
@@ -265,21 +341,47 @@ class TableSinks:
         self.streams["quarantine"] = ParquetStream(
             root / "quarantine.parquet", "quarantine", params=params
         )
+        self._queue: queue.Queue[polarsscan.ChunkResult | None] = queue.Queue(maxsize=self.QUEUED)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ingest-write", daemon=True)
+        self._thread.start()
 
     def write(self, result: polarsscan.ChunkResult) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(result)
+
+    def _run(self) -> None:
+        while (result := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(result)
+                except BaseException as exc:  # re-raised in the caller's thread
+                    self._error = exc
+
+    def _write(self, result: polarsscan.ChunkResult) -> None:
         for table, rows in result.tables.items():
             self.streams[table].write(rows)
         if result.quarantine.num_rows:
             self.streams["quarantine"].write(result.quarantine)
 
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
     def rows(self) -> dict[str, int]:
         return {name: s.rows for name, s in sorted(self.streams.items())}
 
     def close(self) -> None:
+        self._stop()
+        if self._error is not None:
+            raise self._error
         for s in self.streams.values():
             s.close()
 
     def abort(self) -> None:
+        self._stop()
         for s in self.streams.values():
             s.abort()
 
@@ -407,19 +509,23 @@ def ingest_source(
         stats.sha256, stats.bytes = hashed.hexdigest(), hashed.count
         with tracedat.report_stream(Path(src)) as stream:
             wrapped = HashingReader(stream)
-            for block, final in iter_blocks(src, wrapped, stats):
-                parser.submit(block, src, final)
-            parser.flush()
+            try:
+                for block, final in iter_blocks(src, wrapped, stats):
+                    parser.submit(block, src, final)
+                parser.flush()
+            finally:
+                wrapped.close()
         return
     raw_file: IO[bytes] = sys.stdin.buffer if src == "-" else open(src, "rb")  # noqa: SIM115
+    hashed = HashingReader(raw_file, progress)
     try:
-        hashed = HashingReader(raw_file, progress)
         text = _decompressed(src, hashed, stats)
         for block, final in iter_blocks(src, text, stats):
             parser.submit(block, src, final)
         parser.flush()
         stats.sha256, stats.bytes = hashed.hexdigest(), hashed.count
     finally:
+        hashed.close()
         if src != "-":
             raw_file.close()
 

@@ -598,7 +598,6 @@ def run_replay(
     seed: int = 0,
 ) -> Path:
     """Replay and write RESULTS atomically: manifest.json + epochs/, vcpu_epochs/, scans/."""
-    from pipeline import __version__
     from pipeline.clikit import reporter
     from pipeline.schema import atomic_output_dir, write_manifest, write_partitioned
 
@@ -623,26 +622,39 @@ def run_replay(
         write_partitioned(result.epochs, tmp / "epochs", "epochs", params=meta)
         write_partitioned(result.vcpu_epochs, tmp / "vcpu_epochs", "vcpu_epochs", params=meta)
         write_partitioned(result.scans, tmp / "scans", "scans", params=meta)
-        write_manifest(
-            tmp,
-            {
-                "kind": "results",
-                "tool_version": __version__,
-                "dataset": str(Path(dataset).resolve()),
-                "dataset_epoch_ms": manifest.get("epoch_ms"),
-                "policies": names,
-                "params": _jsonable(replace(params).as_dict()),
-                "epoch_ms": params.epoch_ms,
-                "seed": seed,
-                **used,
-                "rows": {
-                    "epochs": result.epochs.height,
-                    "vcpu_epochs": result.vcpu_epochs.height,
-                    "scans": result.scans.height,
-                },
-            },
-        )
+        rows = {
+            "epochs": result.epochs.height,
+            "vcpu_epochs": result.vcpu_epochs.height,
+            "scans": result.scans.height,
+        }
+        write_manifest(tmp, results_manifest(dataset, manifest, names, params, seed, used, rows))
     return Path(out)
+
+
+def results_manifest(  # noqa: PLR0917 - the manifest's parts, in order
+    dataset: Path,
+    dataset_manifest: dict[str, Any],
+    names: Sequence[str],
+    params: ReplayParams,
+    seed: int,
+    used: dict[str, Any],
+    rows: dict[str, int],
+) -> dict[str, Any]:
+    """The ``manifest.json`` of a replay's RESULTS (``used``: :func:`resolve_params`)."""
+    from pipeline import __version__
+
+    return {
+        "kind": "results",
+        "tool_version": __version__,
+        "dataset": str(Path(dataset).resolve()),
+        "dataset_epoch_ms": dataset_manifest.get("epoch_ms"),
+        "policies": list(names),
+        "params": _jsonable(replace(params).as_dict()),
+        "epoch_ms": params.epoch_ms,
+        "seed": seed,
+        **used,
+        "rows": rows,
+    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,7 +8,7 @@ import typer
 
 from pipeline.clikit import QUIET_OPTION, command
 
-SPEC_ARG = typer.Argument(..., help="synth spec (docs/spec.md) the grid varies")
+SPEC_ARG = typer.Argument(..., help="synth spec (docs/spec.md), or a DATASET for engine keys only")
 GRID_OPTION = typer.Option(..., "--grid", "-g", help="GRID.toml: the keys to vary (docs/scale.md)")
 OUT_OPTION = typer.Option(..., "--out", "-o", help="RESULTS directory to write")
 SCHEDULER_OPTION = typer.Option(
@@ -17,7 +17,10 @@ SCHEDULER_OPTION = typer.Option(
 SEED_OPTION = typer.Option(
     None, "--seed", help="base seed (default: the grid's `seed`, else the spec's)"
 )
-WORKERS_OPTION = typer.Option(2, "--workers", help="LocalCluster worker processes")
+WORKERS_OPTION = typer.Option(2, "--workers", "-j", help="LocalCluster worker processes")
+RESUME_OPTION = typer.Option(
+    False, "--resume", help="keep the finished points of an earlier run in --out, run the rest"
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,10 +34,12 @@ def register(app: typer.Typer) -> None:
         scheduler: str | None = SCHEDULER_OPTION,
         seed: int | None = SEED_OPTION,
         workers: int = WORKERS_OPTION,
+        resume: bool = RESUME_OPTION,
         quiet: bool = QUIET_OPTION,
     ) -> None:
         """Replay every point of a parameter grid as one Dask task; results per point."""
         from pipeline.clikit import reporter
+        from pipeline.cluster import sigterm_as_interrupt
         from pipeline.errors import SweepError
         from pipeline.sweep.runner import plan_sweep, run_sweep
 
@@ -42,7 +47,7 @@ def register(app: typer.Typer) -> None:
             msg = f"--workers must be >= 1, got {workers}"
             raise SweepError(msg)
         plan = plan_sweep(spec, grid, seed=seed)
-        with reporter(quiet) as rep:
+        with sigterm_as_interrupt(), reporter(quiet) as rep:
             task = rep.task("sweep", total=len(plan.points))
             result = run_sweep(
                 spec,
@@ -52,6 +57,7 @@ def register(app: typer.Typer) -> None:
                 workers=workers,
                 progress=lambda n: rep.advance(task, n),
                 plan=plan,
+                resume=resume,
             )
         for point, error in sorted(result.failed.items()):
             typer.echo(f"tlbreplay: point {point} failed after one retry: {error}", err=True)

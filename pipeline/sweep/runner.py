@@ -23,12 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import uuid
-import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +33,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.errors import SpecError, SweepError
+from pipeline.cluster import LOCAL_WORKERS, TaskFailedError, dask_client
+from pipeline.errors import SpecError
 from pipeline.model.vmmodel import Source, read_source
 from pipeline.replay.runner import ReplayParams
 from pipeline.sweep.grid import (
@@ -54,20 +51,14 @@ from pipeline.sweep.grid import (
 )
 from pipeline.synth.spec import SynthSpec, load_spec, parse_spec
 
-#: the LocalCluster of one machine (the default): a process per core, one thread each
-LOCAL_WORKERS = 2
 #: synthesized datasets a worker process keeps (the tasks come sorted by variant)
 CACHED_VARIANTS = 2
 RESULT_TABLES = ("epochs", "vcpu_epochs", "scans")
 POINT_DIR = "point={}"
 
 
-class PointFailedError(RuntimeError):
-    """A grid point's task failed: the original exception's type and message, picklable.
-
-    (The project's own errors carry structured ``__init__`` arguments that do not survive
-    pickling across Dask workers; this carries their one-line text.)
-    """
+PointFailedError = TaskFailedError
+"""A grid point's task failed: the original exception's type and message, picklable."""
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -81,6 +72,7 @@ class Variant:
     spec_sha256: str
     spec_path: str
     epoch_ms: int
+    dataset: str | None = None  # an ingested (or synthesized) DATASET every point replays
 
 
 @dataclass(frozen=True)
@@ -127,6 +119,8 @@ def plan_sweep(
 ) -> SweepPlan:
     """Read and validate spec and grid; every point's spec variant is validated here."""
     grid = load_grid(grid_path)
+    if Path(spec_path).is_dir():
+        return _plan_dataset_sweep(Path(spec_path), grid, seed=seed, base=base)
     spec = load_spec(spec_path)
     doc, source = read_source(spec_path)
     base_seed = seed if seed is not None else grid.seed if grid.seed is not None else spec.seed
@@ -168,6 +162,50 @@ def plan_sweep(
         variants=list(variants.values()),
         spec_epoch_ms=spec.epoch_ms,
     )
+
+
+def _plan_dataset_sweep(
+    dataset: Path, grid: Grid, *, seed: int | None, base: ReplayParams | None
+) -> SweepPlan:
+    """The plan of a sweep over a DATASET: engine keys only (an ingested trace fixes the
+    workload), every point replaying the same accesses, read by the worker from ``dataset``
+    (a path the workers share)."""
+    from pipeline.errors import SweepError
+    from pipeline.model.fleet import is_fleet
+    from pipeline.replay.runner import open_dataset
+    from pipeline.schema import MANIFEST, read_manifest
+
+    manifest = read_manifest(dataset)
+    if is_fleet(manifest):
+        msg = "a sweep replays one host; pass one host of the fleet (`DATASET/host=H`)"
+        raise SweepError(f"{dataset}: {msg}")
+    workload = [k for k in grid.key_names() if k in WORKLOAD_KEYS]
+    if workload:
+        msg = (
+            f"`{workload[0]}` changes the workload, which a DATASET fixes; only engine keys "
+            f"apply to `{dataset}` (docs/scale.md), or sweep its synth spec instead"
+        )
+        raise SpecError(grid.path, "grid", msg)
+    epoch_ms = int(manifest.get("epoch_ms") or 0)
+    base_params = base if base is not None else ReplayParams(epoch_ms=epoch_ms)
+    open_dataset(dataset, base_params)  # a complete DATASET, or one clear error now
+    base_seed = seed if seed is not None else grid.seed if grid.seed is not None else 0
+    digest = hashlib.sha256((dataset / MANIFEST).read_bytes()).hexdigest()
+    variant = Variant(0, (), {}, digest, str(dataset.resolve()), epoch_ms, str(dataset.resolve()))
+    points = grid.points()
+    tasks = []
+    for point in points:
+        check_point_against(point, grid.path, spec_epoch_ms=epoch_ms)
+        tasks.append(
+            PointTask(
+                point=point.point,
+                policy=str(point.values["policy"]),
+                params=replay_params(point, base_params),
+                seed=point_seed(base_seed, point.point),
+                variant=variant,
+            )
+        )
+    return SweepPlan(dataset, grid, points, tasks, base_seed, [variant], epoch_ms)
 
 
 def _validate_variant(
@@ -223,6 +261,8 @@ def run_point(task: PointTask) -> dict[str, pa.Table]:
     """Replay one grid point; the result tables as Arrow (raises PointFailedError)."""
     from pipeline.replay.runner import replay_frames
 
+    if task.variant.dataset is not None:
+        return _run_dataset_point(task)
     try:
         vms, accesses = _variant_dataset(task.variant)
         factor = task.params.epoch_ms // task.variant.epoch_ms
@@ -233,98 +273,63 @@ def run_point(task: PointTask) -> dict[str, pa.Table]:
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}"
         raise PointFailedError(msg) from None
-    return {
-        "epochs": out.epochs.to_arrow(),
-        "vcpu_epochs": out.vcpu_epochs.to_arrow(),
-        "scans": out.scans.to_arrow(),
-    }
+    return _arrow_tables(out)
+
+
+def _arrow_tables(out: Any) -> dict[str, pa.Table]:
+    """A ReplayOutput's result tables as Arrow, by name."""
+    return {name: getattr(out, name).to_arrow() for name in RESULT_TABLES}
+
+
+def _run_dataset_point(task: PointTask) -> dict[str, pa.Table]:
+    """A point of a DATASET sweep: the DATASET replayed with the point's engine parameters
+    (its hosting and busy-vCPU rule as ``tlbreplay replay`` takes them)."""
+    from pipeline.replay.runner import open_dataset, replay_frames, resolve_params
+
+    assert task.variant.dataset is not None
+    try:
+        ds = open_dataset(Path(task.variant.dataset), task.params)
+        params, _ = resolve_params(ds, task.params)
+        out = replay_frames(ds.vms, ds.accesses, [task.policy], params, task.seed)
+    except Exception as exc:
+        msg = f"{type(exc).__name__}: {exc}"
+        raise PointFailedError(msg) from None
+    return _arrow_tables(out)
 
 
 # -- Dask -------------------------------------------------------------------------------------
-@contextmanager
-def dask_client(
-    scheduler: str | None, workers: int = LOCAL_WORKERS, *, connect_timeout_s: float = 10.0
-) -> Iterator[Any]:
-    """A ``distributed.Client``: on a new LocalCluster, or connected to ``scheduler``.
-
-    The LocalCluster has ``workers`` processes of one thread, listens on loopback only, has
-    no dashboard (its HTTP server takes a free loopback port instead of 8787, so two sweeps
-    never collide) and logs errors only. Everything is closed on exit.
-    """
-    from distributed import Client, LocalCluster
-
-    quiet = logging.ERROR
-    with warnings.catch_warnings():
-        # distributed warns when closing workers that still hold tasks of a cancelled run
-        warnings.filterwarnings("ignore", category=RuntimeWarning, module="distributed")
-        if scheduler is not None:
-            try:
-                client = Client(  # type: ignore[no-untyped-call]
-                    scheduler, set_as_default=False, timeout=connect_timeout_s
-                )
-            except (OSError, ValueError, TypeError) as exc:
-                msg = (
-                    f"cannot use the Dask scheduler `{scheduler}`: {exc}; start one "
-                    "(`dask scheduler`, workers with this package installed) or omit --scheduler"
-                )
-                raise SweepError(msg) from None
-            try:
-                yield client
-            finally:
-                client.close()  # type: ignore[no-untyped-call]
-            return
-        cluster = LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-            silence_logs=quiet,
-        )
-        try:
-            client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
-            try:
-                yield client
-            finally:
-                client.close()  # type: ignore[no-untyped-call]
-        finally:
-            cluster.close()
-
-
 def execute(
     tasks: Sequence[PointTask],
     client: Any,
     *,
     on_done: Callable[[PointOutcome], None],
 ) -> str:
-    """Submit every task (``retries=1``); call ``on_done`` as each finishes or fails.
+    """Submit every task (``retries=1``, grouped by variant); call ``on_done`` as each
+    finishes or fails (:func:`pipeline.cluster.run_tasks`: worker code checked, a lost
+    scheduler raised). Task keys are ``tlbreplay-point-<point>-<run>``; returns ``run``."""
+    from pipeline.cluster import Outcome, Task, run_tasks
 
-    Task keys are ``tlbreplay-point-<point>-<run>``, ``run`` a random token of this call, so
-    two sweeps on one shared cluster never share a key. Returns the key prefix of this run.
-    """
-    from distributed import as_completed
-
-    run = uuid.uuid4().hex[:12]
     ordered = sorted(tasks, key=lambda t: (t.variant.variant, t.point))
-    futures = {
-        client.submit(run_point, t, key=task_key(t.point, run), pure=False, retries=1): t
-        for t in ordered
-    }
-    for future in as_completed(list(futures), loop=client.loop):  # type: ignore[no-untyped-call]
-        task = futures[future]
-        if future.status == "finished":
-            on_done(PointOutcome(task.point, tables=future.result()))
+
+    def done(outcome: Outcome) -> None:
+        point = int(str(outcome.key))
+        if outcome.error is not None:
+            on_done(PointOutcome(point, error=outcome.error))
         else:
-            exc = future.exception()
-            on_done(PointOutcome(task.point, error=str(exc) or type(exc).__name__))
-        future.release()
-    return run
+            on_done(PointOutcome(point, tables=outcome.result))
+
+    return run_tasks(
+        client,
+        [Task(t.point, run_point, (t,), f"point-{t.point}") for t in ordered],
+        on_done=done,
+    )
 
 
 def task_key(point: int, run: str) -> str:
     """The Dask key of ``point`` in sweep run ``run``."""
-    return f"tlbreplay-point-{point}-{run}"
+    from pipeline.cluster import task_key as key
+
+    return key(f"point-{point}", run)
 
 
 # -- RESULTS ----------------------------------------------------------------------------------
@@ -338,7 +343,9 @@ class SweepResult:
     run: str = ""  # the Dask key token of the run (see :func:`execute`)
 
 
-def points_frame(plan: SweepPlan, failed: dict[int, str]) -> pl.DataFrame:
+def points_frame(
+    plan: SweepPlan, failed: dict[int, str], pending: set[int] | frozenset[int] = frozenset()
+) -> pl.DataFrame:
     """Rows of table points: id, setting, seeds, status, error and every grid key."""
     settings: dict[tuple[tuple[str, Value], ...], int] = {}
     by_point = {t.point: t for t in plan.tasks}
@@ -346,12 +353,13 @@ def points_frame(plan: SweepPlan, failed: dict[int, str]) -> pl.DataFrame:
     for point in plan.points:
         setting = settings.setdefault(point.setting(), len(settings))
         task = by_point[point.point]
+        status = "failed" if point.point in failed else "ok"
         row: dict[str, Any] = {
             "point": point.point,
             "setting": setting,
             "workload": task.variant.variant,
             "replay_seed": task.seed,
-            "status": "failed" if point.point in failed else "ok",
+            "status": "pending" if point.point in pending else status,
             "error": failed.get(point.point),
         }
         for name in KEYS:
@@ -360,6 +368,65 @@ def points_frame(plan: SweepPlan, failed: dict[int, str]) -> pl.DataFrame:
     from pipeline.schema import table_schema
 
     return pl.DataFrame(rows, schema=table_schema("points").polars())
+
+
+def resumable_points(out: Path, plan: SweepPlan) -> set[int]:
+    """The points of an earlier run of the same sweep in ``out`` that finished (status ok and
+    their files present): ``--resume`` keeps them. Nothing when ``out`` does not exist; an
+    error when it holds another sweep (spec, grid or seed differ)."""
+    from pipeline.errors import SweepError
+    from pipeline.schema import MANIFEST, read_manifest
+
+    out = Path(out)
+    if not (out / MANIFEST).is_file():
+        return set()
+    old = read_manifest(out)
+    block = old.get("sweep") or {}
+    now = _sweep_identity(plan)
+    then = {k: block.get(k) for k in now} | {"seed": old.get("seed")}
+    if old.get("kind") != "results" or then != json.loads(json.dumps(now, default=str)):
+        changed = sorted(k for k in now if then.get(k) != json.loads(json.dumps(now[k])))
+        msg = (
+            f"`{out}` is not an earlier run of this sweep ({', '.join(changed) or 'kind'} "
+            "differ); --resume needs the same spec, grid and seed, or choose another `--out`"
+        )
+        raise SweepError(msg)
+    points = pl.read_parquet(out / "points.parquet", columns=["point", "status"])
+    # written last, in the same atomic directory as the points' files: `ok` means present
+    return set(points.filter(pl.col("status") == "ok")["point"].to_list())
+
+
+def _sweep_identity(plan: SweepPlan) -> dict[str, Any]:
+    return {
+        "spec_sha256": plan.variants[0].spec_sha256 if plan.variants else None,
+        "axes": {k: list(v) for k, v in plan.grid.axes.items()},
+        "fixed": plan.grid.fixed,
+        "points": len(plan.points),
+        "seed": plan.seed,
+    }
+
+
+def _keep_points(src: Path, dst: Path, points: set[int], rows: dict[str, int]) -> None:
+    """Hard-link (else copy) the result files of ``points`` from ``src`` into ``dst``."""
+    import os
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    for name in RESULT_TABLES:
+        for point in sorted(points):
+            part = src / name / POINT_DIR.format(point)
+            if not part.is_dir():
+                continue
+            shutil.copytree(part, dst / name / part.name, copy_function=link)
+            for f in (dst / name / part.name).rglob("*.parquet"):
+                rows[name] += pq.ParquetFile(f).metadata.num_rows
 
 
 def run_sweep(
@@ -373,19 +440,33 @@ def run_sweep(
     progress: Callable[[int], None] | None = None,
     plan: SweepPlan | None = None,
     client: Any = None,
+    resume: bool = False,
 ) -> SweepResult:
     """Plan, run every point on Dask, write RESULTS atomically (failed points recorded).
 
     ``client``: an existing ``distributed.Client`` to use (else one is made and closed here).
+    ``resume``: keep the finished points of an earlier run of the same sweep in ``out`` and
+    run only the others. When the scheduler is lost mid-run, the finished points are written
+    (the others ``pending`` in points and the manifest) and ClusterError says how to resume.
     """
     from pipeline import __version__
+    from pipeline.cluster import SchedulerLostError
+    from pipeline.errors import ClusterError
     from pipeline.schema import atomic_output_dir, write_manifest, write_parquet, write_partitioned
 
     if plan is None:
         plan = plan_sweep(spec_path, grid_path, seed=seed)
+    kept = resumable_points(Path(out), plan) if resume else set()
     failed: dict[int, str] = {}
     rows = dict.fromkeys(RESULT_TABLES, 0)
+    pending: set[int] = set()
+    lost: SchedulerLostError | None = None
+    run = ""
     with atomic_output_dir(Path(out)) as tmp:
+        _keep_points(Path(out), tmp, kept, rows)
+        if progress is not None and kept:
+            progress(len(kept))
+        finished: set[int] = set(kept)
 
         def write_point(outcome: PointOutcome) -> None:
             if outcome.error is not None:
@@ -397,21 +478,27 @@ def run_sweep(
                     rows[name] += table.num_rows
                     root = tmp / name / POINT_DIR.format(outcome.point)
                     write_partitioned(table, root, name, params=meta)
+            finished.add(outcome.point)
             if progress is not None:
                 progress(1)
 
-        if client is not None:
-            run = execute(plan.tasks, client, on_done=write_point)
-        else:
-            with dask_client(scheduler, workers) as own:
-                run = execute(plan.tasks, own, on_done=write_point)
-        points = points_frame(plan, failed)
+        todo = [t for t in plan.tasks if t.point not in kept]
+        try:
+            if todo and client is not None:
+                run = execute(todo, client, on_done=write_point)
+            elif todo:
+                with dask_client(scheduler, workers) as own:
+                    run = execute(todo, own, on_done=write_point)
+        except SchedulerLostError as exc:
+            lost = exc
+            pending = {t.point for t in plan.tasks} - finished
+        points = points_frame(plan, failed, pending)
         write_parquet(points, tmp / "points.parquet", "points", params={"seed": plan.seed})
         policies = list(dict.fromkeys(t.policy for t in plan.tasks))
-        manifest = {
+        manifest: dict[str, Any] = {
             "kind": "results",
             "tool_version": __version__,
-            "dataset": None,
+            "dataset": plan.variants[0].dataset if plan.variants else None,
             "policies": policies,
             "params": {"epoch_ms": plan.spec_epoch_ms},
             "epoch_ms": plan.spec_epoch_ms,
@@ -434,5 +521,13 @@ def run_sweep(
             "failed": [{"point": p, "error": failed[p]} for p in sorted(failed)],
             "rows": rows,
         }
+        if pending:
+            manifest["pending"] = sorted(pending)
         write_manifest(tmp, manifest)
+    if lost is not None:
+        msg = (
+            f"{lost}; the {len(plan.points) - len(pending)} finished points are in {out}: run "
+            f"the same command with --resume to finish the other {len(pending)}"
+        )
+        raise ClusterError(msg)
     return SweepResult(out=Path(out), manifest=manifest, failed=failed, run=run)

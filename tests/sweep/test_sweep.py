@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pipeline.analyze.sweep_plots import attach_sweep, write_sensitivity
 from pipeline.analyze.views import connect
 from pipeline.cli import app
-from pipeline.errors import SweepError
+from pipeline.errors import ClusterError, SpecError
 from pipeline.replay.runner import ReplayParams, replay_frames
 from pipeline.schema import read_manifest, read_parquet, table_schema
 from pipeline.sweep.runner import dask_client, plan_sweep, run_sweep, synth_frames, task_key
@@ -248,9 +248,45 @@ def test_cli_with_scheduler_and_bad_grid(
     assert not (tmp_path / "bad").exists()
 
 
-def test_unreachable_scheduler_is_a_sweep_error() -> None:
+def test_unreachable_scheduler_is_one_cluster_error() -> None:
     with (
-        pytest.raises(SweepError, match=r"cannot use the Dask scheduler `tcp://127.0.0.1:9`"),
+        pytest.raises(ClusterError, match=r"cannot use the Dask scheduler `tcp://127.0.0.1:9`"),
         dask_client("tcp://127.0.0.1:9", connect_timeout_s=1),
     ):
         pass
+
+
+def test_sweep_over_an_ingested_dataset(client: Any, tmp_path: Path) -> None:
+    """`sweep DATASET --grid`: the grid's engine keys on a real capture; each point is what
+    `replay DATASET --policy P` with those knobs writes; workload keys are refused."""
+    from pipeline.ingest.runner import run_ingest
+    from pipeline.replay.runner import run_replay
+
+    real = Path(__file__).resolve().parents[2] / "traces" / "real"
+    dataset = tmp_path / "dataset"
+    name = "lab-anon-thp-pin-nb1"
+    run_ingest(
+        [str(real / f"{name}.trace.zst")], dataset, vm_config=real / f"{name}.toml", workers=1
+    )
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\npolicy = ["linux-6.18", "linux-7.1"]\nscan_size_mb = [128, 256]\n')
+    out = tmp_path / "sweep"
+    result = run_sweep(dataset, grid, out, client=client)
+    assert not result.failed
+    assert result.manifest["dataset"] == str(dataset.resolve())
+    # point 3 = linux-7.1 at scan_size_mb 256: the replay's own defaults for this capture
+    alone = tmp_path / "alone"
+    run_replay(dataset, alone, ["linux-7.1"], ReplayParams(scan_size_mb=256))
+    (mine,) = (out / "epochs" / "point=3").rglob("*.parquet")
+    (theirs,) = (alone / "epochs").rglob("*.parquet")
+    assert mine.relative_to(out / "epochs" / "point=3") == theirs.relative_to(alone / "epochs")
+    assert pl.read_parquet(mine).equals(pl.read_parquet(theirs))
+    con, _ = connect(out)
+    try:
+        assert con.execute("select vm from vms").fetchall() == [("lab",)]
+    finally:
+        con.close()
+
+    grid.write_text('[grid]\npinned = ["none", "all"]\n')
+    with pytest.raises(SpecError, match="`pinned` changes the workload, which a DATASET fixes"):
+        plan_sweep(dataset, grid)
