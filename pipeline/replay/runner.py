@@ -528,6 +528,32 @@ def _facts(h: VmHosting) -> list[str]:
     return [f for f in VmHosting.__dataclass_fields__ if getattr(h, f) != getattr(default, f)]
 
 
+def _provenance(
+    ds: Dataset, hosting: Sequence[VmHosting], origin: str
+) -> dict[str, dict[str, str]]:
+    """Per VM of the DATASET, each hosting fact's origin for the RESULTS manifest (issue 11):
+    the DATASET's record (``hosting_provenance``, written by ingest) when its hosting.parquet
+    is used, ``given`` for facts passed in ``ReplayParams.hosting``, else ``defaulted``."""
+    recorded = ds.manifest.get("hosting_provenance") or {}
+    by_vm = {h.vm: h for h in hosting}
+    out: dict[str, dict[str, str]] = {}
+    for vm in ds.vms["vm"].to_list():
+        h = by_vm.get(str(vm), VmHosting(str(vm)))
+        given = set(_facts(h))
+        facts = {}
+        for name in VmHosting.__dataclass_fields__:
+            if name == "vm":
+                continue
+            if name not in given:
+                facts[name] = "defaulted"
+            elif origin == "params":
+                facts[name] = "given"
+            else:
+                facts[name] = (recorded.get(str(vm)) or {}).get(name, "measured")
+        out[str(vm)] = facts
+    return out
+
+
 def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dict[str, Any]]:
     """``params`` completed from the DATASET (ADR 0330): its hosting.parquet unless
     ``params.hosting`` is given or ``params.dataset_hosting`` is False; ``busy_vcpus`` on for
@@ -543,7 +569,11 @@ def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dic
         busy = from_trace(ds.manifest, ds.hosting)
         busy_from = "dataset from a trace" if busy else "synthetic dataset"
     used = {
-        "hosting": {"from": origin, "facts": {h.vm: _facts(h) for h in hosting}},
+        "hosting": {
+            "from": origin,
+            "facts": {h.vm: _facts(h) for h in hosting},
+            "provenance": _provenance(ds, hosting, origin),
+        },
         "busy_vcpus": {"value": busy, "from": busy_from},
     }
     return replace(params, hosting=tuple(hosting), busy_vcpus=busy), used
