@@ -26,7 +26,7 @@ import pyarrow as pa
 from rich.progress import TaskID
 
 from pipeline import __version__
-from pipeline.analyze import plots, sweep_plots
+from pipeline.analyze import plots, rfc_thread, sweep_plots
 from pipeline.analyze.output import cell_text
 from pipeline.analyze.query import Audit, run_audits
 from pipeline.analyze.views import Run, connect, sql_literal
@@ -127,6 +127,7 @@ class Section:
     images: dict[str, Path]
     audits: list[Audit]
     sensitivity: list[Path] = field(default_factory=list)
+    rfc_thread: list[rfc_thread.Totals] | str | None = None
 
 
 def _slug(text: str) -> str:
@@ -150,6 +151,7 @@ def build_section(results: Path, name: str, out: Path) -> Section:
     try:
         tables, frames, audits = _query_section(con, sweep=run.sweep)
         sensitivity = _sweep_sensitivity(con, name, out) if run.sweep else []
+        rfc = rfc_thread.query(con, run)
     except duckdb.Error as exc:  # e.g. a corrupt row group met while reading
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = f"{run.results}: {text}"
@@ -167,7 +169,7 @@ def build_section(results: Path, name: str, out: Path) -> Section:
             frames["by_vcpu"], out / f"{name}-by_vcpu.png", title=f"{name}: per vCPU"
         ),
     }
-    return Section(name, run, tables, images, audits, sensitivity)
+    return Section(name, run, tables, images, audits, sensitivity, rfc)
 
 
 def _query_section(
@@ -258,6 +260,7 @@ def render_section(section: Section) -> str:
         f"<h2>{esc(s)}</h2>",
         f'<p class="muted">RESULTS {esc(str(run.results))}<br>DATASET {esc(dataset)}</p>',
         *(_sweep_parts(section) if run.sweep else []),
+        *rfc_thread.render(section.rfc_thread),
         f'<section class="part" data-part="summary"><h3>{esc(TABLES[0][1])}</h3>',
         html_table(t["summary"]),
         "</section>",

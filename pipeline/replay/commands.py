@@ -15,7 +15,11 @@ POLICY_OPTION = typer.Option(
 )
 EPOCH_OPTION = typer.Option(100, "--epoch-ms", help="replay epoch, a multiple of the dataset's")
 SEED_OPTION = typer.Option(
-    0, "--seed", help="recorded in the manifest (the model is deterministic)"
+    None,
+    "--seed",
+    help="seed of the mmu_lock contention process (default: the DATASET's synth seed, else 0); "
+    "recorded in the manifest",
+    show_default=False,
 )
 BUSY_OPTION = typer.Option(
     None,
@@ -28,6 +32,12 @@ NO_HOSTING_OPTION = typer.Option(
     False,
     "--no-hosting",
     help="ignore the DATASET's hosting.parquet (guest RAM alone, vCPUs owning a CPU, idle host)",
+)
+FALLBACK_OPTION = typer.Option(
+    0.0,
+    "--thp-fault-fallback",
+    help="share of THP-region granules whose THP fault fell back to 4K host pages "
+    "(/proc/vmstat thp_fault_fallback; ADR 0371)",
 )
 JOBS_OPTION = typer.Option(
     0, "--jobs", "-j", help="processes running policies in parallel (0: one per CPU)"
@@ -43,10 +53,11 @@ def register(app: typer.Typer) -> None:
         out: Path = OUT_OPTION,
         policy: list[str] = POLICY_OPTION,
         epoch_ms: int = EPOCH_OPTION,
-        seed: int = SEED_OPTION,
+        seed: int | None = SEED_OPTION,
         jobs: int = JOBS_OPTION,
         busy_vcpus: bool | None = BUSY_OPTION,
         no_hosting: bool = NO_HOSTING_OPTION,
+        thp_fault_fallback: float = FALLBACK_OPTION,
         quiet: bool = QUIET_OPTION,
     ) -> None:
         """Replay a DATASET under NUMA-balancing policies and write RESULTS."""
@@ -61,6 +72,7 @@ def register(app: typer.Typer) -> None:
                 workers=jobs,
                 busy_vcpus=busy_vcpus,
                 dataset_hosting=not no_hosting,
+                thp_fault_fallback=thp_fault_fallback,
             ),
             quiet=quiet,
             seed=seed,

@@ -62,6 +62,11 @@ class ReplayParams:
     * ``dataset_hosting`` True: use a DATASET's ``hosting.parquet`` (``--no-hosting``: False).
     * ``batch_epochs`` 256: epochs of ``accesses`` read at a time from a DATASET (memory
       bounded by one batch, not the dataset); the results do not depend on it.
+    * ``spte_4k`` None: the share of THP-region granules backed by 4K pages, so mapped by 4K
+      SPTEs (mixed SPTE levels, ADR 0371); None derives it from the boot profile (granules
+      first touched only by 4K-grained accesses).
+    * ``thp_fault_fallback`` 0.0: the share of THP-region granules whose THP fault fell back
+      to 4K pages on the host (/proc/vmstat thp_fault_fallback; ADR 0371).
     * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8, when
       the dataset has at least 200k access rows). The results do not depend on it.
     """
@@ -86,6 +91,8 @@ class ReplayParams:
     workers: int = 1
     dataset_hosting: bool = True
     batch_epochs: int = 256
+    spte_4k: float | None = None
+    thp_fault_fallback: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +119,14 @@ def _check_params(params: ReplayParams) -> None:
         raise DatasetError("batch_epochs", f"must be positive, got {params.batch_epochs}")
     if params.mmu not in (None, "tdp", "shadow"):
         raise DatasetError("mmu", f"unknown mmu `{params.mmu}`; choose tdp or shadow")
+    if params.spte_4k is not None and not 0.0 <= params.spte_4k <= 1.0:
+        raise DatasetError("spte_4k", f"must be a share in [0, 1], got {params.spte_4k}")
+    if not 0.0 <= params.thp_fault_fallback <= 1.0:
+        raise DatasetError(
+            "--thp-fault-fallback", f"must be a share in [0, 1], got {params.thp_fault_fallback}"
+        )
+    if params.yields.mode not in ("process", "expected"):
+        raise DatasetError("yields", f"unknown mode `{params.yields.mode}`; process or expected")
 
 
 def _vm_rows(vms: pl.DataFrame, params: ReplayParams) -> list[dict[str, Any]]:
@@ -251,6 +266,7 @@ class _Job:
     params: ReplayParams
     n_epochs: int
     trace: bool
+    seed: int = 0
 
 
 def _run_job(
@@ -272,6 +288,9 @@ def _run_job(
         vmm_thread_share=params.vmm_thread_share,
         resched=params.resched,
         work_cost=params.work_cost,
+        seed=job.seed,
+        spte_4k=params.spte_4k,
+        thp_fault_fallback=params.thp_fault_fallback,
     )
     host = HostState(cfgs[0].node_mem_pages.copy() if cfgs else np.zeros(1, np.int64))
     traces: Traces = {}
@@ -324,8 +343,8 @@ def replay_frames(
 
     ``accesses`` may also be a :class:`DatasetAccesses` (read in batches of
     ``params.batch_epochs``). ``params.busy_vcpus`` None means off here (:func:`resolve_params`
-    decides it for a DATASET). The model is deterministic (expected values, no RNG); ``seed``
-    is recorded only.
+    decides it for a DATASET). ``seed`` seeds the contention process (ADR 0370): one generator
+    per (seed, policy, VM), so the same inputs and seed give identical frames.
     ``progress`` is called with each increment of epochs done (over all policies); ``trace``
     keeps the notifier start/end events in ``ReplayOutput.traces`` (for tests). With
     ``params.workers > 1`` and several policies, policies run in worker processes; the
@@ -349,7 +368,7 @@ def replay_frames(
         acc = FrameAccesses(_sorted(lf))
     summary = _check_accesses(acc, cfgs)
     n_epochs, rows_total = summary.n_epochs, summary.rows
-    jobs = [_Job(n, rows, acc, params, n_epochs, trace) for n in names]
+    jobs = [_Job(n, rows, acc, params, n_epochs, trace, seed) for n in names]
     workers = min(_workers(params, rows_total), len(jobs))
     if workers > 1 and not trace:
         import multiprocessing as mp
@@ -547,15 +566,24 @@ def replay_dataset(
     dataset: Path,
     policies: Sequence[str] | None = None,
     params: ReplayParams = ReplayParams(),
-    seed: int = 0,
+    seed: int | None = None,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayOutput:
     """Replay a DATASET directory under ``policies`` (default: all), reading its accesses in
-    batches of ``params.batch_epochs`` and using its hosting.parquet (:func:`resolve_params`)."""
+    batches of ``params.batch_epochs`` and using its hosting.parquet (:func:`resolve_params`).
+    ``seed`` None: the DATASET's own seed (:func:`dataset_seed`)."""
     ds = open_dataset(dataset, params)
     params, _ = resolve_params(ds, params)
+    seed = dataset_seed(ds.manifest) if seed is None else seed
     return replay_frames(ds.vms, ds.accesses, policies, params, seed, progress=progress)
+
+
+def dataset_seed(manifest: dict[str, Any]) -> int:
+    """The seed a replay of this DATASET uses when none is given: the synth seed recorded in
+    its manifest (a synthetic boot and its contention draws go together), else 0."""
+    seed = manifest.get("seed")
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
 
 
 def run_replay(
@@ -565,7 +593,7 @@ def run_replay(
     params: ReplayParams = ReplayParams(),
     *,
     quiet: bool = True,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> Path:
     """Replay and write RESULTS atomically: manifest.json + epochs/, vcpu_epochs/, scans/."""
     from pipeline import __version__
@@ -581,6 +609,8 @@ def run_replay(
     ds = open_dataset(dataset, params)
     params, used = resolve_params(ds, params)
     manifest = ds.manifest
+    seed_from = "--seed" if seed is not None else "dataset"
+    seed = dataset_seed(manifest) if seed is None else seed
     epoch_max = ds.accesses.lazy().select(pl.col("epoch").max()).collect(engine="streaming")
     n_epochs = int(epoch_max.item() or 0) + 1
     with reporter(quiet) as rep:
@@ -604,6 +634,7 @@ def run_replay(
                 "params": _jsonable(replace(params).as_dict()),
                 "epoch_ms": params.epoch_ms,
                 "seed": seed,
+                "seed_from": seed_from,
                 **used,
                 "rows": {
                     "epochs": result.epochs.height,
