@@ -78,6 +78,11 @@ $(OUT)/report/report.html: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC)
 
 pipeline: setup ## synth traces/*.toml samples + ingest traces/real/, replay every policy, report
 	@$(MAKE) --no-print-directory -j$(JOBS) $(OUT)/report/report.html
+	@for r in $(RESULTS); do \
+	  echo "== $$r: KVM TLB shootdowns and modelled cost, all VMs, per policy"; \
+	  $(BIN)/tlbreplay query $$r "$(HEADLINE_SQL)" || exit 1; \
+	done
+	@echo "report: $(OUT)/report/report.html"
 
 # ---- make rfc-boot: Yan Zhao's boot tables (issue 12, ADR 0210) -------------------------------
 # Ten seeds of traces/rfc-boot.toml without and with an assigned device, as one sweep, and
@@ -95,11 +100,6 @@ $(RFC_OUT)/report/report.html: $(RFC_OUT)/seeds/manifest.json $(ANALYZE_SRC) | $
 rfc-boot: setup ## Yan Zhao's boot tables: traces/rfc-boot.toml, 10 seeds x {no device, assigned}, report
 	@$(MAKE) --no-print-directory $(RFC_OUT)/report/report.html
 	@echo "wrote $(RFC_OUT)/report/report.html"
-	@for r in $(RESULTS); do \
-	  echo "== $$r: KVM TLB shootdowns and modelled cost, all VMs, per policy"; \
-	  $(BIN)/tlbreplay query $$r "$(HEADLINE_SQL)" || exit 1; \
-	done
-	@echo "report: $(OUT)/report/report.html"
 
 clean: ## remove outputs (not the venv)
 	rm -rf $(OUT)
