@@ -20,7 +20,13 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PY)
 	touch $@
 
-setup: $(VENV)/.installed pipeline/ingest/_ftrace_scan.so ## create .venv from the lock file (uv sync --frozen), build the ingest scanner
+# bytecode of the installed packages, once: with PYTHONDONTWRITEBYTECODE set Python reads .pyc
+# files but never writes them, and every CLI start would compile polars & co. (~2 CPU-s)
+$(VENV)/.compiled: $(VENV)/.installed
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed $(VENV)/.compiled pipeline/ingest/_ftrace_scan.so ## create .venv from the lock file (uv sync --frozen), build the ingest scanner
 
 pipeline/ingest/_ftrace_scan.so: csrc/ftrace_scan.c
 	gcc -O2 -std=c99 -shared -fPIC -Wall -Wextra -Werror -o $@ $<
@@ -56,12 +62,13 @@ DATASETS := $(SPECS) $(addprefix real-,$(REAL_NAMES))
 RESULTS := $(addprefix $(OUT)/results/,$(DATASETS))
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 SCHEMA_SRC := pipeline/schema.py pipeline/errors.py $(wildcard schemas/*.toml schemas/ftrace/*.toml)
-INGEST_SRC := $(SCHEMA_SRC) $(shell find pipeline/ingest -name '*.py' 2>/dev/null)
-REPLAY_SRC := $(SCHEMA_SRC) $(shell find pipeline/replay -name '*.py' 2>/dev/null)
-ANALYZE_SRC := $(SCHEMA_SRC) $(shell find pipeline/analyze -name '*.py' -o -name '*.sql' 2>/dev/null)
-HEADLINE_SQL := SELECT s.* FROM savings_total AS s JOIN run_policies USING (policy) ORDER BY policy_rank
+MODEL_SRC := $(SCHEMA_SRC) $(shell find pipeline/model -name '*.py' 2>/dev/null)
+INGEST_SRC := $(MODEL_SRC) $(shell find pipeline/ingest -name '*.py' 2>/dev/null)
+SYNTH_SRC := $(MODEL_SRC) $(shell find pipeline/synth -name '*.py' 2>/dev/null)
+REPLAY_SRC := $(MODEL_SRC) $(shell find pipeline/replay -name '*.py' 2>/dev/null)
+ANALYZE_SRC := $(INGEST_SRC) $(REPLAY_SRC) $(shell find pipeline/analyze -name '*.py' -o -name '*.sql' 2>/dev/null)
 
-$(OUT)/datasets/%/manifest.json: traces/%.toml $(INGEST_SRC) | $(VENV)/.installed
+$(OUT)/datasets/%/manifest.json: traces/%.toml $(SYNTH_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay synth $< --out $(@D) --quiet
 
 .SECONDEXPANSION:
@@ -74,14 +81,21 @@ $(OUT)/results/%/manifest.json: $(OUT)/datasets/%/manifest.json $(REPLAY_SRC) | 
 $(OUT)/report/report.html: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay report $(RESULTS) --out $(@D) --quiet
 
+# The README's generated tables (results of the sample specs, calibration of the lab cells):
+# computed when an input changed, written into README.md's marked blocks on every run.
+$(OUT)/readme.json: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC) | $(VENV)/.installed
+	$(BIN)/python -m pipeline.analyze.readme_tables README.md --out $(OUT) --save $@
+
+# the verdict is a file too: a warm `make pipeline` runs no query (issue 13)
+$(OUT)/verdict.txt: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC) | $(VENV)/.installed
+	@$(BIN)/tlbreplay verdict $(RESULTS) > $@.tmp && mv $@.tmp $@ || { rm -f $@.tmp; exit 1; }
+
 .SECONDARY: $(addsuffix /manifest.json,$(RESULTS) $(addprefix $(OUT)/datasets/,$(DATASETS)))
 
 pipeline: setup ## synth traces/*.toml samples + ingest traces/real/, replay every policy, report
-	@$(MAKE) --no-print-directory -j$(JOBS) $(OUT)/report/report.html
-	@for r in $(RESULTS); do \
-	  echo "== $$r: KVM TLB shootdowns and modelled cost, all VMs, per policy"; \
-	  $(BIN)/tlbreplay query $$r "$(HEADLINE_SQL)" || exit 1; \
-	done
+	@$(MAKE) --no-print-directory -j$(JOBS) $(OUT)/report/report.html $(OUT)/readme.json $(OUT)/verdict.txt
+	@$(BIN)/python -m pipeline.analyze.readme_tables README.md --load $(OUT)/readme.json
+	@cat $(OUT)/verdict.txt
 	@echo "report: $(OUT)/report/report.html"
 
 # ---- make rfc-boot: Yan Zhao's boot tables (issue 12, ADR 0210) -------------------------------

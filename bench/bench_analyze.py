@@ -29,7 +29,7 @@ import pyarrow as pa
 from pipeline.analyze.query import run_audits
 from pipeline.analyze.report import write_report
 from pipeline.analyze.views import connect
-from pipeline.knobs import NUMA_KNOB_DEFAULTS
+from pipeline.model.knobs import NUMA_KNOB_DEFAULTS
 from pipeline.schema import (
     read_manifest,
     table_schema,

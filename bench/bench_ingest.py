@@ -1,23 +1,23 @@
-"""Ingest throughput and peak memory on a >= 1 GB mixed-event ftrace text (`make bench`).
+"""Ingest on real shapes (`make bench`): whole-process MB/s, lines/s, tree RSS, CPU per MB.
 
-Generates, deterministically (seeded), a tracefs-format trace of the events ingest types
-(kvm_exit, kvm_entry, kvm_mmu_spte_requested, kvm_mmu_set_spte, kvm_unmap_hva_range,
-kvm_page_fault, tlb_flush, ipi_send_cpumask, sched_move_numa, mm_migrate_pages and an unknown
-event) under a temporary directory, then prints, from the same run:
+Two inputs, each ingested by the `tlbreplay ingest` CLI in a child process whose process tree
+is sampled from /proc every 100 ms (peak RSS of the tree, CPU seconds of the tree):
 
-* `tlbreplay ingest` MB/s, CPU-seconds, the parser used (``c``: the compiled scanner in a
-  thread pool; ``polars``: the fallback, in a process pool) and peak RSS (VmHWM of the main
-  process plus the largest pool worker times the number of workers: a bound on the sum),
-* polars reading the same file as one string column (the parse limit),
-* a straightforward Python `re` loop (header regex + payload split) over the first
-  ``TLBREPLAY_BENCH_RE_MB`` MB (default 256), and the ratios.
+* ``real``: the committed captures (traces/real/*.trace.zst) decompressed and concatenated,
+  round after round, to >= ``TLBREPLAY_BENCH_INGEST_MB`` MB (default 1000). The rounds repeat
+  timestamps, so the fault rows are out of time order: derive takes its spill path;
+* ``generated``: the seeded generator, its event mix weighted by the real captures' event
+  counts (110-byte lines, ~42% kvm_mmu_spte_requested, ~54% kvm_mmu_set_spte, ...).
 
-Size: ``TLBREPLAY_BENCH_INGEST_MB`` (default 1100). ``TLBREPLAY_INGEST_PARSER=polars`` measures
-the fallback path. The load average is printed with each figure: the machine may be shared.
+For each, in the same run: polars reading the file as one string column (the parse limit) and
+a plain Python `re` loop (header regex + payload split) over the first ``TLBREPLAY_BENCH_RE_MB``
+MB (default 256), and the ratios. ``TLBREPLAY_INGEST_PARSER=polars`` measures the fallback.
+The load average is printed with each figure: the machine may be shared.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import random
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SIZE_MB = int(os.environ.get("TLBREPLAY_BENCH_INGEST_MB", "1100"))
+SIZE_MB = int(os.environ.get("TLBREPLAY_BENCH_INGEST_MB", "1000"))
 RE_MB = int(os.environ.get("TLBREPLAY_BENCH_RE_MB", "256"))
 BLOCK_LINES = 200_000
 SEED = 20230810
@@ -37,8 +37,59 @@ SEED = 20230810
 COMMS = ["CPU 0/KVM", "CPU 1/KVM", "CPU 2/KVM", "CPU 3/KVM", "qemu-system-x86", "kworker/1:2"]
 
 
-def make_block(rng: random.Random, t0: float) -> tuple[str, float]:
-    """BLOCK_LINES lines of mixed events from time t0; returns the text and the end time."""
+#: Event kinds of the generator, in the order of its branches below.
+KINDS = (
+    "kvm_exit",
+    "kvm_entry",
+    "kvm_mmu_spte_requested",
+    "kvm_mmu_set_spte",
+    "kvm_page_fault",
+    "kvm_unmap_hva_range",
+    "tlb_flush",
+    "ipi_send_cpumask",
+    "sched_move_numa",
+    "mm_migrate_pages",
+    "sched_skip_vma_numa",
+    "page_fault_user",
+    "sched_switch",
+)
+REAL = Path(__file__).resolve().parent.parent / "traces" / "real"
+_EVENT = re.compile(rb"\]\s+\S*\s*\d+\.\d+: ([a-z_]+):")
+
+
+def real_captures() -> list[Path]:
+    return sorted(REAL.glob("*.trace.zst"))
+
+
+def real_event_counts() -> dict[str, int]:
+    """Lines per event name over the committed captures."""
+    import zstandard
+
+    counts: dict[str, int] = {}
+    for path in real_captures():
+        with zstandard.open(path, "rb") as f:
+            for name in _EVENT.findall(f.read()):
+                key = name.decode()
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def real_weights() -> list[float]:
+    """Cumulative weights of KINDS from the real captures (kinds they lack get none)."""
+    counts = real_event_counts()
+    weights = [float(counts.get(k, 0)) for k in KINDS]
+    if not sum(weights):  # no captures: the old mixed shape
+        weights = [25, 20, 17, 13, 5, 4, 6, 4, 2, 2, 0, 0, 2]
+    total, acc, out = sum(weights), 0.0, []
+    for w in weights:
+        acc += w / total
+        out.append(acc)
+    return out
+
+
+def make_block(rng: random.Random, t0: float, cumulative: list[float]) -> tuple[str, float]:
+    """BLOCK_LINES lines of events drawn with ``cumulative`` weights of KINDS from time t0;
+    returns the text and the end time."""
     out = []
     ts = t0
     for _ in range(BLOCK_LINES):
@@ -47,57 +98,67 @@ def make_block(rng: random.Random, t0: float) -> tuple[str, float]:
         pid = 4242 + vcpu
         cpu = rng.randrange(2)
         ts += rng.randrange(1, 40) * 1e-6
-        k = rng.random()
+        kind = KINDS[min(bisect.bisect_right(cumulative, rng.random()), len(KINDS) - 1)]
         gfn = rng.randrange(1 << 18)
-        if k < 0.25:
+        if kind == "kvm_exit":
             ev = "kvm_exit"
             body = (
                 f"vcpu {vcpu} reason EPT_VIOLATION rip 0xffffffff8{rng.randrange(1 << 28):07x} "
                 f"info1 0x{rng.choice((0x181, 0x182, 0x184)):016x} info2 0x0000000000000000 "
                 "intr_info 0x00000000 error_code 0x00000000 requests 0x0000000000000000"
             )
-        elif k < 0.45:
+        elif kind == "kvm_entry":
             ev = "kvm_entry"
             body = (
                 f"vcpu {vcpu}, rip 0xffffffff8{rng.randrange(1 << 28):07x} "
                 "intr_info 0x00000000 error_code 0x00000000"
             )
-        elif k < 0.62:
+        elif kind == "kvm_mmu_spte_requested":
             ev = "kvm_mmu_spte_requested"
             body = f"gfn {gfn:x} pfn {rng.randrange(1 << 24):x} level 1"
-        elif k < 0.75:
+        elif kind == "kvm_mmu_set_spte":
             ev = "kvm_mmu_set_spte"
             spte, sptep = rng.randrange(1 << 52), rng.randrange(1 << 47)
             body = f"gfn {gfn:x} spte {spte:x} (rwxu) level 1 at {sptep:x}"
-        elif k < 0.80:
+        elif kind == "kvm_page_fault":
             ev = "kvm_page_fault"
             body = (
                 f"vcpu {vcpu} rip 0xffffffff8{rng.randrange(1 << 28):07x} "
                 f"address 0x{gfn << 12:016x} error_code 0x{rng.choice((0x181, 0x182)):x}"
             )
-        elif k < 0.84:
+        elif kind == "kvm_unmap_hva_range":
             ev = "kvm_unmap_hva_range"
             a = 0x7F0000000000 + (rng.randrange(1 << 10) << 21)
             body = f"mmu notifier unmap range: {a:#016x} -- {a + (1 << 21):#016x}"
-        elif k < 0.90:
+        elif kind == "tlb_flush":
             ev = "tlb_flush"
             body = f"pages:{rng.choice((-1, 1, 2, 512))} reason:remote shootdown (1)"
-        elif k < 0.94:
+        elif kind == "ipi_send_cpumask":
             ev = "ipi_send_cpumask"
             body = (
                 "cpumask=0-1 callsite=kvm_make_all_cpus_request_except+0x125/0x180 "
                 "callback=ack_kick+0x0/0x20"
             )
-        elif k < 0.96:
+        elif kind == "sched_move_numa":
             ev = "sched_move_numa"
             body = (
                 f"pid={pid} tgid=4240 ngid=4240 src_cpu={cpu} src_nid=0 dst_cpu={1 - cpu} dst_nid=1"
             )
-        elif k < 0.98:
+        elif kind == "mm_migrate_pages":
             ev = "mm_migrate_pages"
             body = (
                 "nr_succeeded=0 nr_failed=1 nr_thp_succeeded=0 nr_thp_failed=0 nr_thp_split=0 "
                 "nr_split=0 mode=MIGRATE_ASYNC reason=numa_misplaced"
+            )
+        elif kind == "sched_skip_vma_numa":
+            ev = "sched_skip_vma_numa"
+            start = 0x55BFFD2E8000 + (rng.randrange(1 << 12) << 12)
+            body = f"numa_scan_offset=0 vm_start={start:X} vm_end={start + 4096:X} reason=shared_ro"
+        elif kind == "page_fault_user":
+            ev = "page_fault_user"
+            body = (
+                f"address=0x7f5a{rng.randrange(1 << 32):08x} ip=0x7f5aecdaf8bb "
+                f"error_code=0x{rng.choice((4, 6, 7)):x}"
             )
         else:
             ev = "sched_switch"
@@ -110,7 +171,9 @@ def make_block(rng: random.Random, t0: float) -> tuple[str, float]:
 
 
 def generate(path: Path, size_mb: int) -> int:
-    """Write blocks until the file holds >= size_mb MB; deterministic for a given size."""
+    """Write blocks until the file holds >= size_mb MB; deterministic for a given size and
+    set of captures (the mix is weighted by their event counts)."""
+    cumulative = real_weights()
     rng = random.Random(SEED)
     written = 0
     ts = 1000.0
@@ -119,36 +182,13 @@ def generate(path: Path, size_mb: int) -> int:
         f.write(b"# tracer: nop\n#\n")
         while written < size_mb * 1_000_000:
             if len(blocks) < 8:
-                text, ts = make_block(rng, ts)
+                text, ts = make_block(rng, ts, cumulative)
                 blocks.append(text.encode())
             block = blocks[len(blocks) - 1] if len(blocks) < 8 else blocks[rng.randrange(8)]
             f.write(block)
             written += len(block)
     return path.stat().st_size
 
-
-CHILD = r"""
-import json, resource, sys, time
-from pathlib import Path
-from pipeline.ingest.runner import run_ingest
-from pipeline.ingest import reader
-if __name__ == "__main__":
-    t = time.perf_counter()
-    m = run_ingest([sys.argv[1]], Path(sys.argv[2]))
-    wall = time.perf_counter() - t
-    hwm = 0
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) * 1024
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-    print(json.dumps({"wall": wall, "cpu": cpu, "hwm": hwm,
-                      "cpu_workers": kids.ru_utime + kids.ru_stime,
-                      "children_maxrss": kids.ru_maxrss * 1024, "parsed": m["parsed"],
-                      "lines": m["lines_total"], "quarantined": m["quarantined"],
-                      "parser": m["sources"][0]["parser"], "workers": reader.WORKERS}))
-"""
 
 POLARS_CHILD = r"""
 import json, sys, time
@@ -198,69 +238,85 @@ def run_child(code: str, *args: str) -> dict[str, Any]:
     return result
 
 
+def concat_real(path: Path, size_mb: int) -> int:
+    """The committed captures decompressed and concatenated, round after round, to >= size_mb."""
+    import zstandard
+
+    written = 0
+    with path.open("wb") as out:
+        while written < size_mb * 1_000_000:
+            for capture in real_captures():
+                with zstandard.open(capture, "rb") as f:
+                    data = f.read()
+                out.write(data)
+                written += len(data)
+    return path.stat().st_size
+
+
+def measure(label: str, src: Path, tmp: Path) -> dict[str, float]:
+    """Whole-process `tlbreplay ingest` of ``src`` beside polars and a `re` loop."""
+    from bench.bench_ingest_large import run_measured
+
+    mb = src.stat().st_size / 1e6
+    out = tmp / f"ds-{label}"
+    load_ingest = load = loadavg()
+    exe = str(Path(sys.executable).with_name("tlbreplay"))
+    ing = run_measured([exe, "ingest", str(src), "--out", str(out), "--quiet"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    lines, parser = manifest["lines_total"], manifest["sources"][0]["parser"]
+    ingest_mbs = mb / ing["wall_s"]
+    print(
+        f"[{label}] tlbreplay ingest: {ing['wall_s']:.2f} s  {ingest_mbs:.0f} MB/s  "
+        f"{lines / ing['wall_s'] / 1e6:.2f} M lines/s ({lines} lines, parser {parser}); "
+        f"{ing['cpu_s']:.1f} CPU-s = {ing['cpu_s'] / mb * 1000:.1f} CPU-ms per MB; peak RSS of "
+        f"the process tree {ing['peak_rss_bytes'] / 2**20:.0f} MiB (load average {load} -> "
+        f"{loadavg()})"
+    )
+    load = loadavg()
+    pol = run_child(POLARS_CHILD, str(src))
+    pol_mbs = mb / pol["wall"]
+    load_re = loadavg()
+    re_s, re_bytes = re_loop(src, RE_MB * 1_000_000)
+    re_mbs = re_bytes / 1e6 / re_s
+    print(
+        f"[{label}] polars one-column read {pol_mbs:.0f} MB/s (load {load}); python re loop "
+        f"{re_mbs:.0f} MB/s over {re_bytes / 1e6:.0f} MB (load {load_re}); ingest/polars "
+        f"{ingest_mbs / pol_mbs:.2f}, ingest/re {ingest_mbs / re_mbs:.2f}x"
+    )
+    return {
+        f"ingest {label} input (MB)": round(mb),
+        f"ingest {label} (MB/s)": round(ingest_mbs, 1),
+        f"ingest {label} (M lines/s)": round(lines / ing["wall_s"] / 1e6, 2),
+        f"ingest {label} (CPU-s per GB)": round(ing["cpu_s"] / mb * 1000, 2),
+        f"ingest {label} peak RSS, process tree (MiB)": round(ing["peak_rss_bytes"] / 2**20),
+        f"ingest {label} / polars one-column read": round(ingest_mbs / pol_mbs, 2),
+        f"ingest {label} / python re loop": round(ingest_mbs / re_mbs, 2),
+        f"ingest {label} load average (start)": float(load_ingest),
+    }
+
+
 def main() -> dict[str, float]:
-    """Generate the trace, run the three readers, print the figures; returns the headline ones."""
+    """Both inputs, three readers each; returns the headline figures."""
+    figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="tlbreplay-bench-ingest-") as tmp:
-        src = Path(tmp) / "trace.txt"
+        src = Path(tmp) / "real.txt"
+        if real_captures():
+            size = concat_real(src, SIZE_MB)
+            n = len(real_captures())
+            print(f"real: {size / 1e6:.0f} MB, the {n} committed captures concatenated")
+            figures |= measure("real", src, Path(tmp))
+            src.unlink()
+        else:
+            print("real: skipped, no traces/real/*.trace.zst")
+        src = Path(tmp) / "generated.txt"
         t = time.perf_counter()
         size = generate(src, SIZE_MB)
-        mb = size / 1e6
         print(
-            f"input: {mb:.0f} MB mixed-event tracefs text, generated in "
-            f"{time.perf_counter() - t:.1f} s (seed {SEED})"
+            f"generated: {size / 1e6:.0f} MB, mix weighted by the real captures' event counts, "
+            f"in {time.perf_counter() - t:.1f} s (seed {SEED})"
         )
-        load = loadavg()
-        ing = run_child(CHILD, str(src), str(Path(tmp) / "ds"))
-        ingest_mbs = mb / ing["wall"]
-        workers = int(ing["workers"]) if ing["cpu_workers"] else 0
-        print(
-            f"tlbreplay ingest : {ing['wall']:.2f} s  {ingest_mbs:.0f} MB/s  "
-            f"{ing['parsed'] / ing['wall'] / 1e6:.2f} M lines/s  "
-            f"({int(ing['lines'])} lines, {int(ing['quarantined'])} quarantined; "
-            f"parser {ing['parser']}; load average {load} -> {loadavg()})"
-        )
-        print(
-            f"cpu time         : {ing['cpu']:.1f} s (of which pool processes "
-            f"{ing['cpu_workers']:.1f} s): {mb / ing['cpu']:.0f} MB per CPU-second, "
-            f"{ing['cpu'] / mb * 1000:.1f} CPU-ms per MB"
-        )
-        rss_total = ing["hwm"] + workers * ing["children_maxrss"]
-        print(
-            f"peak RSS         : main {ing['hwm'] / 2**20:.0f} MiB (its threads included), "
-            f"{workers} pool processes <= {ing['children_maxrss'] / 2**20:.0f} MiB each; "
-            f"all processes <= {rss_total / 2**20:.0f} MiB"
-        )
-        load = loadavg()
-        pol = run_child(POLARS_CHILD, str(src))
-        pol_mbs = mb / pol["wall"]
-        print(
-            f"polars read_csv  : {pol['wall']:.2f} s  {pol_mbs:.0f} MB/s (one string column:"
-            f" the parse limit; load average {load})"
-        )
-        load = loadavg()
-        re_s, re_bytes = re_loop(src, RE_MB * 1_000_000)
-        re_mbs = re_bytes / 1e6 / re_s
-        print(
-            f"python re loop   : {re_mbs:.0f} MB/s (first {re_bytes / 1e6:.0f} MB; "
-            f"load average {load})"
-        )
-        print(
-            f"ratios           : ingest/polars-read {ingest_mbs / pol_mbs:.2f}, "
-            f"ingest/re-loop {ingest_mbs / re_mbs:.1f}x, PEERS D.2 split-first 161 MB/s -> "
-            f"{ingest_mbs / 161:.2f}x"
-        )
-    return {
-        "ingest input (MB)": round(mb),
-        "ingest (MB/s)": round(ingest_mbs, 1),
-        "ingest (MB per CPU-s)": round(mb / ing["cpu"], 1),
-        "ingest peak RSS main (MiB)": round(ing["hwm"] / 2**20),
-        "ingest peak RSS worker (MiB)": round(ing["children_maxrss"] / 2**20),
-        "ingest peak RSS all processes (MiB)": round(rss_total / 2**20),
-        "polars one-column read / ingest": round(pol_mbs / ingest_mbs, 2),
-        "ingest / python re loop": round(ingest_mbs / re_mbs, 2),
-        "polars one-column read (MB/s)": round(pol_mbs, 1),
-        "python re loop (MB/s)": round(re_mbs, 1),
-    }
+        figures |= measure("generated", src, Path(tmp))
+    return figures
 
 
 if __name__ == "__main__":

@@ -89,6 +89,11 @@ def make_trace(path: Path, size_bytes: int, seed: int = 6) -> int:
 
 def tree_rss_bytes(pid: int) -> int:
     """Summed RSS of ``pid`` and all its descendants (from /proc), 0 once it is gone."""
+    return sum(tree_rss(pid).values())
+
+
+def tree_rss(pid: int) -> dict[int, int]:
+    """RSS in bytes of ``pid`` and each of its descendants (from /proc), by pid."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -103,12 +108,14 @@ def tree_rss_bytes(pid: int) -> int:
         p = int(entry.name)
         children.setdefault(int(fields[1]), []).append(p)
         rss[p] = int(fields[21]) * page
-    total, todo = 0, [pid]
+    found: dict[int, int] = {}
+    todo = [pid]
     while todo:
         p = todo.pop()
-        total += rss.get(p, 0)
+        if p in rss:
+            found[p] = rss[p]
         todo.extend(children.get(p, []))
-    return total
+    return found
 
 
 def print_rss_timeline(samples: list[tuple[float, int]], wall: float, buckets: int = 10) -> None:

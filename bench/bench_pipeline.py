@@ -1,15 +1,21 @@
-"""`make pipeline` wall time on a fresh output directory (synth, ingest, replay, report).
+"""`make pipeline` clean and warm, `query "SELECT 1"` and `report` alone (issue 13).
 
 Runs ``make pipeline OUT=<new temporary dir>`` in the repository (so nothing is reused from
 a previous run) and times it end to end; the Makefile runs the datasets in parallel
-(``-j$(nproc)``). Skipped, with the reason, when the Makefile has no ``pipeline`` target.
+(``-j$(nproc)``). Then, on the same OUT: ``make pipeline`` again with nothing changed (warm),
+``tlbreplay query RESULTS "SELECT 1"`` (the saved catalog, ADR 0420) and ``tlbreplay report``
+over every RESULTS into a new directory. CPU seconds of the children are printed beside each
+wall time, the load average beside each figure. Skipped, with the reason, when the Makefile
+has no ``pipeline`` target.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,32 +30,59 @@ def has_target(name: str) -> bool:
     return re.search(rf"^{re.escape(name)}:", text, re.MULTILINE) is not None
 
 
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def timed(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall and CPU seconds (children) of ``cmd`` run in the repository, and the load before."""
+    load = loadavg()
+    before = os.times()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    after = os.times()
+    if proc.returncode:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        msg = f"{' '.join(cmd[:3])} failed ({proc.returncode}): {' | '.join(tail)}"
+        raise RuntimeError(msg)
+    cpu = after.children_user - before.children_user
+    cpu += after.children_system - before.children_system
+    return wall, cpu, load
+
+
 def main() -> dict[str, Any] | None:
     if not has_target("pipeline") or shutil.which("make") is None:
         print("skipped: no `pipeline` target in the Makefile (or no make)")
         return None
+    exe = str(Path(sys.executable).with_name("tlbreplay"))
     with tempfile.TemporaryDirectory(prefix="tlbreplay-bench-pipeline-") as tmp:
         out = Path(tmp) / "out"
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            ["make", "--no-print-directory", "pipeline", f"OUT={out}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        wall = time.perf_counter() - t0
-        if proc.returncode:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            msg = f"make pipeline failed ({proc.returncode}): {' | '.join(tail)}"
-            raise RuntimeError(msg)
-        results = sorted(p.parent.name for p in (out / "results").glob("*/manifest.json"))
+        make = ["make", "--no-print-directory", "pipeline", f"OUT={out}"]
+        clean, clean_cpu, clean_load = timed(make)
+        results = sorted(p.parent for p in (out / "results").glob("*/manifest.json"))
         report = (out / "report" / "report.html").is_file()
+        warm, warm_cpu, warm_load = timed(make)
+        query, query_cpu, query_load = timed([exe, "query", str(results[0]), "SELECT 1"])
+        rep, rep_cpu, rep_load = timed(
+            [exe, "report", *map(str, results), "--out", str(Path(tmp) / "report2"), "--quiet"]
+        )
+    names = ", ".join(r.name for r in results)
     print(
-        f"make pipeline: {wall:.1f} s on a fresh OUT ({len(results)} RESULTS: "
-        f"{', '.join(results)}; report {'written' if report else 'MISSING'})"
+        f"make pipeline clean: {clean:.1f} s ({clean_cpu:.0f} CPU-s, load {clean_load}; "
+        f"{len(results)} RESULTS: {names}; report {'written' if report else 'MISSING'})"
     )
-    return {"make pipeline wall, fresh OUT (s)": wall, "make pipeline RESULTS dirs": len(results)}
+    print(f"make pipeline warm : {warm:.2f} s ({warm_cpu:.2f} CPU-s, load {warm_load})")
+    print(f'query "SELECT 1"   : {query:.2f} s ({query_cpu:.2f} CPU-s, load {query_load})')
+    print(f"report, {len(results)} RESULTS: {rep:.1f} s ({rep_cpu:.1f} CPU-s, load {rep_load})")
+    return {
+        "make pipeline wall, fresh OUT (s)": clean,
+        "make pipeline RESULTS dirs": len(results),
+        "make pipeline wall, warm (s)": warm,
+        'tlbreplay query RESULTS "SELECT 1" (s)': query,
+        f"tlbreplay report, {len(results)} RESULTS (s)": rep,
+        "load average at the clean run": float(clean_load),
+    }
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.knobs import NUMA_KNOB_DEFAULTS
+from pipeline.model.knobs import NUMA_KNOB_DEFAULTS
 from pipeline.replay.policies import POLICIES
 from pipeline.replay.runner import ReplayOutput, ReplayParams, load_dataset, replay_frames
 from pipeline.schema import conform
@@ -127,9 +127,9 @@ def size_independence() -> dict[str, float]:
 def large_sample() -> dict[str, float]:
     spec = TRACES / "large-1tib.toml"
     try:
-        from pipeline.ingest.synth_runner import run_synth
+        from pipeline.synth.runner import run_synth
     except ImportError:
-        print("large: pipeline.ingest.synth_runner not available; skipped")
+        print("large: pipeline.synth.runner not available; skipped")
         return {}
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.replay.policies import POLICIES
-from pipeline.replay.sweep import dask_client, plan_sweep, run_sweep
+from pipeline.sweep.runner import dask_client, plan_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "traces" / "vfio-pinned.toml"

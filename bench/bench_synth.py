@@ -20,7 +20,7 @@ SPEC = ROOT / "traces" / "large-1tib.toml"
 _CHILD = """
 import json, sys, time
 from pathlib import Path
-import pipeline.ingest.synth_runner as runner
+import pipeline.synth.runner as runner
 # VmHWM is this mm's high-water mark; ru_maxrss would carry the forking parent's over exec.
 def hwm_kib():
     for line in Path("/proc/self/status").read_text().splitlines():

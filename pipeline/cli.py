@@ -7,14 +7,17 @@ stays fast. Every command is wrapped by :func:`pipeline.clikit.command`, which t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from pipeline.analyze import calibrate_commands
 from pipeline.analyze import commands as analyze_commands
 from pipeline.ingest import commands as ingest_commands
-from pipeline.ingest import lab_commands, synth_commands
+from pipeline.lab import commands as lab_commands
 from pipeline.replay import commands as replay_commands
-from pipeline.replay import sweep_commands
+from pipeline.sweep import commands as sweep_commands
+from pipeline.synth import commands as synth_commands
 
 app = typer.Typer(
     name="tlbreplay",
@@ -31,6 +34,13 @@ def main() -> None:
     """tlbreplay: NUMA-balancing TLB-shootdown replay for KVM."""
 
 
+def _replay_summary(results: Path) -> list[str]:
+    """What `replay` ends with: the verdict and compact table of its RESULTS."""
+    from pipeline.analyze.verdict import load_verdict, verdict_lines
+
+    return verdict_lines(load_verdict(results))
+
+
 for module in (
     ingest_commands,
     synth_commands,
@@ -40,7 +50,10 @@ for module in (
     analyze_commands,
     calibrate_commands,
 ):
-    module.register(app)
+    if module is replay_commands:
+        replay_commands.register(app, summary=_replay_summary)
+    else:
+        module.register(app)
 
 
 @app.command("version")

@@ -127,3 +127,8 @@ class MissingFacilityError(TlbReplayError):
 
 class SweepError(TlbReplayError):
     """A sweep could not run, or some of its grid points failed after their retry."""
+
+
+class ClusterError(TlbReplayError):
+    """The Dask cluster cannot run the job: unreachable, no worker, another tool version on a
+    worker, or the scheduler lost mid-run."""

@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipeline.analyze import observed_events as obs_events
 from pipeline.errors import DatasetError, InputError
-from pipeline.ingest import hosting as hosting_facts
-from pipeline.ingest.hosting import (
+from pipeline.ingest import capture_facts as hosting_facts
+from pipeline.ingest.capture_facts import (
     BURST_GAP_NS,
     LAB_GUEST_PAGE_BYTES,
     TRACE_TABLES,
@@ -52,7 +53,8 @@ from pipeline.ingest.hosting import (
     stem_of,
     trace_window,
 )
-from pipeline.replay.hosting import VmHosting
+from pipeline.model import hosting as model_hosting
+from pipeline.model.hosting import VmHosting
 
 KERNEL_POLICIES = (("7.1", "linux-7.1"), ("6.18", "linux-6.18"), ("6.5", "linux-6.5"))
 PAGE_4K = 4096
@@ -71,6 +73,7 @@ COUNTERS = (
 )
 PER_SCAN = COUNTERS[:8]  # the counters that add up per task_numa_work()
 VMSTAT_COUNTERS = ("numa_pte_updates", "numa_huge_pte_updates", "numa_hint_faults")
+RAM_POPULATED = ("before_capture", "in_capture")
 
 
 def with_per_scan(values: dict[str, float]) -> dict[str, float]:
@@ -101,7 +104,7 @@ def policy_for_kernel(release: str | None) -> str:
 @dataclass(frozen=True)
 class LabWorkload:
     """The ``[lab]`` table of a lab sidecar: what the guest did, and the hosting facts
-    (:class:`pipeline.ingest.hosting.LabFacts`) the lab measured."""
+    (:class:`pipeline.ingest.capture_facts.LabFacts`) the lab measured."""
 
     pattern: str
     touch_start_gpa: tuple[int, ...]
@@ -111,6 +114,13 @@ class LabWorkload:
     stride_bytes: int = PAGE_4K
     guest_page_bytes: int = LAB_GUEST_PAGE_BYTES
     facts: LabFacts = field(default_factory=LabFacts)
+    # the capture's enabled events ("system:event"), for a hand-written sidecar (ADR 0510)
+    events: tuple[str, ...] = ()
+    # when numa_balancing took effect, in trace-clock ns (instead of the lab's trace marker)
+    numa_balancing_on_ns: int | None = None
+    # "before_capture" | "in_capture": whether the trace holds the guest populating its RAM
+    # (None: inferred, observed_events.population_in_trace())
+    ram_populated: str | None = None
 
     @classmethod
     def from_table(cls, table: dict[str, Any], path: Path) -> LabWorkload:
@@ -120,10 +130,17 @@ class LabWorkload:
             rates = tuple(float(x) for x in table["passes_per_s"])
             window_s = float(table["window_s"])
             pattern = str(table["pattern"])
+            on_ns = table.get("numa_balancing_on_ns")
+            on_ns = None if on_ns is None else int(on_ns)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(path, f"[lab] table lacks or mistypes {exc}") from exc
         if not (len(starts) == len(ends) == len(rates)) or not starts:
             raise InputError(path, "[lab] touch_start_gpa, touch_end_gpa, passes_per_s differ")
+        populated = table.get("ram_populated")
+        if populated is not None and populated not in RAM_POPULATED:
+            raise InputError(
+                path, f"[lab] ram_populated = {populated!r}; use one of {', '.join(RAM_POPULATED)}"
+            )
         return cls(
             pattern,
             starts,
@@ -133,6 +150,9 @@ class LabWorkload:
             int(table.get("stride_bytes", PAGE_4K)),
             int(table.get("guest_page_bytes", LAB_GUEST_PAGE_BYTES)),
             LabFacts.from_table(table, path),
+            tuple(str(e) for e in table.get("events", ())),
+            on_ns,
+            None if populated is None else str(populated),
         )
 
 
@@ -147,6 +167,8 @@ class CalibrationInput:
     ftrace: dict[str, pl.DataFrame] = field(default_factory=dict)
     kvm_stats_delta: dict[str, int] = field(default_factory=dict)
     capture: dict[str, Any] = field(default_factory=dict)
+    # counter -> why the capture cannot observe it (observed_events.unavailable())
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def vm(self) -> dict[str, Any]:
@@ -205,7 +227,19 @@ def load_input(
     kvm_delta = _kvm_stats_delta(capture)
     tables = {name: _read_ftrace(dataset, name) for name in TRACE_TABLES}
     t_on, t_end = _window(tables, lab, epoch_ms)
-    return CalibrationInput(dataset, vms, lab, vmstat_doc, t_on, t_end, tables, kvm_delta, capture)
+    events, source = obs_events.enabled_events(
+        capture, {"events": list(lab.events)} if lab.events else {}, tables
+    )
+    missing = obs_events.unavailable(
+        mmu=str(vms.row(0, named=True)["mmu"]),
+        events=events,
+        source=source,
+        has_kvm_stats="remote_tlb_flush_requests" in kvm_delta,
+        has_vmstat=bool((vmstat_doc or {}).get("samples")),
+    )
+    return CalibrationInput(
+        dataset, vms, lab, vmstat_doc, t_on, t_end, tables, kvm_delta, capture, missing
+    )
 
 
 def _kvm_stats_delta(doc: dict[str, Any]) -> dict[str, int]:
@@ -217,7 +251,7 @@ def _kvm_stats_delta(doc: dict[str, Any]) -> dict[str, int]:
 
 def _window(tables: dict[str, pl.DataFrame], lab: LabWorkload, epoch_ms: int) -> tuple[int, int]:
     """[numa_balancing on, on + whole epochs of the window) in trace ns (the lab's markers)."""
-    return trace_window(tables, lab.window_s, epoch_ms)
+    return trace_window(tables, lab.window_s, epoch_ms, lab.numa_balancing_on_ns)
 
 
 def _regions(vm: dict[str, Any]) -> list[tuple[int, int, int]]:
@@ -297,16 +331,44 @@ def scan_bursts(inp: CalibrationInput) -> list[Burst]:
     return [b for b in bursts if b.guest_bytes > 0]
 
 
-def _refault_frame(inp: CalibrationInput) -> pl.DataFrame:
+def _guest_installs(inp: CalibrationInput) -> pl.DataFrame:
+    """Every kvm_mmu_set_spte of guest RAM in the whole trace (the shadow MMU's installs)."""
+    return _guest_gfns(inp.ftrace["kvm_mmu_set_spte"], inp.vm)
+
+
+def population_in_trace(inp: CalibrationInput) -> bool:
+    """Whether the trace holds the guest's first touches of its RAM: ``[lab].ram_populated``,
+    else inferred (observed_events.population_in_trace()) from the first notifier reaching
+    guest RAM."""
+    if inp.lab.ram_populated is not None:
+        return inp.lab.ram_populated == "in_capture"
+    unmap = inp.ftrace["kvm_unmap_hva_range"]
+    first = None
+    if unmap.height:
+        over = _overlap_bytes(
+            unmap["hva_start"].to_numpy().astype(np.int64),
+            unmap["hva_end"].to_numpy().astype(np.int64),
+            inp.vm,
+        )
+        ts = unmap["ts_ns"].to_numpy()[over > 0]
+        first = int(ts.min()) if ts.size else None
+    return obs_events.population_in_trace(_guest_installs(inp), first)
+
+
+def _refault_frame(inp: CalibrationInput, populated: bool) -> pl.DataFrame:
     vm = inp.vm
     if vm["mmu"] == "tdp" and inp.ftrace["kvm_page_fault"].height:
         frame = inp.ftrace["kvm_page_fault"].with_columns((pl.col("gpa") // PAGE_4K).alias("gfn"))
-    else:
-        frame = inp.ftrace["kvm_mmu_spte_requested"]
-    return _guest_gfns(_in_window(frame, inp), vm)
+        return _guest_gfns(_in_window(frame, inp), vm)
+    frame = _guest_gfns(_in_window(inp.ftrace["kvm_mmu_spte_requested"], inp), vm)
+    if populated:
+        frame = obs_events.drop_first_touch(_guest_installs(inp), frame)
+    return frame
 
 
-def _zap_count(inp: CalibrationInput) -> int:
+def _zap_count(inp: CalibrationInput, populated: bool) -> int:
+    """SPTE zaps of guest RAM in the window: spte_changed present -> not present on TDP;
+    re-installs of an SPTE already mapped (kvm_mmu_set_spte) on the shadow MMU."""
     vm = inp.vm
     changed = inp.ftrace["kvm_tdp_mmu_spte_changed"]
     if vm["mmu"] == "tdp" and changed.height:
@@ -314,7 +376,10 @@ def _zap_count(inp: CalibrationInput) -> int:
             (pl.col("old_spte") & 0x7 != 0) & (pl.col("new_spte") & 0x7 == 0)
         )
         return zaps.height
-    return _guest_gfns(_in_window(inp.ftrace["kvm_mmu_set_spte"], inp), vm).height
+    installs = _in_window(_guest_installs(inp), inp)
+    if populated:
+        installs = obs_events.drop_first_touch(_guest_installs(inp), installs)
+    return installs.height
 
 
 def _refault_end(refault_ts: np.ndarray, start_ns: int, limit_ns: int) -> int:
@@ -405,14 +470,15 @@ def observed(inp: CalibrationInput) -> tuple[dict[str, float], dict[str, float]]
         if unmap.height
         else np.zeros(0, np.int64)
     )
-    refaults = _refault_frame(inp)
+    populated = population_in_trace(inp)
+    refaults = _refault_frame(inp, populated)
     bursts = scan_bursts(inp)
     flushes = inp.kvm_stats_delta.get("remote_tlb_flush_requests")
     out: dict[str, float] = {
         "remote_tlb_flushes": float("nan") if flushes is None else float(flushes),
         "notifier_calls": float((over > 0).sum()),
         "notifier_bytes": float(over.sum()),
-        "spte_zapped": float(_zap_count(inp)),
+        "spte_zapped": float(_zap_count(inp, populated)),
         "refaults": float(refaults.height),
     }
     out.update(_cadence([b.start_ns for b in bursts], inp.t_on_ns))
@@ -432,6 +498,8 @@ def observed(inp: CalibrationInput) -> tuple[dict[str, float], dict[str, float]]
     for name in VMSTAT_COUNTERS:
         windows = fault_windows if name == "numa_hint_faults" else scan_windows
         out[name], background[name] = attribute_vmstat(samples, columns, windows, span, name)
+    for name in inp.unavailable:  # not observable in this capture: n/a, never 0
+        out[name] = float("nan")
     return out, background
 
 
@@ -447,10 +515,16 @@ def _cadence(starts_ns: Sequence[int], t0_ns: int) -> dict[str, float]:
 
 
 def workload_accesses(
-    vm: dict[str, Any], lab: LabWorkload, n_epochs: int, epoch_ms: int
+    vm: dict[str, Any],
+    lab: LabWorkload,
+    n_epochs: int,
+    epoch_ms: int,
+    prefix: Sequence[Sequence[int]] | None = None,
 ) -> pl.DataFrame:
     """The lab guest's sweeps as table ``accesses``: each vCPU writes every 4 KiB page of its
-    range once per sweep; ``nr_accesses`` = sweeps per epoch (at least 1)."""
+    range once per sweep; ``nr_accesses`` = sweeps per epoch (at least 1). ``prefix``
+    (vCPU -> epoch -> pages, observed_events.populated_prefix()) limits each epoch to the part
+    of the range the guest had touched by then, while it populates its RAM."""
     rows: dict[str, list[Any]] = {
         k: [] for k in ("vm", "epoch", "vcpu", "gfn_start", "nr_pages", "nr_accesses", "write")
     }
@@ -458,11 +532,16 @@ def workload_accesses(
         for vcpu, (start, end, rate) in enumerate(
             zip(lab.touch_start_gpa, lab.touch_end_gpa, lab.passes_per_s, strict=True)
         ):
+            nr_pages = (end - start) // PAGE_4K
+            if prefix is not None:
+                nr_pages = min(nr_pages, int(prefix[vcpu][epoch]))
+                if nr_pages <= 0:
+                    continue
             rows["vm"].append(vm["vm"])
             rows["epoch"].append(epoch)
             rows["vcpu"].append(vcpu)
             rows["gfn_start"].append(start // PAGE_4K)
-            rows["nr_pages"].append((end - start) // PAGE_4K)
+            rows["nr_pages"].append(nr_pages)
             rows["nr_accesses"].append(max(1, round(rate * epoch_ms / 1000)))
             rows["write"].append(True)
     from pipeline.schema import conform
@@ -473,13 +552,13 @@ def workload_accesses(
 
 
 def host_runnable(lab: LabWorkload) -> float:
-    """Other runnable tasks on a vCPU thread's CPU (ingest.hosting.host_runnable())."""
-    return hosting_facts.host_runnable(lab.facts.vcpu_cpu_share)
+    """Other runnable tasks on a vCPU thread's CPU (model.hosting.host_runnable())."""
+    return model_hosting.host_runnable(lab.facts.vcpu_cpu_share)
 
 
 def lab_hosting(inp: CalibrationInput, *, modelled: bool = True) -> VmHosting:
     """The lab VM's process and host facts for the engine (ADR 0320), built by the same
-    :func:`pipeline.ingest.hosting.build_hosting` as ``tlbreplay ingest``'s hosting.parquet
+    :func:`pipeline.ingest.capture_facts.build_hosting` as ``tlbreplay ingest``'s hosting.parquet
     (ADR 0330). ``modelled=False`` gives the defaults (the engine before ADR 0320), for the
     before/after comparison."""
     vm = inp.vm
@@ -503,7 +582,18 @@ def simulated(
 
     vm = inp.vm
     n_epochs = round((inp.t_end_ns - inp.t_on_ns) / (epoch_ms * 1_000_000))
-    accesses = workload_accesses(vm, inp.lab, n_epochs, epoch_ms)
+    prefix = None
+    if population_in_trace(inp):
+        # the guest's first touches, as the trace shows them (ADR 0510)
+        prefix = obs_events.populated_prefix(
+            _guest_installs(inp),
+            [(s // PAGE_4K, e // PAGE_4K) for s, e in zip(
+                inp.lab.touch_start_gpa, inp.lab.touch_end_gpa, strict=True)],
+            inp.t_on_ns,
+            epoch_ms * 1_000_000,
+            n_epochs,
+        )  # fmt: skip
+    accesses = workload_accesses(vm, inp.lab, n_epochs, epoch_ms, prefix)
     params = ReplayParams(
         epoch_ms=epoch_ms,
         mmu=str(vm["mmu"]),
@@ -589,6 +679,7 @@ def calibrate(
     bg = with_per_scan({**background, "scans": obs["scans"]})
     obs, sim = with_per_scan(obs), with_per_scan(sim)
     names = [*COUNTERS, *(f"{n}_per_scan" for n in PER_SCAN)]
+    reasons = [na_reason(c, inp.unavailable) for c in names]
     return pl.DataFrame(
         {
             "counter": names,
@@ -597,5 +688,17 @@ def calibrate(
             "rel_error": [relative_error(sim[c], obs[c]) for c in names],
             "host_background": [0.0 if c == "scans" else bg.get(c, 0.0) for c in names],
             "policy": [policy] * len(names),
+            "na_reason": pl.Series(reasons, dtype=pl.Utf8),
         }
     )
+
+
+def na_reason(counter: str, unavailable: Mapping[str, str]) -> str | None:
+    """Why ``counter`` (or ``<counter>_per_scan``) cannot be observed; None if it can. A per
+    scan value needs its counter and the scans."""
+    base = counter.removesuffix("_per_scan")
+    if base in unavailable:
+        return unavailable[base]
+    if counter != base and "scans" in unavailable:
+        return unavailable["scans"]
+    return None

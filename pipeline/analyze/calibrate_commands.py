@@ -34,6 +34,7 @@ def _bg(value: float) -> str:
     return "" if value == 0 else _fmt(value)
 
 
+FORMATS = ("table", "markdown", "json")
 MARKDOWN_COLUMNS = (
     ("remote_tlb_flushes", "KVM flushes"),
     ("notifier_calls", "notifiers"),
@@ -74,7 +75,75 @@ def _markdown(tables: list[tuple[str, object]]) -> list[str]:
         if suffix == "" and len(tables) > 1:
             lines.append(_pooled_row(tables, cols))
         lines.append("")
+    lines.extend(_na_notes(tables))
     return lines
+
+
+def _na_reasons(table: object) -> dict[str, list[str]]:
+    """Reason -> the counters it leaves ``n/a`` (per-scan variants folded in), said once."""
+    import polars as pl
+
+    assert isinstance(table, pl.DataFrame)
+    out: dict[str, list[str]] = {}
+    if "na_reason" not in table.columns:
+        return out
+    for row in table.iter_rows(named=True):
+        reason = row["na_reason"]
+        name = str(row["counter"]).removesuffix("_per_scan")
+        if reason and name not in out.setdefault(reason, []):
+            out[reason].append(name)
+    return out
+
+
+def _na_notes(tables: list[tuple[str, object]]) -> list[str]:
+    """One line per capture and reason: which counters are ``n/a`` and why."""
+    lines = []
+    for name, table in tables:
+        for reason, counters in _na_reasons(table).items():
+            lines.append(f"- {name}: n/a {', '.join(counters)}: {reason}")
+    return [*lines, ""] if lines else []
+
+
+def _json(tables: list[tuple[str, object]]) -> str:
+    """The same numbers as the tables, machine-readably: per DATASET its policy, each
+    counter's observed / simulated / rel_error / host_background (null for n/a) and na_reason,
+    and with several DATASETs the pooled ``all captures`` totals."""
+    import json
+
+    import polars as pl
+
+    from pipeline.analyze.calibrate import pooled
+
+    def num(value: float) -> float | str | None:
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+
+    doc: dict[str, Any] = {"captures": []}
+    frames = []
+    for name, table in tables:
+        assert isinstance(table, pl.DataFrame)
+        frames.append(table)
+        counters = {}
+        for row in table.iter_rows(named=True):
+            counters[row["counter"]] = {
+                "observed": num(row["observed"]),
+                "simulated": num(row["simulated"]),
+                "rel_error": num(row["rel_error"]),
+                "host_background": num(row["host_background"]),
+                "na_reason": row.get("na_reason"),
+            }
+        doc["captures"].append(
+            {"dataset": name, "policy": table["policy"][0], "counters": counters}
+        )
+    if len(frames) > 1:
+        doc["all_captures"] = {
+            r["counter"]: {k: num(r[k]) for k in ("observed", "simulated", "rel_error")}
+            for r in pooled(frames).iter_rows(named=True)
+        }
+    return json.dumps(doc, indent=2, sort_keys=False)
 
 
 def _cell(counter: str, row: dict[str, Any]) -> str:
@@ -120,7 +189,12 @@ def register(app: typer.Typer) -> None:
             None, "--policy", help="default: the policy of the capture's kernel (linux-6.18)"
         ),
         epoch_ms: int = typer.Option(100, "--epoch-ms", min=1),
-        markdown: bool = typer.Option(False, "--markdown", help="markdown tables, all DATASETs"),
+        markdown: bool = typer.Option(
+            False, "--markdown", help="markdown tables, all DATASETs (= --format markdown)"
+        ),
+        fmt: str = typer.Option(
+            "table", "--format", help="table | markdown | json (the same numbers)"
+        ),
         no_hosting: bool = typer.Option(
             False,
             "--no-hosting",
@@ -130,11 +204,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replay a lab capture's known workload; simulated vs observed counters with errors."""
         from pipeline.analyze.calibrate import calibrate
+        from pipeline.errors import InputError
 
         if len(datasets) > 1 and (sidecar or vmstat):
-            from pipeline.errors import InputError
-
             raise InputError("--sidecar", "give --sidecar/--vmstat with a single DATASET only")
+        if fmt not in FORMATS:
+            raise InputError("--format", f"unknown format `{fmt}`; use one of {', '.join(FORMATS)}")
+        if markdown:
+            fmt = "markdown"
         tables = [
             (
                 ds,
@@ -149,8 +226,12 @@ def register(app: typer.Typer) -> None:
             )
             for ds in datasets
         ]
-        if markdown:
-            for line in _markdown([(ds.name, table) for ds, table in tables]):
+        named: list[tuple[str, object]] = [(ds.name, table) for ds, table in tables]
+        if fmt == "json":
+            typer.echo(_json(named))
+            return
+        if fmt == "markdown":
+            for line in _markdown(named):
                 typer.echo(line)
             return
         for ds, table in tables:
@@ -164,3 +245,5 @@ def register(app: typer.Typer) -> None:
                     f"{_bg(row['host_background']):>12}"
                     f"{_fmt(row['simulated']):>16}{_err(row['rel_error']):>10}"
                 )
+            for line in _na_notes([(str(ds), table)]):
+                typer.echo(line)

@@ -84,6 +84,23 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(rich_table(rows))
 
+    @command(app, "verdict")
+    def verdict(
+        results: Annotated[
+            list[Path], typer.Argument(help="one or more RESULTS directories (one answer each)")
+        ],
+        *,
+        table: Annotated[
+            bool, typer.Option("--table", help="also a compact table per RESULTS")
+        ] = False,
+    ) -> None:
+        """The answer at a glance: one sentence per RESULTS (KVM shootdowns per policy)."""
+        from pipeline.analyze.verdict import load_verdict, verdict_lines
+
+        for path in results:
+            for line in verdict_lines(load_verdict(path), table=table):
+                typer.echo(line)
+
     @command(app, "report")
     def report(
         results: Annotated[

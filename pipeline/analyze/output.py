@@ -12,21 +12,85 @@ from typing import Any
 import pyarrow as pa
 from rich.table import Table
 
+#: How a missing or undefined value is shown to a person (a saving against a reference of 0).
+UNDEFINED = "—"
+
 
 def cell_text(value: Any) -> str:
-    """One value as a person reads it: NULL, integers as is, floats to 3 decimals at most."""
+    """One value as a person reads it: ``—`` for NULL, numbers with thousands separators,
+    floats to 3 decimals at most."""
     if value is None:
-        return "NULL"
+        return UNDEFINED
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        text = f"{value:.3f}".rstrip("0").rstrip(".")
+        text = f"{value:,.3f}".rstrip("0").rstrip(".")
         return "0" if text == "-0" else text
     if isinstance(value, Decimal):
         return cell_text(_number(value))
     if isinstance(value, (list, dict)):
         return json.dumps(value, default=str)
     return str(value)
+
+
+def count_text(value: float) -> str:
+    """A count with thousands separators (``39,235``); a fraction keeps one decimal."""
+    if value == int(value):
+        return f"{int(value):,}"
+    return f"{value:,.1f}"
+
+
+def _pct_text(pct: float) -> str:
+    """``pct`` rounded to an integer, or with up to 3 decimals where the integer would read
+    as 0 or 100 without being so (``99.6``, ``99.97``, ``0.4``)."""
+    text = f"{pct:.0f}"
+    for digits in (1, 2, 3):
+        if abs(pct) in (0.0, 100.0) or abs(float(text)) not in (0.0, 100.0):
+            break
+        text = f"{pct:.{digits}f}"
+    return text.removeprefix("-") if float(text) == 0 else text
+
+
+def ratio_text(ratio: float) -> str:
+    """``ratio`` times more: ``2.4x more``, ``31,524x more`` (ratio >= 2)."""
+    return f"{ratio:,.1f}x more" if ratio < 10 else f"{ratio:,.0f}x more"
+
+
+def change_text(before: float, after: float) -> str:
+    """The change from ``before`` to ``after`` as a person reads it: ``-74%``, ``+12%``,
+    ``2.4x more`` past doubling (never a percentage past -100% of a saving), ``—`` when
+    ``before`` is 0 and ``after`` is not, ``±0%`` when nothing changed."""
+    if before == after:
+        return "±0%"
+    if before == 0:
+        return UNDEFINED
+    ratio = after / before
+    if ratio >= 2:
+        return ratio_text(ratio)
+    sign = "+" if after > before else "-"
+    return f"{sign}{_pct_text(abs(100 * (after - before) / before))}%"
+
+
+def saved_pct_text(pct: float | None) -> str:
+    """A ``*_saved_*_pct`` value (100 x saved / reference; negative: the policy does more):
+    ``74%``, ``-50%``, and past -100% the ratio (``31,524x more``); ``—`` when undefined."""
+    if pct is None or not math.isfinite(pct):
+        return UNDEFINED
+    if pct <= -100:
+        return ratio_text(1 - pct / 100)
+    return f"{_pct_text(pct)}%"
+
+
+def display_text(name: str, value: Any) -> str:
+    """A cell of column ``name`` for a person: savings (``*_pct`` columns) via
+    :func:`saved_pct_text`, everything else via :func:`cell_text`."""
+    if name.endswith("_pct") and (value is None or isinstance(value, (int, float, Decimal))):
+        return saved_pct_text(None if value is None else float(value))
+    return cell_text(value)
 
 
 def _number(value: Decimal) -> int | float:
@@ -49,10 +113,21 @@ def rich_table(
 ) -> Table:
     """A rich Table of ``rows`` (numbers right-aligned); at most ``max_rows`` rows shown."""
     table = Table(title=title, title_justify="left", show_lines=False)
-    for field in rows.schema:
-        table.add_column(field.name, justify="right" if _is_numeric(field.type) else "left")
-    for record in rows.slice(0, max_rows).to_pylist():
-        table.add_row(*(cell_text(v) for v in record.values()))
+    records = [
+        [display_text(k, v) for k, v in record.items()]
+        for record in rows.slice(0, max_rows).to_pylist()
+    ]
+    for i, field in enumerate(rows.schema):
+        # never shrunk with an ellipsis: a table wider than the terminal is wrapped by it
+        width = max([len(field.name), *(len(r[i]) for r in records)])
+        table.add_column(
+            field.name,
+            justify="right" if _is_numeric(field.type) else "left",
+            min_width=width,
+            no_wrap=True,
+        )
+    for cells in records:
+        table.add_row(*cells)
     if rows.num_rows > max_rows:
         table.caption = f"{rows.num_rows - max_rows} more rows not shown{hint}"
     return table

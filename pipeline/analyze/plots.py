@@ -19,11 +19,13 @@ from matplotlib.figure import Figure
 
 #: Counters drawn in the per-policy bars, with axis labels.
 BAR_COUNTERS = (
-    ("remote_tlb_flushes", "KVM TLB shootdowns (remote flushes)"),
-    ("spte_zapped", "SPTEs zapped"),
-    ("ept_violations", "EPT violations (refaults)"),
-    ("cost_us", "modelled cost (µs)"),
+    ("remote_tlb_flushes", "KVM TLB shootdowns (remote flushes)", "flushes"),
+    ("spte_zapped", "SPTEs zapped", "SPTEs"),
+    ("ept_violations", "EPT violations (refaults)", "violations"),
+    ("cost_us", "modelled cost (µs)", "µs"),
 )
+#: What a panel says when every policy's value is 0 (e.g. the numa_balancing=0 control).
+NOTHING = "nothing happened: 0 under every policy"
 DPI = 100
 
 
@@ -75,13 +77,33 @@ def _colors(n: int) -> list[tuple[float, float, float, float]]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _value_labels(ax: Axes, names: list[str], totals: list[float]) -> None:
+    """Each bar's total above it, a zero included (a bar of height 0 is otherwise invisible)."""
+    top = max(totals, default=0.0)
+    ax.set_ylim(0, top * 1.15 if top > 0 else 1)
+    for x, total in enumerate(totals):
+        text = f"{total:,.0f}" if total >= 10 or total == int(total) else f"{total:.1f}"
+        ax.annotate(
+            text,
+            (x, total),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    ax.set_xticks(range(len(names)), names)
+
+
 def plot_policy_bars(shootdowns: pl.DataFrame, path: Path, *, title: str = "") -> Path:
     """Stacked bars per policy (in row order), one panel per counter of :data:`BAR_COUNTERS`.
 
     ``shootdowns``: rows of view ``shootdowns`` (policy, vm, page_size and the counters); each
     bar is stacked by (vm, page_size).
     """
-    fig, axes = _panels([label for _, label in BAR_COUNTERS], (2, 2), title=title, size=(12, 7.5))
+    fig, axes = _panels(
+        [label for _, label, _ in BAR_COUNTERS], (2, 2), title=title, size=(12, 7.5)
+    )
     policies = _policies(shootdowns)
     stacks = (
         shootdowns.select("vm", "page_size").unique().sort("vm", "page_size").rows()
@@ -89,9 +111,12 @@ def plot_policy_bars(shootdowns: pl.DataFrame, path: Path, *, title: str = "") -
         else []
     )
     colors = _colors(len(stacks))
-    for ax, (counter, _) in zip(axes, BAR_COUNTERS, strict=True):
+    for ax, (counter, _, unit) in zip(axes, BAR_COUNTERS, strict=True):
         if not policies:
             _empty(ax)
+            continue
+        if not any(float(v or 0) for v in shootdowns[counter].to_list()):
+            _empty(ax, NOTHING)
             continue
         bottom = [0.0] * len(policies)
         for color, (vm, page_size) in zip(colors, stacks, strict=True):
@@ -100,6 +125,8 @@ def plot_policy_bars(shootdowns: pl.DataFrame, path: Path, *, title: str = "") -
             heights = [float(by_policy.get(p) or 0) for p in policies]
             ax.bar(policies, heights, bottom=bottom, color=color, label=f"{vm} {page_size}")
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        _value_labels(ax, policies, bottom)
+        ax.set_ylabel(unit)
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
     _legend(fig, axes[0], "vm, page size")
@@ -115,25 +142,31 @@ def plot_timeline(timeline: pl.DataFrame, path: Path, *, title: str = "") -> Pat
     scan_notifiers, scan_pte_updates, ...), policies in display order.
     """
     heat = (
-        ("remote_tlb_flushes", "KVM TLB shootdowns per epoch"),
-        ("scan_notifiers", "scanner notifiers (invalidate_range_start) per epoch"),
-        ("scan_pte_updates", "pages made PROT_NONE per epoch"),
+        ("remote_tlb_flushes", "KVM TLB shootdowns per epoch", "flushes per epoch"),
+        (
+            "scan_notifiers",
+            "scanner notifiers (invalidate_range_start) per epoch",
+            "notifiers per epoch",
+        ),
+        ("scan_pte_updates", "pages made PROT_NONE per epoch", "pages per epoch"),
     )
-    labels = ["KVM TLB shootdowns, cumulative", *(label for _, label in heat)]
+    labels = ["KVM TLB shootdowns, cumulative", *(label for _, label, _ in heat)]
     fig, axes = _panels(labels, (4, 1), title=title, size=(12, 11))
-    if timeline.height == 0:
+    if timeline.height == 0 or not any(
+        timeline[c].sum() for c, _, _ in heat if c in timeline.columns
+    ):
         for ax in axes:
-            _empty(ax)
+            _empty(ax, NOTHING)
         return _save(fig, path)
     policies = _policies(timeline)
-    per_policy = timeline.group_by("policy", "t_ms").agg(pl.col(c).sum() for c, _ in heat)
+    per_policy = timeline.group_by("policy", "t_ms").agg(pl.col(c).sum() for c, _, _ in heat)
     t_ms = sorted(per_policy["t_ms"].unique().to_list())
     column = {t: i for i, t in enumerate(t_ms)}
     row = {p: i for i, p in enumerate(policies)}
     seconds = np.array(t_ms, dtype=float) / 1000
     step = float(seconds[1] - seconds[0]) if len(seconds) > 1 else 0.1
     extent = (float(seconds[0]), float(seconds[-1]) + step, len(policies) - 0.5, -0.5)
-    for ax, (counter, _) in zip(axes[1:], heat, strict=True):
+    for ax, (counter, _, unit) in zip(axes[1:], heat, strict=True):
         grid = np.zeros((len(policies), len(t_ms)))
         for policy, t, value in per_policy.select("policy", "t_ms", counter).iter_rows():
             grid[row[policy], column[t]] = value
@@ -146,7 +179,8 @@ def plot_timeline(timeline: pl.DataFrame, path: Path, *, title: str = "") -> Pat
             norm=PowerNorm(0.5, vmin=0, vmax=max(float(grid.max()), 1.0)),
         )
         ax.set_yticks(range(len(policies)), policies, fontsize=8)
-        fig.colorbar(image, ax=ax, pad=0.01)
+        ax.set_ylabel("policy")
+        fig.colorbar(image, ax=ax, pad=0.01).set_label(unit, fontsize=8)
         if counter == "remote_tlb_flushes":
             for color, policy in zip(_colors(len(policies)), policies, strict=True):
                 axes[0].step(
@@ -157,6 +191,7 @@ def plot_timeline(timeline: pl.DataFrame, path: Path, *, title: str = "") -> Pat
                     label=policy,
                 )
     axes[0].grid(alpha=0.3)
+    axes[0].set_ylabel("flushes so far")
     axes[-1].set_xlabel("time (s)")
     _legend(fig, axes[0], "policy")
     return _save(fig, path)
@@ -171,20 +206,21 @@ def plot_by_vcpu(
     ...). At most ``max_vcpus`` (vm, vcpu) groups are drawn, the first in (vm, vcpu) order.
     """
     panels = (
-        ("shootdown_ipis", "shootdown IPIs received per vCPU"),
-        ("ept_violations", "EPT violations per vCPU"),
+        ("shootdown_ipis", "shootdown IPIs received per vCPU", "IPIs"),
+        ("ept_violations", "EPT violations per vCPU", "violations"),
     )
-    fig, axes = _panels([label for _, label in panels], (2, 1), title=title, size=(12, 7))
-    if by_vcpu.height == 0:
+    fig, axes = _panels([label for _, label, _ in panels], (2, 1), title=title, size=(12, 7))
+    if by_vcpu.height == 0 or not any(by_vcpu[c].sum() for c, _, _ in panels):
         for ax in axes:
-            _empty(ax)
+            _empty(ax, NOTHING)
         return _save(fig, path)
     groups = by_vcpu.select("vm", "vcpu").unique().sort("vm", "vcpu").rows()[:max_vcpus]
     labels = [f"{vm}/{vcpu}" for vm, vcpu in groups]
     policies = _policies(by_vcpu)
     colors = _colors(len(policies))
     width = 0.8 / max(len(policies), 1)
-    for ax, (counter, _) in zip(axes, panels, strict=True):
+    for ax, (counter, _, unit) in zip(axes, panels, strict=True):
+        ax.set_ylabel(unit)
         for k, (color, policy) in enumerate(zip(colors, policies, strict=True)):
             part = by_vcpu.filter(pl.col("policy") == policy)
             values = {(vm, vcpu): v for vm, vcpu, v in part.select("vm", "vcpu", counter).rows()}

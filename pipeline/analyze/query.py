@@ -1,8 +1,9 @@
 """Read-only SQL over the views of one RESULTS directory: queries, the view list, audits.
 
-The connection is in-memory and holds only views; a statement is run only if DuckDB parses it
-as a ``SELECT`` (``WITH``, ``FROM``-first, ``VALUES``, ``DESCRIBE``, ``SUMMARIZE`` included),
-so nothing can create, change, copy out or attach anything.
+The connection holds only views (a saved catalog opened read-only, ADR 0420); a statement is
+run only if DuckDB parses it as a ``SELECT`` (``WITH``, ``FROM``-first, ``VALUES``,
+``DESCRIBE``, ``SUMMARIZE`` included), so nothing can create, change, copy out or attach
+anything.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def run_audits(con: duckdb.DuckDBPyConnection, directory: Path = AUDIT_DIR) -> l
     """
     sweep = _has_points_view(con)
     out: list[Audit] = []
-    con.execute(f"USE memory.{POINT_SCHEMA}")
+    con.execute(f"USE {POINT_SCHEMA}")
     try:
         for path in audit_files(directory):
             text = path.read_text()
@@ -121,7 +122,7 @@ def run_audits(con: duckdb.DuckDBPyConnection, directory: Path = AUDIT_DIR) -> l
                 rows = rows.drop_columns([c for c in rows.column_names if c in AUDIT_POINT_COLUMNS])
             out.append(Audit(path.stem, _audit_doc(text), rows))
     finally:
-        con.execute("USE memory.main")
+        con.execute("USE main")
     return out
 
 

@@ -27,8 +27,9 @@ from rich.progress import TaskID
 
 from pipeline import __version__
 from pipeline.analyze import plots, rfc_thread, sweep_plots
-from pipeline.analyze.output import cell_text
+from pipeline.analyze.output import display_text
 from pipeline.analyze.query import Audit, run_audits
+from pipeline.analyze.verdict import Verdict, verdict_of
 from pipeline.analyze.views import Run, connect, sql_literal
 from pipeline.clikit import Reporter, reporter
 from pipeline.errors import OutputError, QueryError, TlbReplayError
@@ -113,7 +114,11 @@ tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; border: 1px solid #e3e3e3; margin: .5em 0; }
 pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: 12px; }
 .ok { color: #137333; } .fail { color: #b3261e; font-weight: bold; }
-nav a { margin-right: 1em; }
+p.answer { font-size: 15px; margin: .4em 0; } .answers p.answer { margin: .3em 0 .3em; }
+.nw { white-space: nowrap; } ul.outliers { margin: 0 0 .5em; color: #8a4b00; }
+table.matrix td:first-child { white-space: nowrap; }
+details summary { cursor: pointer; color: #444; }
+@media (max-width: 600px) { body { margin: 1em auto; font-size: 13px; } h1 { font-size: 1.3em; } }
 """
 
 
@@ -126,6 +131,7 @@ class Section:
     tables: dict[str, pa.Table]
     images: dict[str, Path]
     audits: list[Audit]
+    verdict: Verdict
     sensitivity: list[Path] = field(default_factory=list)
     rfc_thread: list[rfc_thread.Totals] | str | None = None
 
@@ -150,6 +156,7 @@ def build_section(results: Path, name: str, out: Path) -> Section:
     con, run = connect(results)
     try:
         tables, frames, audits = _query_section(con, sweep=run.sweep)
+        verdict = verdict_of(con, name, sweep=run.sweep)
         sensitivity = _sweep_sensitivity(con, name, out) if run.sweep else []
         rfc = rfc_thread.query(con, run)
     except duckdb.Error as exc:  # e.g. a corrupt row group met while reading
@@ -169,7 +176,7 @@ def build_section(results: Path, name: str, out: Path) -> Section:
             frames["by_vcpu"], out / f"{name}-by_vcpu.png", title=f"{name}: per vCPU"
         ),
     }
-    return Section(name, run, tables, images, audits, sensitivity, rfc)
+    return Section(name, run, tables, images, audits, verdict, sensitivity, rfc)
 
 
 def _query_section(
@@ -217,17 +224,38 @@ def _is_numeric(dtype: pa.DataType) -> bool:
     )
 
 
-def html_table(rows: pa.Table, *, cls: str = "") -> str:
-    """An HTML table of ``rows``; numbers right-aligned; values escaped."""
+#: Column headers a person reads (the column's name stays in the header's title).
+LABELS = {
+    "remote_tlb_flushes": "KVM shootdowns",
+    "flushes_saved_vs_6_5_pct": "shootdowns saved vs linux-6.5",
+    "flushes_saved_vs_7_1_pct": "shootdowns saved vs linux-7.1",
+    "cost_us": "modelled cost (µs)",
+    "cost_saved_vs_6_5_pct": "cost saved vs linux-6.5",
+    "cost_saved_vs_7_1_pct": "cost saved vs linux-7.1",
+    "vms": "VMs",
+    "vm": "VM",
+    "page_size": "page size",
+}
+
+
+def html_table(rows: pa.Table, *, cls: str = "", labels: dict[str, str] | None = None) -> str:
+    """An HTML table of ``rows``; numbers right-aligned; savings worded (``31,524x more``),
+    undefined values ``—``; values escaped. ``labels`` renames headers (title: the column)."""
     numeric = [_is_numeric(f.type) for f in rows.schema]
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in rows.column_names)
+    names = labels or {}
+    head = "".join(
+        f'<th title="{html.escape(n)}">{html.escape(names[n])}</th>'
+        if n in names
+        else f"<th>{html.escape(n)}</th>"
+        for n in rows.column_names
+    )
     body = []
     for record in rows.to_pylist():
         cells = "".join(
-            f'<td class="num">{html.escape(cell_text(v))}</td>'
+            f'<td class="num">{html.escape(display_text(k, v))}</td>'
             if num
-            else f"<td>{html.escape(cell_text(v))}</td>"
-            for v, num in zip(record.values(), numeric, strict=True)
+            else f"<td>{html.escape(display_text(k, v))}</td>"
+            for (k, v), num in zip(record.items(), numeric, strict=True)
         )
         body.append(f"<tr>{cells}</tr>")
     attr = f' class="{cls}"' if cls else ""
@@ -245,54 +273,116 @@ def _img(path: Path, alt: str) -> str:
     )
 
 
-def _pre(obj: Any) -> str:
-    return f"<pre>{html.escape(json.dumps(obj, indent=2, sort_keys=True, default=str))}</pre>"
+def relative(text: str) -> str:
+    """An absolute path under the working directory as a relative one (the page shows
+    ``out/results/mixed``, not a machine's home); other text unchanged."""
+    if not text.startswith("/"):
+        return text
+    try:
+        return os.path.relpath(text) if Path(text).is_relative_to(Path.cwd()) else text
+    except ValueError:
+        return text
+
+
+def _relative_json(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _relative_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative_json(v) for v in obj]
+    return relative(obj) if isinstance(obj, str) else obj
+
+
+def _folded(summary: str, obj: Any) -> str:
+    """JSON folded away under ``summary`` (paths relative)."""
+    text = json.dumps(_relative_json(obj), indent=2, sort_keys=True, default=str)
+    return (
+        f"<details><summary>{html.escape(summary)}</summary>"
+        f"<pre>{html.escape(text)}</pre></details>"
+    )
+
+
+def answer_html(verdict: Verdict) -> str:
+    """The verdict's sentence and its outliers (one epoch carrying most of a total)."""
+    esc = html.escape
+    notes = "".join(f"<li>{esc(o.text())}</li>" for o in verdict.outliers)
+    sentence = esc(verdict.sentence())
+    head, sep, rest = sentence.partition(" (")
+    sentence = f"<b>{head}</b>{sep}{rest}" if sep else sentence
+    for name in sorted(verdict.flushes, key=len, reverse=True):  # no line break inside a name
+        sentence = re.sub(
+            rf"(?<![\w-]){re.escape(esc(name))}(?![\w-])",
+            f'<span class="nw">{esc(name)}</span>',
+            sentence,
+        )
+    return f'<p class="answer">{sentence}</p>' + (
+        f'<ul class="outliers">{notes}</ul>' if notes else ""
+    )
+
+
+def _part(key: str, title: str, *body: str) -> list[str]:
+    return [
+        f'<section class="part" data-part="{key}"><h3>{html.escape(title)}</h3>',
+        *body,
+        "</section>",
+    ]
 
 
 def render_section(section: Section) -> str:
-    """The HTML of one section (``<section class="run" id=...>`` with sub-sections)."""
+    """The HTML of one section (``<section class="run" id=...>`` with sub-sections): the
+    answer first, then the summary, plots, details and the folded manifests."""
     s, t = section.name, section.tables
     esc = html.escape
     run = section.run
-    dataset = str(run.dataset) if run.dataset else f"{run.manifest.get('dataset')} (missing)"
+    dataset = (
+        relative(str(run.dataset)) if run.dataset else f"{run.manifest.get('dataset')} (missing)"
+    )
     parts = [
-        f'<section class="run" id="run-{esc(s)}" data-results="{esc(str(run.results))}">',
+        f'<section class="run" id="run-{esc(s)}" data-results="{esc(relative(str(run.results)))}">',
         f"<h2>{esc(s)}</h2>",
-        f'<p class="muted">RESULTS {esc(str(run.results))}<br>DATASET {esc(dataset)}</p>',
+        answer_html(section.verdict),
+        f'<p class="muted">RESULTS {esc(relative(str(run.results)))} · DATASET {esc(dataset)}</p>',
         *rfc_thread.render(section.rfc_thread),
         *(_sweep_parts(section) if run.sweep else []),
-        f'<section class="part" data-part="summary"><h3>{esc(TABLES[0][1])}</h3>',
-        html_table(t["summary"]),
-        "</section>",
-        f'<section class="part" data-part="headline"><h3>{esc(TABLES[1][1])}</h3>',
-        html_table(t["headline"]),
-        "</section>",
-        f'<section class="part" data-part="savings"><h3>{esc(TABLES[2][1])}</h3>',
-        '<p class="muted">Percent of the reference kernel\'s count that the policy avoids '
-        "(negative: it does more). Empty when the reference was not replayed or did nothing."
-        "</p>",
-        html_table(t["savings"]),
-        "</section>",
-        '<section class="part" data-part="plots"><h3>Plots</h3>',
-        _img(
-            section.images["shootdowns"], f"{s}: counters per policy, stacked by VM and page size"
+        *_part("summary", TABLES[0][1], html_table(t["summary"], labels=LABELS)),
+        *_part(
+            "plots",
+            "Plots",
+            _img(
+                section.images["shootdowns"],
+                f"{s}: counters per policy, stacked by VM and page size",
+            ),
+            _img(section.images["timeline"], f"{s}: shootdowns and scanner activity per epoch"),
+            _img(section.images["by_vcpu"], f"{s}: per vCPU"),
         ),
-        _img(section.images["timeline"], f"{s}: shootdowns and scanner activity per epoch"),
-        _img(section.images["by_vcpu"], f"{s}: per vCPU"),
-        "</section>",
     ]
+    if section.verdict.vms > 1 or run.sweep:  # one VM: the same numbers as the summary
+        parts += _part(
+            "savings",
+            TABLES[2][1],
+            '<p class="muted">Share of the reference kernel\'s count that the policy avoids; '
+            'negative or "Nx more": it does more; — when the reference did nothing.</p>',
+            html_table(t["savings"], labels=LABELS),
+        )
+    parts += _part(
+        "headline",
+        TABLES[1][1],
+        "<details><summary>every counter (table)</summary>",
+        html_table(t["headline"]),
+        "</details>",
+    )
     if t["observed_raw"].num_rows:
-        parts += [
-            f'<section class="part" data-part="observed"><h3>{esc(TABLES[3][1])}</h3>',
+        parts += _part(
+            "observed",
+            TABLES[3][1],
             '<p class="muted">The real kernel\'s counts from the trace (observed) next to '
             "each policy's simulated total, one column per policy; the policy matching the "
             "traced kernel is the calibration column. observed_from names the ftrace event "
             "each count comes from.</p>",
             html_table(t["observed"]),
-            f"<h4>{esc(TABLES[4][1])}</h4>",
+            f"<details><summary>{esc(TABLES[4][1])}</summary>",
             html_table(t["observed_raw"]),
-            "</section>",
-        ]
+            "</details>",
+        )
     audit_rows = "".join(
         f'<li><span class="{"ok" if a.rows.num_rows == 0 else "fail"}">'
         f"{'ok' if a.rows.num_rows == 0 else 'FAIL'}</span> <b>{esc(a.name)}</b>: {esc(a.doc)}"
@@ -301,15 +391,15 @@ def render_section(section: Section) -> str:
         for a in section.audits
     )
     parts += [
-        f'<section class="part" data-part="audits"><h3>Audits</h3><ul>{audit_rows}</ul></section>',
-        '<section class="part" data-part="parameters"><h3>Run parameters</h3>',
-        _pre(run.manifest),
-        "</section>",
-        '<section class="part" data-part="manifest"><h3>Input manifest</h3>',
-        _pre(run.dataset_manifest)
-        if run.dataset_manifest is not None
-        else "<p>dataset missing</p>",
-        "</section>",
+        *_part("audits", "Audits", f"<ul>{audit_rows}</ul>"),
+        *_part("parameters", "Run parameters", _folded("RESULTS manifest.json", run.manifest)),
+        *_part(
+            "manifest",
+            "Input manifest",
+            _folded("DATASET manifest.json", run.dataset_manifest)
+            if run.dataset_manifest is not None
+            else "<p>dataset missing</p>",
+        ),
         "</section>",
     ]
     return "\n".join(parts)
@@ -338,20 +428,50 @@ def _sweep_parts(section: Section) -> list[str]:
     ]
 
 
-def render_page(sections: list[Section]) -> str:
-    """The whole page."""
-    nav = "".join(
-        f'<a href="#run-{html.escape(s.name)}">{html.escape(s.name)}</a>' for s in sections
+def _matrix_cell(value: int | None, low: int | None) -> str:
+    if value is None:
+        return "—"
+    return f"<b>{value:,}</b>" if value == low else f"{value:,}"
+
+
+def matrix_html(sections: list[Section]) -> str:
+    """Runs x policies: each run's KVM shootdowns per policy (all VMs); the fewest of a row
+    in bold."""
+    esc = html.escape
+    policies: list[str] = []
+    for sec in sections:
+        policies += [p for p in sec.verdict.flushes if p not in policies]
+    head = "".join(f"<th>{esc(p)}</th>" for p in policies)
+    body = []
+    for sec in sections:
+        values = sec.verdict.flushes
+        low = min(values.values(), default=None)
+        cells = "".join(
+            f'<td class="num">{_matrix_cell(values.get(p), low)}</td>' for p in policies
+        )
+        body.append(f'<tr><td><a href="#run-{esc(sec.name)}">{esc(sec.name)}</a></td>{cells}</tr>')
+    return (
+        '<div class="scroll"><table class="matrix"><thead><tr><th>run</th>'
+        f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+def render_page(sections: list[Section]) -> str:
+    """The whole page: the answer (one sentence per run, the runs x policies matrix), then
+    one section per run."""
+    answers = "".join(answer_html(s.verdict) for s in sections)
     body = "\n".join(render_section(s) for s in sections)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<title>tlbreplay report</title>"
         f"<style>{CSS}</style></head><body>"
         "<h1>tlbreplay report</h1>"
         '<p class="muted">How many TLB shootdowns does NUMA balancing cost each VM, and what '
         f"would each kernel policy save? tlbreplay {html.escape(__version__)}.</p>"
-        f"<nav>{nav}</nav>\n{body}\n</body></html>\n"
+        f'<section class="answers"><h2>The answer</h2>{answers}'
+        "<h3>KVM shootdowns per run and policy (all VMs)</h3>"
+        f"{matrix_html(sections)}</section>\n{body}\n</body></html>\n"
     )
 
 
@@ -417,7 +537,7 @@ def write_report(
             {
                 "kind": "report",
                 "tool": f"tlbreplay {__version__}",
-                "results": [str(s.run.results) for s in sections],
+                "results": [relative(str(s.run.results)) for s in sections],
                 "files": sorted(p.name for p in tmp.iterdir() if p.suffix in {".html", ".png"}),
             },
         )

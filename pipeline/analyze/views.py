@@ -58,6 +58,10 @@ DATASET_TABLES = {
 }
 #: Hive partition columns: only in directory names, always read as text.
 PARTITION_COLUMNS = ("policy", "vm")
+#: A fleet's host partition (ADR 0611): first in its RESULTS and DATASET tables.
+HOST = "host"
+HOST_DOC = "host of the fleet (the `host=H` partition: the capture's name)"
+FLEET_HOSTS = "host=*/"
 
 #: Directory of the ftrace tables' schemas (schemas/ftrace/<event>.toml, table
 #: ``ftrace/<event>``); every one gets a view ``ftrace_<event>``, empty when the dataset has no
@@ -149,6 +153,12 @@ class Run:
         """True for a ``tlbreplay sweep`` output: its tables carry a ``point`` partition."""
         return is_sweep(self.results)
 
+    @property
+    def fleet(self) -> bool:
+        """True for a fleet RESULTS: its tables (and its DATASET's) carry a ``host``
+        partition (ADR 0611)."""
+        return self.manifest.get("layout") == "fleet"
+
     @classmethod
     def open(cls, results: Path) -> Run:
         """Check ``results`` is a replay output and find its dataset (which may be gone)."""
@@ -187,16 +197,24 @@ class Run:
                 docs = {"point": POINT_DOC, **source.column_docs}
                 source = Source(source.name, source.table, files, source.doc, docs)
             out.append(source)
+        hosts = FLEET_HOSTS if self.fleet else ""
         for name, where in DATASET_TABLES.items():
+            found = sorted(self.dataset.glob(hosts + where)) if self.dataset else []
+            files = str(self.dataset / (hosts + where)) if self.dataset and found else None
+            out.append(_schema_source(name, files, hive=False))
+        for event in ftrace_events():
+            where = f"{hosts}ftrace/{event}.parquet"
             found = sorted(self.dataset.glob(where)) if self.dataset else []
             files = str(self.dataset / where) if self.dataset and found else None
-            out.append(_schema_source(name, files, hive=False))
-        ftrace_dir = self.dataset / "ftrace" if self.dataset else None
-        for event in ftrace_events():
-            path = ftrace_dir / f"{event}.parquet" if ftrace_dir is not None else None
-            files = str(path) if path is not None and path.is_file() else None
             out.append(_schema_source(f"ftrace/{event}", files, hive=False))
+        if self.fleet:
+            out = [_with_host(s) for s in out]
         return out
+
+
+def _with_host(source: Source) -> Source:
+    docs = {"host": HOST_DOC, **source.column_docs}
+    return Source(source.name, source.table, source.files, source.doc, docs)
 
 
 def _schema_source(table: str, files: str | None, *, hive: bool) -> Source:
@@ -207,27 +225,31 @@ def _schema_source(table: str, files: str | None, *, hive: bool) -> Source:
     return Source(name, table, files, f"{schema.doc} ({where}: {schema.grain})", docs)
 
 
-def _source_sql(source: Source, *, hive: bool, sweep: bool = False) -> str:
+def _source_sql(source: Source, *, hive: bool, sweep: bool = False, fleet: bool = False) -> str:
     """The ``CREATE VIEW`` of a source. A sweep's results tables have the ``point`` hive
-    partition first (an integer, as in ``points.point``), also when empty."""
+    partition first (an integer, as in ``points.point``), also when empty; a fleet's tables,
+    results and dataset alike, have ``host`` first (text)."""
     name = source.name
     points = ("point",) if hive and sweep else ()
+    hosts = (HOST,) if fleet else ()
     if source.files is None:
         columns = _schema_columns(source.table)
+        columns = {**dict.fromkeys(hosts, "VARCHAR"), **columns}
         if points:
             columns = {"point": "BIGINT", **columns}
         return f"CREATE VIEW {name} AS {_empty_select(columns)}"
     files = sql_literal(source.files)
-    if hive:
+    if hive or fleet:
+        text = (*hosts, *PARTITION_COLUMNS) if hive else hosts
         keys = ", ".join(
             [f"CAST({c} AS BIGINT) AS {c}" for c in points]
-            + [f"CAST({c} AS VARCHAR) AS {c}" for c in PARTITION_COLUMNS]
+            + [f"CAST({c} AS VARCHAR) AS {c}" for c in text]
         )
         types = ", ".join(
             [f"{sql_literal(c)}: 'BIGINT'" for c in points]
-            + [f"{sql_literal(c)}: 'VARCHAR'" for c in PARTITION_COLUMNS]
+            + [f"{sql_literal(c)}: 'VARCHAR'" for c in text]
         )
-        plain = ", ".join((*points, *PARTITION_COLUMNS))
+        plain = ", ".join((*points, *text))
         return (
             f"CREATE VIEW {name} AS SELECT {keys}, * EXCLUDE ({plain}) FROM read_parquet("
             f"{files}, hive_partitioning = true, hive_types = {{{types}}})"
@@ -240,13 +262,24 @@ def _point_sources(run: Run) -> list[str]:
     points replayed (``_points``: point, setting, policy or NULL for every policy, status,
     epoch_ms or NULL for the manifest's)."""
     qualified = [f"CREATE SCHEMA {POINT_SCHEMA}"]
+    # a fleet's VMs are told apart by host: the keyed views see vm = 'host/vm' (ADR 0611)
+    star = f"* REPLACE ({HOST} || '/' || vm AS vm)" if run.fleet else "*"
     for name in RESULTS_TABLES:
         body = (
-            f"SELECT * FROM main.{name}"
+            f"SELECT {star} FROM main.{name}"
             if run.sweep
-            else f"SELECT CAST(0 AS BIGINT) AS point, * FROM main.{name}"
+            else f"SELECT CAST(0 AS BIGINT) AS point, {star} FROM main.{name}"
         )
         qualified.append(f"CREATE VIEW {POINT_SCHEMA}.{name} AS {body}")
+    if run.fleet:
+        for name in ("vms", "accesses"):
+            qualified.append(f"CREATE VIEW {POINT_SCHEMA}.{name} AS SELECT {star} FROM main.{name}")
+        # the observed side is per capture (calibrate one host's DATASET): empty over a fleet
+        for event in ftrace_events():
+            view = ftrace_view(event)
+            qualified.append(
+                f"CREATE VIEW {POINT_SCHEMA}.{view} AS SELECT * FROM main.{view} WHERE false"
+            )
     points = (
         "SELECT CAST(point AS BIGINT) AS point, CAST(setting AS BIGINT) AS setting, policy, "
         "status, CAST(epoch_ms AS BIGINT) AS epoch_ms FROM main.points"
@@ -264,41 +297,43 @@ def sql_files(directory: Path = SQL_DIR) -> list[Path]:
 
 
 def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
-    """An in-memory DuckDB connection with the source views and every ``sql/*.sql`` view
+    """A DuckDB connection with the source views and every ``sql/*.sql`` view
     (and, for a sweep, ``sql/sweep/*.sql``), point-keyed in :data:`POINT_SCHEMA` and as
-    users see them in ``main`` (see the module doc).
+    users see them in ``main`` (see the module doc). The views are built once per state of
+    the RESULTS and opened read-only from a saved catalog after that (ADR 0420).
 
     Raises DatasetError if ``results`` is not a RESULTS directory.
     """
+    from pipeline.analyze.persisted import open_catalog
+
     run = Run.open(results)
-    con = duckdb.connect(":memory:")
-    try:
-        for source in run.sources():
-            try:
-                hive = source.name in RESULTS_TABLES
-                con.execute(_source_sql(source, hive=hive, sweep=run.sweep))
-            except duckdb.Error as exc:
-                msg = f"cannot read table `{source.table}`: {_first_line(exc)}"
-                raise DatasetError(source.files or run.results, msg) from None
-        con.execute(
-            "CREATE VIEW results_manifest AS SELECT "
-            f"CAST({sql_literal(json.dumps(run.manifest, sort_keys=True))} AS JSON) AS manifest"
-        )
-        for statement in _point_sources(run):
-            con.execute(statement)
-        con.execute(f"USE memory.{POINT_SCHEMA}")
-        for path in analysis_sql_files(run):
-            try:
-                con.execute(path.read_text())
-            except duckdb.Error as exc:
-                msg = f"{path.name}: {_first_line(exc)}"
-                raise QueryError(msg) from None
-        con.execute("USE memory.main")
-        _expose(con, sweep=run.sweep)
-    except BaseException:
-        con.close()
-        raise
-    return con, run
+    return open_catalog(run.results, run.dataset, lambda con: build_views(con, run)), run
+
+
+def build_views(con: duckdb.DuckDBPyConnection, run: Run) -> None:
+    """Create every view of ``run`` on ``con`` (an empty database)."""
+    for source in run.sources():
+        try:
+            hive = source.name in RESULTS_TABLES
+            con.execute(_source_sql(source, hive=hive, sweep=run.sweep, fleet=run.fleet))
+        except duckdb.Error as exc:
+            msg = f"cannot read table `{source.table}`: {_first_line(exc)}"
+            raise DatasetError(source.files or run.results, msg) from None
+    con.execute(
+        "CREATE VIEW results_manifest AS SELECT "
+        f"CAST({sql_literal(json.dumps(run.manifest, sort_keys=True))} AS JSON) AS manifest"
+    )
+    for statement in _point_sources(run):
+        con.execute(statement)
+    con.execute(f"USE {POINT_SCHEMA}")
+    for path in analysis_sql_files(run):
+        try:
+            con.execute(path.read_text())
+        except duckdb.Error as exc:
+            msg = f"{path.name}: {_first_line(exc)}"
+            raise QueryError(msg) from None
+    con.execute("USE main")
+    _expose(con, sweep=run.sweep, fleet=run.fleet)
 
 
 def analysis_sql_files(run: Run) -> list[Path]:
@@ -306,9 +341,10 @@ def analysis_sql_files(run: Run) -> list[Path]:
     return [*sql_files(), *(sql_files(SWEEP_SQL_DIR) if run.sweep else [])]
 
 
-def _expose(con: duckdb.DuckDBPyConnection, *, sweep: bool) -> None:
+def _expose(con: duckdb.DuckDBPyConnection, *, sweep: bool, fleet: bool = False) -> None:
     """One ``main`` view per public keyed analysis view: as it is for a sweep, without the
-    point keys for a plain replay (whose one point is 0)."""
+    point keys for a plain replay (whose one point is 0); a fleet's ``vm`` ('host/vm') split
+    back into ``host`` and ``vm``."""
     # duckdb_columns() has the column names each view was bound with at CREATE time: no
     # re-binding of the view chains here
     rows = con.execute(
@@ -319,11 +355,17 @@ def _expose(con: duckdb.DuckDBPyConnection, *, sweep: bool) -> None:
         "WHERE v.schema_name = ? AND NOT v.internal AND NOT starts_with(v.view_name, '_') "
         "AND v.view_name NOT IN (SELECT view_name FROM duckdb_views() WHERE schema_name = 'main')"
         " GROUP BY v.view_name, v.view_oid ORDER BY v.view_oid",
-        [list(POINT_KEYS), POINT_SCHEMA],
+        [[*POINT_KEYS, HOST, "vm"], POINT_SCHEMA],
     ).fetchall()
-    for name, keys in rows:
-        hidden = [] if sweep else sorted(keys or [], key=POINT_KEYS.index)
+    for name, found in rows:
+        keys = [k for k in found or [] if k in POINT_KEYS]
+        hidden = [] if sweep else sorted(keys, key=POINT_KEYS.index)
+        if fleet and HOST in (found or []):
+            hidden.append(HOST)  # the 'host/vm' of a keyed view is split again below
         body = f"* EXCLUDE ({', '.join(hidden)})" if hidden else "*"
+        if fleet and "vm" in (found or []):
+            host = "split_part(vm, '/', 1)"
+            body = f"{host} AS {HOST}, {body} REPLACE (substr(vm, length({host}) + 2) AS vm)"
         con.execute(f"CREATE VIEW main.{name} AS SELECT {body} FROM {POINT_SCHEMA}.{name}")
 
 

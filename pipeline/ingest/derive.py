@@ -22,51 +22,50 @@ Epoch ``e`` covers ``[t0 + e*epoch_ms, t0 + (e+1)*epoch_ms)`` where ``t0`` is th
 event's ``ts_ns``. Rows are range-compressed: maximal runs of consecutive gfns with the same
 (vm, epoch, vcpu, write, nr_accesses).
 
-Constant memory (ADR 0120): the event tables are streamed in batches of ``BATCH_ROWS`` rows,
-each batch is counted per (vm, epoch, vcpu, write, gfn) and an epoch is range-compressed and
-written as soon as no later row can belong to it. When the rows are in time order (tracefs
-text, one source) that is after the batch that holds the epoch's last row. Otherwise (a
-``trace-cmd report`` that interleaves CPUs, several sources) the per-batch counts are spilled
-to temporary Parquet files in buckets of consecutive epochs of at most ``BUCKET_ROWS`` events
-and each bucket is compressed in epoch order. Either way the rows are identical to counting
-the whole table at once. ``accesses`` is written in parts of about ``PART_ROWS`` rows
+Constant memory (ADR 0120, 0130): the event tables are streamed in batches of ``BATCH_ROWS``
+rows (:mod:`pipeline.ingest.derive_stream`); the fault rows of an (epoch, vCPU) slice are
+sorted once, summed per (vm, epoch, vcpu, write, gfn) and range-compressed as soon as no later
+row can belong to it. When the rows are in time order (tracefs text, one source) that is after
+the batch that holds the epoch's last row. Otherwise (a ``trace-cmd report`` that interleaves
+CPUs, several sources, or an epoch of more than ``BUCKET_ROWS`` rows) the rows are spilled to
+temporary files in buckets of consecutive slices of at most ``BUCKET_ROWS`` rows and each
+bucket is compressed in order. Either way the rows are identical to counting the whole table
+at once. ``accesses`` is written in parts of about ``PART_ROWS`` rows
 (``accesses/part-NNNNN.parquet``, VM by VM in name order); a part never splits an epoch of a VM.
 """
 
 from __future__ import annotations
 
-import queue
-import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline.knobs import NUMA_KNOB_DEFAULTS
-from pipeline.schema import ParquetStream, conform, table_schema
+from pipeline.ingest.derive_stream import (
+    ACCESS_DTYPES,
+    AccessParts,
+    Counter,
+    Emitter,
+    EpochLayout,
+    buckets,
+    stream_ordered,
+)
+from pipeline.ingest.derive_stream import stream_spilled as _stream_spilled
+from pipeline.ingest.points import Points, runs
+from pipeline.model.knobs import NUMA_KNOB_DEFAULTS
+from pipeline.schema import conform, table_schema
 
 PAGE_SHIFT = 12
 HUGE_PAGE_BYTES = 2 << 20
 DAMON_VCPU = 0  # DAMON does not know the vCPU; its accesses are attributed to vCPU 0
 DEFAULT_VM = "vm0"
 BATCH_ROWS = 1 << 18  # event rows read per batch
-BUCKET_ROWS = 4 << 20  # event rows per spill bucket when the table is not in time order
-SPILL_ROWS = 2 << 20  # counted points held before they are merged (in order) or spilled
+BUCKET_ROWS = 4 << 20  # fault rows per spill bucket (out of time order, or a long epoch)
 PART_ROWS = 4 << 20  # accesses rows per part file (closed at an epoch boundary)
-KEYS = ["vm", "epoch", "vcpu", "write"]
-POINT_KEYS = [*KEYS, "gfn"]
-POINTS_SCHEMA = {
-    "vm": pl.Int32,  # index of the VM in name order while counting
-    "epoch": pl.Int64,
-    "vcpu": pl.Int32,
-    "write": pl.Boolean,
-    "gfn": pl.Int64,
-    "nr_accesses": pl.Int64,
-}
 
 Progress = Callable[[int, int], None]
 """``progress(rows_done, rows_total)``: event rows streamed so far, over all passes."""
@@ -215,24 +214,26 @@ def compress_runs(points: pl.DataFrame) -> pl.DataFrame:
     """(vm, epoch, vcpu, write, gfn, nr_accesses) points -> maximal runs (table accesses).
 
     A run starts where the keys change, the gfn is not the previous one + 1, or the count
-    differs; its length is the distance to the next start (no group-by: one sort, one filter).
+    differs (:func:`pipeline.ingest.points.runs`; one sort on a packed key, no group-by).
+    Distinct points are expected (equal points would be summed first); runs come sorted by
+    vm, epoch, vcpu, write, gfn_start.
     """
-    keys = ["vm", "epoch", "vcpu", "write"]
-    p = points.sort([*keys, "gfn"])
-    brk = (
-        pl.any_horizontal([pl.col(k) != pl.col(k).shift(1) for k in keys])
-        | (pl.col("gfn") != pl.col("gfn").shift(1) + 1)
-        | (pl.col("nr_accesses") != pl.col("nr_accesses").shift(1))
-    ).fill_null(True)
-    starts = p.with_row_index("_i").filter(brk)
-    ends = starts["_i"].shift(-1, fill_value=p.height)
-    runs = starts.select(
-        *keys,
-        pl.col("gfn").alias("gfn_start"),
-        (ends - starts["_i"]).cast(pl.Int64).alias("nr_pages"),
-        "nr_accesses",
+    vm_names = points["vm"].unique().sort()
+    vm_index = points.select(pl.col("vm").rank("dense").cast(pl.Int32) - 1)["vm"].to_numpy()
+    p = Points(
+        vm_index,
+        points["epoch"].to_numpy().astype(np.int64),
+        points["vcpu"].to_numpy().astype(np.int32),
+        points["write"].to_numpy().astype(np.bool_),
+        points["gfn"].to_numpy().astype(np.int64),
+        points["nr_accesses"].to_numpy().astype(np.int64),
+    ).reduced()
+    cols = runs(p)
+    frame = pl.DataFrame(cols, schema=ACCESS_DTYPES)
+    vm = pl.col("vm").replace_strict(
+        dict(enumerate(vm_names.to_list())), return_dtype=vm_names.dtype
     )
-    return runs.select(table_schema("accesses").names)
+    return frame.with_columns(vm).select(table_schema("accesses").names)
 
 
 def _damon_rows(root: Path, vms: pl.DataFrame, t0_ns: int, epoch_ms: int) -> pl.DataFrame:
@@ -346,273 +347,6 @@ def infer_vms(
     return pl.from_arrow(conform(frame, "vms"))  # type: ignore[return-value]
 
 
-class _AccessParts:
-    """``accesses/part-NNNNN.parquet``: VM by VM in name order, a part closed between epochs.
-
-    Each VM's parts are staged under ``.accesses-staging/`` while the epochs stream in (all
-    VMs at once) and numbered in VM order on :meth:`close`, so the files read in name order
-    are sorted by vm, epoch, vcpu, gfn_start. Rows are conformed, compressed and written by a
-    background thread (Arrow and zstd release the GIL), overlapping the counting; at most
-    two batches wait for it.
-    """
-
-    def __init__(self, root: Path, vms: list[str], params: dict[str, Any] | None, part_rows: int):
-        self.root = root
-        self.params = params
-        self.part_rows = part_rows
-        self.rows = 0
-        self._stage = root / ".accesses-staging"
-        self._vms = vms
-        self._files: dict[str, list[Path]] = {vm: [] for vm in self._vms}
-        self._open: dict[str, ParquetStream] = {}
-        self._queue: queue.Queue[pl.DataFrame | None] = queue.Queue(maxsize=2)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="derive-write", daemon=True)
-        self._thread.start()
-
-    def add(self, accesses: pl.DataFrame) -> None:
-        """Append rows sorted by vm, epoch, vcpu, gfn_start that hold whole epochs."""
-        self._raise()
-        self._queue.put(accesses)
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._write(item)
-                except BaseException as exc:  # re-raised in the caller's thread
-                    self._error = exc
-
-    def _write(self, accesses: pl.DataFrame) -> None:
-        for (vm,), rows in accesses.partition_by("vm", as_dict=True, maintain_order=True).items():
-            stream = self._open.get(str(vm))
-            if stream is not None and stream.rows >= self.part_rows:
-                stream.close()
-                stream = None
-            if stream is None:
-                files = self._files[str(vm)]
-                name = f"vm{self._vms.index(str(vm)):05d}-{len(files):05d}.parquet"
-                files.append(self._stage / name)
-                stream = ParquetStream(files[-1], "accesses", params=self.params)
-                self._open[str(vm)] = stream
-            stream.write(rows)
-            self.rows += rows.height
-
-    def _stop(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def close(self) -> list[Path]:
-        """Close every part and number them part-00000... in VM order; the part paths."""
-        self._stop()
-        self._raise()
-        for stream in self._open.values():
-            stream.close()
-        self._open = {}
-        out = self.root / "accesses"
-        out.mkdir(parents=True, exist_ok=True)
-        staged = [p for vm in self._vms for p in self._files[vm]]
-        parts = [out / f"part-{i:05d}.parquet" for i in range(len(staged))]
-        for src, dst in zip(staged, parts, strict=True):
-            src.rename(dst)
-        if not parts:  # no accesses at all: one empty part
-            parts = [out / "part-00000.parquet"]
-            ParquetStream(parts[0], "accesses", params=self.params).close()
-        if self._stage.exists():
-            self._stage.rmdir()
-        return parts
-
-    def abort(self) -> None:
-        self._stop()
-        for stream in self._open.values():
-            stream.abort()
-        self._open = {}
-
-
-class _Emitter:
-    """Turns counted points of finished epochs (plus DAMON rows) into sorted accesses rows."""
-
-    def __init__(self, parts: _AccessParts, damon: pl.DataFrame, names: list[str]) -> None:
-        self.parts = parts
-        self._names = dict(enumerate(names))
-        index = {n: i for i, n in self._names.items()}
-        self._damon = damon.with_columns(pl.col("vm").replace_strict(index, return_dtype=pl.Int32))
-
-    def emit(self, points: pl.DataFrame, below: int | None) -> None:
-        """``points`` hold every fault of epochs ``< below`` not emitted yet (None: all)."""
-        if points.height:
-            summed = points.group_by(POINT_KEYS).agg(pl.col("nr_accesses").sum())
-            runs = compress_runs(summed)
-        else:
-            runs = pl.DataFrame(schema={**table_schema("accesses").polars(), "vm": pl.Int32})
-        damon = self._damon
-        if below is not None:
-            damon, self._damon = (
-                damon.filter(pl.col("epoch") < below),
-                damon.filter(pl.col("epoch") >= below),
-            )
-        else:
-            self._damon = damon.clear()
-        if runs.height == 0 and damon.height == 0:
-            return
-        rows = pl.concat([runs, damon], how="vertical_relaxed").sort(
-            ["vm", "epoch", "vcpu", "gfn_start", "write"], maintain_order=True
-        )
-        vm = pl.col("vm").replace_strict(self._names, return_dtype=pl.String)
-        self.parts.add(rows.with_columns(vm))
-
-
-@dataclass
-class _Counter:
-    """Counts each batch of fault rows per (vm, epoch, vcpu, write, gfn) and what was dropped."""
-
-    vm: pl.Expr
-    ram_pages: dict[int, int]
-    epoch: pl.Expr
-    unassigned: int = 0
-    outside_ram: int = 0
-
-    def points(self, batch: pl.DataFrame) -> pl.DataFrame:
-        rows = batch.with_columns(self.vm)
-        usable = (pl.col("vcpu").is_not_null() & pl.col("vm").is_not_null()).fill_null(False)
-        ram = pl.col("vm").replace_strict(self.ram_pages, default=0, return_dtype=pl.Int64)
-        in_ram = ((pl.col("gfn") >= 0) & (pl.col("gfn") < ram)).fill_null(False)
-        flags = rows.select(usable.alias("usable"), (usable & in_ram).alias("kept"))
-        n_usable, n_kept = int(flags["usable"].sum()), int(flags["kept"].sum())
-        self.unassigned += rows.height - n_usable
-        self.outside_ram += n_usable - n_kept
-        return (
-            rows.filter(flags["kept"])
-            .with_columns(self.epoch)
-            .group_by(POINT_KEYS)
-            .agg(pl.len().cast(pl.Int64).alias("nr_accesses"))
-            .select(list(POINTS_SCHEMA))
-            .cast(POINTS_SCHEMA)  # type: ignore[arg-type]
-        )
-
-
-class _EpochLayout:
-    """Whether the fault rows are in epoch order, and the rows per epoch, batch by batch."""
-
-    def __init__(self, epoch: pl.Expr) -> None:
-        self._epoch = epoch
-        self.ordered = True
-        self._last: int | None = None
-        self._counts: list[pl.DataFrame] = []
-
-    def add(self, batch: pl.DataFrame) -> None:
-        e = batch.select(self._epoch)["epoch"]
-        if e.is_empty():
-            return
-        if (self._last is not None and e[0] < self._last) or not e.is_sorted():
-            self.ordered = False
-        self._last = e[-1]
-        self._counts.append(e.value_counts(name="rows"))
-        if len(self._counts) > 64:
-            self._counts = [self.histogram()]
-
-    def histogram(self) -> pl.DataFrame:
-        """(epoch, rows) sorted by epoch."""
-        if not self._counts:
-            return pl.DataFrame(schema={"epoch": pl.Int64, "rows": pl.UInt32})
-        return pl.concat(self._counts).group_by("epoch").agg(pl.col("rows").sum()).sort("epoch")
-
-
-def _stream_ordered(
-    faults: _Faults,
-    root: Path,
-    *,
-    counter: _Counter,
-    emitter: _Emitter,
-    batch_rows: int,
-    tick: Callable[[int], None],
-) -> None:
-    """Rows in epoch order: an epoch is emitted once a batch starts a later one."""
-    pending: list[pl.DataFrame] = []
-    held = 0
-    for b in faults.batches(root, batch_rows):
-        tick(b.height)
-        if b.is_empty():
-            continue
-        pending.append(counter.points(b))
-        held += pending[-1].height
-        last_epoch = int(b.select(counter.epoch)["epoch"][-1])
-        lowest = min((int(p["epoch"].min()) for p in pending if p.height), default=last_epoch)  # type: ignore[arg-type]
-        if lowest < last_epoch:
-            held_points = pl.concat(pending)
-            done = held_points.filter(pl.col("epoch") < last_epoch)
-            emitter.emit(done, last_epoch)
-            pending = [held_points.filter(pl.col("epoch") >= last_epoch)]
-            held = pending[0].height
-        elif held > SPILL_ROWS:  # one long epoch: merge its counts
-            merged = pl.concat(pending).group_by(POINT_KEYS).agg(pl.col("nr_accesses").sum())
-            pending, held = [merged], merged.height
-    emitter.emit(pl.concat(pending) if pending else pl.DataFrame(schema=POINTS_SCHEMA), None)
-
-
-def _buckets(hist: pl.DataFrame, bucket_rows: int) -> list[int]:
-    """First epoch of each bucket of consecutive epochs holding <= ``bucket_rows`` rows."""
-    starts: list[int] = []
-    size = 0
-    for epoch, rows in hist.iter_rows():
-        if not starts or size + rows > bucket_rows:
-            starts.append(int(epoch))
-            size = 0
-        size += rows
-    return starts
-
-
-def _stream_spilled(
-    faults: _Faults,
-    root: Path,
-    *,
-    counter: _Counter,
-    emitter: _Emitter,
-    starts: list[int],
-    batch_rows: int,
-    tick: Callable[[int], None],
-) -> None:
-    """Rows out of epoch order: spill counted points to epoch buckets, emit bucket by bucket."""
-    bounds = pl.Series("start", starts, dtype=pl.Int64)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".derive-spill-") as tmp:
-        spill = Path(tmp)
-        held: list[pl.DataFrame] = []
-        seq = 0
-
-        def flush() -> None:
-            nonlocal held, seq
-            if not held:
-                return
-            frame = pl.concat(held)
-            for (bucket,), rows in frame.partition_by("bucket", as_dict=True).items():
-                rows.drop("bucket").write_parquet(spill / f"b{bucket:06d}-{seq:06d}.parquet")
-            held, seq = [], seq + 1
-
-        for b in faults.batches(root, batch_rows):
-            tick(b.height)
-            pts = counter.points(b)
-            bucket = bounds.search_sorted(pts["epoch"], side="right") - 1
-            held.append(pts.with_columns(bucket.alias("bucket")))
-            if sum(h.height for h in held) >= SPILL_ROWS:
-                flush()
-        flush()
-        for i in range(len(starts)):
-            files = sorted(spill.glob(f"b{i:06d}-*.parquet"))
-            points = pl.concat([pl.read_parquet(f) for f in files]) if files else None
-            below = starts[i + 1] if i + 1 < len(starts) else None
-            emitter.emit(
-                points if points is not None else pl.DataFrame(schema=POINTS_SCHEMA), below
-            )
-            for f in files:
-                f.unlink()
-    emitter.emit(pl.DataFrame(schema=POINTS_SCHEMA), None)
-
-
 def derive(
     root: Path,
     *,
@@ -632,7 +366,7 @@ def derive(
     """
     vms: pl.DataFrame | None = None
     if vm_config is not None:
-        from pipeline.ingest.vmmodel import load_vm_file
+        from pipeline.model.vmmodel import load_vm_file
 
         vms = load_vm_file(vm_config)
     done, total = 0, 0
@@ -649,7 +383,7 @@ def derive(
     faults = _fault_rows(root, vms, batch_rows, tick)
     t0 = t0_ns if t0_ns is not None else 0
     epoch = _epoch(t0, epoch_ms)
-    layout = _EpochLayout(epoch)
+    layout = EpochLayout(epoch)
     if vms is None:
         vms = infer_vms(root, faults, batch_rows=batch_rows, tick=tick, on_batch=layout.add)
     else:
@@ -661,24 +395,18 @@ def derive(
         names.index(str(r["vm"])): int(r["mem_bytes"]) >> PAGE_SHIFT
         for r in vms.iter_rows(named=True)
     }
-    counter = _Counter(_vm_assigner(vms, names), ram_pages, epoch)
-    parts = _AccessParts(root, names, params, part_rows)
-    emitter = _Emitter(parts, _damon_rows(root, vms, t0, epoch_ms), names)
+    counter = Counter(_vm_assigner(vms, names), ram_pages, epoch)
+    parts = AccessParts(root, names, params, part_rows)
+    emitter = Emitter(parts, _damon_rows(root, vms, t0, epoch_ms), names)
     try:
-        if layout.ordered:
-            _stream_ordered(
-                faults, root, counter=counter, emitter=emitter, batch_rows=batch_rows, tick=tick
-            )
-        else:
-            starts = _buckets(layout.histogram(), bucket_rows)
+        batches = faults.batches(root, batch_rows)
+        if layout.ordered and layout.largest_epoch_rows() <= bucket_rows:
+            stream_ordered(batches, counter=counter, emitter=emitter, tick=tick)
+        else:  # out of order, or an epoch too long to hold: buckets of (epoch, vCPU) slices
+            keys, rows = layout.histogram()
+            starts = buckets(keys, rows, bucket_rows)
             _stream_spilled(
-                faults,
-                root,
-                counter=counter,
-                emitter=emitter,
-                starts=starts,
-                batch_rows=batch_rows,
-                tick=tick,
+                batches, root, counter=counter, emitter=emitter, starts=starts, tick=tick
             )
         paths = parts.close()
     except BaseException:

@@ -1,15 +1,15 @@
 """The compiled ingest parser: ``csrc/ftrace_scan.c`` loaded with ctypes (ADR 0110).
 
-``scan_block()`` in C cuts every line's header exactly like :func:`ftrace._header_fast` and
+``scan_block()`` in C cuts every line's header exactly like :func:`polarsscan._header_fast` and
 matches each event's payload against the templates below (one per variant of the event's
-pretty grammar in :data:`ftrace.SPECS`). Per line it reports one of three states:
+pretty grammar in :data:`events.SPECS`). Per line it reports one of three states:
 
 * full: header and payload parsed; the values land in int64 slots (numbers, or the offset and
   length of a string) and become Arrow columns here with numpy;
 * header: the header parsed but no template matched (raw ``-R`` payloads, unknown events,
   odd payloads, a value out of its column's range): the polars per-event grammars decide;
 * defer: anything else (metadata, tgid column, non-ASCII, control bytes): the exact
-  per-line grammar :func:`ftrace.parse_line` decides.
+  per-line grammar :func:`lines.parse_line` decides.
 
 So rows, quarantine reasons and counts are those of the polars path (checked by the tests).
 Without the shared library (``make setup`` builds it) ingest uses the polars path.
@@ -28,7 +28,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.ingest import ftrace
+from pipeline.ingest import polarsscan
+from pipeline.ingest.events import SPECS
 from pipeline.schema import conform, table_schema
 
 LIBRARY = Path(__file__).with_name("_ftrace_scan.so")
@@ -50,7 +51,7 @@ _LOWER = "abcdefghijklmnopqrstuvwxyz_"
 # hex, hex0x or lhex (lower-case hex) = a number; ("str", column, parts) = the text matched by
 # parts, where a part is ("cls", set), ("clsopt", set), ("clsrep", set, min),
 # ("until_first", text) or ("until_last", text); ("clsopt", set) outside a string is allowed
-# too. Each follows one variant of the event's first grammar in ftrace.SPECS; a repeated class
+# too. Each follows one variant of the event's first grammar in events.SPECS; a repeated class
 # or a number is always followed by text that cannot continue it, so greedy matching finds the
 # regex's only match.
 Token = Any
@@ -331,8 +332,8 @@ class Tables:
 
 @cache
 def tables() -> Tables:
-    """Compile :data:`TEMPLATES` for every event of ``ftrace.SPECS`` (in SPECS order)."""
-    events = tuple(ftrace.SPECS)
+    """Compile :data:`TEMPLATES` for every event of ``events.SPECS`` (in SPECS order)."""
+    events = tuple(SPECS)
     ops: list[tuple[int, int, int, int]] = []
     lits = bytearray()
     sets: list[bytes] = []
@@ -584,12 +585,12 @@ def _common(data: np.ndarray, s: Scan, idx: np.ndarray) -> dict[str, pa.Array]:
     }
 
 
-def full_parts(data: np.ndarray, s: Scan) -> tuple[dict[str, list[ftrace.Part]], np.ndarray]:
+def full_parts(data: np.ndarray, s: Scan) -> tuple[dict[str, list[polarsscan.Part]], np.ndarray]:
     """Typed rows of every line a template parsed. Lines with a value out of its column's
     range are returned (second item) for the per-event grammars, which quarantine or take them.
     """
     t = tables()
-    out: dict[str, list[ftrace.Part]] = {}
+    out: dict[str, list[polarsscan.Part]] = {}
     demoted: list[np.ndarray] = []
     full = np.flatnonzero(s.status == ST_FULL)
     if not len(full):
@@ -597,7 +598,7 @@ def full_parts(data: np.ndarray, s: Scan) -> tuple[dict[str, list[ftrace.Part]],
     tmpl_of = s.tmpl[full]
     for k in np.unique(tmpl_of).tolist():
         tm = t.templates[k]
-        spec = ftrace.SPECS[tm.event]
+        spec = SPECS[tm.event]
         schema = table_schema(spec.table).arrow()
         idx = full[tmpl_of == k]
         ok = np.ones(len(idx), bool)
@@ -622,14 +623,14 @@ def full_parts(data: np.ndarray, s: Scan) -> tuple[dict[str, list[ftrace.Part]],
                 cols[col] = pa.array([tm.constants[col]] * len(idx), dtype)
             else:
                 cols[col] = pa.nulls(len(idx), dtype)
-        part = ftrace.Part(idx.astype(np.int64), conform(pa.table(cols), spec.table))
+        part = polarsscan.Part(idx.astype(np.int64), conform(pa.table(cols), spec.table))
         out.setdefault(spec.table, []).append(part)
     rest = np.concatenate(demoted) if demoted else np.zeros(0, np.int64)
     return out, rest.astype(np.int64)
 
 
 def header_frame(data: np.ndarray, s: Scan, idx: np.ndarray) -> pl.DataFrame:
-    """The frame ``ftrace._parse_events`` takes, for lines whose header C parsed."""
+    """The frame ``polarsscan._parse_events`` takes, for lines whose header C parsed."""
     cols = _common(data, s, idx)
     cols["event"] = _strings(data, s.ev_off[idx], s.ev_len[idx], np.ones(len(idx), bool))
     cols["payload"] = _strings(data, s.pl_off[idx], s.pl_len[idx], np.ones(len(idx), bool))
@@ -643,13 +644,13 @@ def header_frame(data: np.ndarray, s: Scan, idx: np.ndarray) -> pl.DataFrame:
 
 def parse_chunk_c(
     buf: bytes, *, source: str, first_lineno: int = 1, final: bool = False
-) -> ftrace.ChunkResult:
+) -> polarsscan.ChunkResult:
     """:func:`ftrace.parse_chunk` with the compiled scanner (same rows, reasons and counts)."""
     s = scan(buf)
     data = np.frombuffer(buf, np.uint8)
     open_end = len(buf) > 0 and not buf.endswith(b"\n")
-    lines = ftrace.Lines(buf, s.line_start, s.line_end, final and open_end)
-    got = ftrace.Collected()
+    lines = polarsscan.Lines(buf, s.line_start, s.line_end, final and open_end)
+    got = polarsscan.Collected()
     parts, demoted = full_parts(data, s)
     for table, found in parts.items():
         for part in found:

@@ -13,7 +13,9 @@ import gzip
 import hashlib
 import multiprocessing
 import os
+import queue
 import sys
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ from typing import IO, Any, cast
 import pyarrow.compute as pc
 
 from pipeline.errors import InputError
-from pipeline.ingest import ftrace
+from pipeline.ingest import events, ftrace, polarsscan
 from pipeline.schema import ParquetStream
 
 CHUNK_BYTES = 16 << 20
@@ -57,7 +59,7 @@ class SourceStats:
     first_ts_ns: int | None = None
     parser: str = "polars"  # "c": the compiled scanner; "polars": the fallback (ADR 0110)
 
-    def add(self, result: ftrace.ChunkResult) -> None:
+    def add(self, result: polarsscan.ChunkResult) -> None:
         self.lines_total += result.lines
         self.parsed += result.parsed
         self.comments += result.comments
@@ -85,12 +87,47 @@ class SourceStats:
         }
 
 
+class _Hasher:
+    """sha256 of the raw input in a thread of its own, off the reading thread's path.
+
+    ``hashlib`` releases the GIL on large updates, so the hash runs beside the parse threads.
+    At most ``_QUEUED`` reads wait for it.
+    """
+
+    _QUEUED = 8
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self._QUEUED)
+        self._thread = threading.Thread(target=self._run, name="ingest-hash", daemon=True)
+        self._thread.start()
+        self._digest: str | None = None
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._sha.update(data)
+
+    def update(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def hexdigest(self) -> str:
+        self.close()
+        if self._digest is None:
+            self._digest = self._sha.hexdigest()
+        return self._digest
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class HashingReader:
-    """A binary reader that hashes and counts the raw bytes and reports progress."""
+    """A binary reader that hashes (in a thread) and counts the raw bytes, reports progress."""
 
     def __init__(self, raw: IO[bytes], progress: Callable[[int], None] | None = None) -> None:
         self._raw = raw
-        self._sha = hashlib.sha256()
+        self._sha = _Hasher()
         self._progress = progress
         self.count = 0
         self._head = b""
@@ -127,41 +164,73 @@ class HashingReader:
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
 
+    def close(self) -> None:
+        """Stop the hash thread (the digest stays available)."""
+        self._sha.close()
+
 
 class ZstdFrames:
-    """Decompress concatenated zstd frames; a frame cut off at the end raises EOFError."""
+    """Decompress concatenated zstd frames; a frame cut off at the end raises EOFError.
+
+    Output is bounded per call: compressed input is fed in pieces sized from the ratio seen so
+    far so that one piece yields about ``OUT_BYTES`` (an 84 KB .zst of 1 GB of repetitive text
+    must not decompress in one go). The worst case of one piece of ``MIN_PIECE`` bytes is
+    MIN_PIECE / 4 raw-block headers of 128 KiB each: 32 MiB.
+    """
+
+    OUT_BYTES = 4 << 20
+    MIN_PIECE = 1 << 10
+    MAX_PIECE = 1 << 20
 
     def __init__(self, raw: HashingReader, zstandard: Any) -> None:
         self._raw = raw
         self._zstd = zstandard
         self._dobj = zstandard.ZstdDecompressor().decompressobj()
         self._open = False  # bytes of an unfinished frame were fed
-        self._out = b""
+        self._out = bytearray()
+        self._pending = memoryview(b"")  # compressed bytes read but not fed yet
+        self._piece = self.MIN_PIECE
         self._eof = False
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes) -> int:
+        """Decompress ``data``; bytes of output produced."""
+        produced = 0
         while data:
             self._open = True
-            self._out += self._dobj.decompress(data)
+            out = self._dobj.decompress(data)
+            produced += len(out)
+            self._out += out
             if not self._dobj.eof:
-                return
+                break
             data = self._dobj.unused_data
             self._dobj = self._zstd.ZstdDecompressor().decompressobj()
             self._open = False
+        return produced
 
-    def read(self, n: int = -1) -> bytes:
-        while not self._eof and (n < 0 or len(self._out) < n):
-            data = self._raw.read(1 << 20)
+    def _step(self) -> None:
+        """Feed one piece of compressed input (reading more when none is pending)."""
+        if not self._pending:
+            data = self._raw.read(self.MAX_PIECE)
             if not data:
                 self._eof = True
                 if self._open:
                     raise EOFError
-                break
-            self._feed(data)
-        if n < 0:
-            out, self._out = self._out, b""
+                return
+            self._pending = memoryview(data)
+        piece = self._pending[: self._piece]
+        self._pending = self._pending[len(piece) :]
+        produced = self._feed(bytes(piece))
+        ratio = max(produced // max(len(piece), 1), 1)
+        self._piece = min(max(self.OUT_BYTES // ratio, self.MIN_PIECE), self.MAX_PIECE)
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._out) < n):
+            self._step()
+        if n < 0 or n >= len(self._out):
+            out, self._out = bytes(self._out), bytearray()
         else:
-            out, self._out = self._out[:n], self._out[n:]
+            out = bytes(memoryview(self._out)[:n])
+            del self._out[:n]
         return out
 
 
@@ -255,31 +324,64 @@ def iter_blocks(
 
 
 class TableSinks:
-    """One ParquetStream per ftrace table plus quarantine, under a dataset directory."""
+    """One ParquetStream per ftrace table plus quarantine, under a dataset directory.
+
+    Results are conformed, compressed and appended by a writer thread (Arrow and zstd release
+    the GIL), so the thread that reads the input and hands blocks to the parsers never waits
+    on a write; at most ``QUEUED`` results wait for it.
+    """
+
+    QUEUED = 2
 
     def __init__(self, root: Path, params: dict[str, Any]) -> None:
         self.streams: dict[str, ParquetStream] = {}
-        for table in ftrace.event_tables():
+        for table in events.event_tables():
             path = root / f"{table}.parquet"
             self.streams[table] = ParquetStream(path, table, params=params)
         self.streams["quarantine"] = ParquetStream(
             root / "quarantine.parquet", "quarantine", params=params
         )
+        self._queue: queue.Queue[polarsscan.ChunkResult | None] = queue.Queue(maxsize=self.QUEUED)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ingest-write", daemon=True)
+        self._thread.start()
 
-    def write(self, result: ftrace.ChunkResult) -> None:
+    def write(self, result: polarsscan.ChunkResult) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(result)
+
+    def _run(self) -> None:
+        while (result := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(result)
+                except BaseException as exc:  # re-raised in the caller's thread
+                    self._error = exc
+
+    def _write(self, result: polarsscan.ChunkResult) -> None:
         for table, rows in result.tables.items():
             self.streams[table].write(rows)
         if result.quarantine.num_rows:
             self.streams["quarantine"].write(result.quarantine)
 
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
     def rows(self) -> dict[str, int]:
         return {name: s.rows for name, s in sorted(self.streams.items())}
 
     def close(self) -> None:
+        self._stop()
+        if self._error is not None:
+            raise self._error
         for s in self.streams.values():
             s.close()
 
     def abort(self) -> None:
+        self._stop()
         for s in self.streams.values():
             s.abort()
 
@@ -296,11 +398,11 @@ class ChunkParser:
     """
 
     def __init__(self, workers: int = WORKERS, parser: str | None = None) -> None:
-        self.sink: Callable[[ftrace.ChunkResult], None] = lambda _r: None
+        self.sink: Callable[[polarsscan.ChunkResult], None] = lambda _r: None
         self.parser = parser or ftrace.default_parser()
         self._workers = workers
         self._pool: Executor | None = None
-        self._pending: deque[tuple[Future[ftrace.ChunkResult], Block]] = deque()
+        self._pending: deque[tuple[Future[polarsscan.ChunkResult], Block]] = deque()
         self._held: list[Block] = []
 
     def submit(self, block: bytes, source: str, final: bool) -> None:
@@ -367,7 +469,7 @@ class ChunkParser:
 Block = tuple[bytes, str, bool, str]  # block, source, final, parser
 
 
-def _parse(item: Block) -> ftrace.ChunkResult:
+def _parse(item: Block) -> polarsscan.ChunkResult:
     block, source, final, parser = item
     return ftrace.parse_chunk(block, source=source, final=final, parser=parser)
 
@@ -407,25 +509,29 @@ def ingest_source(
         stats.sha256, stats.bytes = hashed.hexdigest(), hashed.count
         with tracedat.report_stream(Path(src)) as stream:
             wrapped = HashingReader(stream)
-            for block, final in iter_blocks(src, wrapped, stats):
-                parser.submit(block, src, final)
-            parser.flush()
+            try:
+                for block, final in iter_blocks(src, wrapped, stats):
+                    parser.submit(block, src, final)
+                parser.flush()
+            finally:
+                wrapped.close()
         return
     raw_file: IO[bytes] = sys.stdin.buffer if src == "-" else open(src, "rb")  # noqa: SIM115
+    hashed = HashingReader(raw_file, progress)
     try:
-        hashed = HashingReader(raw_file, progress)
         text = _decompressed(src, hashed, stats)
         for block, final in iter_blocks(src, text, stats):
             parser.submit(block, src, final)
         parser.flush()
         stats.sha256, stats.bytes = hashed.hexdigest(), hashed.count
     finally:
+        hashed.close()
         if src != "-":
             raw_file.close()
 
 
-def _collector(stats: SourceStats, sinks: TableSinks) -> Callable[[ftrace.ChunkResult], None]:
-    def collect(result: ftrace.ChunkResult) -> None:
+def _collector(stats: SourceStats, sinks: TableSinks) -> Callable[[polarsscan.ChunkResult], None]:
+    def collect(result: polarsscan.ChunkResult) -> None:
         # blocks are parsed with line numbers from 1; shift by the lines before the block
         if result.quarantine.num_rows and stats.lines_total:
             q = result.quarantine

@@ -45,7 +45,7 @@ def run_ingest(
         reader.check_source(src)
     if vm_config is not None:
         reader.check_source(str(vm_config))
-    _check_out(Path(out))
+    check_out(Path(out))
     params = {"epoch_ms": epoch_ms, "vm_config": str(vm_config) if vm_config else None}
     with atomic_output_dir(out) as tmp:
         stats, rows = reader.ingest_all(
@@ -62,7 +62,7 @@ def run_ingest(
             progress=derive_progress,
         )
         write_parquet(derived.vms, tmp / "vms.parquet", "vms", params=params)
-        from pipeline.ingest.hosting import write_hosting
+        from pipeline.ingest.capture_facts import write_hosting
 
         # the capture's process and host facts, when the sidecar or capture.json has any
         hosting_rows = write_hosting(
@@ -96,7 +96,7 @@ def run_ingest(
     return manifest
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     """Refuse an ``--out`` that cannot be created before reading any input."""
     parent = out.absolute().parent
     while not parent.exists():

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from pipeline.clikit import QUIET_OPTION, command
+
+if TYPE_CHECKING:
+    from pipeline.replay.runner import ReplayParams
 
 DATASET_ARG = typer.Argument(..., help="DATASET directory (ingest/synth output)")
 OUT_OPTION = typer.Option(..., "--out", "-o", help="RESULTS directory to write")
@@ -40,12 +45,20 @@ FALLBACK_OPTION = typer.Option(
     "(/proc/vmstat thp_fault_fallback; ADR 0371)",
 )
 JOBS_OPTION = typer.Option(
-    0, "--jobs", "-j", help="processes running policies in parallel (0: one per CPU)"
+    0,
+    "--jobs",
+    "-j",
+    help="processes running policies in parallel (0: one per CPU); a fleet: Dask workers of "
+    "a LocalCluster (1: in this process)",
+)
+SCHEDULER_OPTION = typer.Option(
+    None, "--scheduler", help="Dask scheduler: one task per (host, policy) on its workers"
 )
 
 
-def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app."""
+def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | None = None) -> None:
+    """Add this stage's commands to the root app. ``summary(RESULTS)``: the lines `replay`
+    ends with (the CLI passes the analysis stage's verdict; stage 2 does not import it)."""
 
     @command(app, "replay")
     def replay(  # noqa: PLR0917 - typer maps parameters to options
@@ -58,27 +71,28 @@ def register(app: typer.Typer) -> None:
         busy_vcpus: bool | None = BUSY_OPTION,
         no_hosting: bool = NO_HOSTING_OPTION,
         thp_fault_fallback: float = FALLBACK_OPTION,
+        scheduler: str | None = SCHEDULER_OPTION,
         quiet: bool = QUIET_OPTION,
     ) -> None:
-        """Replay a DATASET under NUMA-balancing policies and write RESULTS."""
+        """Replay a DATASET (or a fleet of them) under NUMA-balancing policies; write RESULTS."""
         from pipeline.replay.runner import ReplayParams, run_replay
 
-        path = run_replay(
-            dataset,
-            out,
-            policy or None,
-            ReplayParams(
-                epoch_ms=epoch_ms,
-                workers=jobs,
-                busy_vcpus=busy_vcpus,
-                dataset_hosting=not no_hosting,
-                thp_fault_fallback=thp_fault_fallback,
-            ),
-            quiet=quiet,
-            seed=seed,
+        params = ReplayParams(
+            epoch_ms=epoch_ms,
+            workers=jobs,
+            busy_vcpus=busy_vcpus,
+            dataset_hosting=not no_hosting,
+            thp_fault_fallback=thp_fault_fallback,
         )
+        if scheduler is not None or _is_fleet(dataset):
+            _replay_tasks(dataset, out, policy, params, seed or 0, scheduler, jobs, quiet)
+        else:
+            run_replay(dataset, out, policy or None, params, quiet=quiet, seed=seed)
+        path = out
         if not quiet:
-            typer.echo(f"wrote {path}", err=True)
+            for line in summary(path) if summary else ():
+                typer.echo(line)
+            typer.echo(f"wrote {path} (`tlbreplay query {path} --views` lists its views)")
 
     @command(app, "policies")
     def policies() -> None:
@@ -88,3 +102,49 @@ def register(app: typer.Typer) -> None:
         width = max(len(n) for n in POLICIES)
         for name, pol in POLICIES.items():
             typer.echo(f"{name:<{width}}  {pol.summary}")
+
+
+def _is_fleet(dataset: Path) -> bool:
+    from pipeline.model.fleet import is_fleet
+    from pipeline.schema import MANIFEST, read_manifest
+
+    return (Path(dataset) / MANIFEST).is_file() and is_fleet(read_manifest(Path(dataset)))
+
+
+def _replay_tasks(  # noqa: PLR0917 - the command's options
+    dataset: Path,
+    out: Path,
+    policy: list[str],
+    params: ReplayParams,
+    seed: int,
+    scheduler: str | None,
+    jobs: int,
+    quiet: bool,
+) -> None:
+    """One task per (host, policy): in this process (-j 1), on a LocalCluster or on
+    ``scheduler`` (docs/scale.md, ADR 0611)."""
+    import os
+
+    from pipeline.clikit import reporter
+    from pipeline.cluster import sigterm_as_interrupt
+    from pipeline.model.fleet import is_fleet
+    from pipeline.replay.fleet import run_fleet_replay
+    from pipeline.replay.policies import POLICIES
+    from pipeline.schema import read_manifest
+
+    top = read_manifest(Path(dataset))
+    hosts = len(top.get("hosts", [])) if is_fleet(top) else 1
+    tasks = hosts * len(dict.fromkeys(policy) if policy else POLICIES)
+    workers = jobs if jobs > 0 else min(os.cpu_count() or 1, 8, tasks)
+    with sigterm_as_interrupt(), reporter(quiet) as rep:
+        task = rep.task("replay tasks", total=tasks)
+        run_fleet_replay(
+            dataset,
+            out,
+            policy or None,
+            params,
+            seed=seed,
+            scheduler=scheduler,
+            workers=workers,
+            progress=lambda n: rep.advance(task, n),
+        )

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.model.hosting import VmHosting
 from pipeline.replay.context import EpochCtx
 from pipeline.replay.counters import Counters
 from pipeline.replay.fault import FaultPath
-from pipeline.replay.hosting import VmHosting
 from pipeline.replay.intervals import IntervalSet
 from pipeline.replay.kvm import Kvm, ReschedModel, YieldModel
 from pipeline.replay.mprotect import ChangeProtNuma

@@ -21,6 +21,7 @@ from pipeline.replay.intervals import IntervalSet, expand, intersect
 from pipeline.replay.kvm import Kvm
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.scanner import NUMA_NO_NODE, Scanner, TaskNuma, pid_bit
+from pipeline.replay.scatter import add_count
 from pipeline.replay.spte_levels import SpteLevels
 from pipeline.replay.state import (
     CPUPID_UNSET,
@@ -287,14 +288,14 @@ class FaultPath:
         vm = self.vm
         new = pages[(vm.pflags[pages] & P_SPTE) == 0]
         vm.pflags[new] |= P_SPTE | P_FAULTED
-        np.add.at(vm.g_nspte, new // PAGES_PER_PMD, 1)
+        add_count(vm.g_nspte, new // PAGES_PER_PMD, 1)
 
     def _count_ept(self, ctx: EpochCtx, vcpus: I64, page_size: int) -> None:
         ctx.counters.add(ctx.epoch, page_size, "ept_violations", int(vcpus.size))
-        np.add.at(ctx.counters.threads[ctx.epoch, :, V["ept_violations"]], vcpus, 1)
+        add_count(ctx.counters.threads[ctx.epoch, :, V["ept_violations"]], vcpus, 1)
 
     def _count_faultin(self, ctx: EpochCtx, vcpus: I64) -> None:
-        np.add.at(ctx.counters.threads[ctx.epoch, :, V["spte_faultins"]], vcpus, 1)
+        add_count(ctx.counters.threads[ctx.epoch, :, V["spte_faultins"]], vcpus, 1)
 
     # -- NUMA hinting faults -------------------------------------------------------------------
     def _hinting_faults(self, ctx: EpochCtx, heads: I64, vcpus: I64, *, thp: bool) -> None:
@@ -325,8 +326,8 @@ class FaultPath:
         c.add(ctx.epoch, ps, "numa_hint_faults", int(heads.size))
         c.add(ctx.epoch, ps, "numa_hint_faults_local", int(local.sum()))
         th = c.threads[ctx.epoch]
-        np.add.at(th[:, V["numa_hint_faults"]], vcpus, 1)
-        np.add.at(th[:, V["numa_hint_faults_local"]], vcpus[local], 1)
+        add_count(th[:, V["numa_hint_faults"]], vcpus, 1)
+        add_count(th[:, V["numa_hint_faults_local"]], vcpus[local], 1)
         # mpol_misplaced() -> should_numa_migrate_memory(): xchg last_cpupid, two-stage filter
         cpupid_arr = vm.g_cpupid if thp else vm.pcpupid
         idx = g if thp else heads
@@ -370,8 +371,8 @@ class FaultPath:
                 vm.set_page_nodes(heads[moved], dst[moved])
         c.add(ctx.epoch, ps, "numa_pages_migrated", int(moved.sum()) * nr_pages)
         c.add(ctx.epoch, ps, "numa_migrate_failed", int(failed.sum()) * nr_pages)
-        np.add.at(th[:, V["numa_pages_migrated"]], vcpus[moved], nr_pages)
-        np.add.at(th[:, V["numa_migrate_failed"]], vcpus[failed], nr_pages)
+        add_count(th[:, V["numa_pages_migrated"]], vcpus[moved], nr_pages)
+        add_count(th[:, V["numa_migrate_failed"]], vcpus[failed], nr_pages)
         # out_map: the PTE/PMD is present again (migration installs a normal PTE too)
         if thp:
             vm.g_nprot[g] = 0
@@ -434,7 +435,7 @@ class FaultPath:
 
     def tls_fault(self, now_ms: int, task: TaskNuma) -> None:
         """The vCPU thread's NUMA hinting fault on its own rseq area after a scan made that
-        page PROT_NONE (:class:`pipeline.replay.hosting.VmmArea` ``tls_vcpu``, ADR 0350): one
+        page PROT_NONE (:class:`pipeline.model.hosting.VmmArea` ``tls_vcpu``, ADR 0350): one
         private (the thread's own last cpupid), local page fault through task_numa_fault()
         (v6.5 = v7.1, KERNEL.md §3.5). It keeps update_task_scan_period() running for a
         thread whose guest pages take no fault (pinned anonymous RAM). Not counted in

@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.model.hosting import VmHosting
 from pipeline.replay.contention import contention_rng, draw_yields
 from pipeline.replay.context import EpochCtx
 from pipeline.replay.counters import PS_2M, PS_4K
-from pipeline.replay.hosting import VmHosting
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.state import P_SPTE, PAGE_SIZE, PAGES_PER_PMD, VmState
 

@@ -16,10 +16,10 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import DatasetError, OutputError
+from pipeline.model.hosting import VmHosting, hosting_for
 from pipeline.replay.cost import CostModel
 from pipeline.replay.counters import EPOCH_COUNTERS, PAGE_SIZES, VCPU_COUNTERS
 from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
-from pipeline.replay.hosting import VmHosting, hosting_for
 from pipeline.replay.kvm import ReschedModel, YieldModel
 from pipeline.replay.policies import POLICIES, get_policy
 from pipeline.replay.workcost import NumaWorkCost
@@ -510,7 +510,7 @@ def open_dataset(dataset: Path, params: ReplayParams) -> Dataset:
         raise DatasetError(files[0], f"accesses lack columns {', '.join(missing)}")
     hosting: tuple[VmHosting, ...] = ()
     if (dataset / "hosting.parquet").is_file():
-        from pipeline.ingest.hosting import hosting_from_frame
+        from pipeline.model.hosting import hosting_from_frame
 
         hosting = hosting_from_frame(read_parquet(dataset / "hosting.parquet", "hosting"))
     accesses = DatasetAccesses(tuple(str(f) for f in files), params.epoch_ms // ds_ms)
@@ -596,7 +596,6 @@ def run_replay(
     seed: int | None = None,
 ) -> Path:
     """Replay and write RESULTS atomically: manifest.json + epochs/, vcpu_epochs/, scans/."""
-    from pipeline import __version__
     from pipeline.clikit import reporter
     from pipeline.schema import atomic_output_dir, write_manifest, write_partitioned
 
@@ -623,27 +622,40 @@ def run_replay(
         write_partitioned(result.epochs, tmp / "epochs", "epochs", params=meta)
         write_partitioned(result.vcpu_epochs, tmp / "vcpu_epochs", "vcpu_epochs", params=meta)
         write_partitioned(result.scans, tmp / "scans", "scans", params=meta)
-        write_manifest(
-            tmp,
-            {
-                "kind": "results",
-                "tool_version": __version__,
-                "dataset": str(Path(dataset).resolve()),
-                "dataset_epoch_ms": manifest.get("epoch_ms"),
-                "policies": names,
-                "params": _jsonable(replace(params).as_dict()),
-                "epoch_ms": params.epoch_ms,
-                "seed": seed,
-                "seed_from": seed_from,
-                **used,
-                "rows": {
-                    "epochs": result.epochs.height,
-                    "vcpu_epochs": result.vcpu_epochs.height,
-                    "scans": result.scans.height,
-                },
-            },
-        )
+        rows = {
+            "epochs": result.epochs.height,
+            "vcpu_epochs": result.vcpu_epochs.height,
+            "scans": result.scans.height,
+        }
+        info = {**used, "seed_from": seed_from}
+        write_manifest(tmp, results_manifest(dataset, manifest, names, params, seed, info, rows))
     return Path(out)
+
+
+def results_manifest(  # noqa: PLR0917 - the manifest's parts, in order
+    dataset: Path,
+    dataset_manifest: dict[str, Any],
+    names: Sequence[str],
+    params: ReplayParams,
+    seed: int,
+    used: dict[str, Any],
+    rows: dict[str, int],
+) -> dict[str, Any]:
+    """The ``manifest.json`` of a replay's RESULTS (``used``: :func:`resolve_params`)."""
+    from pipeline import __version__
+
+    return {
+        "kind": "results",
+        "tool_version": __version__,
+        "dataset": str(Path(dataset).resolve()),
+        "dataset_epoch_ms": dataset_manifest.get("epoch_ms"),
+        "policies": list(names),
+        "params": _jsonable(replace(params).as_dict()),
+        "epoch_ms": params.epoch_ms,
+        "seed": seed,
+        **used,
+        "rows": rows,
+    }
 
 
 def _jsonable(value: Any) -> Any:

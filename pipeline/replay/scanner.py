@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.model.hosting import VmmArea
 from pipeline.replay.context import EpochCtx
-from pipeline.replay.hosting import VmmArea
 from pipeline.replay.mprotect import ChangeProtNuma
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.state import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, Region, VmState
@@ -49,6 +49,26 @@ def pid_bit(pid: int) -> int:
     kernel/sched/fair.c vma_is_accessed() and mm/memory.c vma_set_access_pid_bit() (v6.5+,
     KERNEL.md §3.4)."""
     return 1 << hash_32(pid, 6)
+
+
+def vma_policy_mof(region: Region) -> bool:
+    """Models mm/mempolicy.c vma_policy_mof() (v6.5 and v7.1, KERNEL.md §3.6, ADR 0360):
+    whether the VMA's policy has MPOL_F_MOF, without which task_numa_work() skips it as
+    ``unsuitable``.
+
+    * shmem / memfd (``vm_ops->get_policy``, shmem_get_policy()): the shared policy's flags;
+      with no shared policy (``default``) it returns NULL, so false;
+    * anon (no ``get_policy``): ``vma->vm_policy``, else get_task_policy(current), which for
+      a task without a policy is ``preferred_node_policy[node]`` (MPOL_F_MOF|MPOL_F_MORON):
+      ``default`` anon is scanned;
+    * an mbind() policy has MPOL_F_MOF only with MPOL_F_NUMA_BALANCING, which
+      sanitize_mpol_flags() accepts for MPOL_BIND (``bind+numa_balancing``); a plain
+      ``bind``, ``preferred`` or ``interleave`` VMA is never scanned, anon or shared (Sean
+      Christopherson's workaround in the RFC v2 thread).
+    """
+    if region.mempolicy == "bind+numa_balancing":
+        return True
+    return region.mempolicy == "default" and region.backing == "anon"
 
 
 @dataclass
@@ -203,14 +223,14 @@ class Scanner:
     def _vma_skipped_unsuitable(self, region: Region | VmmArea) -> bool:
         """kernel/sched/fair.c task_numa_work() VMA skips (v6.5 and v7.x, KERNEL.md §3.4,
         §3.6): !vma_migratable() / is_vm_hugetlb_page(): hugetlbfs never; !vma_policy_mof()
-        for shmem and memfd without an MPOL_F_MOF (MPOL_F_NUMA_BALANCING) shared policy.
-        ``placement`` is a layout, not a mempolicy (ADR 0310). A VMM area is skipped by its
-        kind (``shared_ro``, ``inaccessible``, ``unsuitable``: :class:`VmmArea`)."""
+        (:func:`vma_policy_mof`, by the region's ``mempolicy``). ``placement`` is a layout,
+        not a mempolicy (ADR 0310). A VMM area is skipped by its kind (``shared_ro``,
+        ``inaccessible``, ``unsuitable``: :class:`VmmArea`)."""
         if isinstance(region, VmmArea):
             return not region.scanned
         if region.backing == "hugetlbfs":
             return True
-        return region.backing == "shared" and not region.mof_policy
+        return not vma_policy_mof(region)
 
     def _vma_is_accessed(self, region: Region | VmmArea, numab: VmaNumab, task: TaskNuma) -> bool:
         """kernel/sched/fair.c vma_is_accessed(): v6.5 ``seq < 2 || pid bit``; v6.7+

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from pipeline.errors import DatasetError
 from pipeline.replay.counters import PS_2M, PS_4K
+from pipeline.replay.scatter import add_count
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -55,6 +56,15 @@ def encode_cpupid(nid: npt.NDArray[Any] | int, pid8: npt.NDArray[Any] | int) -> 
     return 1 + np.asarray(nid, np.int32) * 256 + (np.asarray(pid8, np.int32) & 0xFF)
 
 
+def region_mempolicy(reg: dict[str, Any]) -> str:
+    """A ``vms`` region's mempolicy; datasets written before issue 11 have only
+    ``mof_policy`` (true: MPOL_BIND|MPOL_F_NUMA_BALANCING, else none)."""
+    policy = reg.get("mempolicy")
+    if policy:
+        return str(policy)
+    return "bind+numa_balancing" if reg.get("mof_policy") else "default"
+
+
 @dataclass(frozen=True)
 class Region:
     """One VMA of guest RAM (schemas/vms.toml ``regions``)."""
@@ -66,10 +76,11 @@ class Region:
     hva_start: int
     backing: str  # anon | shared | hugetlbfs
     thp: bool
-    mof_policy: bool
+    mof_policy: bool  # mempolicy == "bind+numa_balancing"
     placement: str  # first-touch | interleave | node:N
     pinned_starts: I64
     pinned_ends: I64
+    mempolicy: str = "default"  # enums.mempolicy
 
     @property
     def gfn_end(self) -> int:
@@ -175,6 +186,7 @@ def vm_config(row: dict[str, Any], where: str = "vms") -> VmConfig:
                 thp=bool(reg["thp"]),
                 mof_policy=bool(reg["mof_policy"]),
                 placement=placement,
+                mempolicy=region_mempolicy(reg),
                 pinned_starts=ps,
                 pinned_ends=pe,
             )
@@ -373,7 +385,7 @@ class VmState:
         self.materialize_nodes(np.unique(g))
         self.pflags[pages] |= P_POP
         self.pnode[pages] = nodes
-        np.add.at(self.g_npop, g, 1)
+        add_count(self.g_npop, g, 1)
         self.rss_pages += int(pages.size)
 
     def materialize_nodes(self, granules: I64) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from pipeline.replay.hosting import VmHosting
+from pipeline.model.hosting import VmHosting
 
 NODE_STAMP_OVERHEAD_FACTOR = 32  # kernel/sched/fair.c task_numa_work(): node_stamp += 32 * diff
 
@@ -34,8 +34,8 @@ class NumaWorkCost:
 
     The defaults are what `tlbreplay calibrate` measures on the lab host (Linux 6.18,
     kvm_pvm, 2 CPUs): the first two from notifier to closing host flush in the captures
-    (:func:`pipeline.ingest.hosting.invalidate_ns_per_spte`), the third from the lab's
-    mprotect() probe without SPTEs (pipeline/ingest/lab/zapprobe.py). A capture's own
+    (:func:`pipeline.ingest.capture_facts.invalidate_ns_per_spte`), the third from the lab's
+    mprotect() probe without SPTEs (pipeline/lab/zapprobe.py). A capture's own
     measurement (``VmHosting.scan_ns_per_spte_4k`` / ``_2m``) replaces them.
     """
 

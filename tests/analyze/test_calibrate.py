@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.analyze import calibrate as cal
 from pipeline.errors import InputError
-from pipeline.ingest.hosting import LabFacts
+from pipeline.ingest.capture_facts import LabFacts
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO / "traces" / "real"

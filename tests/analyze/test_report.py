@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 import tempfile
@@ -83,9 +84,9 @@ def test_report_sections_and_images(small_report: Path) -> None:
     assert page.runs == ["run-res"]
     assert page.parts["run-res"] == [
         "summary",
-        "headline",
-        "savings",
         "plots",
+        "savings",
+        "headline",
         "audits",
         "parameters",
         "manifest",
@@ -181,15 +182,10 @@ def test_report_bad_results_leaves_nothing(tmp_path: Path, small_run: Path) -> N
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep")]
 
 
-@pytest.mark.skipif(
-    shutil.which("chromium") is None, reason="chromium not installed (make system-deps)"
-)
-def test_report_renders_in_headless_chromium(small_report: Path, tmp_path: Path) -> None:
-    """A person's check: the page renders to a screenshot with content in it."""
-    from matplotlib.image import imread
+SHOTS = Path(__file__).resolve().parent / "data" / "screenshots"
 
-    page = small_report / "report.html"
-    shot = tmp_path / "shot.png"
+
+def _screenshot(page: Path, shot: Path, width: int, height: int) -> None:
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
             [
@@ -202,20 +198,63 @@ def test_report_renders_in_headless_chromium(small_report: Path, tmp_path: Path)
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                "--hide-scrollbars",
                 f"--user-data-dir={profile}",
                 f"--screenshot={shot}",
-                "--window-size=1280,2400",
+                f"--window-size={width},{height}",
                 page.resolve().as_uri(),
             ],
             capture_output=True,
             timeout=120,
             check=True,
         )
-    pixels = imread(shot)
-    assert pixels.shape[:2] == (2400, 1280)
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="chromium not installed (make system-deps)"
+)
+@pytest.mark.parametrize(("width", "height"), [(1400, 1600), (390, 1600)])
+def test_report_renders_in_headless_chromium(
+    small_report: Path, tmp_path: Path, width: int, height: int
+) -> None:
+    """A person's check, at desktop and phone width: the page renders with content in it and
+    looks like the committed screenshot (tests/analyze/data/screenshots/, looked at by a
+    person; refresh with TLBREPLAY_UPDATE_SCREENSHOTS=1 after a deliberate change)."""
+    import os
+
+    import numpy as np
+    from matplotlib.image import imread
+
+    shot = tmp_path / f"report-{width}.png"
+    _screenshot(small_report / "report.html", shot, width, height)
+    pixels = imread(shot)[:, :, :3]
+    assert pixels.shape[:2] == (height, width)
     # not blank: many distinct colours (tables, text and the embedded plots)
-    flat = (pixels[:, :, :3] * 255).astype("uint8").reshape(-1, 3)
+    flat = (pixels * 255).astype("uint8").reshape(-1, 3)
     assert len({tuple(p) for p in flat[::97]}) > 50
+    golden = SHOTS / f"small-report-{width}.png"
+    if os.environ.get("TLBREPLAY_UPDATE_SCREENSHOTS"):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, golden)
+    want = imread(golden)[:, :, :3]
+    assert want.shape == pixels.shape
+    # the same layout: fonts may antialias differently on another machine, a moved table or
+    # a missing plot does not pass
+    assert float(np.abs(want - pixels).mean()) < 0.03
+
+
+def test_report_answers_first(small_report: Path) -> None:
+    """The page opens with one sentence per run and the runs x policies matrix; no NULL and
+    no percentage past -100% anywhere."""
+    text = (small_report / "report.html").read_text()
+    answers = text.index('<section class="answers">')
+    assert answers < text.index('<section class="run"')
+    assert text.count('<p class="answer">') == 2  # the top, and the run's own section
+    assert "would take KVM shootdowns from 12" in text
+    assert '<table class="matrix">' in text
+    assert "NULL" not in text
+    assert not re.search(r">-\d{3,}[\d.,]*%?<", text)
+    assert "<details><summary>RESULTS manifest.json</summary>" in text
 
 
 def test_corrupt_results_file_is_one_line(small_run: Path, tmp_path: Path) -> None:

@@ -19,11 +19,11 @@ from pipeline.analyze.report import write_report
 from pipeline.analyze.views import Run, connect
 from pipeline.cli import app
 from pipeline.replay.runner import replay_frames
-from pipeline.replay.sweep import _variant_dataset, dask_client, plan_sweep, run_sweep
 from pipeline.schema import write_manifest, write_parquet, write_partitioned
+from pipeline.sweep.runner import _variant_dataset, dask_client, plan_sweep, run_sweep
 from tests.analyze.conftest import rows
 from tests.analyze.results_builder import ep, full_rows
-from tests.replay.test_sweep import GRID, SPEC
+from tests.sweep.test_sweep import GRID, SPEC
 
 # the 2 x 2 sweep of the engine's sweep tests: linux-6.5 (a reference) and skip-pinned at two
 # pinned fractions (two settings), one 128 MiB VM, 2 s

@@ -5,6 +5,7 @@ mutated lines; never reads outside the block, whatever the bytes."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingest import fastscan, ftrace, reader
+from pipeline.ingest import events, fastscan, ftrace, polarsscan, reader
 from pipeline.ingest.runner import run_ingest
 from tests.ingest.test_ftrace import DATA, any_line, slow_rows
 
@@ -25,7 +26,7 @@ REAL = Path(__file__).resolve().parents[2] / "traces" / "real"
 REAL_HEAD_BYTES = 6 << 20  # of each real capture: enough for every event it holds
 
 
-def outcome(result: ftrace.ChunkResult) -> dict[str, Any]:
+def outcome(result: polarsscan.ChunkResult) -> dict[str, Any]:
     return {
         "counts": (result.lines, result.parsed, result.comments, result.quarantined),
         "lost": result.lost,
@@ -36,7 +37,7 @@ def outcome(result: ftrace.ChunkResult) -> dict[str, Any]:
     }
 
 
-def assert_paths_agree(buf: bytes, *, final: bool = True) -> ftrace.ChunkResult:
+def assert_paths_agree(buf: bytes, *, final: bool = True) -> polarsscan.ChunkResult:
     c = ftrace.parse_chunk(buf, source="s", first_lineno=3, final=final, parser="c")
     p = ftrace.parse_chunk(buf, source="s", first_lineno=3, final=final, parser="polars")
     assert outcome(c) == outcome(p)
@@ -100,7 +101,7 @@ PRETTY_LINES = [
 def number_swapped(draw: st.DrawFn) -> str:
     """A fixture line with one number replaced by a huge, negative or padded one."""
     line = draw(st.sampled_from(PRETTY_LINES))
-    spans = [(m.start(), m.end()) for m in ftrace.re.finditer(r"[0-9a-fA-F]+", line)]
+    spans = [(m.start(), m.end()) for m in re.finditer(r"[0-9a-fA-F]+", line)]
     a, b = draw(st.sampled_from(spans))
     new = draw(
         st.one_of(
@@ -150,7 +151,7 @@ def test_spans_stay_inside_the_block(parts: list[bytes]) -> None:
 
 def test_templates_are_printable_and_name_real_columns() -> None:
     for event, variants in fastscan.TEMPLATES.items():
-        spec = ftrace.SPECS[event]
+        spec = events.SPECS[event]
         for tokens, constants in variants:
             for tok in tokens:
                 if isinstance(tok, str):

@@ -11,15 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingest.ftrace import (
-    OTHER_TABLE,
-    SPECS,
-    Bad,
-    Comment,
-    Event,
-    parse_chunk,
-    parse_line,
-)
+from pipeline.ingest.events import OTHER_TABLE, SPECS
+from pipeline.ingest.ftrace import parse_chunk
+from pipeline.ingest.lines import Bad, Comment, Event, parse_line
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "ftrace"
 ALL_EVENTS = {

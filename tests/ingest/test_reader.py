@@ -109,3 +109,49 @@ def test_bad_inputs_raise_one_clear_error_and_leave_nothing(
     assert needle in str(err.value) and str(src) in str(err.value)
     assert "\n" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"] * src.exists()
+
+
+class _Watched(reader.ZstdFrames):
+    """ZstdFrames that records the most decompressed bytes it ever held."""
+
+    peak = 0
+
+    def _step(self) -> None:
+        super()._step()
+        self.peak = max(self.peak, len(self._out))
+
+
+def _frames(data: bytes) -> _Watched:
+    return _Watched(reader.HashingReader(io.BytesIO(data)), zstandard)
+
+
+def test_zstd_output_is_bounded_per_read() -> None:
+    """A tiny .zst of 256 MiB of one repeated line streams in reads of CHUNK_BYTES.
+
+    Before, the first 1 MiB read of compressed input was decompressed whole (all 256 MiB).
+    """
+    line = b"CPU 0/KVM-1 [000] ...1. 1.000000: kvm_mmu_spte_requested: gfn 1 pfn 2 level 1\n"
+    text = line * ((256 << 20) // len(line))
+    packed = zstandard.ZstdCompressor(level=19).compress(text)
+    assert len(packed) < 64 << 10  # the shape of the issue: KBs of .zst, hundreds of MB of text
+    frames = _frames(packed)
+    total, reads = 0, 0
+    while block := frames.read(reader.CHUNK_BYTES):
+        assert len(block) <= reader.CHUNK_BYTES
+        total += len(block)
+        reads += 1
+    assert total == len(text) and reads == -(-len(text) // reader.CHUNK_BYTES)
+    bound = reader.CHUNK_BYTES + (32 << 20)  # one read + the worst single piece (docstring)
+    assert 0 < frames.peak <= bound
+
+
+def test_zstd_frames_concatenated_and_cut_off() -> None:
+    a, b = b"first frame\n" * 50_000, b"second frame\n" * 70_000
+    packed = zstandard.ZstdCompressor().compress(a) + zstandard.ZstdCompressor().compress(b)
+    frames = _frames(packed)
+    got = b"".join(iter(lambda: frames.read(100_003), b""))
+    assert got == a + b
+    cut = _frames(packed[:-7])
+    with pytest.raises(EOFError):
+        while cut.read(100_003):
+            pass

@@ -24,6 +24,7 @@ def region(
     mof_policy: bool = False,
     placement: str = "node:0",
     pinned: list[tuple[int, int]] | str = (),  # type: ignore[assignment]
+    mempolicy: str | None = None,
 ) -> dict[str, Any]:
     nr = size_bytes >> 12
     if pinned == "all":
@@ -40,6 +41,7 @@ def region(
         "mof_policy": mof_policy,
         "placement": placement,
         "pinned": pins,
+        **({} if mempolicy is None else {"mempolicy": mempolicy}),
     }
 
 

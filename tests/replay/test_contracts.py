@@ -315,7 +315,7 @@ SPECS = Path(__file__).resolve().parents[2] / "traces"
 
 @pytest.fixture(scope="module")
 def sample_specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ReplayOutput]:
-    synth = pytest.importorskip("pipeline.ingest.synth_runner")
+    synth = pytest.importorskip("pipeline.synth.runner")
     from pipeline.replay.runner import replay_dataset
 
     out = {}

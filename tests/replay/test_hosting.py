@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from pipeline.replay.hosting import VmHosting, VmmArea, area_kind, areas_from_smaps
+from pipeline.model.hosting import VmHosting, VmmArea, area_kind, areas_from_smaps
 from pipeline.replay.kvm import TICK_NS, ReschedModel, sched_slice_ns
 from pipeline.replay.policies import POLICIES
 from pipeline.replay.runner import ReplayParams, replay_frames

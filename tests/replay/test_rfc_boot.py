@@ -23,7 +23,7 @@ def totals(ep: pl.DataFrame) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def boots(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, tuple[int, int]]]:
-    from pipeline.ingest.synth_runner import run_synth
+    from pipeline.synth.runner import run_synth
 
     out = {}
     for seed, policies in (

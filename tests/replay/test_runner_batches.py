@@ -22,7 +22,7 @@ POLICIES = ["linux-6.5", "linux-7.1", "skip-pinned"]
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.ingest.synth_runner import run_synth
+    from pipeline.synth.runner import run_synth
 
     out = tmp_path_factory.mktemp("mixed") / "ds"
     run_synth(SPEC, out)

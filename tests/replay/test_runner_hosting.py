@@ -8,8 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.ingest.hosting import hosting_frame
-from pipeline.replay.hosting import VmHosting, VmmArea
+from pipeline.model.hosting import VmHosting, VmmArea, hosting_frame
 from pipeline.replay.runner import (
     ReplayParams,
     from_trace,

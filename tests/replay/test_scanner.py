@@ -205,3 +205,29 @@ def test_forced_scan_of_an_inactive_vma_counts_every_qemu_thread() -> None:
     assert not sc._vma_is_accessed(reg, numab, task)
     sc.numa_scan_seq = 21
     assert sc._vma_is_accessed(reg, numab, task)
+
+
+def test_mempolicy_decides_scanning_by_vma_policy_mof() -> None:
+    """mm/mempolicy.c vma_policy_mof() (KERNEL.md §3.6): only MPOL_F_MOF is scanned: anon
+    without a policy (the task's preferred_node_policy has it), and any VMA under
+    MPOL_BIND|MPOL_F_NUMA_BALANCING; a plain bind, preferred or interleave VMA never is, anon
+    or shared, and shmem without a policy never is."""
+    scanned = {}
+    for backing in ("anon", "shared"):
+        for policy in ("default", "bind", "bind+numa_balancing", "preferred", "interleave"):
+            reg = region(size_bytes=64 * MIB, backing=backing, mempolicy=policy)
+            scanned[backing, policy] = scans_of(reg, "linux-6.18", 30).height > 0
+    assert scanned == {
+        ("anon", "default"): True,
+        ("anon", "bind"): False,  # Sean Christopherson's workaround
+        ("anon", "bind+numa_balancing"): True,
+        ("anon", "preferred"): False,
+        ("anon", "interleave"): False,
+        ("shared", "default"): False,
+        ("shared", "bind"): False,
+        ("shared", "bind+numa_balancing"): True,
+        ("shared", "preferred"): False,
+        ("shared", "interleave"): False,
+    }
+    # mof_policy = true (the key before mempolicy) is bind+numa_balancing, for anon too
+    assert scans_of(region(size_bytes=64 * MIB, mof_policy=True), "linux-6.18", 30).height > 0

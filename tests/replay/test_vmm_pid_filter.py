@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.replay.hosting import VmHosting, VmmArea
+from pipeline.model.hosting import VmHosting, VmmArea
 from tests.replay.test_hosting import MIB, RAM_HVA, _scans
 
 

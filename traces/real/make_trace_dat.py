@@ -2,7 +2,7 @@
 The lab guest (16 MiB anon 4K, 2 vCPUs) runs 3 s under numa_balancing=1 with the events below enabled through tracefs; `trace-cmd record` is refused in this sandbox (it cannot write ftrace_enabled), so `trace-cmd extract` writes the trace.dat. Restores numa_balancing and tracing. Run as root from the repo: .venv/bin/python traces/real/make_trace_dat.py OUT.dat"""
 import os, subprocess, time, sys
 from pathlib import Path
-from pipeline.ingest.lab.guest import Guest
+from pipeline.lab.guest import Guest
 T = Path("/sys/kernel/tracing")
 EV = ["kvm/kvm_unmap_hva_range", "kvmmmu/kvm_mmu_spte_requested", "kvmmmu/kvm_mmu_set_spte",
       "tlb/tlb_flush", "sched/sched_skip_vma_numa", "kvmmmu/kvm_mmu_prepare_zap_page"]

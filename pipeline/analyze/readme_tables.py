@@ -1,0 +1,217 @@
+"""The README's results and calibration tables, generated from `make pipeline`'s outputs.
+
+README.md holds two marked blocks (``<!-- BEGIN generated: NAME -->`` ...
+``<!-- END generated: NAME -->``) that only this module writes (ADR 0431):
+
+- ``results``: totals over the run per policy for the sample specs (``OUT/results/<spec>``),
+  from the ``shootdowns_by_vm`` view;
+- ``calibration``: observed / simulated per lab cell (``OUT/datasets/real-lab-*-nb1``), from
+  :func:`pipeline.analyze.calibrate.calibrate` (the engine's default for the capture's
+  kernel).
+
+``python -m pipeline.analyze.readme_tables --out OUT README.md`` rewrites the blocks;
+``make pipeline`` computes them once per change of its outputs (``--save OUT/readme.json``)
+and rewrites the README from that file (``--load``). ``--check`` exits 1 when they differ
+from what the tool computes (the test suite does the same). The output depends only on the
+inputs: rows in the views' display order, numbers formatted one way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+from pipeline.analyze.output import count_text
+from pipeline.analyze.views import connect
+from pipeline.errors import InputError
+
+#: The results table: per spec, the counters shown (column of shootdowns_by_vm, header).
+RESULTS_COLUMNS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "vfio-pinned",
+        (
+            ("remote_tlb_flushes", "KVM flushes"),
+            ("spte_zapped", "zapped SPTEs"),
+            ("mmu_notifier_invalidations", "notifiers"),
+            ("numa_migrate_failed", "failed migrations (pages)"),
+        ),
+    ),
+    (
+        "no-device",
+        (
+            ("remote_tlb_flushes", "flushes"),
+            ("kvm_unmap_gfn_range_calls", "unmap calls"),
+            ("numa_pages_migrated", "pages migrated"),
+        ),
+    ),
+    (
+        "mixed",
+        (
+            ("remote_tlb_flushes", "flushes"),
+            ("mmu_notifier_invalidations", "notifiers"),
+        ),
+    ),
+)
+#: The calibration table: counter of calibrate(), header.
+CALIBRATION_COLUMNS = (
+    ("remote_tlb_flushes", "KVM flushes"),
+    ("notifier_calls", "notifiers"),
+    ("spte_zapped", "SPTE zaps"),
+    ("refaults", "refaults"),
+    ("scans", "scans"),
+    ("scan_interval_ms", "scan interval ms"),
+    ("numa_huge_pte_updates", "huge PMD updates"),
+    ("numa_hint_faults", "hint faults"),
+)
+#: Lab cells of the calibration table: ``real-lab-<backing>-<page>-<pin>-nb1`` datasets.
+CELL_RE = re.compile(r"real-lab-(anon|shared)-(4k|thp)-(pin|nopin)-nb1")
+
+TOTALS_SQL = (
+    "SELECT policy, {cols} FROM shootdowns_by_vm JOIN run_policies USING (policy) "
+    "GROUP BY policy, policy_rank ORDER BY policy_rank"
+)
+
+
+def _block(name: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"(<!-- BEGIN generated: {name} [^>]*-->\n)(.*?)(<!-- END generated: {name} -->)",
+        re.DOTALL,
+    )
+
+
+def results_table(results_root: Path) -> list[str]:
+    """The markdown table of the sample specs' totals per policy (policies in display
+    order, taken from the first spec)."""
+    columns: list[str] = []
+    values: dict[str, dict[str, int]] = {}
+    order: list[str] = []
+    for spec, counters in RESULTS_COLUMNS:
+        path = results_root / spec
+        if not (path / "manifest.json").is_file():
+            msg = f"no RESULTS for spec `{spec}`; run `make pipeline` first"
+            raise InputError(str(path), msg)
+        cols = ", ".join(f"sum({c})::BIGINT AS {c}" for c, _ in counters)
+        con, _ = connect(path)
+        try:
+            rows = con.sql(TOTALS_SQL.format(cols=cols)).fetchall()
+        finally:
+            con.close()
+        for policy, *nums in rows:
+            if policy not in order:
+                order.append(str(policy))
+            for (counter, _), num in zip(counters, nums, strict=True):
+                values.setdefault(str(policy), {})[f"{spec}:{counter}"] = int(num or 0)
+        columns += [f"{spec}:{c}" for c, _ in counters]
+    heads = [
+        f"{spec}: {h}" if i == 0 else h
+        for spec, counters in RESULTS_COLUMNS
+        for i, (_, h) in enumerate(counters)
+    ]
+    lines = ["| policy | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for policy in order:
+        cells = [count_text(values[policy][c]) if c in values[policy] else "—" for c in columns]
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def cell_name(dataset: str) -> str | None:
+    """``anon 4K pinned`` for ``real-lab-anon-4k-pin-nb1``; None for other datasets."""
+    m = CELL_RE.fullmatch(dataset)
+    if m is None:
+        return None
+    backing, page, pin = m.groups()
+    text = f"{backing} {'4K' if page == '4k' else 'THP'}"
+    return f"{text} pinned" if pin == "pin" else text
+
+
+def _num(value: float) -> str:
+    if math.isnan(value):  # NaN: the counter was not observable
+        return "—"
+    return count_text(round(value))
+
+
+def calibration_table(datasets_root: Path) -> list[str]:
+    """The markdown table of every lab cell: ``observed / simulated`` per counter."""
+    from pipeline.analyze.calibrate import calibrate
+
+    cells = sorted(
+        (name, p)
+        for p in datasets_root.glob("real-lab-*-nb1")
+        if (name := cell_name(p.name)) is not None
+    )
+    if not cells:
+        msg = "no lab datasets `real-lab-*-nb1`; run `make pipeline` first"
+        raise InputError(str(datasets_root), msg)
+    order = {"anon": 0, "shared": 1}
+    cells.sort(key=lambda c: (order[c[0].split()[0]], c[0]))
+    heads = [h for _, h in CALIBRATION_COLUMNS]
+    lines = ["| cell | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for name, path in cells:
+        table = calibrate(path)
+        rows = {r["counter"]: r for r in table.iter_rows(named=True)}
+        parts = [
+            f"{_num(rows[c]['observed'])} / {_num(rows[c]['simulated'])}"
+            for c, _ in CALIBRATION_COLUMNS
+        ]
+        lines.append(f"| {name} | " + " | ".join(parts) + " |")
+    return lines
+
+
+def generated_blocks(out: Path) -> dict[str, list[str]]:
+    """Every generated block's lines from `make pipeline`'s output directory ``out``."""
+    return {
+        "results": results_table(out / "results"),
+        "calibration": calibration_table(out / "datasets"),
+    }
+
+
+def rewrite(text: str, blocks: dict[str, list[str]]) -> str:
+    """``text`` with each marked block's body replaced by its lines."""
+    for name, lines in blocks.items():
+        pattern = _block(name)
+        if not pattern.search(text):
+            msg = f"no `<!-- BEGIN generated: {name} -->` block"
+            raise InputError("README.md", msg)
+        body = "\n".join(lines) + "\n"
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(3), text)  # type: ignore[misc]
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite (or ``--check``) the README's generated blocks."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.analyze.readme_tables")
+    parser.add_argument("readme", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("out"), help="make pipeline's OUT")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README drifted")
+    parser.add_argument("--save", type=Path, help="also keep the blocks in this JSON file")
+    parser.add_argument(
+        "--load", type=Path, help="take the blocks from a --save file instead of computing"
+    )
+    args = parser.parse_args(argv)
+    try:
+        text = args.readme.read_text()
+        blocks = json.loads(args.load.read_text()) if args.load else generated_blocks(args.out)
+        if args.save:
+            tmp = args.save.with_name(args.save.name + ".tmp")
+            tmp.write_text(json.dumps(blocks, indent=1) + "\n")
+            tmp.replace(args.save)
+        new = rewrite(text, blocks)
+    except InputError as exc:
+        print(f"tlbreplay: error: {exc}", file=sys.stderr)
+        return 1
+    if args.check:
+        if new != text:
+            print(f"tlbreplay: error: {args.readme}: generated tables drifted", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        args.readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""CLI commands: synth (a synthetic DATASET from a workload spec; docs/spec.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.clikit import command, reporter
+
+SpecArg = Annotated[Path, typer.Argument(help="workload spec (TOML; see docs/spec.md)")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="DATASET directory to write")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, help="override the spec's `seed`")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the root app."""
+
+    @command(app, "synth")
+    def synth(spec: SpecArg, out: OutOpt, seed: SeedOpt = None, quiet: QuietOpt = False) -> None:
+        """Generate a synthetic access trace (DATASET) from a workload spec."""
+        from pipeline.synth.runner import run_synth
+
+        with reporter(quiet) as rep:
+
+            def progress_factory(total: int) -> Callable[[int], None]:
+                task = rep.task("synth: epochs", total=total)
+                return lambda n: rep.advance(task, n)
+
+            result = run_synth(spec, out, seed=seed, progress_factory=progress_factory)
+        manifest = result.manifest
+        counts = manifest["counts"]
+        if not quiet:
+            typer.echo(
+                f"synth: {out}: {counts['vms']} VMs, {counts['accesses']} access rows in "
+                f"{counts['accesses_files']} files, {manifest['parameters']['nr_epochs']} "
+                f"epochs of {manifest['epoch_ms']} ms",
+                err=True,
+            )

@@ -1,0 +1,68 @@
+"""The README's generated tables (ADR 0431): the marked blocks are rewritten by
+`pipeline.analyze.readme_tables`, and this test fails when the README drifts from what the
+tool computes on the sample specs and the committed lab captures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.analyze import readme_tables as rt
+from pipeline.cli import app
+from pipeline.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+CELLS = sorted((ROOT / "traces" / "real").glob("lab-*-nb1.trace.zst"))
+
+
+def test_rewrite_replaces_only_the_marked_block() -> None:
+    text = "a\n<!-- BEGIN generated: results (x) -->\nold\n<!-- END generated: results -->\nb\n"
+    new = rt.rewrite(text, {"results": ["| x |", "|---|"]})
+    assert new == (
+        "a\n<!-- BEGIN generated: results (x) -->\n| x |\n|---|\n"
+        "<!-- END generated: results -->\nb\n"
+    )
+    assert rt.rewrite(new, {"results": ["| x |", "|---|"]}) == new
+    with pytest.raises(InputError, match="no `<!-- BEGIN generated: calibration -->` block"):
+        rt.rewrite(text, {"calibration": []})
+
+
+def test_cell_names() -> None:
+    assert rt.cell_name("real-lab-anon-4k-pin-nb1") == "anon 4K pinned"
+    assert rt.cell_name("real-lab-shared-thp-nopin-nb1") == "shared THP"
+    assert rt.cell_name("real-lab-anon-4k-nopin-nb0") is None  # the control is prose
+    assert rt.cell_name("mixed") is None
+
+
+def _run(*args: str) -> None:
+    result = CliRunner().invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CELLS, reason="no lab captures committed under traces/real/")
+def test_readme_tables_match_the_tool(tmp_path: Path) -> None:
+    """`make pipeline`'s inputs, built here as it builds them, give exactly the README's
+    blocks (regenerate with `make pipeline` or `python -m pipeline.analyze.readme_tables`)."""
+    out = tmp_path / "out"
+    for spec, _ in rt.RESULTS_COLUMNS:
+        ds = out / "datasets" / spec
+        _run("synth", str(ROOT / "traces" / f"{spec}.toml"), "--out", str(ds))
+        _run("replay", str(ds), "--out", str(out / "results" / spec))
+    for trace in CELLS:
+        stem = trace.name.split(".")[0]
+        _run(
+            "ingest",
+            str(trace),
+            "--out",
+            str(out / "datasets" / f"real-{stem}"),
+            "--vm-config",
+            str(trace.with_name(f"{stem}.toml")),
+        )
+    text = README.read_text()
+    assert rt.rewrite(text, rt.generated_blocks(out)) == text, (
+        "README.md's generated tables drifted from the tool: run `make pipeline`"
+    )
