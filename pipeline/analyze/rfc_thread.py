@@ -10,8 +10,8 @@ numa_protect, no migration CLEARs), one total per seed: the ``synth_seed`` point
 (traces/grids/rfc-boot-seeds.toml, ``make rfc-boot``) or the one seed of a plain replay.
 
 Self-contained: :func:`query` reads the views of one RESULTS, :func:`render` returns the HTML
-part (nothing when the run has neither linux-6.5 nor rfc-v2), :func:`checks` the issue's
-done-when conditions as (condition, ok) lines.
+part (nothing for a run the comparison is not about: see :func:`query`), :func:`checks` the
+issue's done-when conditions as (condition, ok) lines.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from __future__ import annotations
 import html
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 
 from pipeline.analyze.views import Run
 
 NO_DEVICE, ASSIGNED = "no device", "assigned device"
+SPEC_NAME = "rfc-boot.toml"
 POLICIES = ("linux-6.5", "rfc-v2", "linux-6.18", "linux-7.1")
 
 
@@ -96,17 +98,30 @@ class Totals:
         return statistics.fmean(xs), min(xs), statistics.median(xs), max(xs)
 
 
+def _from_rfc_boot(run: Run) -> bool:
+    """A plain replay of a DATASET synthesized from a spec named ``rfc-boot.toml``."""
+    sources = (run.dataset_manifest or {}).get("sources") or []
+    paths = [str(s.get("path", "")) if isinstance(s, dict) else str(s) for s in sources]
+    return any(Path(p).name == SPEC_NAME for p in paths)
+
+
 def query(con: duckdb.DuckDBPyConnection, run: Run) -> list[Totals] | str | None:
     """The per-seed totals of linux-6.5 and rfc-v2 (and the later kernels) of ``run``; the
-    reason a sweep gets no comparison; None when neither policy was replayed."""
+    reason a seeds sweep gets no comparison; None for a run the comparison is not about: a
+    sweep that does not vary ``synth_seed``, a plain replay of another DATASET than
+    traces/rfc-boot.toml's, or one without linux-6.5 and rfc-v2."""
     if run.sweep:
         axes = {r[0] for r in con.sql("SELECT key FROM sweep_axes").fetchall()}
+        if "synth_seed" not in axes:
+            return None
         other = sorted(axes - set(_SEED_AXES))
         if other:
             return f"the sweep varies {', '.join(other)}; the comparison needs seeds only"
         rows = con.sql(_SWEEP_SQL).fetchall()
-    else:
+    elif _from_rfc_boot(run):
         rows = con.sql(_PLAIN_SQL).fetchall()
+    else:
+        return None
     by: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for case, _seed, policy, unmap, flushes in rows:
         if policy in POLICIES:

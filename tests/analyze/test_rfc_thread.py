@@ -12,12 +12,22 @@ import pytest
 from pipeline.analyze import rfc_thread
 from pipeline.analyze.report import write_report
 from pipeline.analyze.views import connect
+from pipeline.schema import write_manifest
 from tests.analyze.results_builder import ep, make_dataset, make_results, vm_row
+
+
+def synth_manifest(ds: Path, spec: str) -> None:
+    """The DATASET manifest of `tlbreplay synth <spec>` (its sources name the spec)."""
+    write_manifest(
+        ds,
+        {"kind": "dataset", "epoch_ms": 100, "seed": 4, "sources": [{"path": spec, "sha256": "0"}]},
+    )
 
 
 @pytest.fixture
 def plain_run(tmp_path: Path) -> Path:
     ds = make_dataset(tmp_path / "ds", [vm_row("vm0", mem_gib=8, vcpus=8, thp=True)])
+    synth_manifest(ds, "/somewhere/traces/rfc-boot.toml")
     return make_results(
         tmp_path / "res",
         ds,
@@ -52,6 +62,16 @@ def test_query_and_checks_of_a_plain_run(plain_run: Path) -> None:
     assert not any(text.startswith("linux-6.5 flushes max/min") for text in checks)
     worse = [rfc_thread.Totals("no device", "linux-6.5", (35,), (100,))]
     assert not dict(rfc_thread.checks(worse))["linux-6.5 flushes: mean 100 within 2x of 8,625"]
+
+
+def test_no_part_for_other_datasets(plain_run: Path) -> None:
+    synth_manifest(Path(plain_run).parent / "ds", "/somewhere/traces/no-device.toml")
+    con, run = connect(plain_run)
+    try:
+        assert rfc_thread.query(con, run) is None
+    finally:
+        con.close()
+    assert rfc_thread.render(None) == []
 
 
 def test_report_shows_the_part_in_headless_chromium(plain_run: Path, tmp_path: Path) -> None:
