@@ -26,7 +26,7 @@ import pyarrow as pa
 from rich.progress import TaskID
 
 from pipeline import __version__
-from pipeline.analyze import plots, sweep_plots
+from pipeline.analyze import plots, rfc_thread, sweep_plots
 from pipeline.analyze.output import display_text, page_size_sql
 from pipeline.analyze.query import Audit, run_audits
 from pipeline.analyze.verdict import Verdict, verdict_of
@@ -135,6 +135,7 @@ class Section:
     audits: list[Audit]
     verdict: Verdict
     sensitivity: list[Path] = field(default_factory=list)
+    rfc_thread: list[rfc_thread.Totals] | str | None = None
 
 
 def _slug(text: str) -> str:
@@ -159,6 +160,7 @@ def build_section(results: Path, name: str, out: Path) -> Section:
         tables, frames, audits = _query_section(con, sweep=run.sweep)
         verdict = verdict_of(con, name, sweep=run.sweep)
         sensitivity = _sweep_sensitivity(con, name, out) if run.sweep else []
+        rfc = rfc_thread.query(con, run)
     except duckdb.Error as exc:  # e.g. a corrupt row group met while reading
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = f"{run.results}: {text}"
@@ -176,7 +178,7 @@ def build_section(results: Path, name: str, out: Path) -> Section:
             frames["by_vcpu"], out / f"{name}-by_vcpu.png", title=f"{name}: per vCPU"
         ),
     }
-    return Section(name, run, tables, images, audits, verdict, sensitivity)
+    return Section(name, run, tables, images, audits, verdict, sensitivity, rfc)
 
 
 def _query_section(
@@ -342,6 +344,7 @@ def render_section(section: Section) -> str:
         f"<h2>{esc(s)}</h2>",
         answer_html(section.verdict),
         f'<p class="muted">RESULTS {esc(relative(str(run.path)))} · DATASET {esc(dataset)}</p>',
+        *rfc_thread.render(section.rfc_thread),
         *(_sweep_parts(section) if run.sweep else []),
         *_part("summary", TABLES[0][1], html_table(t["summary"], labels=LABELS)),
         *_part(

@@ -114,6 +114,14 @@ def point_seed(base_seed: int, point: int) -> int:
     return int(state[0] >> np.uint64(1))
 
 
+def _replay_seed(point: Point, base_seed: int) -> int:
+    """The contention seed of a point (ADR 0370): its ``synth_seed`` when the grid sets one,
+    as ``tlbreplay replay`` uses a synthetic DATASET's own seed, else :func:`point_seed`."""
+    if "synth_seed" in point.values:
+        return int(point.values["synth_seed"])
+    return point_seed(base_seed, point.point)
+
+
 def plan_sweep(
     spec_path: Path, grid_path: Path, *, seed: int | None = None, base: ReplayParams | None = None
 ) -> SweepPlan:
@@ -149,7 +157,7 @@ def plan_sweep(
                 point=point.point,
                 policy=str(point.values["policy"]),
                 params=replay_params(point, base_params),
-                seed=point_seed(base_seed, point.point),
+                seed=_replay_seed(point, base_seed),
                 variant=variants[workload],
             )
         )
