@@ -94,7 +94,7 @@ def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | Non
             thp_fault_fallback=thp_fault_fallback,
         )
         if scheduler is not None or _is_fleet(dataset):
-            _replay_tasks(dataset, out, policy, params, seed or 0, scheduler, jobs, quiet)
+            _replay_tasks(dataset, out, policy, params, seed, scheduler, jobs, quiet)
         else:
             run_replay(dataset, out, policy or None, params, quiet=quiet, seed=seed, force=force)
         path = out
@@ -125,7 +125,7 @@ def _replay_tasks(  # noqa: PLR0917 - the command's options
     out: Path,
     policy: list[str],
     params: ReplayParams,
-    seed: int,
+    seed: int | None,
     scheduler: str | None,
     jobs: int,
     quiet: bool,
