@@ -382,7 +382,7 @@ def replay_frames(
     if workers > 1 and not trace:
         from pipeline.workers import run_in_workers
 
-        results = run_in_workers(_run_job, jobs, workers, lambda: progress and progress(n_epochs))
+        results = run_in_workers(_run_job, jobs, workers, progress)
     else:
         results = [_run_job(job, progress) for job in jobs]
     traces: Traces = {}
