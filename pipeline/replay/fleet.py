@@ -38,13 +38,14 @@ class HostPolicy:
 
 def replay_host_policy(task: HostPolicy) -> dict[str, int]:
     """Replay one (host, policy) and write its partitions; returns rows per table."""
-    from pipeline.replay.runner import open_dataset, replay_frames, resolve_params
+    from pipeline.replay.runner import dataset_epochs, open_dataset, replay_frames, resolve_params
     from pipeline.schema import write_partitioned
 
     ds = open_dataset(task.dataset, task.params)
     params, _ = resolve_params(ds, task.params)
     one = replace(params, workers=1)
-    result = replay_frames(ds.vms, ds.accesses, [task.policy], one, task.seed)
+    span = dataset_epochs(ds)  # the recorded span, as run_replay (ADR 0380)
+    result = replay_frames(ds.vms, ds.accesses, [task.policy], one, task.seed, span_epochs=span)
     meta = {"policies": ",".join(task.policies), "epoch_ms": params.epoch_ms, "seed": task.seed}
     rows = {}
     for name in RESULT_TABLES:
