@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "pipeline"
-BASE = frozenset({"pipeline", "errors", "schema", "clikit", "cluster"})
+BASE = frozenset(
+    {"pipeline", "errors", "schema", "clikit", "cluster", "outdir", "snapshot", "workers"}
+)
 #: package -> the packages (besides BASE) it may import
 ALLOWED: dict[str, frozenset[str]] = {
     "model": frozenset(),
