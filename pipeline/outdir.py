@@ -20,7 +20,9 @@ Every stage output ``OUT`` (a DATASET, RESULTS or report directory) is a symboli
   directory is fsync'd after the rename.
 
 An ``OUT`` that is a plain directory (written before this scheme) is moved aside and
-replaced by the link: the one swap that has a gap, once per output.
+replaced by the link: the one swap that has a gap, once per output. An output built inside
+another output's temporary directory (a fleet's ``host=H`` DATASETs) is a plain directory:
+the enclosing output's swap is what makes it appear at once.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ def _norm(out: Path) -> Path:
 
 def _version_re(name: str) -> re.Pattern[str]:
     return re.compile(rf"^\.{re.escape(name)}\.v\d{{20}}-\d+$")
+
+
+_ANY_TMP = re.compile(r"^\..+\.\d+\.[^.]+\.tmp$")
+
+
+def _is_nested(out: Path) -> bool:
+    """Whether ``out`` is inside the temporary directory of another output being built."""
+    return any(_ANY_TMP.match(p.name) for p in out.parents)
 
 
 def _tmp_re(name: str) -> re.Pattern[str]:
@@ -231,6 +241,11 @@ def atomic_output_dir(out: Path, *, kind: str, force: bool = False) -> Iterator[
         yield tmp
         tmp.chmod(0o777 & ~_umask())
         _fsync_tree(tmp)
+        if _is_nested(out):  # the enclosing output's swap publishes it (module doc)
+            if out.exists() or out.is_symlink():
+                _remove(out)
+            os.rename(tmp, out)
+            return
         with _locked(parent):
             if not force:
                 check_replaceable(out, kind)  # another run may have put something else there

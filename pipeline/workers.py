@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -91,6 +92,8 @@ def run_in_workers(
                 progress(n)
         results = [f.result() for f in futures]
     except BaseException:
+        # the pool's manager thread fails once its workers are killed: keep stderr to one line
+        threading.excepthook = lambda args: None
         procs = list(getattr(pool, "_processes", {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in procs:

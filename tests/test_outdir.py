@@ -140,3 +140,15 @@ def test_stale_tmp_of_a_dead_pid_is_swept(tmp_path: Path) -> None:
     with atomic_output_dir(out, kind="results") as tmp:
         write_manifest(tmp, {"kind": "results"})
     assert not stale.exists()
+
+
+def test_output_inside_another_outputs_tmp_is_a_plain_directory(tmp_path: Path) -> None:
+    """A fleet's host=H DATASETs: the enclosing output's swap publishes them."""
+    with atomic_output_dir(tmp_path / "fleet", kind="dataset") as outer:
+        for _ in range(2):  # a retried task writes it again
+            with atomic_output_dir(outer / "host=a", kind="dataset") as tmp:
+                write_manifest(tmp, {"kind": "dataset"})
+        assert sorted(p.name for p in outer.iterdir()) == ["host=a"]
+        assert not (outer / "host=a").is_symlink()
+        write_manifest(outer, {"kind": "dataset"})
+    assert read_manifest(tmp_path / "fleet" / "host=a") == {"kind": "dataset"}

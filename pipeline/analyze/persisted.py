@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def open_catalog(
             path.unlink(missing_ok=True)  # unreadable (a crash mid-rename cannot do this)
     try:
         where.mkdir(parents=True, exist_ok=True)
-        tmp = where / f".{stem}-{key}.{os.getpid()}.tmp"
+        tmp = where / f".{stem}-{key}.{os.getpid()}-{threading.get_ident()}.tmp"
         tmp.unlink(missing_ok=True)
     except OSError:
         return _in_memory(build)
