@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -29,6 +31,9 @@ from pipeline.errors import TlbReplayError
 F = TypeVar("F", bound=Callable[..., Any])
 
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="no progress bar")
+FORCE_OPTION = typer.Option(
+    False, "--force", help="replace `--out` even if it holds something else (ADR 0003)"
+)
 
 
 class CliGroup(TyperGroup):
@@ -77,16 +82,32 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (ADR 0006)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[F], F]:
-    """Register ``fn`` as command ``name`` of ``app``; project errors become one line + exit 1."""
+    """Register ``fn`` as command ``name`` of ``app``; project errors become one line + exit 1.
+
+    SIGTERM behaves like Ctrl-C: the command unwinds (temporary outputs removed, worker
+    processes stopped), prints one line and exits with 143 (130 for Ctrl-C)."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _on_sigterm)
             try:
                 return fn(*args, **kw)
             except TlbReplayError as exc:
                 fail(str(exc))
+            except Terminated:
+                typer.echo("tlbreplay: terminated", err=True)
+                raise typer.Exit(code=143) from None
             except KeyboardInterrupt:
                 typer.echo("tlbreplay: interrupted", err=True)
                 raise typer.Exit(code=130) from None

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.clikit import QUIET_OPTION, command
+from pipeline.clikit import FORCE_OPTION, QUIET_OPTION, command
 from pipeline.errors import QueryError
 
 #: Rows of a failing audit printed by `query --audit` (the report shows up to 50).
@@ -179,10 +179,11 @@ def register(app: typer.Typer) -> None:
         *,
         out: Annotated[Path, typer.Option("--out", "-o", help="directory for report.html + PNGs")],
         quiet: bool = QUIET_OPTION,
+        force: bool = FORCE_OPTION,
     ) -> None:
         """Write report.html (self-contained: inline CSS, embedded PNGs) and the PNG plots."""
         from pipeline.analyze.report import write_report
 
-        path = write_report(results, out, quiet=quiet)
+        path = write_report(results, out, quiet=quiet, force=force)
         if not quiet:
             typer.echo(f"report: {path}")

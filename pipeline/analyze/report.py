@@ -26,14 +26,16 @@ import pyarrow as pa
 from rich.progress import TaskID
 
 from pipeline import __version__
-from pipeline.analyze import plots, sweep_plots
+from pipeline.analyze import plots, rfc_thread, sweep_plots
 from pipeline.analyze.output import display_text, page_size_sql
 from pipeline.analyze.query import Audit, run_audits
 from pipeline.analyze.verdict import Verdict, verdict_of
 from pipeline.analyze.views import Run, connect, sql_literal
 from pipeline.clikit import Reporter, reporter
 from pipeline.errors import OutputError, QueryError, TlbReplayError
-from pipeline.schema import atomic_output_dir, write_manifest
+from pipeline.outdir import atomic_output_dir, check_replaceable
+from pipeline.schema import write_manifest
+from pipeline.workers import die_with_parent
 
 REPORT = "report.html"
 
@@ -133,6 +135,7 @@ class Section:
     audits: list[Audit]
     verdict: Verdict
     sensitivity: list[Path] = field(default_factory=list)
+    rfc_thread: list[rfc_thread.Totals] | str | None = None
 
 
 def _slug(text: str) -> str:
@@ -142,7 +145,7 @@ def _slug(text: str) -> str:
 def _names(results: list[Path]) -> list[str]:
     names: list[str] = []
     for path in results:
-        base = _slug(Path(path).resolve().name)
+        base = _slug(Path(os.path.abspath(path)).name)  # the output, not its version dir
         name, k = base, 2
         while name in names:
             name, k = f"{base}-{k}", k + 1
@@ -157,6 +160,7 @@ def build_section(results: Path, name: str, out: Path) -> Section:
         tables, frames, audits = _query_section(con, sweep=run.sweep)
         verdict = verdict_of(con, name, sweep=run.sweep)
         sensitivity = _sweep_sensitivity(con, name, out) if run.sweep else []
+        rfc = rfc_thread.query(con, run)
     except duckdb.Error as exc:  # e.g. a corrupt row group met while reading
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = f"{run.results}: {text}"
@@ -174,7 +178,7 @@ def build_section(results: Path, name: str, out: Path) -> Section:
             frames["by_vcpu"], out / f"{name}-by_vcpu.png", title=f"{name}: per vCPU"
         ),
     }
-    return Section(name, run, tables, images, audits, verdict, sensitivity)
+    return Section(name, run, tables, images, audits, verdict, sensitivity, rfc)
 
 
 def _query_section(
@@ -336,10 +340,11 @@ def render_section(section: Section) -> str:
         relative(str(run.dataset)) if run.dataset else f"{run.manifest.get('dataset')} (missing)"
     )
     parts = [
-        f'<section class="run" id="run-{esc(s)}" data-results="{esc(relative(str(run.results)))}">',
+        f'<section class="run" id="run-{esc(s)}" data-results="{esc(relative(str(run.path)))}">',
         f"<h2>{esc(s)}</h2>",
         answer_html(section.verdict),
-        f'<p class="muted">RESULTS {esc(relative(str(run.results)))} · DATASET {esc(dataset)}</p>',
+        f'<p class="muted">RESULTS {esc(relative(str(run.path)))} · DATASET {esc(dataset)}</p>',
+        *rfc_thread.render(section.rfc_thread),
         *(_sweep_parts(section) if run.sweep else []),
         *_part("summary", TABLES[0][1], html_table(t["summary"], labels=LABELS)),
         *_part(
@@ -497,7 +502,12 @@ def _build_sections(
             rep.advance(task)
         return sections
     context = multiprocessing.get_context("spawn")  # no fork of DuckDB's threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=die_with_parent,  # no orphan after a kill -9 (ADR 0006)
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = [pool.submit(_section_job, path, name, out) for path, name in jobs]
         for future in as_completed(futures):
             future.result()
@@ -506,7 +516,12 @@ def _build_sections(
 
 
 def write_report(
-    results: list[Path], out: Path, *, quiet: bool = True, workers: int | None = None
+    results: list[Path],
+    out: Path,
+    *,
+    quiet: bool = True,
+    workers: int | None = None,
+    force: bool = False,
 ) -> Path:
     """Write ``out/report.html`` and the PNGs of every RESULTS dir; return the page's path.
 
@@ -526,7 +541,8 @@ def write_report(
     jobs = list(zip(results, _names(results), strict=True))
     if workers is None:
         workers = min(len(jobs), os.cpu_count() or 1)
-    with atomic_output_dir(out) as tmp, reporter(quiet) as rep:
+    check_replaceable(Path(out), "report", force=force)
+    with atomic_output_dir(out, kind="report", force=force) as tmp, reporter(quiet) as rep:
         task = rep.task("report", total=len(jobs), unit="sections")
         sections = _build_sections(jobs, tmp, workers, rep, task)
         (tmp / REPORT).write_text(render_page(sections))
@@ -535,7 +551,7 @@ def write_report(
             {
                 "kind": "report",
                 "tool": f"tlbreplay {__version__}",
-                "results": [relative(str(s.run.results)) for s in sections],
+                "results": [relative(str(s.run.path)) for s in sections],
                 "files": sorted(p.name for p in tmp.iterdir() if p.suffix in {".html", ".png"}),
             },
         )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from pipeline.clikit import QUIET_OPTION, command
+from pipeline.clikit import FORCE_OPTION, QUIET_OPTION, command
 
 if TYPE_CHECKING:
     from pipeline.replay.runner import ReplayParams
@@ -20,7 +20,11 @@ POLICY_OPTION = typer.Option(
 )
 EPOCH_OPTION = typer.Option(100, "--epoch-ms", help="replay epoch, a multiple of the dataset's")
 SEED_OPTION = typer.Option(
-    0, "--seed", help="recorded in the manifest (the model is deterministic)"
+    None,
+    "--seed",
+    help="seed of the mmu_lock contention process (default: the DATASET's synth seed, else 0); "
+    "recorded in the manifest",
+    show_default=False,
 )
 BUSY_OPTION = typer.Option(
     None,
@@ -33,6 +37,17 @@ NO_HOSTING_OPTION = typer.Option(
     False,
     "--no-hosting",
     help="ignore the DATASET's hosting.parquet (guest RAM alone, vCPUs owning a CPU, idle host)",
+)
+MAX_MEMORY_OPTION = typer.Option(
+    None,
+    "--max-memory",
+    help="refuse a replay whose engine arrays need more (e.g. 8G; default: half the RAM)",
+)
+FALLBACK_OPTION = typer.Option(
+    0.0,
+    "--thp-fault-fallback",
+    help="share of THP-region granules whose THP fault fell back to 4K host pages "
+    "(/proc/vmstat thp_fault_fallback; ADR 0371)",
 )
 JOBS_OPTION = typer.Option(
     0,
@@ -56,23 +71,32 @@ def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | Non
         out: Path = OUT_OPTION,
         policy: list[str] = POLICY_OPTION,
         epoch_ms: int = EPOCH_OPTION,
-        seed: int = SEED_OPTION,
+        seed: int | None = SEED_OPTION,
         jobs: int = JOBS_OPTION,
         busy_vcpus: bool | None = BUSY_OPTION,
         no_hosting: bool = NO_HOSTING_OPTION,
+        thp_fault_fallback: float = FALLBACK_OPTION,
         scheduler: str | None = SCHEDULER_OPTION,
         quiet: bool = QUIET_OPTION,
+        force: bool = FORCE_OPTION,
+        max_memory: str | None = MAX_MEMORY_OPTION,
     ) -> None:
         """Replay a DATASET (or a fleet of them) under NUMA-balancing policies; write RESULTS."""
+        from pipeline.replay.bounds import parse_bytes
         from pipeline.replay.runner import ReplayParams, run_replay
 
         params = ReplayParams(
-            epoch_ms=epoch_ms, workers=jobs, busy_vcpus=busy_vcpus, dataset_hosting=not no_hosting
+            epoch_ms=epoch_ms,
+            workers=jobs,
+            busy_vcpus=busy_vcpus,
+            dataset_hosting=not no_hosting,
+            max_memory_bytes=parse_bytes(max_memory) if max_memory else None,
+            thp_fault_fallback=thp_fault_fallback,
         )
         if scheduler is not None or _is_fleet(dataset):
-            _replay_tasks(dataset, out, policy, params, seed, scheduler, jobs, quiet)
+            _replay_tasks(dataset, out, policy, params, seed or 0, scheduler, jobs, quiet)
         else:
-            run_replay(dataset, out, policy or None, params, quiet=quiet, seed=seed)
+            run_replay(dataset, out, policy or None, params, quiet=quiet, seed=seed, force=force)
         path = out
         if not quiet:
             for line in summary(path) if summary else ():

@@ -17,6 +17,7 @@ import polars as pl
 
 from pipeline.errors import DatasetError, OutputError
 from pipeline.model.hosting import VmHosting, hosting_for
+from pipeline.replay.bounds import VmSize, check_memory
 from pipeline.replay.cost import CostModel
 from pipeline.replay.counters import EPOCH_COUNTERS, PAGE_SIZES, VCPU_COUNTERS
 from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
@@ -62,8 +63,15 @@ class ReplayParams:
     * ``dataset_hosting`` True: use a DATASET's ``hosting.parquet`` (``--no-hosting``: False).
     * ``batch_epochs`` 256: epochs of ``accesses`` read at a time from a DATASET (memory
       bounded by one batch, not the dataset); the results do not depend on it.
+    * ``spte_4k`` None: the share of THP-region granules backed by 4K pages, so mapped by 4K
+      SPTEs (mixed SPTE levels, ADR 0371); None derives it from the boot profile (granules
+      first touched only by 4K-grained accesses).
+    * ``thp_fault_fallback`` 0.0: the share of THP-region granules whose THP fault fell back
+      to 4K pages on the host (/proc/vmstat thp_fault_fallback; ADR 0371).
     * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8, when
       the dataset has at least 200k access rows). The results do not depend on it.
+    * ``max_memory_bytes`` None: refuse a replay whose engine arrays are estimated above this
+      (None: half the machine's RAM; pipeline/replay/bounds.py, ADR 0380).
     """
 
     epoch_ms: int = 100
@@ -86,6 +94,9 @@ class ReplayParams:
     workers: int = 1
     dataset_hosting: bool = True
     batch_epochs: int = 256
+    max_memory_bytes: int | None = None
+    spte_4k: float | None = None
+    thp_fault_fallback: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +123,14 @@ def _check_params(params: ReplayParams) -> None:
         raise DatasetError("batch_epochs", f"must be positive, got {params.batch_epochs}")
     if params.mmu not in (None, "tdp", "shadow"):
         raise DatasetError("mmu", f"unknown mmu `{params.mmu}`; choose tdp or shadow")
+    if params.spte_4k is not None and not 0.0 <= params.spte_4k <= 1.0:
+        raise DatasetError("spte_4k", f"must be a share in [0, 1], got {params.spte_4k}")
+    if not 0.0 <= params.thp_fault_fallback <= 1.0:
+        raise DatasetError(
+            "--thp-fault-fallback", f"must be a share in [0, 1], got {params.thp_fault_fallback}"
+        )
+    if params.yields.mode not in ("process", "expected"):
+        raise DatasetError("yields", f"unknown mode `{params.yields.mode}`; process or expected")
 
 
 def _vm_rows(vms: pl.DataFrame, params: ReplayParams) -> list[dict[str, Any]]:
@@ -251,6 +270,7 @@ class _Job:
     params: ReplayParams
     n_epochs: int
     trace: bool
+    seed: int = 0
 
 
 def _run_job(
@@ -272,6 +292,9 @@ def _run_job(
         vmm_thread_share=params.vmm_thread_share,
         resched=params.resched,
         work_cost=params.work_cost,
+        seed=job.seed,
+        spte_4k=params.spte_4k,
+        thp_fault_fallback=params.thp_fault_fallback,
     )
     host = HostState(cfgs[0].node_mem_pages.copy() if cfgs else np.zeros(1, np.int64))
     traces: Traces = {}
@@ -319,15 +342,18 @@ def replay_frames(
     *,
     progress: Callable[[int], None] | None = None,
     trace: bool = False,
+    span_epochs: int = 0,
 ) -> ReplayOutput:
     """Replay ``accesses`` (table accesses, epochs of ``params.epoch_ms``) on ``vms``.
 
     ``accesses`` may also be a :class:`DatasetAccesses` (read in batches of
     ``params.batch_epochs``). ``params.busy_vcpus`` None means off here (:func:`resolve_params`
-    decides it for a DATASET). The model is deterministic (expected values, no RNG); ``seed``
-    is recorded only.
+    decides it for a DATASET). ``seed`` seeds the contention process (ADR 0370): one generator
+    per (seed, policy, VM), so the same inputs and seed give identical frames.
     ``progress`` is called with each increment of epochs done (over all policies); ``trace``
-    keeps the notifier start/end events in ``ReplayOutput.traces`` (for tests). With
+    keeps the notifier start/end events in ``ReplayOutput.traces`` (for tests).
+    ``span_epochs``: replay at least this many epochs (the DATASET's recorded time span,
+    :func:`dataset_epochs`), also when the accesses stop earlier (ADR 0380). With
     ``params.workers > 1`` and several policies, policies run in worker processes; the
     output is identical.
     """
@@ -348,18 +374,15 @@ def replay_frames(
         lf = accesses.lazy() if isinstance(accesses, pl.DataFrame) else accesses
         acc = FrameAccesses(_sorted(lf))
     summary = _check_accesses(acc, cfgs)
-    n_epochs, rows_total = summary.n_epochs, summary.rows
-    jobs = [_Job(n, rows, acc, params, n_epochs, trace) for n in names]
+    n_epochs, rows_total = max(summary.n_epochs, span_epochs), summary.rows
+    jobs = [_Job(n, rows, acc, params, n_epochs, trace, seed) for n in names]
     workers = min(_workers(params, rows_total), len(jobs))
+    sizes = [VmSize(c.name, c.nr_pages, c.vcpus) for c in cfgs]
+    check_memory(sizes, n_epochs, params.epoch_ms, workers, params.max_memory_bytes)
     if workers > 1 and not trace:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from pipeline.workers import run_in_workers
 
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            if progress is None:
-                results = list(pool.map(_run_job, jobs))
-            else:
-                results = _map_with_progress(pool, jobs, progress)
+        results = run_in_workers(_run_job, jobs, workers, lambda: progress and progress(n_epochs))
     else:
         results = [_run_job(job, progress) for job in jobs]
     traces: Traces = {}
@@ -371,41 +394,6 @@ def replay_frames(
         scans=_concat([f for r in results for f in r[2]], "scans"),
         traces=traces if trace else None,
     )
-
-
-def _run_job_queued(job: _Job, done: Any) -> Any:
-    """_run_job in a worker, its epochs done put on the ``done`` queue in steps of 1% of
-    the run (few messages, a bar that still moves smoothly)."""
-    step, pending = max(1, job.n_epochs // 100), [0]
-
-    def tick(n: int) -> None:
-        pending[0] += n
-        if pending[0] >= step:
-            done.put(pending[0])
-            pending[0] = 0
-
-    result = _run_job(job, tick)
-    if pending[0]:
-        done.put(pending[0])
-    return result
-
-
-def _map_with_progress(pool: Any, jobs: list[_Job], progress: Callable[[int], None]) -> list[Any]:
-    """``pool.map(_run_job, jobs)`` with the workers' epoch-by-epoch progress reported in
-    this process (a bar that moves per batch of epochs, not per finished policy)."""
-    import contextlib
-    import multiprocessing as mp
-    import queue
-
-    with mp.get_context("spawn").Manager() as manager:
-        done = manager.Queue()
-        futures = [pool.submit(_run_job_queued, job, done) for job in jobs]
-        while not all(f.done() for f in futures):
-            with contextlib.suppress(queue.Empty):
-                progress(done.get(timeout=0.2))
-        while not done.empty():
-            progress(done.get())
-        return [f.result() for f in futures]
 
 
 AUTO_PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
@@ -559,6 +547,32 @@ def _facts(h: VmHosting) -> list[str]:
     return [f for f in VmHosting.__dataclass_fields__ if getattr(h, f) != getattr(default, f)]
 
 
+def _provenance(
+    ds: Dataset, hosting: Sequence[VmHosting], origin: str
+) -> dict[str, dict[str, str]]:
+    """Per VM of the DATASET, each hosting fact's origin for the RESULTS manifest (issue 11):
+    the DATASET's record (``hosting_provenance``, written by ingest) when its hosting.parquet
+    is used, ``given`` for facts passed in ``ReplayParams.hosting``, else ``defaulted``."""
+    recorded = ds.manifest.get("hosting_provenance") or {}
+    by_vm = {h.vm: h for h in hosting}
+    out: dict[str, dict[str, str]] = {}
+    for vm in ds.vms["vm"].to_list():
+        h = by_vm.get(str(vm), VmHosting(str(vm)))
+        given = set(_facts(h))
+        facts = {}
+        for name in VmHosting.__dataclass_fields__:
+            if name == "vm":
+                continue
+            if name not in given:
+                facts[name] = "defaulted"
+            elif origin == "params":
+                facts[name] = "given"
+            else:
+                facts[name] = (recorded.get(str(vm)) or {}).get(name, "measured")
+        out[str(vm)] = facts
+    return out
+
+
 def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dict[str, Any]]:
     """``params`` completed from the DATASET (ADR 0330): its hosting.parquet unless
     ``params.hosting`` is given or ``params.dataset_hosting`` is False; ``busy_vcpus`` on for
@@ -574,7 +588,11 @@ def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dic
         busy = from_trace(ds.manifest, ds.hosting)
         busy_from = "dataset from a trace" if busy else "synthetic dataset"
     used = {
-        "hosting": {"from": origin, "facts": {h.vm: _facts(h) for h in hosting}},
+        "hosting": {
+            "from": origin,
+            "facts": {h.vm: _facts(h) for h in hosting},
+            "provenance": _provenance(ds, hosting, origin),
+        },
         "busy_vcpus": {"value": busy, "from": busy_from},
     }
     return replace(params, hosting=tuple(hosting), busy_vcpus=busy), used
@@ -584,15 +602,44 @@ def replay_dataset(
     dataset: Path,
     policies: Sequence[str] | None = None,
     params: ReplayParams = ReplayParams(),
-    seed: int = 0,
+    seed: int | None = None,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayOutput:
     """Replay a DATASET directory under ``policies`` (default: all), reading its accesses in
-    batches of ``params.batch_epochs`` and using its hosting.parquet (:func:`resolve_params`)."""
+    batches of ``params.batch_epochs`` and using its hosting.parquet (:func:`resolve_params`).
+    ``seed`` None: the DATASET's own seed (:func:`dataset_seed`)."""
     ds = open_dataset(dataset, params)
     params, _ = resolve_params(ds, params)
-    return replay_frames(ds.vms, ds.accesses, policies, params, seed, progress=progress)
+    seed = dataset_seed(ds.manifest) if seed is None else seed
+    return replay_frames(
+        ds.vms,
+        ds.accesses,
+        policies,
+        params,
+        seed,
+        progress=progress,
+        span_epochs=dataset_epochs(ds),
+    )
+
+
+def dataset_epochs(ds: Dataset) -> int:
+    """The DATASET's time span in replay epochs (ADR 0380): ``n_epochs`` recorded by ingest
+    (first to last event of any kind, or the sidecar's lab window), ``parameters.nr_epochs``
+    of a synth dataset; 0 when neither is recorded (the accesses then set the span)."""
+    n = ds.manifest.get("n_epochs")
+    if n is None:
+        n = (ds.manifest.get("parameters") or {}).get("nr_epochs")
+    if not isinstance(n, int) or n <= 0:
+        return 0
+    return -(-n // ds.accesses.factor)
+
+
+def dataset_seed(manifest: dict[str, Any]) -> int:
+    """The seed a replay of this DATASET uses when none is given: the synth seed recorded in
+    its manifest (a synthetic boot and its contention draws go together), else 0."""
+    seed = manifest.get("seed")
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
 
 
 def run_replay(
@@ -602,11 +649,14 @@ def run_replay(
     params: ReplayParams = ReplayParams(),
     *,
     quiet: bool = True,
-    seed: int = 0,
+    seed: int | None = None,
+    force: bool = False,
 ) -> Path:
     """Replay and write RESULTS atomically: manifest.json + epochs/, vcpu_epochs/, scans/."""
     from pipeline.clikit import reporter
-    from pipeline.schema import atomic_output_dir, write_manifest, write_partitioned
+    from pipeline.outdir import atomic_output_dir, check_replaceable, pin
+    from pipeline.schema import write_manifest, write_partitioned
+    from pipeline.snapshot import check_dataset, file_sizes, manifest_sha256
 
     names = list(POLICIES) if not policies else list(dict.fromkeys(policies))
     for n in names:
@@ -614,20 +664,36 @@ def run_replay(
     ds_abs, out_abs = Path(dataset).resolve(), Path(out).resolve()
     if ds_abs == out_abs or out_abs in ds_abs.parents:
         raise OutputError(out, "would replace the DATASET it reads; choose another `--out`")
-    ds = open_dataset(dataset, params)
+    check_replaceable(Path(out), "results", force=force)
+    pinned = pin(dataset)  # one version of the DATASET, read from start to end (ADR 0005)
+    dataset_sha256 = manifest_sha256(pinned)
+    ds = open_dataset(pinned, params)
     params, used = resolve_params(ds, params)
     manifest = ds.manifest
+    seed_from = "--seed" if seed is not None else "dataset"
+    seed = dataset_seed(manifest) if seed is None else seed
     epoch_max = ds.accesses.lazy().select(pl.col("epoch").max()).collect(engine="streaming")
-    n_epochs = int(epoch_max.item() or 0) + 1
-    with reporter(quiet) as rep:
-        task = rep.task(
-            f"replay: {len(names)} policies", total=n_epochs * len(names), unit="epochs"
-        )
-        result = replay_frames(
-            ds.vms, ds.accesses, names, params, seed, progress=lambda done: rep.advance(task, done)
-        )
+    n_epochs = max(int(epoch_max.item() or 0) + 1, dataset_epochs(ds))
+    try:
+        with reporter(quiet) as rep:
+            task = rep.task(
+                f"replay: {len(names)} policies", total=n_epochs * len(names), unit="epochs"
+            )
+            result = replay_frames(
+                ds.vms,
+                ds.accesses,
+                names,
+                params,
+                seed,
+                progress=lambda done: rep.advance(task, done),
+                span_epochs=dataset_epochs(ds),
+            )
+    except (OSError, pl.exceptions.PolarsError):
+        check_dataset(pinned, dataset_sha256, during="during the replay")
+        raise
+    check_dataset(pinned, dataset_sha256, during="during the replay")
     meta = {"policies": ",".join(names), "epoch_ms": params.epoch_ms, "seed": seed}
-    with atomic_output_dir(Path(out)) as tmp:
+    with atomic_output_dir(Path(out), kind="results", force=force) as tmp:
         write_partitioned(result.epochs, tmp / "epochs", "epochs", params=meta)
         write_partitioned(result.vcpu_epochs, tmp / "vcpu_epochs", "vcpu_epochs", params=meta)
         write_partitioned(result.scans, tmp / "scans", "scans", params=meta)
@@ -636,7 +702,18 @@ def run_replay(
             "vcpu_epochs": result.vcpu_epochs.height,
             "scans": result.scans.height,
         }
-        write_manifest(tmp, results_manifest(dataset, manifest, names, params, seed, used, rows))
+        files = file_sizes(tmp)
+        write_manifest(
+            tmp,
+            {
+                **results_manifest(
+                    dataset, manifest, names, params, seed, {**used, "seed_from": seed_from}, rows
+                ),
+                "dataset_manifest_sha256": dataset_sha256,
+                "n_epochs": n_epochs,
+                "files": files,
+            },
+        )
     return Path(out)
 
 
@@ -655,7 +732,7 @@ def results_manifest(  # noqa: PLR0917 - the manifest's parts, in order
     return {
         "kind": "results",
         "tool_version": __version__,
-        "dataset": str(Path(dataset).resolve()),
+        "dataset": os.path.abspath(dataset),  # the output, not the version read (ADR 0003)
         "dataset_epoch_ms": dataset_manifest.get("epoch_ms"),
         "policies": list(names),
         "params": _jsonable(replace(params).as_dict()),

@@ -114,6 +114,14 @@ def point_seed(base_seed: int, point: int) -> int:
     return int(state[0] >> np.uint64(1))
 
 
+def _replay_seed(point: Point, base_seed: int) -> int:
+    """The contention seed of a point (ADR 0370): its ``synth_seed`` when the grid sets one,
+    as ``tlbreplay replay`` uses a synthetic DATASET's own seed, else :func:`point_seed`."""
+    if "synth_seed" in point.values:
+        return int(point.values["synth_seed"])
+    return point_seed(base_seed, point.point)
+
+
 def plan_sweep(
     spec_path: Path, grid_path: Path, *, seed: int | None = None, base: ReplayParams | None = None
 ) -> SweepPlan:
@@ -149,7 +157,7 @@ def plan_sweep(
                 point=point.point,
                 policy=str(point.values["policy"]),
                 params=replay_params(point, base_params),
-                seed=point_seed(base_seed, point.point),
+                seed=_replay_seed(point, base_seed),
                 variant=variants[workload],
             )
         )
@@ -452,7 +460,8 @@ def run_sweep(
     from pipeline import __version__
     from pipeline.cluster import SchedulerLostError
     from pipeline.errors import ClusterError
-    from pipeline.schema import atomic_output_dir, write_manifest, write_parquet, write_partitioned
+    from pipeline.outdir import atomic_output_dir
+    from pipeline.schema import write_manifest, write_parquet, write_partitioned
 
     if plan is None:
         plan = plan_sweep(spec_path, grid_path, seed=seed)
@@ -462,7 +471,7 @@ def run_sweep(
     pending: set[int] = set()
     lost: SchedulerLostError | None = None
     run = ""
-    with atomic_output_dir(Path(out)) as tmp:
+    with atomic_output_dir(Path(out), kind="results") as tmp:
         _keep_points(Path(out), tmp, kept, rows)
         if progress is not None and kept:
             progress(len(kept))

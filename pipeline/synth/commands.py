@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.clikit import command, plural, reporter
+from pipeline.clikit import FORCE_OPTION, command, plural, reporter
 
 SpecArg = Annotated[Path, typer.Argument(help="workload spec (TOML; see docs/spec.md)")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="DATASET directory to write")]
@@ -20,7 +20,13 @@ def register(app: typer.Typer) -> None:
     """Add these commands to the root app."""
 
     @command(app, "synth")
-    def synth(spec: SpecArg, out: OutOpt, seed: SeedOpt = None, quiet: QuietOpt = False) -> None:
+    def synth(
+        spec: SpecArg,
+        out: OutOpt,
+        seed: SeedOpt = None,
+        quiet: QuietOpt = False,
+        force: bool = FORCE_OPTION,
+    ) -> None:
         """Generate a synthetic access trace (DATASET) from a workload spec."""
         from pipeline.synth.runner import run_synth
 
@@ -30,7 +36,7 @@ def register(app: typer.Typer) -> None:
                 task = rep.task("synth", total=total, unit="epochs")
                 return lambda n: rep.advance(task, n)
 
-            result = run_synth(spec, out, seed=seed, progress_factory=progress_factory)
+            result = run_synth(spec, out, seed=seed, progress_factory=progress_factory, force=force)
         manifest = result.manifest
         counts = manifest["counts"]
         if not quiet:
