@@ -60,4 +60,4 @@ def test_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     finally:
         os.chdir(cwd)
     out = capsys.readouterr().out
-    assert "would take KVM shootdowns from 482 (linux-6.5) to 127 (-74%)" in out
+    assert "results (1 VM, 40 s replayed): linux-7.1 would " in out

@@ -31,15 +31,17 @@ OUTLIER_SHARE = 0.5
 #: ... when that total is at least this many shootdowns (a share of 3 flushes says nothing).
 OUTLIER_MIN_FLUSHES = 20
 
+#: Totals per policy; summed over the hosts of a fleet (its views have a `host` key).
 TOTALS_SQL = (
-    "SELECT policy, remote_tlb_flushes, cost_us FROM savings_total "
-    "JOIN run_policies USING (policy) ORDER BY policy_rank"
+    "SELECT policy, sum(remote_tlb_flushes), sum(cost_us) FROM savings_total "
+    "JOIN run_policies USING (policy) GROUP BY policy, policy_rank ORDER BY policy_rank"
 )
 #: VMs, and the replayed span: the dataset's last access epoch (replay runs to it), else the
 #: last epoch with a counter.
 SPAN_SQL = """
 SELECT
-    (SELECT coalesce(max(vms), 0) FROM savings_total),
+    (SELECT coalesce(sum(vms), 0) FROM savings_total WHERE policy =
+        (SELECT policy FROM run_policies ORDER BY policy_rank LIMIT 1)),
     coalesce(
         (SELECT (max(a.epoch) + 1) * coalesce(
             CAST(m.manifest ->> 'dataset_epoch_ms' AS BIGINT),

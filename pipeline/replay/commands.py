@@ -146,7 +146,7 @@ def _replay_tasks(  # noqa: PLR0917 - the command's options
     tasks = hosts * len(dict.fromkeys(policy) if policy else POLICIES)
     workers = jobs if jobs > 0 else min(os.cpu_count() or 1, 8, tasks)
     with sigterm_as_interrupt(), reporter(quiet) as rep:
-        task = rep.task("replay tasks", total=tasks)
+        task = rep.task("replay tasks", total=tasks, unit="tasks")
         run_fleet_replay(
             dataset,
             out,
