@@ -42,13 +42,13 @@ test-fast: setup ## the test suite without tests marked slow
 	$(BIN)/pytest -q -m "not slow"
 
 lint: setup ## ruff (lint + format check) and mypy --strict on pipeline/
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tlbreplay tests bench
+	$(BIN)/ruff format --check pipeline tlbreplay tests bench
 	$(BIN)/mypy
 
 format: setup ## apply ruff format and safe fixes
-	$(BIN)/ruff format pipeline tests bench
-	$(BIN)/ruff check --fix pipeline tests bench
+	$(BIN)/ruff format pipeline tlbreplay tests bench
+	$(BIN)/ruff check --fix pipeline tlbreplay tests bench
 
 bench: setup ## run the benchmarks in bench/ and print the figures
 	$(BIN)/python -m bench

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import tomllib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -27,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.errors import OutputError, SchemaMismatchError, TlbReplayError
+from pipeline.errors import SchemaMismatchError, TlbReplayError
 
 #: schemas/ of a checkout, or the copy inside the package of an installed wheel
 _PACKAGE_SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -333,6 +330,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     from pipeline.errors import DatasetError
 
     path = directory / MANIFEST
+    if not Path(directory).exists():
+        raise DatasetError(directory, "no such directory; check the path")
     if not path.is_file():
         raise DatasetError(directory, f"no `{MANIFEST}`: not a tlbreplay output directory")
     try:
@@ -340,42 +339,6 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DatasetError(path, f"corrupt manifest ({exc.msg} at line {exc.lineno})") from None
     return data
-
-
-@contextmanager
-def atomic_output_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success it replaces ``out`` in one rename.
-
-    ``out`` may not exist, may be empty, or may be an earlier tlbreplay output (it has a
-    manifest.json); anything else is refused so a user's directory is never clobbered. On an
-    exception the temporary directory is removed and ``out`` is left as it was.
-    """
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise OutputError(out, "exists and is not a directory; choose another `--out`")
-        if any(out.iterdir()) and not (out / MANIFEST).is_file():
-            raise OutputError(
-                out, "exists, is not empty and is not a tlbreplay output; choose another `--out`"
-            )
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-    except OSError as exc:
-        raise OutputError(out, f"cannot create output directory ({exc.strerror})") from None
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 PARTITION_KEYS = ("policy", "vm")

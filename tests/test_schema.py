@@ -9,17 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import OutputError, SchemaMismatchError
+from pipeline.errors import SchemaMismatchError
 from pipeline.schema import (
     ParquetStream,
-    atomic_output_dir,
     conform,
     enums,
     parse_type,
-    read_manifest,
     table_names,
     table_schema,
-    write_manifest,
     write_parquet,
 )
 
@@ -104,24 +101,6 @@ def test_parquet_stream_aborts_cleanly(tmp_path: Path) -> None:
         stream.write(_accesses(2))
         stream.write(_accesses(3))
     assert pq.read_table(path).num_rows == 5
-
-
-def test_atomic_output_dir(tmp_path: Path) -> None:
-    out = tmp_path / "ds"
-    with atomic_output_dir(out) as tmp:
-        write_manifest(tmp, {"b": 1, "a": 2})
-    assert read_manifest(out) == {"a": 2, "b": 1}
-    with pytest.raises(ValueError), atomic_output_dir(out) as tmp:
-        write_manifest(tmp, {"new": True})
-        raise ValueError
-    assert read_manifest(out) == {"a": 2, "b": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(OutputError, match="not a tlbreplay output"), atomic_output_dir(mine):
-        pass
-    assert (mine / "notes.txt").read_text() == "keep me"
 
 
 def test_partitioned_roundtrip(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 
 from pipeline import __version__
+from pipeline.analyze.lockdown import LOCKED_CONFIG
 from pipeline.schema import MANIFEST, SCHEMA_DIR
 
 SQL_ROOT = Path(__file__).resolve().parent / "sql"
@@ -72,7 +73,7 @@ def open_catalog(
     path = where / f"{stem}-{key}.duckdb"
     if path.is_file():
         try:
-            return duckdb.connect(str(path), read_only=True)
+            return duckdb.connect(str(path), read_only=True, config=LOCKED_CONFIG)
         except duckdb.Error:
             path.unlink(missing_ok=True)  # unreadable (a crash mid-rename cannot do this)
     try:
@@ -82,7 +83,7 @@ def open_catalog(
     except OSError:
         return _in_memory(build)
     try:
-        con = duckdb.connect(str(tmp))
+        con = duckdb.connect(str(tmp), config=LOCKED_CONFIG)
         try:
             build(con)
         finally:
@@ -95,11 +96,11 @@ def open_catalog(
     for old in where.glob(f"{stem}-*.duckdb"):
         if old != path:
             old.unlink(missing_ok=True)
-    return duckdb.connect(str(path), read_only=True)
+    return duckdb.connect(str(path), read_only=True, config=LOCKED_CONFIG)
 
 
 def _in_memory(build: Callable[[duckdb.DuckDBPyConnection], None]) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(":memory:", config=LOCKED_CONFIG)
     try:
         build(con)
     except BaseException:

@@ -27,13 +27,15 @@ from rich.progress import TaskID
 
 from pipeline import __version__
 from pipeline.analyze import plots, rfc_thread, sweep_plots
-from pipeline.analyze.output import display_text
+from pipeline.analyze.output import display_text, page_size_sql
 from pipeline.analyze.query import Audit, run_audits
 from pipeline.analyze.verdict import Verdict, verdict_of
 from pipeline.analyze.views import Run, connect, sql_literal
 from pipeline.clikit import Reporter, reporter
 from pipeline.errors import OutputError, QueryError, TlbReplayError
-from pipeline.schema import atomic_output_dir, write_manifest
+from pipeline.outdir import atomic_output_dir, check_replaceable
+from pipeline.schema import write_manifest
+from pipeline.workers import die_with_parent
 
 REPORT = "report.html"
 
@@ -53,7 +55,7 @@ TABLES = (
         "kvm_unmap_gfn_range_calls, mmu_notifier_invalidations, spte_zapped, ept_violations, "
         "numa_hint_faults, numa_pages_migrated, numa_migrate_failed, host_tlb_flushes, cost_us "
         "FROM shootdowns JOIN run_policies USING (policy) "
-        "ORDER BY {point}vm, page_size, policy_rank",
+        "ORDER BY {point}vm, {page_size}, policy_rank",
     ),
     (
         "savings",
@@ -93,7 +95,7 @@ PLOT_SQL = {
     view: f"SELECT v.* {{label}} FROM {view} AS v JOIN run_policies USING (policy) "
     f"ORDER BY {{point}}policy_rank, {keys}"
     for view, keys in (
-        ("shootdowns", "vm, page_size"),
+        ("shootdowns", "vm, {page_size}"),
         ("timeline", "vm, epoch"),
         ("by_vcpu", "vm, vcpu"),
     )
@@ -143,7 +145,7 @@ def _slug(text: str) -> str:
 def _names(results: list[Path]) -> list[str]:
     names: list[str] = []
     for path in results:
-        base = _slug(Path(path).resolve().name)
+        base = _slug(Path(os.path.abspath(path)).name)  # the output, not its version dir
         name, k = base, 2
         while name in names:
             name, k = f"{base}-{k}", k + 1
@@ -189,6 +191,7 @@ def _query_section(
         "{policies}": ", ".join(sql_literal(str(p)) for (p,) in order) or "NULL",
         "{point}": "point, " if sweep else "",
         "{label}": SWEEP_LABEL if sweep else "",
+        "{page_size}": page_size_sql(),
     }
 
     def sql_of(template: str) -> str:
@@ -337,10 +340,10 @@ def render_section(section: Section) -> str:
         relative(str(run.dataset)) if run.dataset else f"{run.manifest.get('dataset')} (missing)"
     )
     parts = [
-        f'<section class="run" id="run-{esc(s)}" data-results="{esc(relative(str(run.results)))}">',
+        f'<section class="run" id="run-{esc(s)}" data-results="{esc(relative(str(run.path)))}">',
         f"<h2>{esc(s)}</h2>",
         answer_html(section.verdict),
-        f'<p class="muted">RESULTS {esc(relative(str(run.results)))} · DATASET {esc(dataset)}</p>',
+        f'<p class="muted">RESULTS {esc(relative(str(run.path)))} · DATASET {esc(dataset)}</p>',
         *rfc_thread.render(section.rfc_thread),
         *(_sweep_parts(section) if run.sweep else []),
         *_part("summary", TABLES[0][1], html_table(t["summary"], labels=LABELS)),
@@ -499,7 +502,12 @@ def _build_sections(
             rep.advance(task)
         return sections
     context = multiprocessing.get_context("spawn")  # no fork of DuckDB's threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=die_with_parent,  # no orphan after a kill -9 (ADR 0006)
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = [pool.submit(_section_job, path, name, out) for path, name in jobs]
         for future in as_completed(futures):
             future.result()
@@ -508,7 +516,12 @@ def _build_sections(
 
 
 def write_report(
-    results: list[Path], out: Path, *, quiet: bool = True, workers: int | None = None
+    results: list[Path],
+    out: Path,
+    *,
+    quiet: bool = True,
+    workers: int | None = None,
+    force: bool = False,
 ) -> Path:
     """Write ``out/report.html`` and the PNGs of every RESULTS dir; return the page's path.
 
@@ -528,8 +541,9 @@ def write_report(
     jobs = list(zip(results, _names(results), strict=True))
     if workers is None:
         workers = min(len(jobs), os.cpu_count() or 1)
-    with atomic_output_dir(out) as tmp, reporter(quiet) as rep:
-        task = rep.task("report", total=len(jobs))
+    check_replaceable(Path(out), "report", force=force)
+    with atomic_output_dir(out, kind="report", force=force) as tmp, reporter(quiet) as rep:
+        task = rep.task("report", total=len(jobs), unit="sections")
         sections = _build_sections(jobs, tmp, workers, rep, task)
         (tmp / REPORT).write_text(render_page(sections))
         write_manifest(
@@ -537,7 +551,7 @@ def write_report(
             {
                 "kind": "report",
                 "tool": f"tlbreplay {__version__}",
-                "results": [relative(str(s.run.results)) for s in sections],
+                "results": [relative(str(s.run.path)) for s in sections],
                 "files": sorted(p.name for p in tmp.iterdir() if p.suffix in {".html", ".png"}),
             },
         )

@@ -18,6 +18,7 @@ import duckdb
 
 from pipeline.analyze.output import UNDEFINED, change_text, count_text
 from pipeline.analyze.views import connect
+from pipeline.clikit import plural
 
 #: The reference kernels of the sentence: the RFC thread's, then newest upstream.
 OLD, NEW = "linux-6.5", "linux-7.1"
@@ -164,11 +165,6 @@ class Verdict:
 def and_list(names: list[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 VM``, ``2 VMs``."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def verdict_of(con: duckdb.DuckDBPyConnection, name: str, *, sweep: bool = False) -> Verdict:

@@ -27,6 +27,7 @@ Nothing here runs an analysis query; callers do (``query.py``, ``report.py``).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from pipeline.analyze.lockdown import lock_down
 from pipeline.errors import DatasetError, QueryError
+from pipeline.outdir import pin
 from pipeline.schema import MANIFEST, SCHEMA_DIR, read_manifest, table_schema
+from pipeline.snapshot import check_dataset, check_files
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 AUDIT_DIR = SQL_DIR / "audits"
@@ -141,12 +145,14 @@ def is_sweep(results: Path) -> bool:
 
 @dataclass
 class Run:
-    """A RESULTS directory and the DATASET its manifest names."""
+    """A RESULTS directory and the DATASET its manifest names. ``results`` and ``dataset``
+    are the versions read (pinned when opened, ADR 0003); ``path`` is RESULTS as given."""
 
     results: Path
     manifest: dict[str, Any]
     dataset: Path | None
     dataset_manifest: dict[str, Any] | None
+    path: Path = Path()
 
     @property
     def sweep(self) -> bool:
@@ -161,8 +167,10 @@ class Run:
 
     @classmethod
     def open(cls, results: Path) -> Run:
-        """Check ``results`` is a replay output and find its dataset (which may be gone)."""
-        results = Path(results).resolve()
+        """Check ``results`` is a replay output, whole, and find its dataset (which may be
+        gone) unchanged since the replay (ADR 0005)."""
+        given = Path(os.path.abspath(results))
+        results = pin(given)
         if not results.is_dir():
             raise DatasetError(results, "no such RESULTS directory; run `tlbreplay replay` first")
         manifest = read_manifest(results)
@@ -180,9 +188,13 @@ class Run:
             if not candidate.is_absolute():
                 candidate = (results / candidate).resolve()
             if (candidate / MANIFEST).is_file():
-                dataset = candidate
-                dataset_manifest = read_manifest(candidate)
-        return cls(results, manifest, dataset, dataset_manifest)
+                dataset = pin(candidate)
+                check_dataset(
+                    dataset, manifest.get("dataset_manifest_sha256"), during="since the replay"
+                )
+                dataset_manifest = read_manifest(dataset)
+        check_files(results, manifest.get("files"))
+        return cls(results, manifest, dataset, dataset_manifest, given)
 
     def sources(self) -> list[Source]:
         """Every source view of this run, with its files (None when there are none)."""
@@ -307,7 +319,13 @@ def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
     from pipeline.analyze.persisted import open_catalog
 
     run = Run.open(results)
-    return open_catalog(run.results, run.dataset, lambda con: build_views(con, run)), run
+    con = open_catalog(run.results, run.dataset, lambda con: build_views(con, run))
+    try:
+        lock_down(con, [run.results, *([run.dataset] if run.dataset else [])])
+    except BaseException:
+        con.close()
+        raise
+    return con, run
 
 
 def build_views(con: duckdb.DuckDBPyConnection, run: Run) -> None:

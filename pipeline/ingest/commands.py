@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.clikit import QUIET_OPTION, Reporter, command
+from pipeline.clikit import FORCE_OPTION, QUIET_OPTION, Reporter, command
 from pipeline.errors import InputError
 
 DERIVE_SHARE = 0.25
@@ -34,6 +34,10 @@ def register(app: typer.Typer) -> None:
         ),
         jobs: int = typer.Option(1, "--jobs", "-j", help="fleet: N > 1 runs a LocalCluster of N"),
         quiet: bool = QUIET_OPTION,
+        force: bool = FORCE_OPTION,
+        allow_empty: bool = typer.Option(
+            False, "--allow-empty", help="accept an input with no (or few) parsed events"
+        ),
     ) -> None:
         """Parse ftrace text / trace.dat into a DATASET (typed event tables, accesses, vms)."""
         from pipeline.clikit import reporter
@@ -58,6 +62,8 @@ def register(app: typer.Typer) -> None:
                 epoch_ms=epoch_ms,
                 progress=bar.parsed,
                 derive_progress=bar.derived,
+                force=force,
+                allow_empty=allow_empty,
             )
         if not quiet:
             typer.echo(

@@ -47,7 +47,8 @@ def run_fleet_ingest(
     from pipeline.errors import InputError, TlbReplayError
     from pipeline.ingest import reader
     from pipeline.ingest.runner import check_out
-    from pipeline.schema import atomic_output_dir, write_manifest
+    from pipeline.outdir import atomic_output_dir
+    from pipeline.schema import write_manifest
 
     if epoch_ms <= 0:
         raise InputError("--epoch-ms", f"must be a positive number of milliseconds, not {epoch_ms}")
@@ -58,7 +59,7 @@ def run_fleet_ingest(
     check_out(Path(out))
     hosts: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
-    with atomic_output_dir(Path(out)) as tmp:
+    with atomic_output_dir(Path(out), kind="dataset") as tmp:
 
         def done(outcome: Outcome) -> None:
             host = str(outcome.key)

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from pipeline.errors import InputError
 from pipeline.ingest import events, ftrace, polarsscan
 from pipeline.schema import ParquetStream
+from pipeline.workers import die_with_parent
 
 CHUNK_BYTES = 16 << 20
 MAX_LINE_BYTES = 64 << 20
@@ -480,7 +481,9 @@ def _start_pool(workers: int) -> ProcessPoolExecutor:
     saved = os.environ.get("POLARS_MAX_THREADS")
     os.environ["POLARS_MAX_THREADS"] = "1"
     try:
-        pool = ProcessPoolExecutor(workers, mp_context=ctx)
+        pool = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
         for _ in range(workers):
             pool.submit(int)  # start the workers now, under this environment
     finally:

@@ -1,7 +1,7 @@
 """The ingest job: sources -> DATASET (ftrace tables, quarantine, vms, accesses, manifest).
 
 The dataset is built in a temporary sibling of ``--out`` and renamed over it at the end
-(:func:`pipeline.schema.atomic_output_dir`), so a failure leaves nothing half-written.
+(:func:`pipeline.outdir.atomic_output_dir`), so a failure leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ from pipeline import __version__
 from pipeline.errors import InputError, OutputError
 from pipeline.ingest import reader
 from pipeline.ingest.derive import Progress, derive
-from pipeline.schema import atomic_output_dir, write_manifest, write_parquet
+from pipeline.ingest.span import time_span
+from pipeline.outdir import atomic_output_dir, check_replaceable
+from pipeline.schema import write_manifest, write_parquet
 
 DEFAULT_EPOCH_MS = 100
+MIN_PARSED_SHARE = 0.5
+"""An input whose parsed events are fewer than this share of its non-comment lines is refused
+(ADR 0004): it is not a trace, or not one this tool reads; ``--allow-empty`` accepts it."""
 
 
 def run_ingest(
@@ -29,6 +34,8 @@ def run_ingest(
     progress: Callable[[int], None] | None = None,
     derive_progress: Progress | None = None,
     workers: int = reader.WORKERS,
+    force: bool = False,
+    allow_empty: bool = False,
 ) -> dict[str, Any]:
     """Ingest ``sources`` into the dataset directory ``out``; returns the manifest.
 
@@ -46,11 +53,14 @@ def run_ingest(
     if vm_config is not None:
         reader.check_source(str(vm_config))
     check_out(Path(out))
+    check_replaceable(Path(out), "dataset", force=force)
     params = {"epoch_ms": epoch_ms, "vm_config": str(vm_config) if vm_config else None}
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, kind="dataset", force=force) as tmp:
         stats, rows = reader.ingest_all(
             sources, tmp, params=params, progress=progress, workers=workers
         )
+        if not allow_empty:
+            _check_parsed(stats, tmp)
         firsts = [s.first_ts_ns for s in stats if s.first_ts_ns is not None]
         t0 = min(firsts) if firsts else None
         derived = derive(
@@ -65,8 +75,15 @@ def run_ingest(
         from pipeline.ingest.capture_facts import write_hosting
 
         # the capture's process and host facts, when the sidecar or capture.json has any
+        provenance: dict[str, dict[str, str]] = {}
         hosting_rows = write_hosting(
-            tmp, derived.vms, vm_config, sources=sources, epoch_ms=epoch_ms, params=params
+            tmp,
+            derived.vms,
+            vm_config,
+            sources=sources,
+            epoch_ms=epoch_ms,
+            params=params,
+            provenance=provenance,
         )
         manifest: dict[str, Any] = {
             "kind": "dataset",
@@ -75,6 +92,7 @@ def run_ingest(
             "command": "ingest",
             "epoch_ms": epoch_ms,
             "t0_ns": t0,
+            **time_span(tmp, t0, epoch_ms, vm_config),
             "parameters": params,
             "sources": [s.manifest() for s in stats],
             "tables": {
@@ -83,6 +101,8 @@ def run_ingest(
                 "accesses": derived.accesses_rows,
                 "hosting": hosting_rows,
             },
+            # per VM, where each hosting fact came from (measured / inferred / defaulted)
+            "hosting_provenance": provenance,
             "accesses_from": derived.access_source,
             "accesses_unassigned": derived.unassigned,
             "accesses_outside_ram": derived.outside_ram,
@@ -94,6 +114,31 @@ def run_ingest(
         }
         write_manifest(tmp, manifest)
     return manifest
+
+
+def _check_parsed(stats: list[reader.SourceStats], tmp: Path) -> None:
+    """Refuse a source that yielded no event, or events for under MIN_PARSED_SHARE of its
+    non-comment lines, naming it and the first quarantine reasons (ADR 0004)."""
+    for s in stats:
+        lines = s.parsed + s.quarantined
+        if s.parsed and s.parsed >= MIN_PARSED_SHARE * lines:
+            continue
+        import polars as pl
+
+        q = tmp / "quarantine.parquet"
+        rows = (
+            pl.read_parquet(q).filter(pl.col("source") == s.path).head(3)
+            if q.is_file()
+            else pl.DataFrame()
+        )
+        first = "; ".join(f"line {r['lineno']}: {r['reason']}" for r in rows.iter_rows(named=True))
+        what = "no ftrace event" if not s.parsed else f"only {s.parsed} events"
+        msg = (
+            f"{what} in {s.lines_total} lines ({s.quarantined} quarantined"
+            + (f", first: {first}" if first else "")
+            + "); is it an ftrace text trace or trace.dat? pass `--allow-empty` to keep it anyway"
+        )
+        raise InputError(s.path, msg)
 
 
 def check_out(out: Path) -> None:

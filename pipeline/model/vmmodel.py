@@ -610,6 +610,12 @@ def _align_up(value: int, align: int) -> int:
     return -(-value // align) * align
 
 
+MAX_REGIONS = 65_536
+"""Regions per VM at most (ADR 0008): far above a real VMM's memslots (KVM allows 32767
+per address space, include/linux/kvm_host.h KVM_MEM_SLOTS_NUM); the checks below are
+O(R log R)."""
+
+
 def parse_vm(
     table: object,
     path: PathLike,
@@ -645,6 +651,8 @@ def parse_vm(
         if mem is None:
             keys.fail("missing guest RAM size: give `mem_gib` (or `mem_mib`, `mem_bytes`)")
         region_tables = [{"name": "ram", "size_bytes": mem}]
+    if len(region_tables) > MAX_REGIONS:
+        keys.fail(f"{len(region_tables)} regions; at most {MAX_REGIONS} per VM")
     regions: list[Region] = []
     gpa_next, hva_next = 0, DEFAULT_HVA_BASE
     for i, rt in enumerate(region_tables):
@@ -676,10 +684,11 @@ def parse_vm(
 
 
 def _check_regions(keys: Keys, regions: list[Region], mem: int | None) -> None:
-    names = [r.name for r in regions]
-    for n in names:
-        if names.count(n) > 1:
-            keys.fail(f"two regions are named `{n}`; region names must be unique")
+    seen: set[str] = set()
+    for r in regions:
+        if r.name in seen:
+            keys.fail(f"two regions are named `{r.name}`; region names must be unique")
+        seen.add(r.name)
     by_hva = sorted(regions, key=lambda r: r.hva_start)
     for a, b in itertools.pairwise(by_hva):
         if a.hva_start + a.size_bytes > b.hva_start:
@@ -716,9 +725,12 @@ def parse_vm_model(
         for i, t in enumerate(vm_tables)
     ]
     names = [v.name for v in vms]
-    for n in names:
-        if names.count(n) > 1:
-            loc = (("vm", len(names) - 1 - names[::-1].index(n)),)
+    seen: set[str] = set()
+    for i, n in enumerate(names):  # O(V): the second VM of a name is the one named
+        if n not in seen:
+            seen.add(n)
+        else:
+            loc = (("vm", i),)
             raise SpecError(
                 where_path(path, loc), f"vm `{n}`", "two VMs have this name; names must be unique"
             )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from pipeline.clikit import QUIET_OPTION, command
+from pipeline.clikit import FORCE_OPTION, QUIET_OPTION, command
 
 if TYPE_CHECKING:
     from pipeline.replay.runner import ReplayParams
@@ -37,6 +37,11 @@ NO_HOSTING_OPTION = typer.Option(
     False,
     "--no-hosting",
     help="ignore the DATASET's hosting.parquet (guest RAM alone, vCPUs owning a CPU, idle host)",
+)
+MAX_MEMORY_OPTION = typer.Option(
+    None,
+    "--max-memory",
+    help="refuse a replay whose engine arrays need more (e.g. 8G; default: half the RAM)",
 )
 FALLBACK_OPTION = typer.Option(
     0.0,
@@ -73,8 +78,11 @@ def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | Non
         thp_fault_fallback: float = FALLBACK_OPTION,
         scheduler: str | None = SCHEDULER_OPTION,
         quiet: bool = QUIET_OPTION,
+        force: bool = FORCE_OPTION,
+        max_memory: str | None = MAX_MEMORY_OPTION,
     ) -> None:
         """Replay a DATASET (or a fleet of them) under NUMA-balancing policies; write RESULTS."""
+        from pipeline.replay.bounds import parse_bytes
         from pipeline.replay.runner import ReplayParams, run_replay
 
         params = ReplayParams(
@@ -82,12 +90,13 @@ def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | Non
             workers=jobs,
             busy_vcpus=busy_vcpus,
             dataset_hosting=not no_hosting,
+            max_memory_bytes=parse_bytes(max_memory) if max_memory else None,
             thp_fault_fallback=thp_fault_fallback,
         )
         if scheduler is not None or _is_fleet(dataset):
             _replay_tasks(dataset, out, policy, params, seed or 0, scheduler, jobs, quiet)
         else:
-            run_replay(dataset, out, policy or None, params, quiet=quiet, seed=seed)
+            run_replay(dataset, out, policy or None, params, quiet=quiet, seed=seed, force=force)
         path = out
         if not quiet:
             for line in summary(path) if summary else ():

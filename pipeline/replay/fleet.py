@@ -72,9 +72,10 @@ def run_fleet_replay(
     policy), in this process (``workers`` <= 1, no ``scheduler``) or on Dask; write RESULTS
     atomically. Returns its manifest (a single host's is the one ``run_replay`` writes)."""
     from pipeline.errors import OutputError, TlbReplayError
+    from pipeline.outdir import atomic_output_dir
     from pipeline.replay.policies import POLICIES, get_policy
     from pipeline.replay.runner import open_dataset, resolve_params, results_manifest
-    from pipeline.schema import atomic_output_dir, read_manifest, write_manifest
+    from pipeline.schema import read_manifest, write_manifest
 
     params = params or ReplayParams()
     names = list(POLICIES) if not policies else list(dict.fromkeys(policies))
@@ -96,7 +97,7 @@ def run_fleet_replay(
         first = first or (resolved, opened.manifest)
     rows = dict.fromkeys(RESULT_TABLES, 0)
     failed: dict[tuple[str | None, str], str] = {}
-    with atomic_output_dir(Path(out)) as tmp:
+    with atomic_output_dir(Path(out), kind="results") as tmp:
 
         def done(outcome: Outcome) -> None:
             key = outcome.key

@@ -17,6 +17,7 @@ import polars as pl
 
 from pipeline.errors import DatasetError, OutputError
 from pipeline.model.hosting import VmHosting, hosting_for
+from pipeline.replay.bounds import VmSize, check_memory
 from pipeline.replay.cost import CostModel
 from pipeline.replay.counters import EPOCH_COUNTERS, PAGE_SIZES, VCPU_COUNTERS
 from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
@@ -69,6 +70,8 @@ class ReplayParams:
       to 4K pages on the host (/proc/vmstat thp_fault_fallback; ADR 0371).
     * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8, when
       the dataset has at least 200k access rows). The results do not depend on it.
+    * ``max_memory_bytes`` None: refuse a replay whose engine arrays are estimated above this
+      (None: half the machine's RAM; pipeline/replay/bounds.py, ADR 0380).
     """
 
     epoch_ms: int = 100
@@ -91,6 +94,7 @@ class ReplayParams:
     workers: int = 1
     dataset_hosting: bool = True
     batch_epochs: int = 256
+    max_memory_bytes: int | None = None
     spte_4k: float | None = None
     thp_fault_fallback: float = 0.0
 
@@ -338,6 +342,7 @@ def replay_frames(
     *,
     progress: Callable[[int], None] | None = None,
     trace: bool = False,
+    span_epochs: int = 0,
 ) -> ReplayOutput:
     """Replay ``accesses`` (table accesses, epochs of ``params.epoch_ms``) on ``vms``.
 
@@ -346,7 +351,9 @@ def replay_frames(
     decides it for a DATASET). ``seed`` seeds the contention process (ADR 0370): one generator
     per (seed, policy, VM), so the same inputs and seed give identical frames.
     ``progress`` is called with each increment of epochs done (over all policies); ``trace``
-    keeps the notifier start/end events in ``ReplayOutput.traces`` (for tests). With
+    keeps the notifier start/end events in ``ReplayOutput.traces`` (for tests).
+    ``span_epochs``: replay at least this many epochs (the DATASET's recorded time span,
+    :func:`dataset_epochs`), also when the accesses stop earlier (ADR 0380). With
     ``params.workers > 1`` and several policies, policies run in worker processes; the
     output is identical.
     """
@@ -367,19 +374,15 @@ def replay_frames(
         lf = accesses.lazy() if isinstance(accesses, pl.DataFrame) else accesses
         acc = FrameAccesses(_sorted(lf))
     summary = _check_accesses(acc, cfgs)
-    n_epochs, rows_total = summary.n_epochs, summary.rows
+    n_epochs, rows_total = max(summary.n_epochs, span_epochs), summary.rows
     jobs = [_Job(n, rows, acc, params, n_epochs, trace, seed) for n in names]
     workers = min(_workers(params, rows_total), len(jobs))
+    sizes = [VmSize(c.name, c.nr_pages, c.vcpus) for c in cfgs]
+    check_memory(sizes, n_epochs, params.epoch_ms, workers, params.max_memory_bytes)
     if workers > 1 and not trace:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from pipeline.workers import run_in_workers
 
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            results = []
-            for res in pool.map(_run_job, jobs):
-                results.append(res)
-                if progress is not None:
-                    progress(n_epochs)
+        results = run_in_workers(_run_job, jobs, workers, lambda: progress and progress(n_epochs))
     else:
         results = [_run_job(job, progress) for job in jobs]
     traces: Traces = {}
@@ -485,6 +488,9 @@ def open_dataset(dataset: Path, params: ReplayParams) -> Dataset:
     from pipeline.schema import read_manifest, read_parquet
 
     dataset = Path(dataset)
+    if not dataset.exists():
+        msg = "no such DATASET directory; make one with `tlbreplay ingest` or `tlbreplay synth`"
+        raise DatasetError(dataset, msg)
     manifest = read_manifest(dataset)
     if manifest.get("kind") != "dataset":
         raise DatasetError(dataset, f"manifest kind is `{manifest.get('kind')}`, want `dataset`")
@@ -541,6 +547,32 @@ def _facts(h: VmHosting) -> list[str]:
     return [f for f in VmHosting.__dataclass_fields__ if getattr(h, f) != getattr(default, f)]
 
 
+def _provenance(
+    ds: Dataset, hosting: Sequence[VmHosting], origin: str
+) -> dict[str, dict[str, str]]:
+    """Per VM of the DATASET, each hosting fact's origin for the RESULTS manifest (issue 11):
+    the DATASET's record (``hosting_provenance``, written by ingest) when its hosting.parquet
+    is used, ``given`` for facts passed in ``ReplayParams.hosting``, else ``defaulted``."""
+    recorded = ds.manifest.get("hosting_provenance") or {}
+    by_vm = {h.vm: h for h in hosting}
+    out: dict[str, dict[str, str]] = {}
+    for vm in ds.vms["vm"].to_list():
+        h = by_vm.get(str(vm), VmHosting(str(vm)))
+        given = set(_facts(h))
+        facts = {}
+        for name in VmHosting.__dataclass_fields__:
+            if name == "vm":
+                continue
+            if name not in given:
+                facts[name] = "defaulted"
+            elif origin == "params":
+                facts[name] = "given"
+            else:
+                facts[name] = (recorded.get(str(vm)) or {}).get(name, "measured")
+        out[str(vm)] = facts
+    return out
+
+
 def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dict[str, Any]]:
     """``params`` completed from the DATASET (ADR 0330): its hosting.parquet unless
     ``params.hosting`` is given or ``params.dataset_hosting`` is False; ``busy_vcpus`` on for
@@ -556,7 +588,11 @@ def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dic
         busy = from_trace(ds.manifest, ds.hosting)
         busy_from = "dataset from a trace" if busy else "synthetic dataset"
     used = {
-        "hosting": {"from": origin, "facts": {h.vm: _facts(h) for h in hosting}},
+        "hosting": {
+            "from": origin,
+            "facts": {h.vm: _facts(h) for h in hosting},
+            "provenance": _provenance(ds, hosting, origin),
+        },
         "busy_vcpus": {"value": busy, "from": busy_from},
     }
     return replace(params, hosting=tuple(hosting), busy_vcpus=busy), used
@@ -576,7 +612,27 @@ def replay_dataset(
     ds = open_dataset(dataset, params)
     params, _ = resolve_params(ds, params)
     seed = dataset_seed(ds.manifest) if seed is None else seed
-    return replay_frames(ds.vms, ds.accesses, policies, params, seed, progress=progress)
+    return replay_frames(
+        ds.vms,
+        ds.accesses,
+        policies,
+        params,
+        seed,
+        progress=progress,
+        span_epochs=dataset_epochs(ds),
+    )
+
+
+def dataset_epochs(ds: Dataset) -> int:
+    """The DATASET's time span in replay epochs (ADR 0380): ``n_epochs`` recorded by ingest
+    (first to last event of any kind, or the sidecar's lab window), ``parameters.nr_epochs``
+    of a synth dataset; 0 when neither is recorded (the accesses then set the span)."""
+    n = ds.manifest.get("n_epochs")
+    if n is None:
+        n = (ds.manifest.get("parameters") or {}).get("nr_epochs")
+    if not isinstance(n, int) or n <= 0:
+        return 0
+    return -(-n // ds.accesses.factor)
 
 
 def dataset_seed(manifest: dict[str, Any]) -> int:
@@ -594,10 +650,13 @@ def run_replay(
     *,
     quiet: bool = True,
     seed: int | None = None,
+    force: bool = False,
 ) -> Path:
     """Replay and write RESULTS atomically: manifest.json + epochs/, vcpu_epochs/, scans/."""
     from pipeline.clikit import reporter
-    from pipeline.schema import atomic_output_dir, write_manifest, write_partitioned
+    from pipeline.outdir import atomic_output_dir, check_replaceable, pin
+    from pipeline.schema import write_manifest, write_partitioned
+    from pipeline.snapshot import check_dataset, file_sizes, manifest_sha256
 
     names = list(POLICIES) if not policies else list(dict.fromkeys(policies))
     for n in names:
@@ -605,20 +664,36 @@ def run_replay(
     ds_abs, out_abs = Path(dataset).resolve(), Path(out).resolve()
     if ds_abs == out_abs or out_abs in ds_abs.parents:
         raise OutputError(out, "would replace the DATASET it reads; choose another `--out`")
-    ds = open_dataset(dataset, params)
+    check_replaceable(Path(out), "results", force=force)
+    pinned = pin(dataset)  # one version of the DATASET, read from start to end (ADR 0005)
+    dataset_sha256 = manifest_sha256(pinned)
+    ds = open_dataset(pinned, params)
     params, used = resolve_params(ds, params)
     manifest = ds.manifest
     seed_from = "--seed" if seed is not None else "dataset"
     seed = dataset_seed(manifest) if seed is None else seed
     epoch_max = ds.accesses.lazy().select(pl.col("epoch").max()).collect(engine="streaming")
-    n_epochs = int(epoch_max.item() or 0) + 1
-    with reporter(quiet) as rep:
-        task = rep.task("replay", total=n_epochs * len(names))
-        result = replay_frames(
-            ds.vms, ds.accesses, names, params, seed, progress=lambda done: rep.advance(task, done)
-        )
+    n_epochs = max(int(epoch_max.item() or 0) + 1, dataset_epochs(ds))
+    try:
+        with reporter(quiet) as rep:
+            task = rep.task(
+                f"replay: {len(names)} policies", total=n_epochs * len(names), unit="epochs"
+            )
+            result = replay_frames(
+                ds.vms,
+                ds.accesses,
+                names,
+                params,
+                seed,
+                progress=lambda done: rep.advance(task, done),
+                span_epochs=dataset_epochs(ds),
+            )
+    except (OSError, pl.exceptions.PolarsError):
+        check_dataset(pinned, dataset_sha256, during="during the replay")
+        raise
+    check_dataset(pinned, dataset_sha256, during="during the replay")
     meta = {"policies": ",".join(names), "epoch_ms": params.epoch_ms, "seed": seed}
-    with atomic_output_dir(Path(out)) as tmp:
+    with atomic_output_dir(Path(out), kind="results", force=force) as tmp:
         write_partitioned(result.epochs, tmp / "epochs", "epochs", params=meta)
         write_partitioned(result.vcpu_epochs, tmp / "vcpu_epochs", "vcpu_epochs", params=meta)
         write_partitioned(result.scans, tmp / "scans", "scans", params=meta)
@@ -627,8 +702,18 @@ def run_replay(
             "vcpu_epochs": result.vcpu_epochs.height,
             "scans": result.scans.height,
         }
-        info = {**used, "seed_from": seed_from}
-        write_manifest(tmp, results_manifest(dataset, manifest, names, params, seed, info, rows))
+        files = file_sizes(tmp)
+        write_manifest(
+            tmp,
+            {
+                **results_manifest(
+                    dataset, manifest, names, params, seed, {**used, "seed_from": seed_from}, rows
+                ),
+                "dataset_manifest_sha256": dataset_sha256,
+                "n_epochs": n_epochs,
+                "files": files,
+            },
+        )
     return Path(out)
 
 
@@ -647,7 +732,7 @@ def results_manifest(  # noqa: PLR0917 - the manifest's parts, in order
     return {
         "kind": "results",
         "tool_version": __version__,
-        "dataset": str(Path(dataset).resolve()),
+        "dataset": os.path.abspath(dataset),  # the output, not the version read (ADR 0003)
         "dataset_epoch_ms": dataset_manifest.get("epoch_ms"),
         "policies": list(names),
         "params": _jsonable(replace(params).as_dict()),

@@ -460,7 +460,8 @@ def run_sweep(
     from pipeline import __version__
     from pipeline.cluster import SchedulerLostError
     from pipeline.errors import ClusterError
-    from pipeline.schema import atomic_output_dir, write_manifest, write_parquet, write_partitioned
+    from pipeline.outdir import atomic_output_dir
+    from pipeline.schema import write_manifest, write_parquet, write_partitioned
 
     if plan is None:
         plan = plan_sweep(spec_path, grid_path, seed=seed)
@@ -470,7 +471,7 @@ def run_sweep(
     pending: set[int] = set()
     lost: SchedulerLostError | None = None
     run = ""
-    with atomic_output_dir(Path(out)) as tmp:
+    with atomic_output_dir(Path(out), kind="results") as tmp:
         _keep_points(Path(out), tmp, kept, rows)
         if progress is not None and kept:
             progress(len(kept))

@@ -1,7 +1,7 @@
 """I/O for ``tlbreplay synth``: spec -> DATASET directory (manifest, vms, accesses parts).
 
 The DATASET is written into a temporary sibling and renamed into place at the end
-(:func:`pipeline.schema.atomic_output_dir`), so a bad spec or a crash leaves nothing behind.
+(:func:`pipeline.outdir.atomic_output_dir`), so a bad spec or a crash leaves nothing behind.
 ``accesses`` rows stream to ``accesses/part-NNNNN.parquet`` through
 :class:`pipeline.schema.ParquetStream`: VMs in name order, epochs in order, a new part only
 between epoch batches, so a file never splits an epoch of a VM and memory stays bounded by
@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.model.vmmodel import vms_frame
-from pipeline.schema import ParquetStream, atomic_output_dir, write_manifest, write_parquet
+from pipeline.outdir import atomic_output_dir, check_replaceable
+from pipeline.schema import ParquetStream, write_manifest, write_parquet
 from pipeline.synth.generate import EPOCHS_PER_BATCH, Ranges, vm_batches
 from pipeline.synth.spec import SynthSpec, load_spec
 
@@ -118,6 +119,7 @@ def write_dataset(
     *,
     progress: Progress | None = None,
     rows_per_part: int = ROWS_PER_PART,
+    force: bool = False,
 ) -> SynthResult:
     """Generate ``spec`` into the DATASET directory ``out`` (atomically)."""
     params = {
@@ -129,7 +131,7 @@ def write_dataset(
     }
     vms = vms_frame(spec.model)
     order = sorted(range(len(spec.model.vms)), key=lambda i: spec.model.vms[i].name)
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, kind="dataset", force=force) as tmp:
         write_parquet(vms, tmp / "vms.parquet", "vms", params=params)
         parts = PartWriter(tmp / "accesses", params, rows_per_part)
         rows_per_vm: dict[str, int] = {}
@@ -177,12 +179,14 @@ def run_synth(
     *,
     seed: int | None = None,
     progress_factory: Callable[[int], Progress] | None = None,
+    force: bool = False,
 ) -> SynthResult:
     """Load and validate ``spec_path``, then write the DATASET ``out``.
 
     ``progress_factory(total_epochs)`` returns a callback advanced by epochs done.
     """
+    check_replaceable(out, "dataset", force=force)
     spec = load_spec(spec_path, seed=seed)
     total = -(-spec.nr_epochs // EPOCHS_PER_BATCH) * EPOCHS_PER_BATCH * len(spec.model.vms)
     progress = progress_factory(total) if progress_factory is not None else None
-    return write_dataset(spec, out, progress=progress)
+    return write_dataset(spec, out, progress=progress, force=force)

@@ -233,7 +233,10 @@ UNPIVOT (
 ON COLUMNS(* EXCLUDE (point, policy, vm))
 INTO NAME counter VALUE simulated;
 
--- Simulated and observed side by side, for VMs of a real trace (empty for synthetic data).
+-- Simulated and observed side by side, for VMs of a real trace (empty for synthetic data):
+-- every simulated counter of such a VM, with observed NULL where the trace holds no event
+-- that counts it (e.g. KVM's remote flushes without ipi_send_cpumask, zaps on a shadow MMU),
+-- so a counter the trace cannot check is shown as unchecked, never left out.
 CREATE VIEW observed_vs_simulated (
     point,          -- sweep grid point; a plain replay shows no point
     policy,         -- policy name (the one matching the traced kernel is the calibration)
@@ -251,7 +254,8 @@ SELECT
     s.counter,
     s.simulated,
     CAST(o.observed AS BIGINT),
-    o.observed_from,
+    coalesce(o.observed_from, 'not in the trace'),
     CASE WHEN o.observed = 0 THEN NULL ELSE s.simulated / o.observed END
 FROM _observed_simulated AS s
-JOIN _observed_by_counter AS o USING (vm, counter);
+LEFT JOIN _observed_by_counter AS o USING (vm, counter)
+WHERE s.vm IN (SELECT vm FROM _observed_by_counter);
