@@ -95,8 +95,9 @@ class FaultPath:
         """Process the epoch's access runs in ``ctx`` (sorted by vcpu, gfn).
 
         Runs are cut to the dirty set, then at region boundaries. PMD-mapped regions (THP,
-        hugetlbfs) are handled per 2 MiB granule, never per page, under TDP; 4K regions (and
-        every region's 4K SPTEs on a shadow MMU) per page.
+        hugetlbfs) are handled per 2 MiB granule under TDP; 4K regions, every region's 4K
+        SPTEs on a shadow MMU, THPs KVM maps with 4K SPTEs and THP-region granules backed by
+        4K pages (ADR 0371) per page.
         """
         s, e, ai = intersect(ctx.run_start, ctx.run_end, self.dirty.starts, self.dirty.ends)
         if s.size == 0:
@@ -135,9 +136,10 @@ class FaultPath:
         if gran.any() and not self.kvm.shadow:
             # a touched PMD-mapped granule is wholly mapped again: keep the dirty set coarse
             # (not at the edge of a THP mapped by 4K SPTEs: only its touched pages are)
-            split = self.vm.g_spte4k | self.vm.g_small
-            lo_big = gran & ~split[s2 // PAGES_PER_PMD]
-            hi_big = gran & ~split[(e2 - 1) // PAGES_PER_PMD]
+            vm = self.vm
+            g_lo, g_hi = s2 // PAGES_PER_PMD, (e2 - 1) // PAGES_PER_PMD
+            lo_big = gran & ~(vm.g_spte4k[g_lo] | vm.g_small[g_lo])
+            hi_big = gran & ~(vm.g_spte4k[g_hi] | vm.g_small[g_hi])
             cut_s = np.where(lo_big, s2 // PAGES_PER_PMD * PAGES_PER_PMD, s2)
             cut_e = np.where(hi_big, -(-e2 // PAGES_PER_PMD) * PAGES_PER_PMD, e2)
             self.dirty.subtract(cut_s, cut_e)
