@@ -4,6 +4,7 @@ sort by size, replay ends with a summary."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,6 @@ def test_synth_says_1_vm_and_replay_ends_with_a_summary(tmp_path: Path) -> None:
     replay = CliRunner().invoke(app, ["replay", str(ds), "--out", str(res), "-j", "1"])
     assert replay.exit_code == 0, replay.output
     lines = replay.stdout.splitlines()
-    assert lines[0].startswith("res (1 VM, 2 s replayed): ")
+    assert re.match(r"res \(1 VM, [\d.]+ s replayed\): ", lines[0])
     assert lines[1].split()[:2] == ["policy", "KVM"]
     assert lines[-1].startswith(f"wrote {res} ")

@@ -135,8 +135,8 @@ def replay(
     from pipeline.replay.runner import ReplayParams, run_replay
 
     path = dataset.path if isinstance(dataset, Dataset) else Path(dataset)
-    written = run_replay(path, Path(out), policies, ReplayParams(epoch_ms=epoch_ms), seed=seed)
-    return load_results(written)
+    run_replay(path, Path(out), policies, ReplayParams(epoch_ms=epoch_ms), seed=seed)
+    return load_results(out)  # the name given (it may link to a snapshot directory)
 
 
 def _results_path(results: Results | PathLike) -> Path:

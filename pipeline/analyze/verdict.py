@@ -192,7 +192,8 @@ def load_verdict(results: Path, name: str | None = None) -> Verdict:
     """The :class:`Verdict` of one RESULTS directory, named after it unless ``name``."""
     con, run = connect(results)
     try:
-        return verdict_of(con, name or Path(results).resolve().name, sweep=run.sweep)
+        # absolute, not resolved: RESULTS may be a link to a snapshot directory (issue 16)
+        return verdict_of(con, name or Path(results).absolute().name, sweep=run.sweep)
     finally:
         con.close()
 

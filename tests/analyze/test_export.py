@@ -135,7 +135,7 @@ def test_shell_runs_statements_on_views_loaded_once(small_run: Path) -> None:
             "COPY epochs TO 'x.csv';",
             ".nope",
             ".quit",
-            "SELECT 'never'",
+            "SELECT 'after_quit_marker'",
         ]
     )
 
@@ -152,7 +152,7 @@ def test_shell_runs_statements_on_views_loaded_once(small_run: Path) -> None:
     assert "answer\n42\n" in text
     assert "error: the views are read-only" in text
     assert "error: unknown command `.nope`" in text
-    assert "never" not in text
+    assert "after_quit_marker" not in text
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
