@@ -17,8 +17,10 @@ import numpy as np
 import polars as pl
 
 from pipeline.model.knobs import NUMA_KNOB_DEFAULTS
+from pipeline.replay.dataset import load_dataset
+from pipeline.replay.params import ReplayOutput, ReplayParams
 from pipeline.replay.policies import POLICIES
-from pipeline.replay.runner import ReplayOutput, ReplayParams, load_dataset, replay_frames
+from pipeline.replay.runner import replay_frames
 from pipeline.schema import conform
 
 GIB = 1 << 30

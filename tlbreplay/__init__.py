@@ -132,7 +132,8 @@ def replay(
     seed: int = 0,
 ) -> Results:
     """`tlbreplay replay DATASET --out OUT [--policy P]...`: every policy by default."""
-    from pipeline.replay.runner import ReplayParams, run_replay
+    from pipeline.replay.params import ReplayParams
+    from pipeline.replay.runner import run_replay
 
     path = dataset.path if isinstance(dataset, Dataset) else Path(dataset)
     run_replay(path, Path(out), policies, ReplayParams(epoch_ms=epoch_ms), seed=seed)

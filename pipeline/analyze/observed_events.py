@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-# the events each observed counter needs, by MMU kind (calibrate.COUNTERS)
+# the events each observed counter needs, by MMU kind (calibrate_observed.COUNTERS)
 NOTIFIER = "kvm:kvm_unmap_hva_range"
 SHADOW_ZAP = "kvmmmu:kvm_mmu_set_spte"
 SHADOW_REFAULT = "kvmmmu:kvm_mmu_spte_requested"

@@ -11,7 +11,7 @@ import typer
 from pipeline.clikit import FORCE_OPTION, QUIET_OPTION, command
 
 if TYPE_CHECKING:
-    from pipeline.replay.runner import ReplayParams
+    from pipeline.replay.params import ReplayParams
 
 DATASET_ARG = typer.Argument(..., help="DATASET directory (ingest/synth output)")
 OUT_OPTION = typer.Option(..., "--out", "-o", help="RESULTS directory to write")
@@ -83,7 +83,8 @@ def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | Non
     ) -> None:
         """Replay a DATASET (or a fleet of them) under NUMA-balancing policies; write RESULTS."""
         from pipeline.replay.bounds import parse_bytes
-        from pipeline.replay.runner import ReplayParams, run_replay
+        from pipeline.replay.params import ReplayParams
+        from pipeline.replay.runner import run_replay
 
         params = ReplayParams(
             epoch_ms=epoch_ms,

@@ -46,7 +46,7 @@ class VmAccesses:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Model switches that are not the policy's (see runner.ReplayParams)."""
+    """Model switches that are not the policy's (see params.ReplayParams)."""
 
     epoch_ms: int
     yields: YieldModel

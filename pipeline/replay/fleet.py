@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.cluster import Outcome, Task, execute
 from pipeline.model.fleet import FLEET, HOST_DIR, host_dirs, is_fleet, remove_stale
-from pipeline.replay.runner import ReplayParams
+from pipeline.replay.params import ReplayParams
 
 RESULT_TABLES = ("epochs", "vcpu_epochs", "scans")
 
@@ -38,13 +38,8 @@ class HostPolicy:
 
 def replay_host_policy(task: HostPolicy) -> dict[str, int]:
     """Replay one (host, policy) and write its partitions; returns rows per table."""
-    from pipeline.replay.runner import (
-        dataset_epochs,
-        dataset_seed,
-        open_dataset,
-        replay_frames,
-        resolve_params,
-    )
+    from pipeline.replay.dataset import dataset_epochs, dataset_seed, open_dataset, resolve_params
+    from pipeline.replay.runner import replay_frames
     from pipeline.schema import write_partitioned
 
     ds = open_dataset(task.dataset, task.params)
@@ -81,8 +76,9 @@ def run_fleet_replay(
     atomically. Returns its manifest (a single host's is the one ``run_replay`` writes)."""
     from pipeline.errors import OutputError, TlbReplayError
     from pipeline.outdir import atomic_output_dir
+    from pipeline.replay.dataset import open_dataset, resolve_params
     from pipeline.replay.policies import POLICIES, get_policy
-    from pipeline.replay.runner import open_dataset, resolve_params, results_manifest
+    from pipeline.replay.runner import results_manifest
     from pipeline.schema import read_manifest, write_manifest
 
     params = params or ReplayParams()
@@ -139,7 +135,7 @@ def run_fleet_replay(
         if not fleet:
             assert first is not None
             resolved, ds_manifest = first
-            from pipeline.replay.runner import dataset_seed
+            from pipeline.replay.dataset import dataset_seed
 
             one_seed = dataset_seed(ds_manifest) if seed is None else seed
             manifest = results_manifest(

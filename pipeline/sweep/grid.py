@@ -7,7 +7,7 @@ every key; :data:`KEYS` is the table they come from.
 
 Two kinds of keys (ADR 0601):
 
-* *engine* keys change only :class:`~pipeline.replay.runner.ReplayParams` (policy, the
+* *engine* keys change only :class:`~pipeline.replay.params.ReplayParams` (policy, the
   NUMA-balancing knobs, the KVM yield-while-pending parameters, preempt, mmu, epoch_ms): the
   points that share the workload keys reuse one synthesized dataset;
 * *workload* keys change the VM or its accesses (``pinned``, ``thp``, ``vcpus``,
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import SpecError
-from pipeline.model.vmmodel import Keys, PathLike, Source, read_source, show
+from pipeline.model.tomlsource import Keys, PathLike, Source, read_source, show
+from pipeline.replay.params import ReplayParams
 from pipeline.replay.policies import POLICIES
-from pipeline.replay.runner import ReplayParams
 
 Value = bool | int | float | str
 

@@ -3,7 +3,7 @@
 The plan (:func:`plan_sweep`) is made in the client and checked whole before any task runs:
 the spec is read once, every distinct workload variant (the grid's workload keys, see
 :mod:`pipeline.sweep.grid`) is applied to the spec document and validated, and each point
-gets its :class:`~pipeline.replay.runner.ReplayParams` and a seed derived from the base seed
+gets its :class:`~pipeline.replay.params.ReplayParams` and a seed derived from the base seed
 and its id. A task (:func:`run_point`) synthesizes its variant's dataset in memory (cached per
 worker process, so the engine-only points of a variant synthesize it once per worker), runs
 :func:`~pipeline.replay.runner.replay_frames` for the point's policy and returns the three
@@ -35,8 +35,8 @@ import pyarrow as pa
 
 from pipeline.cluster import LOCAL_WORKERS, TaskFailedError, dask_client
 from pipeline.errors import SpecError
-from pipeline.model.vmmodel import Source, read_source
-from pipeline.replay.runner import ReplayParams
+from pipeline.model.tomlsource import Source, read_source
+from pipeline.replay.params import ReplayParams
 from pipeline.sweep.grid import (
     KEYS,
     WORKLOAD_KEYS,
@@ -180,7 +180,7 @@ def _plan_dataset_sweep(
     (a path the workers share)."""
     from pipeline.errors import SweepError
     from pipeline.model.fleet import is_fleet
-    from pipeline.replay.runner import open_dataset
+    from pipeline.replay.dataset import open_dataset
     from pipeline.schema import MANIFEST, read_manifest
 
     manifest = read_manifest(dataset)
@@ -292,7 +292,8 @@ def _arrow_tables(out: Any) -> dict[str, pa.Table]:
 def _run_dataset_point(task: PointTask) -> dict[str, pa.Table]:
     """A point of a DATASET sweep: the DATASET replayed with the point's engine parameters
     (its hosting and busy-vCPU rule as ``tlbreplay replay`` takes them)."""
-    from pipeline.replay.runner import dataset_epochs, open_dataset, replay_frames, resolve_params
+    from pipeline.replay.dataset import dataset_epochs, open_dataset, resolve_params
+    from pipeline.replay.runner import replay_frames
 
     assert task.variant.dataset is not None
     try:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.model.vmmodel import MIB, PAGE_BYTES, Vm
+from pipeline.model.tomlsource import MIB, PAGE_BYTES
+from pipeline.model.vmmodel import Vm
 from pipeline.synth.spec import Phase, SynthSpec, Workload
 
 #: epochs generated together (a constant: changing it changes the random streams' use)

@@ -20,20 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import SpecError
-from pipeline.model.vmmodel import (
-    HPAGE_PMD_NR,
+from pipeline.model.tomlsource import (
     MIB,
     PAGE_BYTES,
     Keys,
     Loc,
     PathLike,
     Source,
-    Vm,
-    VmModel,
-    parse_vm_model,
     read_source,
     where_path,
 )
+from pipeline.model.vmmodel import HPAGE_PMD_NR, Vm, VmModel, parse_vm_model
 
 #: the phase kinds; see docs/spec.md "Phases"
 KINDS = ("uniform", "zipf", "sweep", "moving", "shared", "idle")
@@ -127,7 +124,7 @@ def parse_spec(
 ) -> SynthSpec:
     """Validate a parsed spec document (see :func:`load_spec`).
 
-    ``path`` is a :class:`~pipeline.model.vmmodel.Source` when the text is at hand, so that
+    ``path`` is a :class:`~pipeline.model.tomlsource.Source` when the text is at hand, so that
     errors name the line.
     """
     top = Keys(doc, path, "")

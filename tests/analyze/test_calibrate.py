@@ -11,6 +11,8 @@ import polars as pl
 import pytest
 
 from pipeline.analyze import calibrate as cal
+from pipeline.analyze import calibrate_input as cal_in
+from pipeline.analyze import calibrate_observed as cal_obs
 from pipeline.errors import InputError
 from pipeline.ingest.capture_facts import LabFacts
 
@@ -19,10 +21,10 @@ REAL = REPO / "traces" / "real"
 
 
 def test_policy_for_kernel() -> None:
-    assert cal.policy_for_kernel("6.18.44-fc-v657") == "linux-6.18"
-    assert cal.policy_for_kernel("6.8.0-45-generic") == "linux-6.5"
-    assert cal.policy_for_kernel("7.1.5") == "linux-7.1"
-    assert cal.policy_for_kernel(None) == "linux-6.18"
+    assert cal_in.policy_for_kernel("6.18.44-fc-v657") == "linux-6.18"
+    assert cal_in.policy_for_kernel("6.8.0-45-generic") == "linux-6.5"
+    assert cal_in.policy_for_kernel("7.1.5") == "linux-7.1"
+    assert cal_in.policy_for_kernel(None) == "linux-6.18"
 
 
 def test_relative_error() -> None:
@@ -40,16 +42,16 @@ def test_lab_table_is_validated(tmp_path: Path) -> None:
         "passes_per_s": [10.0, 20.0],
         "window_s": 2.0,
     }
-    lab = cal.LabWorkload.from_table(table, tmp_path / "x.toml")
+    lab = cal_in.LabWorkload.from_table(table, tmp_path / "x.toml")
     assert lab.guest_page_bytes == 2 << 20
     with pytest.raises(InputError, match="lab"):
-        cal.LabWorkload.from_table({**table, "passes_per_s": [1.0]}, tmp_path / "x.toml")
+        cal_in.LabWorkload.from_table({**table, "passes_per_s": [1.0]}, tmp_path / "x.toml")
     with pytest.raises(InputError, match="window_s"):
-        cal.LabWorkload.from_table({k: v for k, v in table.items() if k != "window_s"}, tmp_path)
+        cal_in.LabWorkload.from_table({k: v for k, v in table.items() if k != "window_s"}, tmp_path)
 
 
 def test_workload_accesses_sweep_each_range_every_epoch() -> None:
-    lab = cal.LabWorkload("split", (0, 1 << 20), (1 << 20, 2 << 20), (100.0, 300.0), 1.0)
+    lab = cal_in.LabWorkload("split", (0, 1 << 20), (1 << 20, 2 << 20), (100.0, 300.0), 1.0)
     frame = cal.workload_accesses({"vm": "lab"}, lab, n_epochs=3, epoch_ms=100)
     assert frame.height == 6
     assert frame["gfn_start"].to_list() == [0, 256] * 3
@@ -67,7 +69,7 @@ def test_attribute_vmstat_credits_windows_and_subtracts_background() -> None:
     for t in (0, 100, 200, 300, 400, 500, 530, 600, 700, 800, 900):
         value += 1000 if t == 530 else 10
         rows.append([t * ms, value])
-    got, background = cal.attribute_vmstat(
+    got, background = cal_obs.attribute_vmstat(
         rows, cols, [(500 * ms, 520 * ms)], (0, 1000 * ms), "numa_pte_updates"
     )
     # credited: the rows at 500 (+10) and 530 (+1000, first after the window); background: the
@@ -75,24 +77,24 @@ def test_attribute_vmstat_credits_windows_and_subtracts_background() -> None:
     assert background == pytest.approx(80 / 970 * 30, rel=1e-9)
     assert got == pytest.approx(1010 - background, rel=1e-9)
     # a signal smaller than the background in its windows is not measurable
-    noisy, _ = cal.attribute_vmstat(rows, cols, [(100 * ms, 120 * ms)], (0, 1000 * ms), cols[1])
+    noisy, _ = cal_obs.attribute_vmstat(rows, cols, [(100 * ms, 120 * ms)], (0, 1000 * ms), cols[1])
     assert math.isnan(noisy)
-    assert math.isnan(cal.attribute_vmstat([], cols, [], (0, 1), "numa_pte_updates")[0])
+    assert math.isnan(cal_obs.attribute_vmstat([], cols, [], (0, 1), "numa_pte_updates")[0])
 
 
 def test_host_runnable_from_the_vcpu_share() -> None:
     # a vCPU thread that always runs gets 1/(1+k) of its CPU: mean share 0.25 -> k = 3
-    lab = cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, facts=LabFacts((0.3, 0.2)))
+    lab = cal_in.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, facts=LabFacts((0.3, 0.2)))
     assert cal.host_runnable(lab) == pytest.approx(3.0)
-    assert cal.host_runnable(cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0)) == 0.0
-    full = cal.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, facts=LabFacts((1.0,)))
+    assert cal.host_runnable(cal_in.LabWorkload("all", (0,), (4096,), (1.0,), 1.0)) == 0.0
+    full = cal_in.LabWorkload("all", (0,), (4096,), (1.0,), 1.0, facts=LabFacts((1.0,)))
     assert cal.host_runnable(full) == 0.0
 
 
 def test_cadence() -> None:
-    got = cal._cadence([3_000_000_000, 1_000_000_000, 6_000_000_000], 0)
+    got = cal_obs._cadence([3_000_000_000, 1_000_000_000, 6_000_000_000], 0)
     assert got == {"scans": 3.0, "first_scan_ms": 1000.0, "scan_interval_ms": 2500.0}
-    assert math.isnan(cal._cadence([], 0)["first_scan_ms"])
+    assert math.isnan(cal_obs._cadence([], 0)["first_scan_ms"])
 
 
 def _ingest(trace: Path, out: Path) -> Path:
@@ -112,19 +114,19 @@ SMALL = REAL / "lab-anon-thp-nopin-nb1.trace.zst"
 def test_calibrate_a_committed_lab_capture(tmp_path: Path) -> None:
     """THP anon guest: every scan zaps 2 MiB SPTEs and PROT_NONEs whole PMDs."""
     dataset = _ingest(SMALL, tmp_path / "ds")
-    inp = cal.load_input(dataset)
+    inp = cal_obs.load_input(dataset)
     assert inp.vm["mmu"] == "shadow"
-    obs, background = cal.observed(inp)
+    obs, background = cal_obs.observed(inp)
     assert background["notifier_calls"] == 0.0 and background["numa_hint_faults"] >= 0
     assert obs["scans"] >= 1
     assert obs["notifier_calls"] >= obs["scans"]
     assert obs["notifier_bytes"] % (2 << 20) == 0
     assert obs["refaults"] > 0
-    bursts = cal.scan_bursts(inp)
+    bursts = cal_obs.scan_bursts(inp)
     assert all(b.start_ns >= inp.t_on_ns for b in bursts)
     table = cal.calibrate(dataset)
     names = table["counter"].to_list()
-    assert set(cal.COUNTERS) <= set(names)
+    assert set(cal_obs.COUNTERS) <= set(names)
     assert "refaults_per_scan" in names
     assert table["policy"][0] == "linux-6.18"
     sim = dict(zip(table["counter"], table["simulated"], strict=True))
@@ -138,7 +140,7 @@ def test_calibrate_a_committed_lab_capture(tmp_path: Path) -> None:
     capture = json.loads(SMALL.with_name("lab-anon-thp-nopin-nb1.capture.json").read_text())
     assert hosting.nr_threads == len(capture["threads"]) >= 3
     assert hosting.host_cpus == 2
-    ram = [(lo, hi) for lo, hi, _ in cal._regions(inp.vm)]
+    ram = [(lo, hi) for lo, hi, _ in cal_obs._regions(inp.vm)]
     assert all(a.hva_end <= lo or a.hva_start >= hi for a in hosting.vmm_areas for lo, hi in ram)
     assert any(a.kind == "anon" and a.active for a in hosting.vmm_areas)
     assert hosting.zap_ns_per_spte is not None and hosting.zap_ns_per_spte > 0
@@ -155,13 +157,13 @@ def test_calibrate_without_lab_table_is_a_clear_error(tmp_path: Path) -> None:
     text = SMALL.with_name("lab-anon-thp-nopin-nb1.toml").read_text()
     sidecar.write_text(text.split("[lab]")[0])
     with pytest.raises(InputError, match=r"no \[lab\] table"):
-        cal.load_input(dataset, sidecar=sidecar)
+        cal_obs.load_input(dataset, sidecar=sidecar)
 
 
 def test_frames_are_polars() -> None:
     assert isinstance(
         cal.workload_accesses(
-            {"vm": "v"}, cal.LabWorkload("all", (0,), (4096,), (1.0,), 0.1), 1, 100
+            {"vm": "v"}, cal_in.LabWorkload("all", (0,), (4096,), (1.0,), 0.1), 1, 100
         ),
         pl.DataFrame,
     )
@@ -169,7 +171,7 @@ def test_frames_are_polars() -> None:
 
 def test_pooled_adds_up_the_counters_that_add_up() -> None:
     def table(flush_obs: float, flush_sim: float, hint_obs: float) -> pl.DataFrame:
-        names = list(cal.COUNTERS)
+        names = list(cal_obs.COUNTERS)
         obs = dict.fromkeys(names, 1.0) | {"remote_tlb_flushes": flush_obs}
         obs["numa_hint_faults"] = hint_obs
         sim = dict.fromkeys(names, 1.0) | {"remote_tlb_flushes": flush_sim}

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.analyze import calibrate as cal
+from pipeline.analyze import calibrate_observed as cal_obs
 from pipeline.ingest.runner import run_ingest
 from pipeline.lab.matrix import plan_configs
 
@@ -90,7 +91,7 @@ def test_population_in_the_window_is_no_zap(tmp_path: Path) -> None:
     run_ingest([f"{CONTROL}.trace.zst"], dataset, vm_config=Path(f"{CONTROL}.toml"))
     installs = pl.read_parquet(dataset / "ftrace" / "kvm_mmu_set_spte.parquet").height
     assert installs > 100_000
-    inp = cal.load_input(dataset)
-    assert cal.population_in_trace(inp)
+    inp = cal_obs.load_input(dataset)
+    assert cal_obs.population_in_trace(inp)
     got = _values(cal.calibrate(dataset))
     assert got["spte_zapped"] == 0 and got["refaults"] == 0 and got["notifier_calls"] == 0

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.analyze import calibrate as cal
+from pipeline.analyze import calibrate_input as cal_in
 from pipeline.analyze import observed_events as oe
 from pipeline.cli import app
 
@@ -115,7 +116,7 @@ def test_populated_prefix_follows_the_first_installs() -> None:
     assert got == [[3, 5, 5], [0, 0, 512]]
     frame = cal.workload_accesses(
         {"vm": "lab"},
-        cal.LabWorkload("split", (0, 512 * 4096), (8 * 4096, 1024 * 4096), (10.0, 10.0), 0.3),
+        cal_in.LabWorkload("split", (0, 512 * 4096), (8 * 4096, 1024 * 4096), (10.0, 10.0), 0.3),
         3,
         100,
         got,
@@ -144,7 +145,7 @@ def test_lab_may_state_when_numa_balancing_took_effect_and_the_population(
         "ram_populated": "in_capture",
         "events": ["kvm:kvm_unmap_hva_range"],
     }
-    lab = cal.LabWorkload.from_table(table, tmp_path / "x.toml")
+    lab = cal_in.LabWorkload.from_table(table, tmp_path / "x.toml")
     assert lab.numa_balancing_on_ns == 5_000_000_000 and lab.ram_populated == "in_capture"
     assert lab.events == ("kvm:kvm_unmap_hva_range",)
     marks = pl.DataFrame({"ts_ns": [7_000_000_000], "buf": ["tlbreplay lab: numa_balancing=1"]})
@@ -153,4 +154,4 @@ def test_lab_may_state_when_numa_balancing_took_effect_and_the_population(
     assert trace_window(tables, 1.0, 100, lab.numa_balancing_on_ns) == (5 * 10**9, 6 * 10**9)
     assert trace_window(tables, 1.0, 100)[0] == 7 * 10**9
     with pytest.raises(InputError, match="ram_populated"):
-        cal.LabWorkload.from_table({**table, "ram_populated": "maybe"}, tmp_path / "x.toml")
+        cal_in.LabWorkload.from_table({**table, "ram_populated": "maybe"}, tmp_path / "x.toml")

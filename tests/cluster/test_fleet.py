@@ -18,7 +18,8 @@ from pipeline.errors import InputError
 from pipeline.ingest.fleet import run_fleet_ingest
 from pipeline.model.fleet import find_captures
 from pipeline.replay.fleet import run_fleet_replay
-from pipeline.replay.runner import ReplayParams, run_replay
+from pipeline.replay.params import ReplayParams
+from pipeline.replay.runner import run_replay
 from pipeline.schema import read_manifest
 from tests.cluster.conftest import FLEET_CAPTURES, Cluster, parquet_bytes
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.analyze import calibrate as cal
+from pipeline.analyze import calibrate_observed as cal_obs
 from pipeline.ingest.capture_facts import (
     LabFacts,
     dataset_hosting,
@@ -126,7 +127,7 @@ def test_ingest_writes_the_hosting_calibrate_builds(tmp_path: Path) -> None:
     assert read_manifest(ds)["tables"]["hosting"] == 1
     written = hosting_from_frame(read_parquet(ds / "hosting.parquet", "hosting"))
     # the same builder: calibrate's lab_hosting() gives the same facts, to the bit
-    assert written == (cal.lab_hosting(cal.load_input(ds)),)
+    assert written == (cal.lab_hosting(cal_obs.load_input(ds)),)
     (h,) = written
     assert h.vm == read_parquet(ds / "vms.parquet", "vms")["vm"][0]
     assert h.nr_threads == 4  # python, CPU 0/KVM, CPU 1/KVM, kvm-nx-lpage-recovery

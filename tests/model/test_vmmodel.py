@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from pipeline.errors import SpecError
+from pipeline.model.tomlsource import GIB
 from pipeline.model.vmmodel import (
     DEFAULT_HVA_BASE,
-    GIB,
     HPAGE_PMD_NR,
     load_vm_file,
     merge_ranges,

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from pipeline.replay.params import ReplayOutput, ReplayParams
 from pipeline.replay.policies import POLICIES
-from pipeline.replay.runner import ReplayOutput, ReplayParams, replay_frames
+from pipeline.replay.runner import replay_frames
 from tests.replay.conftest import (
     GIB,
     MIB,

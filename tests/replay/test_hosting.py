@@ -8,8 +8,9 @@ import pytest
 
 from pipeline.model.hosting import VmHosting, VmmArea, area_kind, areas_from_smaps
 from pipeline.replay.kvm import TICK_NS, ReschedModel, sched_slice_ns
+from pipeline.replay.params import ReplayParams
 from pipeline.replay.policies import POLICIES
-from pipeline.replay.runner import ReplayParams, replay_frames
+from pipeline.replay.runner import replay_frames
 from pipeline.replay.workcost import NumaWorkCost
 from tests.replay.conftest import MIB, accesses_frame, every_epoch, region, vm_row, vms_frame
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.replay.kvm import YieldModel
+from pipeline.replay.params import ReplayParams
 from pipeline.replay.policies import POLICIES
-from pipeline.replay.runner import ReplayParams, replay_frames
+from pipeline.replay.runner import replay_frames
 from tests.replay.conftest import MIB, accesses_frame, every_epoch, region, vm_row, vms_frame
 
 FLUSH_COLS = ("remote_tlb_flushes", "shootdown_ipis", "mmu_notifier_invalidations", "spte_zapped")

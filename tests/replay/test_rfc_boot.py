@@ -8,7 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.replay.runner import ReplayParams, replay_dataset
+from pipeline.replay.params import ReplayParams
+from pipeline.replay.runner import replay_dataset
 
 SPEC = Path(__file__).resolve().parents[2] / "traces" / "rfc-boot.toml"
 PARAMS = ReplayParams(thp_fault_fallback=0.001, workers=1)  # traces/grids/rfc-boot-seeds.toml

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import DatasetError, UnknownPolicyError
+from pipeline.replay.params import ReplayParams
 from pipeline.replay.policies import POLICIES
-from pipeline.replay.runner import ReplayParams, replay_dataset, replay_frames, run_replay
+from pipeline.replay.runner import replay_dataset, replay_frames, run_replay
 from pipeline.schema import read_partitioned, write_manifest, write_parquet
 from tests.replay.conftest import MIB, accesses_frame, every_epoch, region, vm_row, vms_frame
 

@@ -7,16 +7,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.replay.runner import (
-    DatasetAccesses,
-    ReplayOutput,
-    ReplayParams,
-    dataset_epochs,
-    dataset_seed,
-    open_dataset,
-    replay_dataset,
-    replay_frames,
-)
+from pipeline.replay.accesses import DatasetAccesses
+from pipeline.replay.dataset import dataset_epochs, dataset_seed, open_dataset
+from pipeline.replay.params import ReplayOutput, ReplayParams
+from pipeline.replay.runner import replay_dataset, replay_frames
 
 SPEC = Path(__file__).resolve().parents[2] / "traces" / "mixed.toml"
 POLICIES = ["linux-6.5", "linux-7.1", "skip-pinned"]

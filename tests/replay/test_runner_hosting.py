@@ -9,14 +9,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.model.hosting import VmHosting, VmmArea, hosting_frame
-from pipeline.replay.runner import (
-    ReplayParams,
-    from_trace,
-    open_dataset,
-    replay_dataset,
-    replay_frames,
-    run_replay,
-)
+from pipeline.replay.dataset import from_trace, open_dataset
+from pipeline.replay.params import ReplayParams
+from pipeline.replay.runner import replay_dataset, replay_frames, run_replay
 from pipeline.schema import read_manifest, write_manifest, write_parquet
 from tests.replay.test_runner import make_dataset
 

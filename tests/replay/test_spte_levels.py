@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipeline.replay.runner import ReplayParams, replay_frames
+from pipeline.replay.params import ReplayParams
+from pipeline.replay.runner import replay_frames
 from pipeline.replay.spte_levels import granule_hash
 from tests.replay.conftest import (
     MIB,

@@ -14,7 +14,8 @@ import pytest
 
 from pipeline.errors import DatasetError
 from pipeline.outdir import atomic_output_dir
-from pipeline.replay.runner import ReplayParams, replay_frames, run_replay
+from pipeline.replay.params import ReplayParams
+from pipeline.replay.runner import replay_frames, run_replay
 from pipeline.schema import read_manifest, write_manifest
 from tests.replay.conftest import accesses_frame, region, vm_row, vms_frame
 from tests.robust.helpers import leftovers, tlbreplay

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import SpecError
-from pipeline.model.vmmodel import read_source
+from pipeline.model.tomlsource import read_source
+from pipeline.replay.params import ReplayParams
 from pipeline.replay.policies import POLICIES
-from pipeline.replay.runner import ReplayParams
 from pipeline.schema import table_schema
 from pipeline.sweep.grid import (
     ENGINE_KEYS,

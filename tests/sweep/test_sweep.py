@@ -17,7 +17,8 @@ from pipeline.analyze.sweep_plots import attach_sweep, write_sensitivity
 from pipeline.analyze.views import connect
 from pipeline.cli import app
 from pipeline.errors import ClusterError, SpecError
-from pipeline.replay.runner import ReplayParams, replay_frames
+from pipeline.replay.params import ReplayParams
+from pipeline.replay.runner import replay_frames
 from pipeline.schema import read_manifest, read_parquet, table_schema
 from pipeline.sweep.runner import dask_client, plan_sweep, run_sweep, synth_frames, task_key
 from pipeline.synth.spec import load_spec
