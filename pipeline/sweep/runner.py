@@ -284,13 +284,19 @@ def _arrow_tables(out: Any) -> dict[str, pa.Table]:
 def _run_dataset_point(task: PointTask) -> dict[str, pa.Table]:
     """A point of a DATASET sweep: the DATASET replayed with the point's engine parameters
     (its hosting and busy-vCPU rule as ``tlbreplay replay`` takes them)."""
-    from pipeline.replay.runner import open_dataset, replay_frames, resolve_params
+    from pipeline.replay.runner import (
+        dataset_epochs,
+        open_dataset,
+        replay_frames,
+        resolve_params,
+    )
 
     assert task.variant.dataset is not None
     try:
         ds = open_dataset(Path(task.variant.dataset), task.params)
         params, _ = resolve_params(ds, task.params)
-        out = replay_frames(ds.vms, ds.accesses, [task.policy], params, task.seed)
+        span = dataset_epochs(ds)  # the recorded span, as run_replay (ADR 0380)
+        out = replay_frames(ds.vms, ds.accesses, [task.policy], params, task.seed, span_epochs=span)
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}"
         raise PointFailedError(msg) from None
