@@ -32,6 +32,11 @@ def lock_down(con: duckdb.DuckDBPyConnection, directories: Sequence[Path]) -> No
     if locked or not external:  # the same catalog file opened again: one database, locked
         return
     allowed = [str(d).rstrip(os.sep) + os.sep for d in directories]
-    con.execute("SET allowed_directories = ?", [allowed])
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    try:
+        con.execute("SET allowed_directories = ?", [allowed])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except duckdb.InvalidInputException:
+        # another thread locked the same database first; fine if it is locked down
+        if con.execute("SELECT current_setting('enable_external_access')").fetchall()[0][0]:
+            raise
