@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: help setup system-deps test test-fast lint format bench pipeline clean
+.PHONY: help setup system-deps test test-fast lint format bench pipeline rfc-boot clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,13 +42,13 @@ test-fast: setup ## the test suite without tests marked slow
 	$(BIN)/pytest -q -m "not slow"
 
 lint: setup ## ruff (lint + format check) and mypy --strict on pipeline/
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tlbreplay tests bench
+	$(BIN)/ruff format --check pipeline tlbreplay tests bench
 	$(BIN)/mypy
 
 format: setup ## apply ruff format and safe fixes
-	$(BIN)/ruff format pipeline tests bench
-	$(BIN)/ruff check --fix pipeline tests bench
+	$(BIN)/ruff format pipeline tlbreplay tests bench
+	$(BIN)/ruff check --fix pipeline tlbreplay tests bench
 
 bench: setup ## run the benchmarks in bench/ and print the figures
 	$(BIN)/python -m bench
@@ -97,6 +97,23 @@ pipeline: setup ## synth traces/*.toml samples + ingest traces/real/, replay eve
 	@$(BIN)/python -m pipeline.analyze.readme_tables README.md --load $(OUT)/readme.json
 	@cat $(OUT)/verdict.txt
 	@echo "report: $(OUT)/report/report.html"
+
+# ---- make rfc-boot: Yan Zhao's boot tables (issue 12, ADR 0210) -------------------------------
+# Ten seeds of traces/rfc-boot.toml without and with an assigned device, as one sweep, and
+# the report whose "The RFC thread's numbers" part compares them with her tables. Not in
+# `make pipeline` (60 replays of a 60 s boot: a few minutes on 2 cores).
+RFC_OUT := $(OUT)/rfc-boot
+
+$(RFC_OUT)/seeds/manifest.json: traces/rfc-boot.toml traces/grids/rfc-boot-seeds.toml $(INGEST_SRC) $(REPLAY_SRC) | $(VENV)/.installed
+	rm -rf $(@D)
+	$(BIN)/tlbreplay sweep $< --grid traces/grids/rfc-boot-seeds.toml --out $(@D) --quiet
+
+$(RFC_OUT)/report/report.html: $(RFC_OUT)/seeds/manifest.json $(ANALYZE_SRC) | $(VENV)/.installed
+	$(BIN)/tlbreplay report $(<D) --out $(@D) --quiet
+
+rfc-boot: setup ## Yan Zhao's boot tables: traces/rfc-boot.toml, 10 seeds x {no device, assigned}, report
+	@$(MAKE) --no-print-directory $(RFC_OUT)/report/report.html
+	@echo "wrote $(RFC_OUT)/report/report.html"
 
 clean: ## remove outputs (not the venv)
 	rm -rf $(OUT)

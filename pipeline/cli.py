@@ -13,6 +13,7 @@ import typer
 
 from pipeline.analyze import calibrate_commands
 from pipeline.analyze import commands as analyze_commands
+from pipeline.clikit import CliGroup
 from pipeline.ingest import commands as ingest_commands
 from pipeline.lab import commands as lab_commands
 from pipeline.replay import commands as replay_commands
@@ -26,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=CliGroup,
 )
 
 

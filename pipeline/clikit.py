@@ -23,6 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from typer._click import exceptions as click_exceptions
+from typer.core import TyperGroup, TyperOption
 
 from pipeline.errors import TlbReplayError
 
@@ -32,6 +34,46 @@ QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="no progress bar")
 FORCE_OPTION = typer.Option(
     False, "--force", help="replace `--out` even if it holds something else (ADR 0003)"
 )
+
+
+class CliGroup(TyperGroup):
+    """The root command group: a usage error (missing argument, unknown option, bad value)
+    is one line on stderr naming the command and exit code 1, like every other user error,
+    not typer's box and exit code 2 (ADR 0010)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click_exceptions.NoArgsIsHelpError:
+            rv = 0  # the help was printed while the error was made
+        except click_exceptions.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "tlbreplay"
+            message = exc.format_message().rstrip(".")
+            message = message[:1].lower() + message[1:]
+            typer.echo(f"tlbreplay: error: {message}; see `{where} --help`", err=True)
+            rv = 1
+        except typer.Abort:
+            typer.echo("tlbreplay: aborted", err=True)
+            rv = 1
+        if not standalone:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+    """No ``<bool>`` after a flag in --help: a flag takes no value."""
+    return None if self.is_flag else _TYPE_RICH(self, ctx)
+
+
+_TYPE_RICH = TyperOption.display_type_rich
+TyperOption.display_type_rich = _display_type_rich  # type: ignore[method-assign]
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 VM``, ``2 VMs``, ``12,000 files``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def fail(message: str) -> None:
@@ -83,10 +125,11 @@ class Reporter:
     def __init__(self, progress: Progress | None) -> None:
         self._progress = progress
 
-    def task(self, description: str, total: float | None = None) -> TaskID:
+    def task(self, description: str, total: float | None = None, *, unit: str = "") -> TaskID:
+        """A bar; ``unit`` names what the counts count (``epochs``, ``sections``)."""
         if self._progress is None:
             return TaskID(0)
-        return self._progress.add_task(description, total=total)
+        return self._progress.add_task(description, total=total, unit=unit)
 
     def advance(self, task: TaskID, amount: float = 1) -> None:
         if self._progress is not None:
@@ -108,7 +151,7 @@ def reporter(quiet: bool, *, bytes_: bool = False) -> Iterator[Reporter]:
     if bytes_:
         columns += [DownloadColumn(), TransferSpeedColumn()]
     else:
-        columns += [MofNCompleteColumn()]
+        columns += [MofNCompleteColumn(), TextColumn("{task.fields[unit]}")]
     columns += [TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
         yield Reporter(progress)

@@ -138,17 +138,23 @@ def check_workers(client: Any) -> int:
 # -- the client -------------------------------------------------------------------------------
 @contextmanager
 def quiet_distributed() -> Iterator[None]:
-    """Distributed's loggers at CRITICAL and its shutdown warnings off, restored on exit."""
-    logger = logging.getLogger("distributed")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """Distributed's loggers (each has its own level) at CRITICAL and its shutdown warnings
+    off, restored on exit."""
+    names = ["distributed"] + [
+        n for n in logging.root.manager.loggerDict if n.startswith("distributed.")
+    ]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             # distributed warns when closing workers that still hold tasks of a cancelled run
             warnings.filterwarnings("ignore", category=RuntimeWarning, module="distributed")
             yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 @contextmanager
@@ -314,13 +320,18 @@ def run_tasks(
 def _outcome(future: Any, key: Hashable) -> Outcome | WorkerMismatchError | None:
     """A completed future's outcome; None when the scheduler (or the worker holding the
     result) is gone: cancelled, or the result cannot be fetched any more."""
+    from asyncio import CancelledError as AsyncCancelledError
+    from concurrent.futures import CancelledError
+
     try:
         if future.status == "finished":
             return Outcome(key, result=future.result())
         if future.status == "cancelled":
             return None
         exc = future.exception()
-    except (OSError, TimeoutError):  # distributed's CommClosedError is an OSError
+    # distributed's CommClosedError is an OSError, its FutureCancelledError a CancelledError:
+    # the future changed to cancelled between its status and its result
+    except (OSError, TimeoutError, CancelledError, AsyncCancelledError):
         return None
     if isinstance(exc, WorkerMismatchError):
         return exc

@@ -330,6 +330,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     from pipeline.errors import DatasetError
 
     path = directory / MANIFEST
+    if not Path(directory).exists():
+        raise DatasetError(directory, "no such directory; check the path")
     if not path.is_file():
         raise DatasetError(directory, f"no `{MANIFEST}`: not a tlbreplay output directory")
     try:

@@ -34,25 +34,63 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+#: the parent's progress queue in a worker (set by :func:`_start_worker`)
+_progress_queue: Any = None
+PROGRESS_EVERY_S = 0.2  # how often the parent looks for a failed job while none reports
+
+
+def _start_worker(parent_pid: int, queue: Any) -> None:
+    """Pool initializer: die with the parent; keep the queue progress goes to."""
+    global _progress_queue  # noqa: PLW0603 - one queue per worker process
+    die_with_parent(parent_pid)
+    _progress_queue = queue
+
+
+def _call(fn: Callable[[J, Callable[[int], None]], R], job: J) -> R:
+    """``fn(job, tick)`` in a worker: each ``tick(n)`` (one batch of work, e.g. an epoch)
+    goes to the parent's queue; the last message (None) says the job is done, so the parent
+    never misses a tick still in the queue's pipe."""
+    queue = _progress_queue
+    try:
+        return fn(job, queue.put)
+    finally:
+        queue.put(None)
+
+
 def run_in_workers(
-    fn: Callable[[J], R], jobs: Sequence[J], workers: int, done: Callable[[], Any]
+    fn: Callable[[J, Callable[[int], None]], R],
+    jobs: Sequence[J],
+    workers: int,
+    progress: Callable[[int], None] | None = None,
 ) -> list[R]:
-    """``[fn(job) for job in jobs]`` in ``workers`` spawned processes, in job order;
-    ``done()`` after each result."""
+    """``[fn(job, tick) for job in jobs]`` in ``workers`` spawned processes, in job order;
+    each ``tick(n)`` of a job reaches ``progress(n)`` in this process, so a
+    progress bar moves while the jobs run, not once per finished job."""
     import multiprocessing as mp
+    import queue as queue_mod
     from concurrent.futures import ProcessPoolExecutor
 
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
     pool = ProcessPoolExecutor(
-        workers,
-        mp_context=mp.get_context("spawn"),
-        initializer=die_with_parent,
-        initargs=(os.getpid(),),
+        workers, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(), queue)
     )
-    results: list[R] = []
     try:
-        for res in pool.map(fn, jobs):
-            results.append(res)
-            done()
+        futures = [pool.submit(_call, fn, job) for job in jobs]
+        finished = 0
+        while finished < len(futures):
+            try:
+                n = queue.get(timeout=PROGRESS_EVERY_S)
+            except queue_mod.Empty:
+                failed = [f for f in futures if f.done() and f.exception() is not None]
+                if failed:
+                    failed[0].result()  # raises the job's exception
+                continue
+            if n is None:
+                finished += 1
+            elif progress is not None:
+                progress(n)
+        results = [f.result() for f in futures]
     except BaseException:
         # the pool's manager thread fails once its workers are killed: keep stderr to one line
         threading.excepthook = lambda args: None
@@ -63,5 +101,7 @@ def run_in_workers(
         for proc in procs:
             proc.join(5)
         raise
+    finally:
+        queue.close()
     pool.shutdown(wait=True)
     return results

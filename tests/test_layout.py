@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "pipeline"
 BASE = frozenset(
-    {"pipeline", "errors", "schema", "clikit", "cluster", "outdir", "snapshot", "workers"}
+    {"pipeline", "errors", "schema", "clikit", "cluster", "outdir", "workers", "snapshot"}
 )
 #: package -> the packages (besides BASE) it may import
 ALLOWED: dict[str, frozenset[str]] = {

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from pipeline.clikit import command
+from pipeline.clikit import QUIET_OPTION, command, reporter
 
 
 def _fmt(value: float) -> str:
@@ -201,6 +201,7 @@ def register(app: typer.Typer) -> None:
             help="replay guest RAM alone on an idle host with vCPUs owning a CPU (the "
             "engine's defaults), without the capture's VMM areas, CPU share and host load",
         ),
+        quiet: bool = QUIET_OPTION,
     ) -> None:
         """Replay a lab capture's known workload; simulated vs observed counters with errors."""
         from pipeline.analyze.calibrate import calibrate
@@ -212,20 +213,20 @@ def register(app: typer.Typer) -> None:
             raise InputError("--format", f"unknown format `{fmt}`; use one of {', '.join(FORMATS)}")
         if markdown:
             fmt = "markdown"
-        tables = [
-            (
-                ds,
-                calibrate(
+        tables = []
+        with reporter(quiet) as rep:
+            task = rep.task("calibrate", total=len(datasets), unit="captures")
+            for ds in datasets:
+                table = calibrate(
                     ds,
                     sidecar=sidecar,
                     vmstat=vmstat,
                     policy=policy,
                     epoch_ms=epoch_ms,
                     hosting=not no_hosting,
-                ),
-            )
-            for ds in datasets
-        ]
+                )
+                tables.append((ds, table))
+                rep.advance(task)
         named: list[tuple[str, object]] = [(ds.name, table) for ds, table in tables]
         if fmt == "json":
             typer.echo(_json(named))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +26,16 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Argument(help="one SELECT statement over the views")
         ] = None,
         *,
-        fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+        fmt: Annotated[
+            str,
+            typer.Option(
+                "--format", "-f", help="table | csv | json | ndjson | parquet (to --output)"
+            ),
+        ] = "table",
+        output: Annotated[
+            Path | None,
+            typer.Option("--output", "-O", help="write to this file instead of stdout"),
+        ] = None,
         views: Annotated[
             bool, typer.Option("--views", help="list the views and their columns")
         ] = False,
@@ -34,11 +45,12 @@ def register(app: typer.Typer) -> None:
         quiet: bool = QUIET_OPTION,
     ) -> None:
         """Read-only SQL over the views of a RESULTS directory (`--views` lists them)."""
+        import pyarrow as pa
         from rich.console import Console
 
         from pipeline.analyze import query as q
         from pipeline.analyze.catalog import describe
-        from pipeline.analyze.output import rich_table, to_csv, to_json
+        from pipeline.analyze.output import rich_table, to_csv, to_json, to_ndjson, to_parquet
         from pipeline.analyze.views import connect
 
         if fmt not in q.FORMATS:
@@ -77,12 +89,27 @@ def register(app: typer.Typer) -> None:
             rows = q.run_query(con, sql, docs)
         finally:
             con.close()
-        if fmt == "csv":
-            typer.echo(to_csv(rows), nl=False)
-        elif fmt == "json":
-            typer.echo(to_json(rows), nl=False)
-        else:
+        if fmt == "table" and output is None:
             console.print(rich_table(rows))
+            return
+
+        def table_text(rows: pa.Table) -> str:
+            buf = Console(width=10_000, record=True, file=io.StringIO())
+            buf.print(rich_table(rows))
+            return buf.export_text()
+
+        writers = {"csv": to_csv, "json": to_json, "ndjson": to_ndjson, "table": table_text}
+        data = to_parquet(rows) if fmt == "parquet" else writers[fmt](rows).encode()
+        if output is not None:
+            from pipeline.analyze.export import write_atomic
+
+            write_atomic(output, data)
+        elif fmt == "parquet" and sys.stdout.isatty():
+            msg = "`--format parquet` is binary: give `--output FILE` or redirect stdout"
+            raise QueryError(msg)
+        else:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
 
     @command(app, "verdict")
     def verdict(
@@ -100,6 +127,48 @@ def register(app: typer.Typer) -> None:
         for path in results:
             for line in verdict_lines(load_verdict(path), table=table):
                 typer.echo(line)
+
+    @command(app, "export")
+    def export(
+        results: Annotated[Path, typer.Argument(help="RESULTS directory written by `replay`")],
+        *,
+        perfetto: Annotated[
+            Path | None,
+            typer.Option(
+                "--perfetto", help="write a trace-event JSON timeline (opens in ui.perfetto.dev)"
+            ),
+        ] = None,
+        heatmap: Annotated[
+            Path | None,
+            typer.Option("--heatmap", help="write a PNG heat map of guest memory over time"),
+        ] = None,
+        vm: Annotated[
+            str | None, typer.Option("--vm", help="the heat map's VM (default: first by name)")
+        ] = None,
+        quiet: bool = QUIET_OPTION,
+    ) -> None:
+        """Export a RESULTS directory: a Perfetto timeline (tracks per vCPU) and/or a heat map."""
+        from pipeline.analyze.export import export_heatmap, export_perfetto
+
+        if perfetto is None and heatmap is None:
+            raise QueryError("give `--perfetto FILE` and/or `--heatmap FILE`")
+        if perfetto is not None:
+            n = export_perfetto(results, perfetto)
+            if not quiet:
+                typer.echo(f"wrote {perfetto}: {n:,} trace events (open in ui.perfetto.dev)")
+        if heatmap is not None:
+            export_heatmap(results, heatmap, vm=vm)
+            if not quiet:
+                typer.echo(f"wrote {heatmap}")
+
+    @command(app, "shell")
+    def shell(
+        results: Annotated[Path, typer.Argument(help="RESULTS directory written by `replay`")],
+    ) -> None:
+        """An interactive SQL shell over the views (loaded once); `.help` lists commands."""
+        from pipeline.analyze.shell import run_shell
+
+        run_shell(results)
 
     @command(app, "report")
     def report(

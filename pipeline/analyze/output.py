@@ -37,6 +37,20 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
+def page_size_order() -> list[str]:
+    """Page sizes smallest first (schemas/enums.toml), so 4K sorts before 2M and 1G."""
+    from pipeline.schema import enums
+
+    sizes: dict[str, int] = enums()["page_size"]["bytes"]
+    return sorted(sizes, key=sizes.__getitem__)
+
+
+def page_size_sql(column: str = "page_size") -> str:
+    """A SQL sort key of ``column`` by size (unknown sizes last)."""
+    names = ", ".join(f"'{n}'" for n in page_size_order())
+    return f"coalesce(list_position([{names}], {column}), 99)"
+
+
 def count_text(value: float) -> str:
     """A count with thousands separators (``39,235``); a fraction keeps one decimal."""
     if value == int(value):
@@ -166,3 +180,18 @@ def to_json(rows: pa.Table) -> str:
     """A JSON array of row objects (NaN and infinities as null)."""
     records = [_plain(r) for r in rows.to_pylist()]
     return json.dumps(records, indent=1, default=str) + "\n"
+
+
+def to_ndjson(rows: pa.Table) -> str:
+    """One JSON object per line (NaN and infinities as null): what jq and DuckDB's
+    read_json read as a stream."""
+    return "".join(json.dumps(_plain(r), default=str) + "\n" for r in rows.to_pylist())
+
+
+def to_parquet(rows: pa.Table) -> bytes:
+    """The rows as one Parquet file (zstd), column types as DuckDB returned them."""
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(rows, buf, compression="zstd")
+    return bytes(buf.getvalue().to_pybytes())

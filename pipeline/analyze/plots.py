@@ -65,6 +65,14 @@ def _legend(fig: Figure, ax: Axes, title: str) -> None:
         fig.legend(handles, names, loc="upper right", fontsize=8, title=title)
 
 
+def _page_rank(page_size: str) -> int:
+    """4K before 2M before 1G (by size, not as text)."""
+    from pipeline.analyze.output import page_size_order
+
+    order = page_size_order()
+    return order.index(page_size) if page_size in order else len(order)
+
+
 def _policies(rows: pl.DataFrame) -> list[str]:
     """Policies in the order of their first row (the caller's display order)."""
     return [str(p) for p in rows["policy"].unique(maintain_order=True).to_list()]
@@ -106,7 +114,10 @@ def plot_policy_bars(shootdowns: pl.DataFrame, path: Path, *, title: str = "") -
     )
     policies = _policies(shootdowns)
     stacks = (
-        shootdowns.select("vm", "page_size").unique().sort("vm", "page_size").rows()
+        sorted(
+            shootdowns.select("vm", "page_size").unique().rows(),
+            key=lambda r: (r[0], _page_rank(r[1])),
+        )
         if shootdowns.height
         else []
     )

@@ -23,7 +23,7 @@ from pipeline.analyze.catalog import (
 from pipeline.analyze.views import AUDIT_DIR, POINT_SCHEMA, Run, sql_files
 from pipeline.errors import QueryError
 
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "csv", "json", "ndjson", "parquet")
 
 
 def public_views(run: Run) -> list[ViewDoc]:

@@ -26,8 +26,8 @@ import pyarrow as pa
 from rich.progress import TaskID
 
 from pipeline import __version__
-from pipeline.analyze import plots, sweep_plots
-from pipeline.analyze.output import display_text
+from pipeline.analyze import plots, rfc_thread, sweep_plots
+from pipeline.analyze.output import display_text, page_size_sql
 from pipeline.analyze.query import Audit, run_audits
 from pipeline.analyze.verdict import Verdict, verdict_of
 from pipeline.analyze.views import Run, connect, sql_literal
@@ -55,7 +55,7 @@ TABLES = (
         "kvm_unmap_gfn_range_calls, mmu_notifier_invalidations, spte_zapped, ept_violations, "
         "numa_hint_faults, numa_pages_migrated, numa_migrate_failed, host_tlb_flushes, cost_us "
         "FROM shootdowns JOIN run_policies USING (policy) "
-        "ORDER BY {point}vm, page_size, policy_rank",
+        "ORDER BY {point}vm, {page_size}, policy_rank",
     ),
     (
         "savings",
@@ -95,7 +95,7 @@ PLOT_SQL = {
     view: f"SELECT v.* {{label}} FROM {view} AS v JOIN run_policies USING (policy) "
     f"ORDER BY {{point}}policy_rank, {keys}"
     for view, keys in (
-        ("shootdowns", "vm, page_size"),
+        ("shootdowns", "vm, {page_size}"),
         ("timeline", "vm, epoch"),
         ("by_vcpu", "vm, vcpu"),
     )
@@ -135,6 +135,7 @@ class Section:
     audits: list[Audit]
     verdict: Verdict
     sensitivity: list[Path] = field(default_factory=list)
+    rfc_thread: list[rfc_thread.Totals] | str | None = None
 
 
 def _slug(text: str) -> str:
@@ -159,6 +160,7 @@ def build_section(results: Path, name: str, out: Path) -> Section:
         tables, frames, audits = _query_section(con, sweep=run.sweep)
         verdict = verdict_of(con, name, sweep=run.sweep)
         sensitivity = _sweep_sensitivity(con, name, out) if run.sweep else []
+        rfc = rfc_thread.query(con, run)
     except duckdb.Error as exc:  # e.g. a corrupt row group met while reading
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = f"{run.results}: {text}"
@@ -176,7 +178,7 @@ def build_section(results: Path, name: str, out: Path) -> Section:
             frames["by_vcpu"], out / f"{name}-by_vcpu.png", title=f"{name}: per vCPU"
         ),
     }
-    return Section(name, run, tables, images, audits, verdict, sensitivity)
+    return Section(name, run, tables, images, audits, verdict, sensitivity, rfc)
 
 
 def _query_section(
@@ -189,6 +191,7 @@ def _query_section(
         "{policies}": ", ".join(sql_literal(str(p)) for (p,) in order) or "NULL",
         "{point}": "point, " if sweep else "",
         "{label}": SWEEP_LABEL if sweep else "",
+        "{page_size}": page_size_sql(),
     }
 
     def sql_of(template: str) -> str:
@@ -341,6 +344,7 @@ def render_section(section: Section) -> str:
         f"<h2>{esc(s)}</h2>",
         answer_html(section.verdict),
         f'<p class="muted">RESULTS {esc(relative(str(run.path)))} · DATASET {esc(dataset)}</p>',
+        *rfc_thread.render(section.rfc_thread),
         *(_sweep_parts(section) if run.sweep else []),
         *_part("summary", TABLES[0][1], html_table(t["summary"], labels=LABELS)),
         *_part(
@@ -539,7 +543,7 @@ def write_report(
         workers = min(len(jobs), os.cpu_count() or 1)
     check_replaceable(Path(out), "report", force=force)
     with atomic_output_dir(out, kind="report", force=force) as tmp, reporter(quiet) as rep:
-        task = rep.task("report", total=len(jobs))
+        task = rep.task("report", total=len(jobs), unit="sections")
         sections = _build_sections(jobs, tmp, workers, rep, task)
         (tmp / REPORT).write_text(render_page(sections))
         write_manifest(

@@ -18,6 +18,7 @@ import duckdb
 
 from pipeline.analyze.output import UNDEFINED, change_text, count_text
 from pipeline.analyze.views import connect
+from pipeline.clikit import plural
 
 #: The reference kernels of the sentence: the RFC thread's, then newest upstream.
 OLD, NEW = "linux-6.5", "linux-7.1"
@@ -30,15 +31,17 @@ OUTLIER_SHARE = 0.5
 #: ... when that total is at least this many shootdowns (a share of 3 flushes says nothing).
 OUTLIER_MIN_FLUSHES = 20
 
+#: Totals per policy; summed over the hosts of a fleet (its views have a `host` key).
 TOTALS_SQL = (
-    "SELECT policy, remote_tlb_flushes, cost_us FROM savings_total "
-    "JOIN run_policies USING (policy) ORDER BY policy_rank"
+    "SELECT policy, sum(remote_tlb_flushes), sum(cost_us) FROM savings_total "
+    "JOIN run_policies USING (policy) GROUP BY policy, policy_rank ORDER BY policy_rank"
 )
 #: VMs, and the replayed span: the dataset's last access epoch (replay runs to it), else the
 #: last epoch with a counter.
 SPAN_SQL = """
 SELECT
-    (SELECT coalesce(max(vms), 0) FROM savings_total),
+    (SELECT coalesce(sum(vms), 0) FROM savings_total WHERE policy =
+        (SELECT policy FROM run_policies ORDER BY policy_rank LIMIT 1)),
     coalesce(
         (SELECT (max(a.epoch) + 1) * coalesce(
             CAST(m.manifest ->> 'dataset_epoch_ms' AS BIGINT),
@@ -166,11 +169,6 @@ def and_list(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def plural(n: int, noun: str) -> str:
-    """``1 VM``, ``2 VMs``."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
-
-
 def verdict_of(con: duckdb.DuckDBPyConnection, name: str, *, sweep: bool = False) -> Verdict:
     """The :class:`Verdict` of the views on ``con`` (a plain replay; a sweep gets a pointer
     to its per-point views)."""
@@ -194,7 +192,8 @@ def load_verdict(results: Path, name: str | None = None) -> Verdict:
     """The :class:`Verdict` of one RESULTS directory, named after it unless ``name``."""
     con, run = connect(results)
     try:
-        return verdict_of(con, name or Path(results).resolve().name, sweep=run.sweep)
+        # absolute, not resolved: RESULTS may be a link to a snapshot directory (issue 16)
+        return verdict_of(con, name or Path(results).absolute().name, sweep=run.sweep)
     finally:
         con.close()
 

@@ -273,12 +273,15 @@ def dataset_hosting(
     sidecar: Path,
     sources: Sequence[str] = (),
     epoch_ms: int = 100,
+    *,
+    provenance: dict[str, dict[str, str]] | None = None,
 ) -> list[VmHosting]:
     """The hosting rows of a dataset being ingested (``dataset``: its ftrace/ tables) from
     ``sidecar`` and the capture files beside it (``NAME.capture.json``, else beside the first
     source trace). A capture describes one VMM process: with several VMs, none (the facts
     cannot be told apart). Empty when neither the sidecar's ``[lab]`` nor ``capture.json``
-    gives a fact; the trace then only completes them (zap cost, CPUs seen)."""
+    gives a fact; the trace then only completes them (zap cost, CPUs seen). ``provenance``
+    (when given) gets, per VM, where each fact came from (:func:`hosting_provenance`)."""
     if vms.height != 1:
         return []
     try:
@@ -312,7 +315,43 @@ def dataset_hosting(
         else None
     )
     hosting = build_hosting(vms.row(0, named=True), lab, capture, tables, window)
-    return [hosting] if has_facts(hosting) else []
+    if not has_facts(hosting):
+        return []
+    if provenance is not None:
+        provenance[hosting.vm] = hosting_provenance(hosting, lab, capture)
+    return [hosting]
+
+
+def hosting_provenance(
+    hosting: VmHosting, lab: LabFacts, capture: Mapping[str, Any]
+) -> dict[str, str]:
+    """Each :class:`VmHosting` fact's origin (issue 11): ``measured (...)`` when the lab or
+    ``tlbreplay capture`` recorded it, ``inferred (...)`` when it is derived from the trace or
+    from another fact, ``defaulted`` when the engine's default stands (it equals
+    ``VmHosting(vm)``'s)."""
+    default = VmHosting(hosting.vm)
+    sched = "capture.json thread_sched"
+    origin = {
+        "vcpu_cpu_share": f"measured ({'[lab] schedstat' if lab.vcpu_cpu_share else sched})",
+        "vmm_areas": "measured (capture.json smaps)",
+        "nr_threads": "measured (capture.json threads)",
+        "host_runnable": "inferred (from the vCPUs' CPU share)",
+        "zap_ns_per_spte": "measured ([lab] zap probe)"
+        if lab.kvm_zap_ns_per_spte is not None
+        else "inferred (trace: notifier to the closing host flush)",
+        "host_cpus": "measured ([lab].host_cpus)" if lab.host_cpus else "inferred (CPUs seen)",
+        "vcpu_runtime_start_ms": "measured ([lab] schedstat)",
+        "preempt_per_s": f"measured ({'[lab]' if lab.vcpu_preempt_per_s else sched})",
+        "scan_ns_per_spte_4k": "inferred (trace: notifier to the closing host flush)",
+        "scan_ns_per_spte_2m": "inferred (trace: notifier to the closing host flush)",
+    }
+    out = {}
+    for name in VmHosting.__dataclass_fields__:
+        if name == "vm":
+            continue
+        same = getattr(hosting, name) == getattr(default, name)
+        out[name] = "defaulted" if same else origin.get(name, "measured")
+    return out
 
 
 def write_hosting(
@@ -323,14 +362,15 @@ def write_hosting(
     sources: Sequence[str] = (),
     epoch_ms: int = 100,
     params: Mapping[str, Any] | None = None,
+    provenance: dict[str, dict[str, str]] | None = None,
 ) -> int:
     """Write ``dataset/hosting.parquet`` when the sidecar and capture give any hosting fact;
-    returns its rows (0: no file)."""
+    returns its rows (0: no file). ``provenance`` gets each fact's origin per VM."""
     from pipeline.schema import write_parquet
 
     if sidecar is None:
         return 0
-    rows = dataset_hosting(dataset, vms, sidecar, sources, epoch_ms)
+    rows = dataset_hosting(dataset, vms, sidecar, sources, epoch_ms, provenance=provenance)
     if not rows:
         return 0
     write_parquet(hosting_frame(rows), dataset / "hosting.parquet", "hosting", params=params)

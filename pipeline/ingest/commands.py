@@ -102,7 +102,7 @@ def _ingest_fleet(  # noqa: PLR0917 - the command's options
         raise InputError("--jobs", f"must be >= 1, got {jobs}")
     captures = find_captures(sources)
     with sigterm_as_interrupt(), reporter(quiet) as rep:
-        task = rep.task("ingest hosts", total=len(captures))
+        task = rep.task("ingest hosts", total=len(captures), unit="hosts")
         manifest = run_fleet_ingest(
             sources,
             out,

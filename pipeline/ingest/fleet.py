@@ -26,9 +26,20 @@ def ingest_host(capture: Capture, root: Path, epoch_ms: int) -> dict[str, Any]:
     from pipeline.ingest.runner import run_ingest
 
     out = Path(root) / HOST_DIR.format(capture.host)
-    return run_ingest(
+    if out.is_dir() and not out.is_symlink():  # a retry after a worker died: start afresh
+        import shutil
+
+        shutil.rmtree(out)
+    manifest = run_ingest(
         [str(capture.trace)], out, vm_config=capture.sidecar, epoch_ms=epoch_ms, workers=1
     )
+    if out.is_symlink():
+        # run_ingest installs a versioned output (a link to `.host=H.v<n>`, ADR 0003); inside
+        # the fleet's private temporary directory a plain partition directory is enough
+        target = out.resolve()
+        out.unlink()
+        target.rename(out)
+    return manifest
 
 
 def run_fleet_ingest(

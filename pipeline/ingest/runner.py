@@ -75,8 +75,15 @@ def run_ingest(
         from pipeline.ingest.capture_facts import write_hosting
 
         # the capture's process and host facts, when the sidecar or capture.json has any
+        provenance: dict[str, dict[str, str]] = {}
         hosting_rows = write_hosting(
-            tmp, derived.vms, vm_config, sources=sources, epoch_ms=epoch_ms, params=params
+            tmp,
+            derived.vms,
+            vm_config,
+            sources=sources,
+            epoch_ms=epoch_ms,
+            params=params,
+            provenance=provenance,
         )
         manifest: dict[str, Any] = {
             "kind": "dataset",
@@ -94,6 +101,8 @@ def run_ingest(
                 "accesses": derived.accesses_rows,
                 "hosting": hosting_rows,
             },
+            # per VM, where each hosting fact came from (measured / inferred / defaulted)
+            "hosting_provenance": provenance,
             "accesses_from": derived.access_source,
             "accesses_unassigned": derived.unassigned,
             "accesses_outside_ram": derived.outside_ram,

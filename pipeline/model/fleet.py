@@ -117,11 +117,14 @@ def host_dirs(root: Path, manifest: dict[str, Any]) -> dict[str, Path]:
 
 
 def remove_stale(root: Path) -> None:
-    """Temporary files a task left when its worker died (the retry wrote the real ones)."""
+    """Temporary files and superseded versions a task left when its worker died (the retry
+    wrote the real ones): every hidden entry under ``root``."""
     import shutil
 
-    for path in sorted(root.rglob(".*.tmp"), reverse=True):
-        if path.is_dir():
+    for path in sorted(root.rglob(".*"), reverse=True):
+        if path.is_symlink():
+            path.unlink(missing_ok=True)
+        elif path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)

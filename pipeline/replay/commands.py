@@ -20,7 +20,11 @@ POLICY_OPTION = typer.Option(
 )
 EPOCH_OPTION = typer.Option(100, "--epoch-ms", help="replay epoch, a multiple of the dataset's")
 SEED_OPTION = typer.Option(
-    0, "--seed", help="recorded in the manifest (the model is deterministic)"
+    None,
+    "--seed",
+    help="seed of the mmu_lock contention process (default: the DATASET's synth seed, else 0); "
+    "recorded in the manifest",
+    show_default=False,
 )
 BUSY_OPTION = typer.Option(
     None,
@@ -38,6 +42,12 @@ MAX_MEMORY_OPTION = typer.Option(
     None,
     "--max-memory",
     help="refuse a replay whose engine arrays need more (e.g. 8G; default: half the RAM)",
+)
+FALLBACK_OPTION = typer.Option(
+    0.0,
+    "--thp-fault-fallback",
+    help="share of THP-region granules whose THP fault fell back to 4K host pages "
+    "(/proc/vmstat thp_fault_fallback; ADR 0371)",
 )
 JOBS_OPTION = typer.Option(
     0,
@@ -61,10 +71,11 @@ def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | Non
         out: Path = OUT_OPTION,
         policy: list[str] = POLICY_OPTION,
         epoch_ms: int = EPOCH_OPTION,
-        seed: int = SEED_OPTION,
+        seed: int | None = SEED_OPTION,
         jobs: int = JOBS_OPTION,
         busy_vcpus: bool | None = BUSY_OPTION,
         no_hosting: bool = NO_HOSTING_OPTION,
+        thp_fault_fallback: float = FALLBACK_OPTION,
         scheduler: str | None = SCHEDULER_OPTION,
         quiet: bool = QUIET_OPTION,
         force: bool = FORCE_OPTION,
@@ -80,6 +91,7 @@ def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | Non
             busy_vcpus=busy_vcpus,
             dataset_hosting=not no_hosting,
             max_memory_bytes=parse_bytes(max_memory) if max_memory else None,
+            thp_fault_fallback=thp_fault_fallback,
         )
         if scheduler is not None or _is_fleet(dataset):
             _replay_tasks(dataset, out, policy, params, seed, scheduler, jobs, quiet)
@@ -113,7 +125,7 @@ def _replay_tasks(  # noqa: PLR0917 - the command's options
     out: Path,
     policy: list[str],
     params: ReplayParams,
-    seed: int,
+    seed: int | None,
     scheduler: str | None,
     jobs: int,
     quiet: bool,
@@ -134,7 +146,7 @@ def _replay_tasks(  # noqa: PLR0917 - the command's options
     tasks = hosts * len(dict.fromkeys(policy) if policy else POLICIES)
     workers = jobs if jobs > 0 else min(os.cpu_count() or 1, 8, tasks)
     with sigterm_as_interrupt(), reporter(quiet) as rep:
-        task = rep.task("replay tasks", total=tasks)
+        task = rep.task("replay tasks", total=tasks, unit="tasks")
         run_fleet_replay(
             dataset,
             out,

@@ -57,6 +57,9 @@ class EngineOptions:
     vmm_thread_share: float = 0.05
     resched: ReschedModel = field(default_factory=ReschedModel)
     work_cost: NumaWorkCost = field(default_factory=NumaWorkCost)
+    seed: int = 0
+    spte_4k: float | None = None
+    thp_fault_fallback: float = 0.0
 
 
 class VmRun:
@@ -88,6 +91,8 @@ class VmRun:
             opts.yields,
             shadow_2m=opts.shadow_guest_2m,
             resched=opts.resched.for_host(self.hosting),
+            seed=opts.seed,
+            epoch_ms=opts.epoch_ms,
         )
         self.cprot = ChangeProtNuma(self.state, self.kvm, policy, self.dirty)
         self.tasks = [
@@ -126,7 +131,14 @@ class VmRun:
         )
         self._start_runtime(knobs["scan_delay_ms"])
         self.fault = FaultPath(
-            self.state, self.kvm, policy, scanner=self.scanner, tasks=self.tasks, dirty=self.dirty
+            self.state,
+            self.kvm,
+            policy,
+            scanner=self.scanner,
+            tasks=self.tasks,
+            dirty=self.dirty,
+            spte_4k=opts.spte_4k,
+            thp_fault_fallback=opts.thp_fault_fallback,
         )
         self.scanner.tls_fault = self.fault.tls_fault
         self.counters = Counters(n_epochs, len(self.tasks))

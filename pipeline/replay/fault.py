@@ -22,6 +22,7 @@ from pipeline.replay.kvm import Kvm
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.scanner import NUMA_NO_NODE, Scanner, TaskNuma, pid_bit
 from pipeline.replay.scatter import add_count
+from pipeline.replay.spte_levels import SpteLevels
 from pipeline.replay.state import (
     CPUPID_UNSET,
     P_FAULTED,
@@ -69,8 +70,11 @@ class FaultPath:
         scanner: Scanner,
         tasks: list[TaskNuma],
         dirty: IntervalSet,
+        spte_4k: float | None = None,
+        thp_fault_fallback: float = 0.0,
     ) -> None:
         self.vm = vm
+        self.levels = SpteLevels(vm, spte_4k, thp_fault_fallback)
         self.kvm = kvm
         self.policy = policy
         self.scanner = scanner
@@ -91,8 +95,9 @@ class FaultPath:
         """Process the epoch's access runs in ``ctx`` (sorted by vcpu, gfn).
 
         Runs are cut to the dirty set, then at region boundaries. PMD-mapped regions (THP,
-        hugetlbfs) are handled per 2 MiB granule, never per page, under TDP; 4K regions (and
-        every region's 4K SPTEs on a shadow MMU) per page.
+        hugetlbfs) are handled per 2 MiB granule under TDP; 4K regions, every region's 4K
+        SPTEs on a shadow MMU, THPs KVM maps with 4K SPTEs and THP-region granules backed by
+        4K pages (ADR 0371) per page.
         """
         s, e, ai = intersect(ctx.run_start, ctx.run_end, self.dirty.starts, self.dirty.ends)
         if s.size == 0:
@@ -101,25 +106,42 @@ class FaultPath:
         v2 = ctx.run_vcpu[ai][bi]
         reg = np.searchsorted(self.rg_start, s2, side="right") - 1
         gran = self.rg_pmd[reg]
+        page_s, page_e, page_v = s2[~gran], e2[~gran], v2[~gran]
         if gran.any():
             gs, ge = s2[gran] // PAGES_PER_PMD, -(-e2[gran] // PAGES_PER_PMD)
-            granules, gv = self._first_per_unit(
-                expand(gs, ge), np.repeat(v2[gran], ge - gs), ctx.epoch
-            )
-            self._first_touch_granules(granules, gv)
-            self._thp_units(ctx, granules, gv)
-        by_page = np.ones(s2.size, bool) if self.kvm.shadow else ~gran
-        if by_page.any():
-            ps, pe = s2[by_page], e2[by_page]
+            gexp = expand(gs, ge)
+            rep = np.repeat(np.flatnonzero(gran), ge - gs)
+            run_len = (ctx.run_end - ctx.run_start)[ai][bi]
+            self.levels.decide(gexp, run_len[rep])
+            # 4K SPTEs of PMD-mapped granules (shadow MMU; THPs mapped 4K, ADR 0371) and
+            # THP-region granules backed by 4K pages (a THP fault fell back)
+            small = self.vm.g_small[gexp]
+            split = np.ones(gexp.size, bool) if self.kvm.shadow else self.vm.g_spte4k[gexp]
+            split |= small
+            if split.any():
+                g, r = gexp[split], rep[split]
+                page_s = np.concatenate([page_s, np.maximum(s2[r], g * PAGES_PER_PMD)])
+                page_e = np.concatenate([page_e, np.minimum(e2[r], (g + 1) * PAGES_PER_PMD)])
+                page_v = np.concatenate([page_v, v2[r]])
+            if not small.all():
+                granules, gv = self._first_per_unit(gexp[~small], v2[rep][~small], ctx.epoch)
+                self._first_touch_granules(granules, gv)
+                self._thp_units(ctx, granules, gv)
+        if page_s.size:
             pages, pv = self._first_per_unit(
-                expand(ps, pe), np.repeat(v2[by_page], pe - ps), ctx.epoch
+                expand(page_s, page_e), np.repeat(page_v, page_e - page_s), ctx.epoch
             )
             self._first_touch(ctx, pages, pv)
             self._page_units(ctx, pages, pv)
         if gran.any() and not self.kvm.shadow:
             # a touched PMD-mapped granule is wholly mapped again: keep the dirty set coarse
-            cut_s = np.where(gran, s2 // PAGES_PER_PMD * PAGES_PER_PMD, s2)
-            cut_e = np.where(gran, -(-e2 // PAGES_PER_PMD) * PAGES_PER_PMD, e2)
+            # (not at the edge of a THP mapped by 4K SPTEs: only its touched pages are)
+            vm = self.vm
+            g_lo, g_hi = s2 // PAGES_PER_PMD, (e2 - 1) // PAGES_PER_PMD
+            lo_big = gran & ~(vm.g_spte4k[g_lo] | vm.g_small[g_lo])
+            hi_big = gran & ~(vm.g_spte4k[g_hi] | vm.g_small[g_hi])
+            cut_s = np.where(lo_big, s2 // PAGES_PER_PMD * PAGES_PER_PMD, s2)
+            cut_e = np.where(hi_big, -(-e2 // PAGES_PER_PMD) * PAGES_PER_PMD, e2)
             self.dirty.subtract(cut_s, cut_e)
         else:
             self.dirty.subtract(s, e)
@@ -161,7 +183,11 @@ class FaultPath:
             m = regs == index
             reg = vm.cfg.regions[index]
             if reg.pmd_mapped:
-                continue  # populated per granule (shadow MMU path)
+                # populated per granule (shadow MMU, THPs mapped 4K), except granules
+                # whose THP fault fell back to 4K pages (ADR 0371)
+                m &= vm.g_small[p // PAGES_PER_PMD]
+                if not m.any():
+                    continue
             nodes = vm.placement_nodes(reg, p[m] // PAGES_PER_PMD, self.vnode[v[m]])
             vm.populate_pages(p[m], nodes)
 
@@ -174,15 +200,16 @@ class FaultPath:
         §5.4)."""
         vm = self.vm
         ug, v = granules, vcpus
-        tdp2m = self.kvm.spte_2m
-        if tdp2m:
-            missing = ~vm.g_spte2m[ug]
-            ug, v = ug[missing], v[missing]
+        # a 2M SPTE unless the MMU is shadow or this THP is mapped by 4K SPTEs (ADR 0371)
+        two_m = ~vm.g_spte4k[ug] if self.kvm.spte_2m else np.zeros(ug.size, bool)
+        keep = ~two_m | ~vm.g_spte2m[ug]
+        ug, v, two_m = ug[keep], v[keep], two_m[keep]
         prot = vm.g_nprot[ug] == PAGES_PER_PMD
         if prot.any():
             self._hinting_faults(ctx, ug[prot] * PAGES_PER_PMD, v[prot], thp=True)
-        if not tdp2m:
-            return  # shadow MMU: the 4K SPTEs are handled as page units
+        if not two_m.any():
+            return  # the 4K SPTEs are handled as page units
+        ug, v = ug[two_m], v[two_m]
         refault = vm.g_faulted2m[ug]
         self._count_ept(ctx, v[refault], PS_2M)
         self._count_faultin(ctx, v[~refault])
@@ -196,7 +223,7 @@ class FaultPath:
         MMU the FNAME(pte_prefetch)() walk maps neighbours (:meth:`_pte_prefetch`)."""
         vm = self.vm
         g = pages // PAGES_PER_PMD
-        sel = ~vm.g_thp[g] if self.kvm.spte_2m else np.ones(pages.size, bool)
+        sel = (~vm.g_thp[g] | vm.g_spte4k[g]) if self.kvm.spte_2m else np.ones(pages.size, bool)
         p, v = pages[sel], vcpus[sel]
         flags = vm.pflags[p]
         missing = (flags & P_SPTE) == 0

@@ -33,20 +33,27 @@ class HostPolicy:
     policy: str
     policies: tuple[str, ...]  # every policy of the run (recorded in the files' metadata)
     params: ReplayParams
-    seed: int
+    seed: int | None  # None: the DATASET's own (``dataset_seed``), as ``replay`` takes it
 
 
 def replay_host_policy(task: HostPolicy) -> dict[str, int]:
     """Replay one (host, policy) and write its partitions; returns rows per table."""
-    from pipeline.replay.runner import dataset_epochs, open_dataset, replay_frames, resolve_params
+    from pipeline.replay.runner import (
+        dataset_epochs,
+        dataset_seed,
+        open_dataset,
+        replay_frames,
+        resolve_params,
+    )
     from pipeline.schema import write_partitioned
 
     ds = open_dataset(task.dataset, task.params)
     params, _ = resolve_params(ds, task.params)
     one = replace(params, workers=1)
-    span = dataset_epochs(ds)  # the recorded span, as run_replay (ADR 0380)
-    result = replay_frames(ds.vms, ds.accesses, [task.policy], one, task.seed, span_epochs=span)
-    meta = {"policies": ",".join(task.policies), "epoch_ms": params.epoch_ms, "seed": task.seed}
+    seed = dataset_seed(ds.manifest) if task.seed is None else task.seed
+    span = dataset_epochs(ds)  # the span run_replay gives (ADR 0380)
+    result = replay_frames(ds.vms, ds.accesses, [task.policy], one, seed, span_epochs=span)
+    meta = {"policies": ",".join(task.policies), "epoch_ms": params.epoch_ms, "seed": seed}
     rows = {}
     for name in RESULT_TABLES:
         frame = getattr(result, name)
@@ -64,7 +71,7 @@ def run_fleet_replay(
     policies: Sequence[str] | None,
     params: ReplayParams | None = None,
     *,
-    seed: int = 0,
+    seed: int | None = None,
     scheduler: str | None = None,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
@@ -132,8 +139,11 @@ def run_fleet_replay(
         if not fleet:
             assert first is not None
             resolved, ds_manifest = first
+            from pipeline.replay.runner import dataset_seed
+
+            one_seed = dataset_seed(ds_manifest) if seed is None else seed
             manifest = results_manifest(
-                ds_abs, ds_manifest, names, resolved, seed, used[None], rows
+                ds_abs, ds_manifest, names, resolved, one_seed, used[None], rows
             )
         else:
             manifest = _fleet_manifest(ds_abs, top, names, params, seed, used, rows)
@@ -147,7 +157,7 @@ def _fleet_manifest(  # noqa: PLR0917 - the manifest's parts, in order
     top: dict[str, Any],
     names: list[str],
     params: ReplayParams,
-    seed: int,
+    seed: int | None,
     used: dict[str | None, dict[str, Any]],
     rows: dict[str, int],
 ) -> dict[str, Any]:

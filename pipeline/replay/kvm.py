@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.model.hosting import VmHosting
+from pipeline.replay.contention import contention_rng, draw_yields
 from pipeline.replay.context import EpochCtx
 from pipeline.replay.counters import PS_2M, PS_4K
 from pipeline.replay.policies.base import Policy
@@ -67,13 +68,17 @@ class YieldModel:
       loop is gone. ``d02c357e5bfa_factor`` (default 0.0) is the share of Y left.
     * the oracle sends exact one-entry ranges and never yields (ADR 0302).
 
-    Deterministic: the expected value is accumulated per VM and whole flushes are emitted as
-    the running sum crosses integers.
+    ``mode`` ``"process"`` (the default, ADR 0370): Y is not this expected value but one
+    seeded draw per zap of the contention process of :mod:`pipeline.replay.contention` (the
+    first vCPU caught by a visit to an already-zapped SPTE, then one flush per SPTE left),
+    thinned by :meth:`factor` and capped by ``per_vcpu``. ``"expected"``: the expected value
+    above, accumulated per VM, whole flushes emitted as the running sum crosses integers.
     """
 
     per_vcpu: float | None = None
     d02c357e5bfa_factor: float = 0.0
     preempt_dynamic: bool = True
+    mode: str = "process"
 
     def factor(self, policy: Policy, preempt: str, mmu: str = "tdp") -> float:
         """The share of the lock-step yields the kernel of ``policy`` takes (0: none)."""
@@ -217,6 +222,8 @@ class Kvm:
         *,
         shadow_2m: bool,
         resched: ReschedModel | None = None,
+        seed: int = 0,
+        epoch_ms: int = 100,
     ) -> None:
         self.vm = vm
         self.policy = policy
@@ -227,6 +234,8 @@ class Kvm:
         self.resched = resched or ReschedModel()
         self.resched_on = self.resched.applies(policy, vm.cfg.mmu)
         self.yield_carry = 0.0
+        self.rng = contention_rng(seed, policy.name, vm.cfg.name)
+        self.epoch_ns = epoch_ms * 1e6
         self.in_progress = 0
         # SPTEs zapped by notifier calls so far (4 KiB, 2 MiB): the scan's CPU cost
         self.zapped = [0, 0]
@@ -274,15 +283,19 @@ class Kvm:
         ctx.counters.add(ctx.epoch, PS_2M, "spte_zapped", n2m)
 
     # -- flushes --------------------------------------------------------------------------
-    def flush_remote_tlbs(self, ctx: EpochCtx, page_size: int, nr: int) -> None:
+    def flush_remote_tlbs(
+        self, ctx: EpochCtx, page_size: int, nr: int, *, numa: bool = False
+    ) -> None:
         """Models virt/kvm/kvm_main.c kvm_flush_remote_tlbs() ``nr`` times (v6.5 = v7.1,
         KERNEL.md §5.2): kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH) sets the request on
         every vCPU and, per kvm_request_needs_ipi(), IPIs each one in guest mode other than
-        the caller."""
+        the caller. ``numa``: also count them as ``numa_remote_tlb_flushes``."""
         if nr <= 0:
             return
         c = ctx.counters
         c.add(ctx.epoch, page_size, "remote_tlb_flushes", nr)
+        if numa:
+            c.add(ctx.epoch, page_size, "numa_remote_tlb_flushes", nr)
         c.add(ctx.epoch, page_size, "shootdown_ipis", nr * ctx.others_in_guest())
         for v in np.flatnonzero(ctx.active).tolist():
             if v != ctx.thread:
@@ -290,18 +303,46 @@ class Kvm:
 
     def _yields(self, ctx: EpochCtx, gfn_start: int, gfn_end: int, spte_zapped: int) -> int:
         """Whole extra flushes of one zap of ``spte_zapped`` SPTEs over the range: the
-        contention term Y (:class:`YieldModel`) plus the need_resched() term
-        (:class:`ReschedModel`), accumulated as expected values."""
+        contention term Y (:class:`YieldModel`: a seeded draw of the process of
+        :mod:`pipeline.replay.contention`, or its expected value) plus the need_resched()
+        term (:class:`ReschedModel`, accumulated as an expected value)."""
         if spte_zapped <= 1 or (self.yield_factor == 0.0 and not self.resched_on):
             return 0
-        if self.yield_factor:
+        drawn = 0
+        if self.yield_factor and self.yields.mode == "process":
+            drawn = self._draw_contention(ctx, gfn_start, gfn_end, spte_zapped)
+        elif self.yield_factor:
             n = int(ctx.vcpus_touching(gfn_start, gfn_end).size)
             self.yield_carry += self.yield_factor * self.yields.extra_flushes(spte_zapped, n)
         if self.resched_on:
             self.yield_carry += self.resched.extra_flushes(spte_zapped)
         whole = math.floor(self.yield_carry)
         self.yield_carry -= whole
-        return whole
+        return drawn + whole
+
+    def _draw_contention(self, ctx: EpochCtx, gfn_start: int, gfn_end: int, spte: int) -> int:
+        """One draw of the contention process for this zap: the other vCPUs' page touches in
+        the range this epoch, the walk at the zap cost per SPTE, then
+        :meth:`YieldModel.factor` as a binomial thinning and the ``per_vcpu`` cap."""
+        lo = np.maximum(ctx.run_start, gfn_start)
+        hi = np.minimum(ctx.run_end, gfn_end)
+        hit = (hi > lo) & (ctx.run_vcpu != ctx.thread)
+        touches = int((hi - lo)[hit].sum())
+        if touches == 0:
+            return 0
+        y = draw_yields(
+            self.rng,
+            spte,
+            touches,
+            epoch_ns=self.epoch_ns,
+            zap_ns_per_spte=self.resched.zap_ns_per_spte,
+        )
+        if 0.0 < self.yield_factor < 1.0 and y:
+            y = int(self.rng.binomial(y, self.yield_factor))
+        if self.yields.per_vcpu is not None:
+            n = int(np.unique(ctx.run_vcpu[hit]).size)
+            y = min(y, math.floor(self.yields.per_vcpu * n))
+        return y
 
     # -- notifier entry points --------------------------------------------------------------
     def invalidate_range_start(
@@ -312,13 +353,16 @@ class Kvm:
         page_size: int,
         *,
         zap: bool = True,
+        numa: bool = True,
     ) -> int:
         """Models kvm_mmu_notifier_invalidate_range_start() for one notifier call covering the
         gfn sub-ranges ``[starts, ends)`` (one range, except the batched notify-changed
         proposal). Fires kvm_unmap_hva_range, marks the range in progress
         (kvm_mmu_invalidate_begin), and unless ``zap`` is False (RFC v2 NUMA range) runs
         kvm_unmap_gfn_range per sub-range and flushes once if anything was zapped, plus the
-        yields (§5.2). Returns the SPTEs zapped."""
+        yields (§5.2). ``numa``: the call is change_prot_numa()'s PROTECTION_VMA notifier, so
+        its unmap call and flushes also count as ``numa_*`` (Yan Zhao's columns). Returns the
+        SPTEs zapped."""
         c = ctx.counters
         self.in_progress += 1
         if ctx.trace is not None:
@@ -328,6 +372,8 @@ class Kvm:
         if not zap:
             return 0
         c.add(ctx.epoch, page_size, "kvm_unmap_gfn_range_calls", int(starts.size))
+        if numa:
+            c.add(ctx.epoch, page_size, "numa_unmap_gfn_range_calls", int(starts.size))
         n4k = n2m = 0
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             a, b = self.zap_range(s, e)
@@ -338,7 +384,7 @@ class Kvm:
         self.zapped[1] += n2m
         if n4k + n2m:
             extra = self._yields(ctx, int(starts.min()), int(ends.max()), n4k + n2m)
-            self.flush_remote_tlbs(ctx, page_size, 1 + extra)
+            self.flush_remote_tlbs(ctx, page_size, 1 + extra, numa=numa)
         return n4k + n2m
 
     def invalidate_folios(
@@ -401,6 +447,7 @@ class Kvm:
         c = ctx.counters
         calls = int(pages.size + granules.size)
         c.add(ctx.epoch, page_size, "kvm_unmap_gfn_range_calls", calls)
+        c.add(ctx.epoch, page_size, "numa_unmap_gfn_range_calls", calls)
         flushes = self.zap_pages(pages)
         n4k = flushes
         n2m = 0
@@ -416,4 +463,4 @@ class Kvm:
                 n4k += z
                 flushes += int(z > 0 and not present2m[i])
         self._account_zap(ctx, n4k, n2m)
-        self.flush_remote_tlbs(ctx, page_size, flushes)
+        self.flush_remote_tlbs(ctx, page_size, flushes, numa=True)

@@ -63,6 +63,11 @@ class ReplayParams:
     * ``dataset_hosting`` True: use a DATASET's ``hosting.parquet`` (``--no-hosting``: False).
     * ``batch_epochs`` 256: epochs of ``accesses`` read at a time from a DATASET (memory
       bounded by one batch, not the dataset); the results do not depend on it.
+    * ``spte_4k`` None: the share of THP-region granules backed by 4K pages, so mapped by 4K
+      SPTEs (mixed SPTE levels, ADR 0371); None derives it from the boot profile (granules
+      first touched only by 4K-grained accesses).
+    * ``thp_fault_fallback`` 0.0: the share of THP-region granules whose THP fault fell back
+      to 4K pages on the host (/proc/vmstat thp_fault_fallback; ADR 0371).
     * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8, when
       the dataset has at least 200k access rows). The results do not depend on it.
     * ``max_memory_bytes`` None: refuse a replay whose engine arrays are estimated above this
@@ -90,6 +95,8 @@ class ReplayParams:
     dataset_hosting: bool = True
     batch_epochs: int = 256
     max_memory_bytes: int | None = None
+    spte_4k: float | None = None
+    thp_fault_fallback: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +123,14 @@ def _check_params(params: ReplayParams) -> None:
         raise DatasetError("batch_epochs", f"must be positive, got {params.batch_epochs}")
     if params.mmu not in (None, "tdp", "shadow"):
         raise DatasetError("mmu", f"unknown mmu `{params.mmu}`; choose tdp or shadow")
+    if params.spte_4k is not None and not 0.0 <= params.spte_4k <= 1.0:
+        raise DatasetError("spte_4k", f"must be a share in [0, 1], got {params.spte_4k}")
+    if not 0.0 <= params.thp_fault_fallback <= 1.0:
+        raise DatasetError(
+            "--thp-fault-fallback", f"must be a share in [0, 1], got {params.thp_fault_fallback}"
+        )
+    if params.yields.mode not in ("process", "expected"):
+        raise DatasetError("yields", f"unknown mode `{params.yields.mode}`; process or expected")
 
 
 def _vm_rows(vms: pl.DataFrame, params: ReplayParams) -> list[dict[str, Any]]:
@@ -255,6 +270,7 @@ class _Job:
     params: ReplayParams
     n_epochs: int
     trace: bool
+    seed: int = 0
 
 
 def _run_job(
@@ -276,6 +292,9 @@ def _run_job(
         vmm_thread_share=params.vmm_thread_share,
         resched=params.resched,
         work_cost=params.work_cost,
+        seed=job.seed,
+        spte_4k=params.spte_4k,
+        thp_fault_fallback=params.thp_fault_fallback,
     )
     host = HostState(cfgs[0].node_mem_pages.copy() if cfgs else np.zeros(1, np.int64))
     traces: Traces = {}
@@ -329,8 +348,8 @@ def replay_frames(
 
     ``accesses`` may also be a :class:`DatasetAccesses` (read in batches of
     ``params.batch_epochs``). ``params.busy_vcpus`` None means off here (:func:`resolve_params`
-    decides it for a DATASET). The model is deterministic (expected values, no RNG); ``seed``
-    is recorded only.
+    decides it for a DATASET). ``seed`` seeds the contention process (ADR 0370): one generator
+    per (seed, policy, VM), so the same inputs and seed give identical frames.
     ``progress`` is called with each increment of epochs done (over all policies); ``trace``
     keeps the notifier start/end events in ``ReplayOutput.traces`` (for tests).
     ``span_epochs``: replay at least this many epochs (the DATASET's recorded time span,
@@ -356,14 +375,14 @@ def replay_frames(
         acc = FrameAccesses(_sorted(lf))
     summary = _check_accesses(acc, cfgs)
     n_epochs, rows_total = max(summary.n_epochs, span_epochs), summary.rows
-    jobs = [_Job(n, rows, acc, params, n_epochs, trace) for n in names]
+    jobs = [_Job(n, rows, acc, params, n_epochs, trace, seed) for n in names]
     workers = min(_workers(params, rows_total), len(jobs))
     sizes = [VmSize(c.name, c.nr_pages, c.vcpus) for c in cfgs]
     check_memory(sizes, n_epochs, params.epoch_ms, workers, params.max_memory_bytes)
     if workers > 1 and not trace:
         from pipeline.workers import run_in_workers
 
-        results = run_in_workers(_run_job, jobs, workers, lambda: progress and progress(n_epochs))
+        results = run_in_workers(_run_job, jobs, workers, progress)
     else:
         results = [_run_job(job, progress) for job in jobs]
     traces: Traces = {}
@@ -469,6 +488,9 @@ def open_dataset(dataset: Path, params: ReplayParams) -> Dataset:
     from pipeline.schema import read_manifest, read_parquet
 
     dataset = Path(dataset)
+    if not dataset.exists():
+        msg = "no such DATASET directory; make one with `tlbreplay ingest` or `tlbreplay synth`"
+        raise DatasetError(dataset, msg)
     manifest = read_manifest(dataset)
     if manifest.get("kind") != "dataset":
         raise DatasetError(dataset, f"manifest kind is `{manifest.get('kind')}`, want `dataset`")
@@ -525,6 +547,32 @@ def _facts(h: VmHosting) -> list[str]:
     return [f for f in VmHosting.__dataclass_fields__ if getattr(h, f) != getattr(default, f)]
 
 
+def _provenance(
+    ds: Dataset, hosting: Sequence[VmHosting], origin: str
+) -> dict[str, dict[str, str]]:
+    """Per VM of the DATASET, each hosting fact's origin for the RESULTS manifest (issue 11):
+    the DATASET's record (``hosting_provenance``, written by ingest) when its hosting.parquet
+    is used, ``given`` for facts passed in ``ReplayParams.hosting``, else ``defaulted``."""
+    recorded = ds.manifest.get("hosting_provenance") or {}
+    by_vm = {h.vm: h for h in hosting}
+    out: dict[str, dict[str, str]] = {}
+    for vm in ds.vms["vm"].to_list():
+        h = by_vm.get(str(vm), VmHosting(str(vm)))
+        given = set(_facts(h))
+        facts = {}
+        for name in VmHosting.__dataclass_fields__:
+            if name == "vm":
+                continue
+            if name not in given:
+                facts[name] = "defaulted"
+            elif origin == "params":
+                facts[name] = "given"
+            else:
+                facts[name] = (recorded.get(str(vm)) or {}).get(name, "measured")
+        out[str(vm)] = facts
+    return out
+
+
 def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dict[str, Any]]:
     """``params`` completed from the DATASET (ADR 0330): its hosting.parquet unless
     ``params.hosting`` is given or ``params.dataset_hosting`` is False; ``busy_vcpus`` on for
@@ -540,7 +588,11 @@ def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dic
         busy = from_trace(ds.manifest, ds.hosting)
         busy_from = "dataset from a trace" if busy else "synthetic dataset"
     used = {
-        "hosting": {"from": origin, "facts": {h.vm: _facts(h) for h in hosting}},
+        "hosting": {
+            "from": origin,
+            "facts": {h.vm: _facts(h) for h in hosting},
+            "provenance": _provenance(ds, hosting, origin),
+        },
         "busy_vcpus": {"value": busy, "from": busy_from},
     }
     return replace(params, hosting=tuple(hosting), busy_vcpus=busy), used
@@ -550,14 +602,16 @@ def replay_dataset(
     dataset: Path,
     policies: Sequence[str] | None = None,
     params: ReplayParams = ReplayParams(),
-    seed: int = 0,
+    seed: int | None = None,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayOutput:
     """Replay a DATASET directory under ``policies`` (default: all), reading its accesses in
-    batches of ``params.batch_epochs`` and using its hosting.parquet (:func:`resolve_params`)."""
+    batches of ``params.batch_epochs`` and using its hosting.parquet (:func:`resolve_params`).
+    ``seed`` None: the DATASET's own seed (:func:`dataset_seed`)."""
     ds = open_dataset(dataset, params)
     params, _ = resolve_params(ds, params)
+    seed = dataset_seed(ds.manifest) if seed is None else seed
     return replay_frames(
         ds.vms,
         ds.accesses,
@@ -581,6 +635,13 @@ def dataset_epochs(ds: Dataset) -> int:
     return -(-n // ds.accesses.factor)
 
 
+def dataset_seed(manifest: dict[str, Any]) -> int:
+    """The seed a replay of this DATASET uses when none is given: the synth seed recorded in
+    its manifest (a synthetic boot and its contention draws go together), else 0."""
+    seed = manifest.get("seed")
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
+
+
 def run_replay(
     dataset: Path,
     out: Path,
@@ -588,7 +649,7 @@ def run_replay(
     params: ReplayParams = ReplayParams(),
     *,
     quiet: bool = True,
-    seed: int = 0,
+    seed: int | None = None,
     force: bool = False,
 ) -> Path:
     """Replay and write RESULTS atomically: manifest.json + epochs/, vcpu_epochs/, scans/."""
@@ -609,11 +670,15 @@ def run_replay(
     ds = open_dataset(pinned, params)
     params, used = resolve_params(ds, params)
     manifest = ds.manifest
+    seed_from = "--seed" if seed is not None else "dataset"
+    seed = dataset_seed(manifest) if seed is None else seed
     epoch_max = ds.accesses.lazy().select(pl.col("epoch").max()).collect(engine="streaming")
     n_epochs = max(int(epoch_max.item() or 0) + 1, dataset_epochs(ds))
     try:
         with reporter(quiet) as rep:
-            task = rep.task("replay", total=n_epochs * len(names))
+            task = rep.task(
+                f"replay: {len(names)} policies", total=n_epochs * len(names), unit="epochs"
+            )
             result = replay_frames(
                 ds.vms,
                 ds.accesses,
@@ -641,7 +706,9 @@ def run_replay(
         write_manifest(
             tmp,
             {
-                **results_manifest(dataset, manifest, names, params, seed, used, rows),
+                **results_manifest(
+                    dataset, manifest, names, params, seed, {**used, "seed_from": seed_from}, rows
+                ),
                 "dataset_manifest_sha256": dataset_sha256,
                 "n_epochs": n_epochs,
                 "files": files,

@@ -292,6 +292,10 @@ class VmState:
         self.g_faulted2m = np.zeros(ng, bool)
         self.g_nspte = np.zeros(ng, np.int16)
         self.g_cpupid = np.zeros(ng, np.int32)
+        # THP mapped by 4K SPTEs in the secondary MMU (mixed SPTE levels, spte_levels.py)
+        self.g_spte4k = np.zeros(ng, bool)
+        # THP-region granule backed by 4K host pages (a THP fault fell back, spte_levels.py)
+        self.g_small = np.zeros(ng, bool)
         self.rss_pages = 0
         self.interleave_next = 0
         for reg in cfg.regions:

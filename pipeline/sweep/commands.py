@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
             raise SweepError(msg)
         plan = plan_sweep(spec, grid, seed=seed)
         with sigterm_as_interrupt(), reporter(quiet) as rep:
-            task = rep.task("sweep", total=len(plan.points))
+            task = rep.task("sweep", total=len(plan.points), unit="points")
             result = run_sweep(
                 spec,
                 grid,

@@ -147,6 +147,30 @@ KEYS: dict[str, GridKey] = {
             "share of yields left by the v6.8 pre-lock retry check (YieldModel)",
         ),
         GridKey(
+            "yield_mode",
+            "engine",
+            "process or expected",
+            _one_of(("process", "expected")),
+            "string",
+            "KVM contention term: a seeded process per zap or its expected value (ADR 0370)",
+        ),
+        GridKey(
+            "spte_4k",
+            "engine",
+            "a number in [0, 1]",
+            _number_in(0.0, 1.0),
+            "float64",
+            "share of THPs mapped by 4K SPTEs (default: from the boot profile; ADR 0371)",
+        ),
+        GridKey(
+            "thp_fault_fallback",
+            "engine",
+            "a number in [0, 1]",
+            _number_in(0.0, 1.0),
+            "float64",
+            "share of THP-region granules whose THP fault fell back to 4K pages (ADR 0371)",
+        ),
+        GridKey(
             "preempt_dynamic",
             "engine",
             "true or false",
@@ -189,6 +213,22 @@ KEYS: dict[str, GridKey] = {
             _int_at_least(1, 4096),
             "int64",
             "vCPUs of every VM",
+        ),
+        GridKey(
+            "mem_gib",
+            "workload",
+            "an integer in [1, 65536]",
+            _int_at_least(1, 65536),
+            "int64",
+            "guest RAM of every VM (its only region), GiB",
+        ),
+        GridKey(
+            "duration_s",
+            "workload",
+            "a number > 0",
+            _number_in(1e-3, None),
+            "float64",
+            "simulated time of the spec (the boot length), s",
         ),
         GridKey(
             "synth_seed",
@@ -320,6 +360,8 @@ def replay_params(point: Point, base: ReplayParams | None = None) -> ReplayParam
         ykw["d02c357e5bfa_factor"] = float(v["yield_d02c357e5bfa_factor"])
     if "preempt_dynamic" in v:
         ykw["preempt_dynamic"] = bool(v["preempt_dynamic"])
+    if "yield_mode" in v:
+        ykw["mode"] = str(v["yield_mode"])
     if ykw:
         yields = replace(yields, **ykw)
     kw: dict[str, Any] = {"yields": yields}
@@ -331,6 +373,9 @@ def replay_params(point: Point, base: ReplayParams | None = None) -> ReplayParam
             kw[name] = str(v[name])
     if "epoch_ms" in v:
         kw["epoch_ms"] = int(v["epoch_ms"])
+    for name in ("spte_4k", "thp_fault_fallback"):
+        if name in v:
+            kw[name] = float(v[name])
     return replace(base, **kw)
 
 
@@ -348,12 +393,17 @@ def apply_workload(
     * ``thp``: every region whose backing is not hugetlbfs;
     * ``vcpus``: every VM's ``vcpus``; a ``vcpu_nodes`` list is stretched to the new count
       (vCPU i of n runs where vCPU i*m//n of the m listed ran), ``vcpu_tids`` are dropped;
+    * ``mem_gib``: every VM's guest RAM and the size of its only region (a VM with several
+      regions keeps them, so the spec check reports the mismatch);
+    * ``duration_s``: the top-level ``duration_s``;
     * ``synth_seed``: the top-level ``seed``.
     """
     out: dict[str, Any] = _deep_copy(doc)
     values = dict(workload)
     if "synth_seed" in values:
         out["seed"] = int(values["synth_seed"])
+    if "duration_s" in values:
+        out["duration_s"] = float(values["duration_s"])
     for vm in out.get("vm", []) if isinstance(out.get("vm"), list) else []:
         if not isinstance(vm, dict):
             continue
@@ -364,6 +414,11 @@ def apply_workload(
             if isinstance(nodes, list) and nodes:
                 vm["vcpu_nodes"] = _stretch(nodes, n)
             vm.pop("vcpu_tids", None)
+        if "mem_gib" in values:
+            _set_size(vm, "mem_", int(values["mem_gib"]))
+            regions = vm.get("region")
+            if isinstance(regions, list) and len(regions) == 1 and isinstance(regions[0], dict):
+                _set_size(regions[0], "size_", int(values["mem_gib"]))
         regions = vm.get("region")
         if not isinstance(regions, list):
             if not ("pinned" in values or "thp" in values):
@@ -380,6 +435,13 @@ def apply_workload(
             if "thp" in values and region.get("backing", "anon") != "hugetlbfs":
                 region["thp"] = bool(values["thp"])
     return out
+
+
+def _set_size(table: dict[str, Any], prefix: str, gib: int) -> None:
+    """Replace every ``<prefix>*`` size key of ``table`` by ``<prefix>gib = gib``."""
+    for key in [k for k in table if k.startswith(prefix)]:
+        del table[key]
+    table[f"{prefix}gib"] = gib
 
 
 def _deep_copy(value: Any) -> Any:

@@ -114,6 +114,14 @@ def point_seed(base_seed: int, point: int) -> int:
     return int(state[0] >> np.uint64(1))
 
 
+def _replay_seed(point: Point, base_seed: int) -> int:
+    """The contention seed of a point (ADR 0370): its ``synth_seed`` when the grid sets one,
+    as ``tlbreplay replay`` uses a synthetic DATASET's own seed, else :func:`point_seed`."""
+    if "synth_seed" in point.values:
+        return int(point.values["synth_seed"])
+    return point_seed(base_seed, point.point)
+
+
 def plan_sweep(
     spec_path: Path, grid_path: Path, *, seed: int | None = None, base: ReplayParams | None = None
 ) -> SweepPlan:
@@ -149,7 +157,7 @@ def plan_sweep(
                 point=point.point,
                 policy=str(point.values["policy"]),
                 params=replay_params(point, base_params),
-                seed=point_seed(base_seed, point.point),
+                seed=_replay_seed(point, base_seed),
                 variant=variants[workload],
             )
         )
@@ -284,18 +292,13 @@ def _arrow_tables(out: Any) -> dict[str, pa.Table]:
 def _run_dataset_point(task: PointTask) -> dict[str, pa.Table]:
     """A point of a DATASET sweep: the DATASET replayed with the point's engine parameters
     (its hosting and busy-vCPU rule as ``tlbreplay replay`` takes them)."""
-    from pipeline.replay.runner import (
-        dataset_epochs,
-        open_dataset,
-        replay_frames,
-        resolve_params,
-    )
+    from pipeline.replay.runner import dataset_epochs, open_dataset, replay_frames, resolve_params
 
     assert task.variant.dataset is not None
     try:
         ds = open_dataset(Path(task.variant.dataset), task.params)
         params, _ = resolve_params(ds, task.params)
-        span = dataset_epochs(ds)  # the recorded span, as run_replay (ADR 0380)
+        span = dataset_epochs(ds)  # the span `replay` gives (ADR 0380)
         out = replay_frames(ds.vms, ds.accesses, [task.policy], params, task.seed, span_epochs=span)
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.clikit import FORCE_OPTION, command, reporter
+from pipeline.clikit import FORCE_OPTION, command, plural, reporter
 
 SpecArg = Annotated[Path, typer.Argument(help="workload spec (TOML; see docs/spec.md)")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="DATASET directory to write")]
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         with reporter(quiet) as rep:
 
             def progress_factory(total: int) -> Callable[[int], None]:
-                task = rep.task("synth: epochs", total=total)
+                task = rep.task("synth", total=total, unit="epochs")
                 return lambda n: rep.advance(task, n)
 
             result = run_synth(spec, out, seed=seed, progress_factory=progress_factory, force=force)
@@ -41,8 +41,10 @@ def register(app: typer.Typer) -> None:
         counts = manifest["counts"]
         if not quiet:
             typer.echo(
-                f"synth: {out}: {counts['vms']} VMs, {counts['accesses']} access rows in "
-                f"{counts['accesses_files']} files, {manifest['parameters']['nr_epochs']} "
-                f"epochs of {manifest['epoch_ms']} ms",
+                f"synth: {out}: {plural(counts['vms'], 'VM')}, "
+                f"{plural(counts['accesses'], 'access row')} in "
+                f"{plural(counts['accesses_files'], 'file')}, "
+                f"{plural(manifest['parameters']['nr_epochs'], 'epoch')} "
+                f"of {manifest['epoch_ms']} ms",
                 err=True,
             )

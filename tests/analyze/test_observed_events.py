@@ -126,3 +126,31 @@ def test_populated_prefix_follows_the_first_installs() -> None:
         (2, 0, 5),
         (2, 1, 512),
     ]
+
+
+def test_lab_may_state_when_numa_balancing_took_effect_and_the_population(
+    tmp_path: Path,
+) -> None:
+    from pipeline.errors import InputError
+    from pipeline.ingest.capture_facts import trace_window
+
+    table = {
+        "pattern": "split",
+        "touch_start_gpa": [0],
+        "touch_end_gpa": [4096],
+        "passes_per_s": [10.0],
+        "window_s": 1.0,
+        "numa_balancing_on_ns": 5_000_000_000,
+        "ram_populated": "in_capture",
+        "events": ["kvm:kvm_unmap_hva_range"],
+    }
+    lab = cal.LabWorkload.from_table(table, tmp_path / "x.toml")
+    assert lab.numa_balancing_on_ns == 5_000_000_000 and lab.ram_populated == "in_capture"
+    assert lab.events == ("kvm:kvm_unmap_hva_range",)
+    marks = pl.DataFrame({"ts_ns": [7_000_000_000], "buf": ["tlbreplay lab: numa_balancing=1"]})
+    tables = {"tracing_mark_write": marks}
+    # [lab] wins over the trace marker; without either, the first event
+    assert trace_window(tables, 1.0, 100, lab.numa_balancing_on_ns) == (5 * 10**9, 6 * 10**9)
+    assert trace_window(tables, 1.0, 100)[0] == 7 * 10**9
+    with pytest.raises(InputError, match="ram_populated"):
+        cal.LabWorkload.from_table({**table, "ram_populated": "maybe"}, tmp_path / "x.toml")

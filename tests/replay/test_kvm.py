@@ -44,11 +44,12 @@ def test_yields_need_other_vcpus_in_the_range() -> None:
     # P4 scenario (pinned 4K, 8 MiB) but both vCPUs touch it: the scan (by one vCPU, at the
     # end of epoch 10) zaps the 2048 present SPTEs while the other vCPU faults in the range:
     # n = 1, Y = (2048 - 1) * 1/2 = 1023.5 -> 1023 whole flushes (0.5 carried, never reached
-    # again), F = 1 + 1023 on v6.5 with preempt=full
+    # again), F = 1 + 1023 on v6.5 with preempt=full (the expected-value mode)
     reg = region(size_bytes=8 * MIB, pinned="all")
     vms = vms_frame(vm_row(regions=[reg], preempt="full"))
     acc = accesses_frame(every_epoch("vm0", 12, 0, 0, 2048) + every_epoch("vm0", 12, 1, 0, 2048))
-    out = replay_frames(vms, acc, ["linux-6.5", "rfc-v2", "linux-7.1"])
+    expected = ReplayParams(yields=YieldModel(mode="expected"))
+    out = replay_frames(vms, acc, ["linux-6.5", "rfc-v2", "linux-7.1"], expected)
     ep = out.epochs
     base = totals(ep.filter(pl.col("policy") == "linux-6.5"), *FLUSH_COLS)
     assert base["mmu_notifier_invalidations"] == 1
@@ -62,7 +63,12 @@ def test_yields_need_other_vcpus_in_the_range() -> None:
         totals(ep.filter(pl.col("policy") == "linux-7.1"), *FLUSH_COLS)["remote_tlb_flushes"] == 1
     )
     capped = replay_frames(
-        vms, acc, ["linux-6.5"], ReplayParams(yields=YieldModel(per_vcpu=0.0))
+        vms, acc, ["linux-6.5"], ReplayParams(yields=YieldModel(per_vcpu=0.0, mode="expected"))
+    ).epochs
+    assert int(capped["remote_tlb_flushes"].sum()) == 1
+    # the same cap holds for the process (the default)
+    capped = replay_frames(
+        vms, acc, ["linux-6.5"], ReplayParams(yields=YieldModel(per_vcpu=0.0)), seed=3
     ).epochs
     assert int(capped["remote_tlb_flushes"].sum()) == 1
     # shadow MMU on v6.5: the rmap zap never yields, F = 1 (review finding 5)
@@ -123,3 +129,24 @@ def test_shadow_prefetch_breaks_at_the_first_unmappable_entry() -> None:
     for acc, want in ((sparse, 4), (dense, 1)):
         out = replay_frames(vms, acc, ["linux-6.5"])
         assert int(out.vcpu_epochs["spte_faultins"].sum()) == want
+
+
+def test_contention_process_is_seeded_and_bounded() -> None:
+    # the scenario above with the default process (ADR 0370): one draw per zap, pinned per
+    # seed; 1 <= F <= S; the same seed gives the same frames, other seeds other draws
+    reg = region(size_bytes=8 * MIB, pinned="all")
+    vms = vms_frame(vm_row(regions=[reg], preempt="full"))
+    acc = accesses_frame(every_epoch("vm0", 12, 0, 0, 2048) + every_epoch("vm0", 12, 1, 0, 2048))
+
+    def flushes(seed: int) -> int:
+        ep = replay_frames(vms, acc, ["linux-6.5"], seed=seed).epochs
+        return int(ep["remote_tlb_flushes"].sum())
+
+    draws = [flushes(s) for s in range(6)]
+    assert draws == [547, 2003, 509, 1632, 1110, 1349]  # pinned: seeds 0..5
+    assert flushes(2) == draws[2]
+    assert all(1 <= f <= 2048 for f in draws)
+    assert len(set(draws)) > 1
+    # v7.1 (d02c357e5bfa): no lock-step loop, whatever the seed
+    ep = replay_frames(vms, acc, ["linux-7.1"], seed=4).epochs
+    assert int(ep["remote_tlb_flushes"].sum()) == 1

@@ -57,6 +57,18 @@ def test_workers_do_not_change_results(tmp_path: Path) -> None:
     assert set(one.epochs["policy"].unique()) <= set(POLICIES)
 
 
+def test_parallel_progress_moves_per_epoch_batch(tmp_path: Path) -> None:
+    """With workers, the bar is fed as epochs pass in each worker, not once per policy."""
+    ds = make_dataset(tmp_path / "ds", epochs=40)
+    seen: list[int] = []
+    out = replay_dataset(
+        ds, ["linux-6.5", "linux-7.1"], ReplayParams(workers=2), progress=seen.append
+    )
+    assert out.epochs.height > 0
+    assert sum(seen) == 2 * 40
+    assert len(seen) > 2 and max(seen) < 40
+
+
 def test_coarser_epochs_rebin_the_dataset(tmp_path: Path) -> None:
     # 28 epochs of 50 ms re-binned to 14 of 100 ms replay like 14 epochs of 100 ms
     fine = make_dataset(tmp_path / "fine", epoch_ms=50, epochs=28)
@@ -119,7 +131,7 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path: Path) -> None:
     cmd = [str(script)]
     for args, needle in (
         (["replay", str(ds), "--out", str(out), "--policy", "linux-6.6"], "did you mean"),
-        (["replay", str(tmp_path / "nope"), "--out", str(out)], "manifest.json"),
+        (["replay", str(tmp_path / "nope"), "--out", str(out)], "no such DATASET directory"),
         (["replay", str(ds), "--out", str(out), "--epoch-ms", "150"], "multiple"),
     ):
         res = subprocess.run([*cmd, *args], capture_output=True, text=True, check=False)

@@ -11,6 +11,8 @@ from pipeline.replay.runner import (
     DatasetAccesses,
     ReplayOutput,
     ReplayParams,
+    dataset_epochs,
+    dataset_seed,
     open_dataset,
     replay_dataset,
     replay_frames,
@@ -32,7 +34,9 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _in_memory(ds: Path, params: ReplayParams) -> ReplayOutput:
     opened = open_dataset(ds, params)
     frame = opened.accesses.lazy().collect()
-    return replay_frames(opened.vms, frame, POLICIES, params)
+    # the same seed (the contention process, ADR 0370) and span (ADR 0380) replay_dataset uses
+    seed, span = dataset_seed(opened.manifest), dataset_epochs(opened)
+    return replay_frames(opened.vms, frame, POLICIES, params, seed, span_epochs=span)
 
 
 def _assert_same(a: ReplayOutput, b: ReplayOutput) -> None:

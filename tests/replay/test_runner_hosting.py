@@ -76,6 +76,10 @@ def test_results_manifest_records_the_facts_used(tmp_path: Path) -> None:
         "zap_ns_per_spte",
         "host_cpus",
     }
+    # a hosting.parquet written without ingest's record: its facts count as measured
+    provenance = manifest["hosting"]["provenance"]["vm0"]
+    assert provenance["vcpu_cpu_share"] == "measured"
+    assert provenance["preempt_per_s"] == "defaulted"
     # hosting.parquet means a capture: busy vCPUs by default
     assert manifest["busy_vcpus"] == {"value": True, "from": "dataset from a trace"}
     assert manifest["params"]["busy_vcpus"] is True
@@ -95,7 +99,9 @@ def test_results_manifest_records_the_facts_used(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     manifest = json.loads((tmp_path / "r2" / "manifest.json").read_text())
-    assert manifest["hosting"] == {"from": "none (--no-hosting)", "facts": {}}
+    assert manifest["hosting"]["from"] == "none (--no-hosting)"
+    assert manifest["hosting"]["facts"] == {}
+    assert set(manifest["hosting"]["provenance"]["vm0"].values()) == {"defaulted"}
     assert manifest["busy_vcpus"] == {"value": False, "from": "params"}
 
 
@@ -111,3 +117,30 @@ def test_busy_vcpus_default_follows_the_dataset_origin(tmp_path: Path) -> None:
     auto = replay_dataset(ds, ["linux-6.18"])
     off = replay_dataset(ds, ["linux-6.18"], ReplayParams(busy_vcpus=False))
     assert set(auto.vcpu_epochs["vcpu"].to_list()) > set(off.vcpu_epochs["vcpu"].to_list())
+
+
+REAL = Path(__file__).resolve().parents[2] / "traces" / "real"
+
+
+def test_provenance_of_a_lab_capture_reaches_the_results(tmp_path: Path) -> None:
+    """issue 11: per fact, measured (the lab, capture.json), inferred (the trace, or another
+    fact) or defaulted, from ingest's DATASET manifest to replay's RESULTS manifest."""
+    import pytest
+
+    from pipeline.ingest.runner import run_ingest
+
+    stem = REAL / "lab-anon-thp-nopin-nb1"
+    if not Path(f"{stem}.trace.zst").is_file():
+        pytest.skip("capture not committed")
+    ds = tmp_path / "ds"
+    run_ingest([f"{stem}.trace.zst"], ds, vm_config=Path(f"{stem}.toml"))
+    recorded = read_manifest(ds)["hosting_provenance"]["lab"]
+    assert recorded["vcpu_cpu_share"] == "measured ([lab] schedstat)"
+    assert recorded["vmm_areas"] == "measured (capture.json smaps)"
+    assert recorded["host_runnable"].startswith("inferred")
+    # this THP cell has no zap probe ([lab] kvm_zap_ns_per_spte): the trace gives its bound
+    assert recorded["zap_ns_per_spte"].startswith("inferred (trace")
+    assert recorded["scan_ns_per_spte_2m"].startswith("inferred (trace")
+    assert recorded["scan_ns_per_spte_4k"] == "defaulted"
+    out = run_replay(ds, tmp_path / "res", ["linux-6.18"])
+    assert read_manifest(out)["hosting"]["provenance"]["lab"] == recorded

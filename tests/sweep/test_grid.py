@@ -226,3 +226,18 @@ def test_point_seed_is_stable() -> None:
     assert point_seed(0, 0) == point_seed(0, 0)
     assert point_seed(0, 1) != point_seed(1, 0)
     assert 0 <= point_seed(2**62, 10**6) < 2**63
+
+
+def test_rfc_boot_keys_apply() -> None:
+    # issue 12: boot length, VM size, the SPTE mix and the contention mode as grid keys
+    from pipeline.sweep.grid import Point, apply_workload, replay_params
+
+    doc = {"duration_s": 40, "vm": [{"name": "a", "mem_gib": 8, "region": [{"size_gib": 8}]}]}
+    out = apply_workload(doc, (("mem_gib", 16), ("duration_s", 90.0)))
+    assert out["duration_s"] == 90.0
+    assert out["vm"][0]["mem_gib"] == 16 and out["vm"][0]["region"][0] == {"size_gib": 16}
+    assert doc["vm"][0]["mem_gib"] == 8  # the input is not changed
+    p = replay_params(
+        Point(0, {"spte_4k": 0.1, "thp_fault_fallback": 0.001, "yield_mode": "expected"})
+    )
+    assert (p.spte_4k, p.thp_fault_fallback, p.yields.mode) == (0.1, 0.001, "expected")

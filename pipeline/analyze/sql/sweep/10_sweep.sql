@@ -90,6 +90,9 @@ UNPIVOT (
         CAST(scan_period_max_ms AS VARCHAR) AS scan_period_max_ms,
         CAST(yield_per_vcpu AS VARCHAR) AS yield_per_vcpu,
         CAST(yield_d02c357e5bfa_factor AS VARCHAR) AS yield_d02c357e5bfa_factor,
+        yield_mode,
+        CAST(spte_4k AS VARCHAR) AS spte_4k,
+        CAST(thp_fault_fallback AS VARCHAR) AS thp_fault_fallback,
         CAST(preempt_dynamic AS VARCHAR) AS preempt_dynamic,
         preempt,
         mmu,
@@ -97,6 +100,8 @@ UNPIVOT (
         CAST(pinned AS VARCHAR) AS pinned,
         CAST(thp AS VARCHAR) AS thp,
         CAST(vcpus AS VARCHAR) AS vcpus,
+        CAST(mem_gib AS VARCHAR) AS mem_gib,
+        CAST(duration_s AS VARCHAR) AS duration_s,
         CAST(synth_seed AS VARCHAR) AS synth_seed
     FROM points
 )
