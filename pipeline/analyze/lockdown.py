@@ -25,10 +25,18 @@ LOCKED_CONFIG: dict[str, str | bool | int | float | list[str]] = {
 
 def lock_down(con: duckdb.DuckDBPyConnection, directories: Sequence[Path]) -> None:
     """Allow reads under ``directories`` only, turn external access off, lock the config."""
-    locked = con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]
-    if locked:  # the same catalog file opened again in this process: one database, locked
+    rows = con.execute(
+        "SELECT current_setting('lock_configuration'), current_setting('enable_external_access')"
+    ).fetchall()
+    locked, external = rows[0]
+    if locked or not external:  # the same catalog file opened again: one database, locked
         return
     allowed = [str(d).rstrip(os.sep) + os.sep for d in directories]
-    con.execute("SET allowed_directories = ?", [allowed])
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    try:
+        con.execute("SET allowed_directories = ?", [allowed])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except duckdb.InvalidInputException:
+        # another thread locked the same database first; fine if it is locked down
+        if con.execute("SELECT current_setting('enable_external_access')").fetchall()[0][0]:
+            raise
