@@ -5,6 +5,10 @@ Each RESULTS directory (one replayed dataset) gets one section: the headline tab
 simulated numbers for a real trace, the run's parameters and the input manifests. The PNGs
 are written beside the page too. Every number comes from a view (``SELECT ... FROM view``);
 this module only arranges them.
+
+Why one module over 500 lines: the page is one HTML document (sections, parts, tables, the
+answer first) built in one pass; the plots are in :mod:`pipeline.analyze.plots` and the RFC part
+in :mod:`pipeline.analyze.rfc_thread`.
 """
 
 from __future__ import annotations

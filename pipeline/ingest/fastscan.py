@@ -13,6 +13,10 @@ pretty grammar in :data:`events.SPECS`). Per line it reports one of three states
 
 So rows, quarantine reasons and counts are those of the polars path (checked by the tests).
 Without the shared library (``make setup`` builds it) ingest uses the polars path.
+
+Why one module over 500 lines: the C scanner's templates, their compilation and the decoding of
+its output are one contract with csrc/ftrace_scan.c; split, each half would be read only with
+the other.
 """
 
 from __future__ import annotations

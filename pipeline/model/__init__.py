@@ -1,3 +1,3 @@
-"""The floor every stage stands on: the VM description (vmmodel), the hosting facts of a VM's
-process and host (hosting), the kernel's NUMA-balancing knobs (knobs), the fleet layout (fleet).
-Imports only errors and schema; no stage may be imported from here."""
+"""The floor every stage stands on: the VM description (vmmodel, over the strict TOML reader
+tomlsource), the hosting facts of a VM's process and host (hosting), a fleet's hosts (fleet),
+the kernel's NUMA-balancing knobs (knobs). Imports only the base modules; no stage."""

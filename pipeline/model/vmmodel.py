@@ -12,6 +12,10 @@ v7.1). Backing and ``mof_policy`` matter because the scanner skips shmem without
 MPOL_F_MOF policy and never scans hugetlbfs (KERNEL.md 1.6a, 3.6: ``vma_migratable()``,
 ``vma_policy_mof()``); pinning matters because ``folio_maybe_dma_pinned()`` folios are skipped
 (or not) by ``change_pte_range()`` / ``change_huge_pmd()`` (KERNEL.md 4.2, 4.3).
+
+Why one module over 500 lines: one parser per table of one format ([host], [[vm]],
+[[vm.region]]) with the cross-checks between them; the generic TOML reading is in
+:mod:`pipeline.model.tomlsource`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ status and error), ``manifest.json`` (kind results, ``sweep`` block, failures).
 
 Tasks run with ``retries=1``; a point that fails twice is recorded (manifest ``failed``,
 points ``status = 'failed'``) and :func:`run_sweep` returns it, never dropped silently.
+
+Why one module over 500 lines: planning, running on Dask, resuming and writing a sweep share the
+point keys and the partial-results state; the grid's parsing is in :mod:`pipeline.sweep.grid`.
 """
 
 from __future__ import annotations
