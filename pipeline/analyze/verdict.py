@@ -43,6 +43,9 @@ SELECT
     (SELECT coalesce(sum(vms), 0) FROM savings_total WHERE policy =
         (SELECT policy FROM run_policies ORDER BY policy_rank LIMIT 1)),
     coalesce(
+        -- the span replay covered (ADR 0380): RESULTS' n_epochs of its epoch_ms
+        (SELECT CAST(manifest ->> 'n_epochs' AS BIGINT) * CAST(manifest ->> 'epoch_ms' AS BIGINT)
+         FROM results_manifest),
         (SELECT (max(a.epoch) + 1) * coalesce(
             CAST(m.manifest ->> 'dataset_epoch_ms' AS BIGINT),
             CAST(m.manifest ->> 'epoch_ms' AS BIGINT))
