@@ -60,7 +60,13 @@ def main() -> dict[str, Any] | None:
         out = Path(tmp) / "out"
         make = ["make", "--no-print-directory", "pipeline", f"OUT={out}"]
         clean, clean_cpu, clean_load = timed(make)
-        results = sorted(p.parent for p in (out / "results").glob("*/manifest.json"))
+        # pathlib's glob matches dot names too: skip the hidden version directories behind each
+        # RESULTS link (issue 16), or every result is counted and reported twice
+        results = sorted(
+            p.parent
+            for p in (out / "results").glob("*/manifest.json")
+            if not p.parent.name.startswith(".")
+        )
         report = (out / "report" / "report.html").is_file()
         warm, warm_cpu, warm_load = timed(make)
         query, query_cpu, query_load = timed([exe, "query", str(results[0]), "SELECT 1"])
