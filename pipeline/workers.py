@@ -36,7 +36,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 #: the parent's progress queue in a worker (set by :func:`_start_worker`)
 _progress_queue: Any = None
-PROGRESS_EVERY_S = 0.2  # how often the parent looks for a failed job while none reports
+FAILURE_POLL_S = 0.2  # how often the parent looks for a failed job while no job reports
 
 
 def _start_worker(parent_pid: int, queue: Any) -> None:
@@ -80,7 +80,7 @@ def run_in_workers(
         finished = 0
         while finished < len(futures):
             try:
-                n = queue.get(timeout=PROGRESS_EVERY_S)
+                n = queue.get(timeout=FAILURE_POLL_S)
             except queue_mod.Empty:
                 failed = [f for f in futures if f.done() and f.exception() is not None]
                 if failed:

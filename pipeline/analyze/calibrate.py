@@ -46,11 +46,11 @@ from pipeline.analyze.calibrate_input import (
 from pipeline.analyze.calibrate_observed import (
     COUNTERS,
     PER_SCAN,
-    _cadence,
-    _guest_installs,
+    guest_installs,
     load_input,
     observed,
     population_in_trace,
+    scan_cadence,
     with_per_scan,
 )
 from pipeline.ingest import capture_facts as hosting_facts
@@ -131,7 +131,7 @@ def simulated(
     if population_in_trace(inp):
         # the guest's first touches, as the trace shows them (ADR 0510)
         prefix = obs_events.populated_prefix(
-            _guest_installs(inp),
+            guest_installs(inp),
             [(s // PAGE_4K, e // PAGE_4K) for s, e in zip(
                 inp.lab.touch_start_gpa, inp.lab.touch_end_gpa, strict=True)],
             inp.t_on_ns,
@@ -172,7 +172,7 @@ def simulated(
         "numa_hint_faults": total["numa_hint_faults"],
     }
     starts = [int(t) * 1_000_000 for t in scans["t_ms"].to_list()] if scans.height else []
-    out.update(_cadence(starts, 0))
+    out.update(scan_cadence(starts, 0))
     return out, result.scans
 
 

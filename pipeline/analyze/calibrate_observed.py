@@ -217,7 +217,7 @@ def scan_bursts(inp: CalibrationInput) -> list[Burst]:
     return [b for b in bursts if b.guest_bytes > 0]
 
 
-def _guest_installs(inp: CalibrationInput) -> pl.DataFrame:
+def guest_installs(inp: CalibrationInput) -> pl.DataFrame:
     """Every kvm_mmu_set_spte of guest RAM in the whole trace (the shadow MMU's installs)."""
     return _guest_gfns(inp.ftrace["kvm_mmu_set_spte"], inp.vm)
 
@@ -238,7 +238,7 @@ def population_in_trace(inp: CalibrationInput) -> bool:
         )
         ts = unmap["ts_ns"].to_numpy()[over > 0]
         first = int(ts.min()) if ts.size else None
-    return obs_events.population_in_trace(_guest_installs(inp), first)
+    return obs_events.population_in_trace(guest_installs(inp), first)
 
 
 def _refault_frame(inp: CalibrationInput, populated: bool) -> pl.DataFrame:
@@ -248,7 +248,7 @@ def _refault_frame(inp: CalibrationInput, populated: bool) -> pl.DataFrame:
         return _guest_gfns(_in_window(frame, inp), vm)
     frame = _guest_gfns(_in_window(inp.ftrace["kvm_mmu_spte_requested"], inp), vm)
     if populated:
-        frame = obs_events.drop_first_touch(_guest_installs(inp), frame)
+        frame = obs_events.drop_first_touch(guest_installs(inp), frame)
     return frame
 
 
@@ -262,9 +262,9 @@ def _zap_count(inp: CalibrationInput, populated: bool) -> int:
             (pl.col("old_spte") & 0x7 != 0) & (pl.col("new_spte") & 0x7 == 0)
         )
         return zaps.height
-    installs = _in_window(_guest_installs(inp), inp)
+    installs = _in_window(guest_installs(inp), inp)
     if populated:
-        installs = obs_events.drop_first_touch(_guest_installs(inp), installs)
+        installs = obs_events.drop_first_touch(guest_installs(inp), installs)
     return installs.height
 
 
@@ -367,7 +367,7 @@ def observed(inp: CalibrationInput) -> tuple[dict[str, float], dict[str, float]]
         "spte_zapped": float(_zap_count(inp, populated)),
         "refaults": float(refaults.height),
     }
-    out.update(_cadence([b.start_ns for b in bursts], inp.t_on_ns))
+    out.update(scan_cadence([b.start_ns for b in bursts], inp.t_on_ns))
     refault_ts = np.sort(refaults["ts_ns"].to_numpy()) if refaults.height else np.zeros(0, np.int64)
     scan_windows = [(b.start_ns, b.end_ns) for b in bursts]
     fault_windows = []
@@ -389,7 +389,7 @@ def observed(inp: CalibrationInput) -> tuple[dict[str, float], dict[str, float]]
     return out, background
 
 
-def _cadence(starts_ns: Sequence[int], t0_ns: int) -> dict[str, float]:
+def scan_cadence(starts_ns: Sequence[int], t0_ns: int) -> dict[str, float]:
     starts = sorted(starts_ns)
     return {
         "scans": float(len(starts)),

@@ -33,7 +33,7 @@ def _split_by_vm(frame: pl.DataFrame, names: Sequence[str]) -> dict[str, VmAcces
     return out
 
 
-def _sorted(lf: pl.LazyFrame) -> pl.DataFrame:
+def sorted_accesses(lf: pl.LazyFrame) -> pl.DataFrame:
     # stable: rows with equal keys keep the file order, in memory and in batches alike
     return lf.select(ACCESS_COLUMNS).sort(SORT_KEYS, maintain_order=True).collect()
 
@@ -71,7 +71,7 @@ class DatasetAccesses:
         lf = lf.filter((pl.col("epoch") >= e0 * self.factor) & (pl.col("epoch") < e1 * self.factor))
         if self.factor > 1:
             lf = lf.with_columns(pl.col("epoch") // self.factor)
-        return _split_by_vm(_sorted(lf), names)
+        return _split_by_vm(sorted_accesses(lf), names)
 
 
 Accesses = FrameAccesses | DatasetAccesses
@@ -85,7 +85,7 @@ class AccessSummary:
     rows: int
 
 
-def _check_accesses(source: Accesses, cfgs: Sequence[Any]) -> AccessSummary:
+def check_accesses(source: Accesses, cfgs: Sequence[Any]) -> AccessSummary:
     """Validate every VM's accesses with one aggregate pass (no rows held in memory)."""
     stats = (
         source.lazy()

@@ -13,14 +13,14 @@ from pipeline.replay.engine import VmRun
 from pipeline.schema import conform, table_schema
 
 
-def _concat(frames: list[pl.DataFrame], name: str) -> pl.DataFrame:
+def concat_frames(frames: list[pl.DataFrame], name: str) -> pl.DataFrame:
     frames = [f for f in frames if f.height]
     if not frames:
         return pl.from_arrow(table_schema(name).empty())  # type: ignore[return-value]
     return pl.from_arrow(conform(pl.concat(frames, how="vertical_relaxed"), name))  # type: ignore[return-value]
 
 
-def _epochs_frame(policy: str, run: VmRun, epoch_ms: int, weights: np.ndarray) -> pl.DataFrame:
+def epochs_frame(policy: str, run: VmRun, epoch_ms: int, weights: np.ndarray) -> pl.DataFrame:
     arr = run.counters.epochs  # [epoch, page_size, counter]
     cost = arr.astype(np.float64) @ weights
     e_idx, p_idx = np.nonzero(arr.any(axis=2) | (cost > 0))
@@ -37,7 +37,7 @@ def _epochs_frame(policy: str, run: VmRun, epoch_ms: int, weights: np.ndarray) -
     return pl.DataFrame(data)
 
 
-def _vcpu_frame(policy: str, run: VmRun, epoch_ms: int) -> pl.DataFrame:
+def vcpu_frame(policy: str, run: VmRun, epoch_ms: int) -> pl.DataFrame:
     arr = run.counters.threads  # [epoch, thread, counter]
     e_idx, t_idx = np.nonzero(arr.any(axis=2))
     vcpus = run.cfg.vcpus
@@ -54,7 +54,7 @@ def _vcpu_frame(policy: str, run: VmRun, epoch_ms: int) -> pl.DataFrame:
     return pl.DataFrame(data)
 
 
-def _scans_frame(policy: str, run: VmRun) -> pl.DataFrame:
+def scans_frame(policy: str, run: VmRun) -> pl.DataFrame:
     recs = run.scanner.records
     vcpus = run.cfg.vcpus
     return pl.DataFrame(

@@ -100,7 +100,7 @@ class ReplayOutput:
     traces: dict[tuple[str, str], list[tuple[str, int, int]]] | None = None
 
 
-def _check_params(params: ReplayParams) -> None:
+def check_params(params: ReplayParams) -> None:
     if params.epoch_ms <= 0:
         raise DatasetError("--epoch-ms", f"must be positive, got {params.epoch_ms}")
     for name in KNOBS:

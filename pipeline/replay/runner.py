@@ -21,14 +21,14 @@ from pipeline.replay.accesses import (
     Accesses,
     DatasetAccesses,
     FrameAccesses,
-    _check_accesses,
-    _sorted,
+    check_accesses,
+    sorted_accesses,
 )
 from pipeline.replay.bounds import VmSize, check_memory
 from pipeline.replay.dataset import dataset_epochs, dataset_seed, open_dataset, resolve_params
 from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
-from pipeline.replay.frames import _concat, _epochs_frame, _scans_frame, _vcpu_frame
-from pipeline.replay.params import KNOBS, ReplayOutput, ReplayParams, _check_params
+from pipeline.replay.frames import concat_frames, epochs_frame, scans_frame, vcpu_frame
+from pipeline.replay.params import KNOBS, ReplayOutput, ReplayParams, check_params
 from pipeline.replay.policies import POLICIES, get_policy
 from pipeline.schema import conform
 
@@ -115,9 +115,9 @@ def _run_job(
         del batch
     weights = params.cost.weights()
     return (
-        [_epochs_frame(policy.name, r, params.epoch_ms, weights) for r in runs],
-        [_vcpu_frame(policy.name, r, params.epoch_ms) for r in runs],
-        [_scans_frame(policy.name, r) for r in runs],
+        [epochs_frame(policy.name, r, params.epoch_ms, weights) for r in runs],
+        [vcpu_frame(policy.name, r, params.epoch_ms) for r in runs],
+        [scans_frame(policy.name, r) for r in runs],
         traces,
     )
 
@@ -146,7 +146,7 @@ def replay_frames(
     ``params.workers > 1`` and several policies, policies run in worker processes; the
     output is identical.
     """
-    _check_params(params)
+    check_params(params)
     names = list(POLICIES) if policies is None else list(dict.fromkeys(policies))
     for n in names:
         get_policy(n)
@@ -161,8 +161,8 @@ def replay_frames(
         acc: Accesses = accesses
     else:
         lf = accesses.lazy() if isinstance(accesses, pl.DataFrame) else accesses
-        acc = FrameAccesses(_sorted(lf))
-    summary = _check_accesses(acc, cfgs)
+        acc = FrameAccesses(sorted_accesses(lf))
+    summary = check_accesses(acc, cfgs)
     n_epochs, rows_total = max(summary.n_epochs, span_epochs), summary.rows
     jobs = [_Job(n, rows, acc, params, n_epochs, trace, seed) for n in names]
     workers = min(_workers(params, rows_total), len(jobs))
@@ -178,9 +178,9 @@ def replay_frames(
     for res in results:
         traces.update(res[3])
     return ReplayOutput(
-        epochs=_concat([f for r in results for f in r[0]], "epochs"),
-        vcpu_epochs=_concat([f for r in results for f in r[1]], "vcpu_epochs"),
-        scans=_concat([f for r in results for f in r[2]], "scans"),
+        epochs=concat_frames([f for r in results for f in r[0]], "epochs"),
+        vcpu_epochs=concat_frames([f for r in results for f in r[1]], "vcpu_epochs"),
+        scans=concat_frames([f for r in results for f in r[2]], "scans"),
         traces=traces if trace else None,
     )
 

@@ -92,9 +92,9 @@ def test_host_runnable_from_the_vcpu_share() -> None:
 
 
 def test_cadence() -> None:
-    got = cal_obs._cadence([3_000_000_000, 1_000_000_000, 6_000_000_000], 0)
+    got = cal_obs.scan_cadence([3_000_000_000, 1_000_000_000, 6_000_000_000], 0)
     assert got == {"scans": 3.0, "first_scan_ms": 1000.0, "scan_interval_ms": 2500.0}
-    assert math.isnan(cal_obs._cadence([], 0)["first_scan_ms"])
+    assert math.isnan(cal_obs.scan_cadence([], 0)["first_scan_ms"])
 
 
 def _ingest(trace: Path, out: Path) -> Path:
