@@ -8,6 +8,7 @@ stays fast. Every command is wrapped by :func:`pipeline.clikit.command`, which t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -19,6 +20,10 @@ from pipeline.lab import commands as lab_commands
 from pipeline.replay import commands as replay_commands
 from pipeline.sweep import commands as sweep_commands
 from pipeline.synth import commands as synth_commands
+
+if TYPE_CHECKING:
+    from pipeline.replay.params import ReplayParams
+    from pipeline.replay.workload import KnownWorkload
 
 app = typer.Typer(
     name="tlbreplay",
@@ -43,6 +48,13 @@ def _replay_summary(results: Path) -> list[str]:
     return verdict_lines(load_verdict(results))
 
 
+def _dataset_workload(dataset: Path, params: ReplayParams) -> KnownWorkload | str:
+    """A DATASET's stated workload, as calibrate replays it (ADR 0381); imported on use."""
+    from pipeline.analyze.calibrate import dataset_workload
+
+    return dataset_workload(dataset, params)
+
+
 for module in (
     ingest_commands,
     synth_commands,
@@ -53,7 +65,7 @@ for module in (
     calibrate_commands,
 ):
     if module is replay_commands:
-        replay_commands.register(app, summary=_replay_summary)
+        replay_commands.register(app, summary=_replay_summary, workload=_dataset_workload)
     else:
         module.register(app)
 

@@ -132,11 +132,19 @@ def replay(
     seed: int = 0,
 ) -> Results:
     """`tlbreplay replay DATASET --out OUT [--policy P]...`: every policy by default."""
+    from pipeline.analyze.calibrate import dataset_workload
     from pipeline.replay.params import ReplayParams
     from pipeline.replay.runner import run_replay
 
     path = dataset.path if isinstance(dataset, Dataset) else Path(dataset)
-    run_replay(path, Path(out), policies, ReplayParams(epoch_ms=epoch_ms), seed=seed)
+    run_replay(
+        path,
+        Path(out),
+        policies,
+        ReplayParams(epoch_ms=epoch_ms),
+        seed=seed,
+        workload=dataset_workload,  # a lab capture's [lab] workload, as calibrate (ADR 0381)
+    )
     return load_results(out)  # the name given (it may link to a snapshot directory)
 
 

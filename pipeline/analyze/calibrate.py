@@ -30,7 +30,9 @@ two ``tracing_mark_write`` markers of the lab, cut to whole epochs):
 from __future__ import annotations
 
 import math
+import tomllib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +52,15 @@ from pipeline.analyze.calibrate_observed import (
     load_input,
     observed,
     population_in_trace,
+    resolve_sidecar,
     scan_cadence,
     with_per_scan,
 )
 from pipeline.ingest import capture_facts as hosting_facts
 from pipeline.model import hosting as model_hosting
 from pipeline.model.hosting import VmHosting
+from pipeline.replay.params import ReplayParams
+from pipeline.replay.workload import KnownWorkload
 
 
 def workload_accesses(
@@ -113,19 +118,17 @@ def lab_hosting(inp: CalibrationInput, *, modelled: bool = True) -> VmHosting:
     )
 
 
-def simulated(
-    inp: CalibrationInput, policy: str, epoch_ms: int = 100, *, hosting: bool = True
-) -> tuple[dict[str, float], pl.DataFrame]:
-    """Replay the lab workload under ``policy``; the counters of :data:`COUNTERS` and scans.
-
-    ``hosting`` (default) gives the engine the capture's process and host facts
-    (:func:`lab_hosting`, ADR 0320); False replays guest RAM alone on an idle host with
-    vCPUs owning their CPUs (the engine's defaults), for before/after comparisons.
-    """
-    from pipeline.replay.params import ReplayParams
-    from pipeline.replay.runner import replay_frames
-
+def lab_replay(
+    inp: CalibrationInput, params: ReplayParams, *, hosting: bool = True, source: str = "[lab]"
+) -> KnownWorkload:
+    """The lab workload of a capture as the engine replays it, for ``calibrate`` and for
+    ``replay`` of its DATASET alike (ADR 0381): the sweeps over the numa_balancing=1 window cut
+    to whole epochs of ``params.epoch_ms``, limited by the guest's first touches when the trace
+    holds them; the VM's MMU and guest page size; the capture's hosting (``hosting`` False: the
+    engine's defaults); vCPUs run when they have accesses (``busy_vcpus`` off unless given).
+    Other fields of ``params`` (workers, memory bound, knobs) are kept."""
     vm = inp.vm
+    epoch_ms = params.epoch_ms
     n_epochs = round((inp.t_end_ns - inp.t_on_ns) / (epoch_ms * 1_000_000))
     prefix = None
     if population_in_trace(inp):
@@ -139,13 +142,56 @@ def simulated(
             n_epochs,
         )  # fmt: skip
     accesses = workload_accesses(vm, inp.lab, n_epochs, epoch_ms, prefix)
-    params = ReplayParams(
-        epoch_ms=epoch_ms,
-        mmu=str(vm["mmu"]),
-        shadow_guest_2m=inp.lab.guest_page_bytes >= (2 << 20),
-        hosting=(lab_hosting(inp, modelled=hosting),),
+    given = params.hosting if params.hosting else (lab_hosting(inp, modelled=hosting),)
+    run = replace(
+        params,
+        mmu=params.mmu or str(vm["mmu"]),
+        shadow_guest_2m=params.shadow_guest_2m or inp.lab.guest_page_bytes >= (2 << 20),
+        hosting=given,
+        busy_vcpus=bool(params.busy_vcpus),
     )
-    result = replay_frames(inp.vms, accesses, [policy], params, seed=0)
+    return KnownWorkload(accesses, run, n_epochs, source)
+
+
+def dataset_workload(dataset: Path, params: ReplayParams) -> KnownWorkload | str:
+    """``replay``'s :data:`pipeline.replay.workload.WorkloadSource`: the [lab] workload of a
+    DATASET ingested from a lab capture (:func:`lab_replay`, ``--no-hosting`` honoured), or
+    why its trace's refaults are replayed instead."""
+    from pipeline.schema import read_manifest
+
+    manifest = read_manifest(dataset)
+    text = (manifest.get("parameters") or {}).get("vm_config")
+    if not text:
+        return "no sidecar recorded in the DATASET"
+    sidecar = resolve_sidecar(str(text), dataset)
+    if not sidecar.is_file():
+        return f"sidecar {text} not found"
+    try:
+        doc = tomllib.loads(sidecar.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return f"cannot read sidecar {text}: {exc}"
+    if "lab" not in doc:
+        return f"sidecar {text} has no [lab] table"
+    inp = load_input(dataset, sidecar, None, params.epoch_ms)
+    return lab_replay(inp, params, hosting=params.dataset_hosting, source=str(text))
+
+
+def simulated(
+    inp: CalibrationInput, policy: str, epoch_ms: int = 100, *, hosting: bool = True
+) -> tuple[dict[str, float], pl.DataFrame]:
+    """Replay the lab workload under ``policy``; the counters of :data:`COUNTERS` and scans.
+
+    ``hosting`` (default) gives the engine the capture's process and host facts
+    (:func:`lab_hosting`, ADR 0320); False replays guest RAM alone on an idle host with
+    vCPUs owning their CPUs (the engine's defaults), for before/after comparisons.
+    """
+    from pipeline.replay.params import ReplayParams
+    from pipeline.replay.runner import replay_frames
+
+    known = lab_replay(inp, ReplayParams(epoch_ms=epoch_ms), hosting=hosting)
+    result = replay_frames(
+        inp.vms, known.accesses, [policy], known.params, seed=0, span_epochs=known.n_epochs
+    )
     epochs = result.epochs
     total = {
         name: float(epochs[name].sum()) if epochs.height else 0.0

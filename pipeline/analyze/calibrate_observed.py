@@ -62,7 +62,9 @@ def with_per_scan(values: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _resolve(path_text: str, dataset: Path) -> Path:
+def resolve_sidecar(path_text: str, dataset: Path) -> Path:
+    """A path recorded in a DATASET's manifest: absolute, from the working directory, or
+    beside the DATASET."""
     path = Path(path_text)
     if path.is_absolute() or path.exists():
         return path
@@ -92,7 +94,7 @@ def load_input(
         text = (manifest.get("parameters") or {}).get("vm_config")
         if not text:
             raise DatasetError(dataset, "no sidecar recorded in the manifest: pass --sidecar")
-        sidecar = _resolve(str(text), dataset)
+        sidecar = resolve_sidecar(str(text), dataset)
     try:
         doc = tomllib.loads(sidecar.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -103,7 +105,7 @@ def load_input(
     sources = manifest.get("sources") or []
     stem = None
     if sources:
-        trace = _resolve(str(sources[0]["path"]), dataset)
+        trace = resolve_sidecar(str(sources[0]["path"]), dataset)
         stem = stem_of(trace)
     if vmstat is None and stem is not None:
         guess = Path(f"{stem}.vmstat.json")

@@ -11,43 +11,19 @@ RAM), with the estimate, the limit and what made it large.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import DatasetError
+from pipeline.model.memory import (
+    default_max_memory_bytes,
+    gib_text,
+    parse_bytes,
+    vm_state_bytes,
+)
 from pipeline.replay.counters import EPOCH_COUNTERS, PAGE_SIZES, VCPU_COUNTERS
 
-PAGE_BYTES = 1 + 1 + 4  # pflags, pnode, pcpupid
-GRANULE_BYTES = 2 + 1 + 2 + 2 + 1 + 2 + 1 + 1 + 2 + 4  # state.py: the g_* arrays
-PAGES_PER_GRANULE = 512
-DEFAULT_MEMORY_SHARE = 0.5
-
-
-UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_bytes(text: str) -> int:
-    """``--max-memory`` text: a number of bytes with an optional K, M, G or T (binary)."""
-    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = raw[-1:] if raw[-1:] in UNITS else ""
-    try:
-        value = float(raw[: len(raw) - len(unit)])
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        msg = f"`{text}` is not a size; give bytes with an optional K, M, G or T, e.g. 8G"
-        raise DatasetError("--max-memory", msg)
-    return int(value * UNITS[unit])
-
-
-def default_max_memory_bytes() -> int:
-    """Half of the machine's physical memory (8 GiB when it cannot be read)."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError):
-        return 8 << 30
-    return int(total * DEFAULT_MEMORY_SHARE)
+__all__ = ["VmSize", "check_memory", "default_max_memory_bytes", "job_bytes", "parse_bytes"]
 
 
 @dataclass(frozen=True)
@@ -65,14 +41,9 @@ def job_bytes(vms: Sequence[VmSize], n_epochs: int) -> int:
     per_epoch_vm = len(PAGE_SIZES) * len(EPOCH_COUNTERS) * 8
     for vm in vms:
         threads = vm.vcpus + 1  # the VMM main thread is the last row
-        granules = -(-vm.nr_pages // PAGES_PER_GRANULE)
-        total += vm.nr_pages * PAGE_BYTES + granules * GRANULE_BYTES
+        total += vm_state_bytes(vm.nr_pages)
         total += n_epochs * (per_epoch_vm + threads * (len(VCPU_COUNTERS) + 1) * 8)
     return total
-
-
-def _gib(n: float) -> str:
-    return f"{n / (1 << 30):,.1f} GiB"
 
 
 def check_memory(
@@ -86,10 +57,10 @@ def check_memory(
     biggest = max(vms, key=lambda v: v.nr_pages, default=None)
     what = [f"{n_epochs:,} epochs of {epoch_ms} ms ({n_epochs * epoch_ms / 1000:,.0f} s)"]
     if biggest is not None:
-        what.append(f"vm `{biggest.name}` of {_gib(biggest.nr_pages * 4096)}")
+        what.append(f"vm `{biggest.name}` of {gib_text(biggest.nr_pages * 4096)}")
     msg = (
-        f"the replay needs about {_gib(estimate)} of memory ({', '.join(what)}, "
-        f"{max(1, workers)} worker(s)), over the limit of {_gib(limit)}; check the trace's "
+        f"the replay needs about {gib_text(estimate)} of memory ({', '.join(what)}, "
+        f"{max(1, workers)} worker(s)), over the limit of {gib_text(limit)}; check the trace's "
         "time span and the VM sizes, use fewer `--jobs`, a longer `--epoch-ms`, or raise "
         "`--max-memory`"
     )

@@ -12,6 +12,7 @@ from pipeline.clikit import FORCE_OPTION, QUIET_OPTION, command
 
 if TYPE_CHECKING:
     from pipeline.replay.params import ReplayParams
+    from pipeline.replay.workload import WorkloadSource
 
 DATASET_ARG = typer.Argument(..., help="DATASET directory (ingest/synth output)")
 OUT_OPTION = typer.Option(..., "--out", "-o", help="RESULTS directory to write")
@@ -56,14 +57,27 @@ JOBS_OPTION = typer.Option(
     help="processes running policies in parallel (0: one per CPU); a fleet: Dask workers of "
     "a LocalCluster (1: in this process)",
 )
+WORKLOAD_OPTION = typer.Option(
+    "auto",
+    "--workload",
+    help="auto: the workload a lab sidecar's [lab] table states when there is one (as "
+    "calibrate replays it), else the trace's refaults; trace: always the refaults; lab: "
+    "require the stated workload (ADR 0381)",
+)
 SCHEDULER_OPTION = typer.Option(
     None, "--scheduler", help="Dask scheduler: one task per (host, policy) on its workers"
 )
 
 
-def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | None = None) -> None:
+def register(
+    app: typer.Typer,
+    *,
+    summary: Callable[[Path], Iterable[str]] | None = None,
+    workload: WorkloadSource | None = None,
+) -> None:
     """Add this stage's commands to the root app. ``summary(RESULTS)``: the lines `replay`
-    ends with (the CLI passes the analysis stage's verdict; stage 2 does not import it)."""
+    ends with (the CLI passes the analysis stage's verdict; stage 2 does not import it);
+    ``workload``: the builder of a DATASET's stated workload (calibrate's, ADR 0381)."""
 
     @command(app, "replay")
     def replay(  # noqa: PLR0917 - typer maps parameters to options
@@ -80,6 +94,7 @@ def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | Non
         quiet: bool = QUIET_OPTION,
         force: bool = FORCE_OPTION,
         max_memory: str | None = MAX_MEMORY_OPTION,
+        workload_choice: str = WORKLOAD_OPTION,
     ) -> None:
         """Replay a DATASET (or a fleet of them) under NUMA-balancing policies; write RESULTS."""
         from pipeline.replay.bounds import parse_bytes
@@ -97,7 +112,17 @@ def register(app: typer.Typer, *, summary: Callable[[Path], Iterable[str]] | Non
         if scheduler is not None or _is_fleet(dataset):
             _replay_tasks(dataset, out, policy, params, seed, scheduler, jobs, quiet)
         else:
-            run_replay(dataset, out, policy or None, params, quiet=quiet, seed=seed, force=force)
+            run_replay(
+                dataset,
+                out,
+                policy or None,
+                params,
+                quiet=quiet,
+                seed=seed,
+                force=force,
+                workload=workload,
+                workload_choice=workload_choice,
+            )
         path = out
         if not quiet:
             for line in summary(path) if summary else ():

@@ -30,6 +30,12 @@ from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
 from pipeline.replay.frames import concat_frames, epochs_frame, scans_frame, vcpu_frame
 from pipeline.replay.params import KNOBS, ReplayOutput, ReplayParams, check_params
 from pipeline.replay.policies import POLICIES, get_policy
+from pipeline.replay.workload import (
+    KnownWorkload,
+    WorkloadSource,
+    choose_workload,
+    workload_record,
+)
 from pipeline.schema import conform
 
 
@@ -230,8 +236,15 @@ def run_replay(
     quiet: bool = True,
     seed: int | None = None,
     force: bool = False,
+    workload: WorkloadSource | None = None,
+    workload_choice: str = "auto",
 ) -> Path:
-    """Replay and write RESULTS atomically: manifest.json + epochs/, vcpu_epochs/, scans/."""
+    """Replay and write RESULTS atomically: manifest.json + epochs/, vcpu_epochs/, scans/.
+
+    ``workload`` builds the DATASET's stated workload (the CLI passes calibrate's, ADR 0381):
+    with ``workload_choice`` ``auto`` it is replayed instead of the trace's refaults when the
+    DATASET states one (a lab sidecar's ``[lab]`` table); ``trace`` keeps the refaults,
+    ``lab`` requires the stated workload. The manifest's ``workload`` says which ran."""
     from pipeline.clikit import reporter
     from pipeline.outdir import atomic_output_dir, check_replaceable, pin
     from pipeline.schema import write_manifest, write_partitioned
@@ -247,12 +260,24 @@ def run_replay(
     pinned = pin(dataset)  # one version of the DATASET, read from start to end (ADR 0005)
     dataset_sha256 = manifest_sha256(pinned)
     ds = open_dataset(pinned, params)
+    chosen = choose_workload(pinned, params, workload, workload_choice)  # params as given
     params, used = resolve_params(ds, params)
     manifest = ds.manifest
     seed_from = "--seed" if seed is not None else "dataset"
     seed = dataset_seed(manifest) if seed is None else seed
-    epoch_max = ds.accesses.lazy().select(pl.col("epoch").max()).collect(engine="streaming")
-    n_epochs = max(int(epoch_max.item() or 0) + 1, dataset_epochs(ds))
+    accesses: pl.DataFrame | DatasetAccesses = ds.accesses
+    span = dataset_epochs(ds)
+    if isinstance(chosen, KnownWorkload):
+        params, accesses, span = chosen.params, chosen.accesses, chosen.n_epochs
+        used = {
+            **used,
+            "hosting": {**used["hosting"], "from": f"{chosen.name} (the capture, as calibrate)"},
+            "busy_vcpus": {"value": params.busy_vcpus, "from": chosen.name},
+        }
+        epoch_max = chosen.accesses.select(pl.col("epoch").max())
+    else:
+        epoch_max = ds.accesses.lazy().select(pl.col("epoch").max()).collect(engine="streaming")
+    n_epochs = max(int(epoch_max.item() or 0) + 1, span)
     try:
         with reporter(quiet) as rep:
             task = rep.task(
@@ -260,12 +285,12 @@ def run_replay(
             )
             result = replay_frames(
                 ds.vms,
-                ds.accesses,
+                accesses,
                 names,
                 params,
                 seed,
                 progress=lambda done: rep.advance(task, done),
-                span_epochs=dataset_epochs(ds),
+                span_epochs=span,
             )
     except (OSError, pl.exceptions.PolarsError):
         check_dataset(pinned, dataset_sha256, during="during the replay")
@@ -289,6 +314,7 @@ def run_replay(
                     dataset, manifest, names, params, seed, {**used, "seed_from": seed_from}, rows
                 ),
                 "dataset_manifest_sha256": dataset_sha256,
+                "workload": workload_record(chosen),
                 "n_epochs": n_epochs,
                 "files": files,
             },

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.clikit import QUIET_OPTION, command
+from pipeline.clikit import FORCE_OPTION, QUIET_OPTION, command
 
 SPEC_ARG = typer.Argument(..., help="synth spec (docs/spec.md), or a DATASET for engine keys only")
 GRID_OPTION = typer.Option(..., "--grid", "-g", help="GRID.toml: the keys to vary (docs/scale.md)")
@@ -36,16 +36,19 @@ def register(app: typer.Typer) -> None:
         workers: int = WORKERS_OPTION,
         resume: bool = RESUME_OPTION,
         quiet: bool = QUIET_OPTION,
+        force: bool = FORCE_OPTION,
     ) -> None:
         """Replay every point of a parameter grid as one Dask task; results per point."""
         from pipeline.clikit import reporter
         from pipeline.cluster import sigterm_as_interrupt
         from pipeline.errors import SweepError
+        from pipeline.outdir import check_replaceable
         from pipeline.sweep.runner import plan_sweep, run_sweep
 
         if workers < 1:
             msg = f"--workers must be >= 1, got {workers}"
             raise SweepError(msg)
+        check_replaceable(out, "results", force=force)  # before planning: a refusal costs nothing
         plan = plan_sweep(spec, grid, seed=seed)
         with sigterm_as_interrupt(), reporter(quiet) as rep:
             task = rep.task("sweep", total=len(plan.points), unit="points")
@@ -58,6 +61,7 @@ def register(app: typer.Typer) -> None:
                 progress=lambda n: rep.advance(task, n),
                 plan=plan,
                 resume=resume,
+                force=force,
             )
         for point, error in sorted(result.failed.items()):
             typer.echo(f"tlbreplay: point {point} failed after one retry: {error}", err=True)

@@ -454,20 +454,23 @@ def run_sweep(
     plan: SweepPlan | None = None,
     client: Any = None,
     resume: bool = False,
+    force: bool = False,
 ) -> SweepResult:
     """Plan, run every point on Dask, write RESULTS atomically (failed points recorded).
 
     ``client``: an existing ``distributed.Client`` to use (else one is made and closed here).
     ``resume``: keep the finished points of an earlier run of the same sweep in ``out`` and
-    run only the others. When the scheduler is lost mid-run, the finished points are written
+    run only the others. ``out`` that holds anything but RESULTS is refused before any work
+    unless ``force`` (ADR 0003). When the scheduler is lost mid-run, the finished points are written
     (the others ``pending`` in points and the manifest) and ClusterError says how to resume.
     """
     from pipeline import __version__
     from pipeline.cluster import SchedulerLostError
     from pipeline.errors import ClusterError
-    from pipeline.outdir import atomic_output_dir
+    from pipeline.outdir import atomic_output_dir, check_replaceable
     from pipeline.schema import write_manifest, write_parquet, write_partitioned
 
+    check_replaceable(Path(out), "results", force=force)
     if plan is None:
         plan = plan_sweep(spec_path, grid_path, seed=seed)
     kept = resumable_points(Path(out), plan) if resume else set()
@@ -476,7 +479,7 @@ def run_sweep(
     pending: set[int] = set()
     lost: SchedulerLostError | None = None
     run = ""
-    with atomic_output_dir(Path(out), kind="results") as tmp:
+    with atomic_output_dir(Path(out), kind="results", force=force) as tmp:
         _keep_points(Path(out), tmp, kept, rows)
         if progress is not None and kept:
             progress(len(kept))

@@ -180,13 +180,20 @@ def run_synth(
     seed: int | None = None,
     progress_factory: Callable[[int], Progress] | None = None,
     force: bool = False,
+    max_rows: int | None = None,
+    max_memory_bytes: int | None = None,
 ) -> SynthResult:
     """Load and validate ``spec_path``, then write the DATASET ``out``.
 
-    ``progress_factory(total_epochs)`` returns a callback advanced by epochs done.
+    ``progress_factory(total_epochs)`` returns a callback advanced by epochs done. A spec
+    whose estimated rows exceed ``max_rows`` or whose VM no replay could hold within
+    ``max_memory_bytes`` is refused before any work (:func:`pipeline.synth.bounds.check_work`).
     """
+    from pipeline.synth.bounds import check_work
+
     check_replaceable(out, "dataset", force=force)
     spec = load_spec(spec_path, seed=seed)
+    check_work(spec, max_rows, max_memory_bytes)
     total = -(-spec.nr_epochs // EPOCHS_PER_BATCH) * EPOCHS_PER_BATCH * len(spec.model.vms)
     progress = progress_factory(total) if progress_factory is not None else None
     return write_dataset(spec, out, progress=progress, force=force)

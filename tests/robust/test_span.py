@@ -1,8 +1,10 @@
-"""Issue 16, "Why": real captures were replayed short (ADR 0380).
+"""Issue 16, "Why": real captures were replayed short (ADR 0380, ADR 0381).
 
 ``replay`` stopped at the last epoch with accesses; in ``real-lab-shared-4k-pin-nb1`` the
 refaults stop at 7.4 s of a 30 s window. It now covers the span ingest recorded (the
-sidecar's lab window here), and observed-vs-simulated lists every simulated counter.
+sidecar's lab window here), and observed-vs-simulated lists every simulated counter. A DATASET
+whose sidecar states the lab workload is replayed with that workload, as ``calibrate`` does,
+so ``make pipeline``'s totals equal calibrate's simulated ones.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from pipeline.analyze import calibrate as cal
 from pipeline.analyze.views import connect
+from pipeline.cli import app
+from pipeline.errors import DatasetError
 from pipeline.ingest.runner import run_ingest
 from pipeline.replay.runner import run_replay
+from pipeline.replay.workload import LAB_WORKLOAD, TRACE_REFAULTS
 from pipeline.schema import read_manifest
 
 REAL = Path(__file__).resolve().parents[2] / "traces" / "real"
@@ -29,8 +35,20 @@ def cell(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("span")
     ds = root / "ds"
     run_ingest([str(CELL)], ds, vm_config=CELL.with_name("lab-shared-4k-pin-nb1.toml"))
-    res = run_replay(ds, root / "res", ["linux-6.18"])
+    res = run_replay(ds, root / "res", ["linux-6.18"], workload_choice="trace")
     return ds, res
+
+
+@pytest.fixture(scope="module")
+def pipeline_res(cell: tuple[Path, Path]) -> Path:
+    """The RESULTS `make pipeline` writes: `tlbreplay replay DATASET --out RES` (the CLI)."""
+    ds, res = cell
+    out = res.parent / "pipeline-res"
+    got = CliRunner().invoke(
+        app, ["replay", str(ds), "--out", str(out), "-p", "linux-6.18", "--quiet"]
+    )
+    assert got.exit_code == 0, got.output
+    return out
 
 
 def test_ingest_records_the_window_and_replay_covers_it(cell: tuple[Path, Path]) -> None:
@@ -40,6 +58,7 @@ def test_ingest_records_the_window_and_replay_covers_it(cell: tuple[Path, Path])
     assert end - start == 300 * 100_000_000  # [lab] window_s 30.008 cut to whole epochs
     assert manifest["n_epochs"] == 301  # t0 is 0.6 ms before the marker
     assert read_manifest(res)["n_epochs"] == 301
+    assert read_manifest(res)["workload"] == {"name": TRACE_REFAULTS, "why": "--workload trace"}
     con, _ = connect(res)
     try:
         last_access = con.sql("SELECT max(epoch) FROM accesses").fetchall()[0]
@@ -65,24 +84,56 @@ def test_observed_vs_simulated_shows_every_counter(cell: tuple[Path, Path]) -> N
     assert {"remote_tlb_flushes", "spte_zapped", "mmu_notifier_invalidations"} <= counters
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="replay of the trace's derived accesses (refaults only) differs from calibrate's "
-    "replay of the lab workload (every page swept every epoch): 4 flushes / 124,932 zaps "
-    "against 7 / 196,608 over the same 30 s; the window is no longer the cause (issue 16 "
-    "report, issue 11)",
-)
-def test_pipeline_linux_6_18_totals_equal_calibrate(cell: tuple[Path, Path]) -> None:
-    ds, res = cell
+def test_pipeline_linux_6_18_totals_equal_calibrate(
+    cell: tuple[Path, Path], pipeline_res: Path
+) -> None:
+    ds, _ = cell
     table = cal.calibrate(ds)
     sim = dict(zip(table["counter"], table["simulated"], strict=True))
-    con, _ = connect(res)
+    con, _ = connect(pipeline_res)
     try:
         got = con.sql(
-            "SELECT sum(remote_tlb_flushes), sum(spte_zapped), sum(mmu_notifier_invalidations) "
+            "SELECT sum(remote_tlb_flushes), sum(spte_zapped), sum(mmu_notifier_invalidations), "
+            "sum(numa_pte_updates), sum(numa_hint_faults), sum(ept_violations) "
             "FROM epochs WHERE policy = 'linux-6.18'"
         ).fetchall()[0]
     finally:
         con.close()
-    assert got == (sim["remote_tlb_flushes"], sim["spte_zapped"], sim["notifier_calls"])
+    want = ("remote_tlb_flushes", "spte_zapped", "notifier_calls", "numa_pte_updates")
+    assert got[:4] == tuple(sim[c] for c in want)
+    assert got[4:] == (sim["numa_hint_faults"], sim["refaults"])
+    assert got[:2] == (7, 196_608)  # the trace's refaults alone gave 4 / 124,932
+    manifest = read_manifest(pipeline_res)
+    assert manifest["workload"]["name"] == LAB_WORKLOAD
+    assert manifest["workload"]["source"].endswith("lab-shared-4k-pin-nb1.toml")
+    assert manifest["n_epochs"] == 300  # calibrate's window: 30 s of 100 ms epochs
+
+
+def test_trace_refaults_alone_fall_short(res_trace: tuple[int, int]) -> None:
+    """Why the workload matters: the refaults the trace shows miss the pages the guest kept
+    touching without faulting (ADR 0381)."""
+    assert res_trace == (4, 124_932)
+
+
+@pytest.fixture(scope="module")
+def res_trace(cell: tuple[Path, Path]) -> tuple[int, int]:
+    _, res = cell
+    con, _ = connect(res)
+    try:
+        row = con.sql("SELECT sum(remote_tlb_flushes), sum(spte_zapped) FROM epochs").fetchall()
+    finally:
+        con.close()
+    return int(row[0][0]), int(row[0][1])
+
+
+def test_workload_lab_requires_a_stated_workload(tmp_path: Path) -> None:
+    from pipeline.synth.runner import run_synth
+
+    spec = Path(__file__).resolve().parents[2] / "traces" / "vfio-pinned.toml"
+    run_synth(spec, tmp_path / "ds")
+    ds = tmp_path / "ds"
+    with pytest.raises(DatasetError, match="--workload lab: no sidecar recorded"):
+        run_replay(ds, tmp_path / "res", ["linux-6.18"], workload_choice="lab",
+                   workload=cal.dataset_workload)  # fmt: skip
+    with pytest.raises(DatasetError, match="unknown workload `lob`"):
+        run_replay(ds, tmp_path / "res", ["linux-6.18"], workload_choice="lob")

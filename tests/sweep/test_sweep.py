@@ -291,3 +291,32 @@ def test_sweep_over_an_ingested_dataset(client: Any, tmp_path: Path) -> None:
     grid.write_text('[grid]\npinned = ["none", "all"]\n')
     with pytest.raises(SpecError, match="`pinned` changes the workload, which a DATASET fixes"):
         plan_sweep(dataset, grid)
+
+
+def test_sweep_out_refuses_another_kind_unless_force(
+    client: Any, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Issue 16: `sweep --out` replaced anything (a DATASET, a user's directory) at its end."""
+    from pipeline.errors import OutputError
+    from pipeline.schema import write_manifest
+
+    spec, grid = files
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    write_manifest(dataset, {"kind": "dataset"})
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep")
+    seen: list[int] = []
+    for out, what in ((dataset, "holds a tlbreplay dataset"), (mine, "`thesis.tex`")):
+        with pytest.raises(OutputError, match=what):
+            run_sweep(spec, grid, out, client=client, progress=seen.append)
+    assert not seen  # refused before any point ran
+    assert read_manifest(dataset) == {"kind": "dataset"}
+    assert (mine / "thesis.tex").read_text() == "keep"
+    got = CliRunner().invoke(
+        app, ["sweep", str(spec), "--grid", str(grid), "--out", str(dataset), "-q"]
+    )
+    assert got.exit_code == 1 and "--force" in got.output
+    run_sweep(spec, grid, dataset, client=client, force=True)
+    assert read_manifest(dataset)["kind"] == "results"
