@@ -23,6 +23,7 @@ from pipeline.ingest.events import (
     symbol_tables,
 )
 from pipeline.ingest.lines import MAX_TS_SEC, PAYLOAD_BLANKS, Bad, Comment, cut_reason, parse_line
+from pipeline.ingest.outliers import TimeCluster, time_clusters
 from pipeline.schema import conform, table_schema
 
 
@@ -38,6 +39,8 @@ class ChunkResult:
     quarantined: int = 0
     lost: dict[int, int] = field(default_factory=dict)
     first_ts_ns: int | None = None
+    # the block's event lines by time (pipeline.ingest.outliers, ADR 0011)
+    clusters: list[TimeCluster] = field(default_factory=list)
 
 
 def _lines_series(buf: bytes, starts: np.ndarray) -> pl.Series:
@@ -338,6 +341,8 @@ class Collected:
         tables: dict[str, pa.Table] = {}
         parsed = 0
         first_ts: int | None = None
+        all_rows: list[np.ndarray] = []
+        all_ts: list[np.ndarray] = []
         for table, parts in sorted(self.parts.items()):
             if len(parts) == 1:
                 merged = parts[0].table
@@ -350,6 +355,8 @@ class Collected:
             if merged.num_rows:
                 t = int(np.min(ts.to_numpy()))
                 first_ts = t if first_ts is None else min(first_ts, t)
+                all_rows.extend(p.rows for p in parts)
+                all_ts.extend(p.table.column("ts_ns").to_numpy() for p in parts)
             tables[table] = merged
         rows = sorted(self.quarantine)
         quarantine = pa.table(
@@ -369,6 +376,11 @@ class Collected:
             quarantined=len(rows),
             lost=self.lost,
             first_ts_ns=first_ts,
+            clusters=time_clusters(
+                np.concatenate(all_rows) if all_rows else np.zeros(0, np.int64),
+                np.concatenate(all_ts) if all_ts else np.zeros(0, np.int64),
+                lines.text,
+            ),
         )
 
 

@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import InputError
 from pipeline.ingest import events, ftrace, polarsscan
-from pipeline.schema import ParquetStream
+from pipeline.ingest.outliers import OutlierRule, drop_outliers
+from pipeline.schema import ParquetStream, conform
 from pipeline.workers import die_with_parent
 
 CHUNK_BYTES = 16 << 20
@@ -63,6 +65,8 @@ class SourceStats:
     lost_events: dict[str, int] = field(default_factory=dict)
     first_ts_ns: int | None = None
     parser: str = "polars"  # "c": the compiled scanner; "polars": the fallback (ADR 0110)
+    timestamp_outliers: int = 0  # lines quarantined as timestamp outliers (ADR 0011)
+    first_outlier: str | None = None  # "file:line" of the first one
 
     def add(self, result: polarsscan.ChunkResult) -> None:
         self.lines_total += result.lines
@@ -89,6 +93,7 @@ class SourceStats:
             "quarantined": self.quarantined,
             "lost_events": dict(sorted(self.lost_events.items(), key=lambda kv: int(kv[0]))),
             "parser": self.parser,
+            "timestamp_outliers": {"count": self.timestamp_outliers, "first": self.first_outlier},
         }
 
 
@@ -537,8 +542,11 @@ def ingest_source(
             raw_file.close()
 
 
-def _collector(stats: SourceStats, sinks: TableSinks) -> Callable[[polarsscan.ChunkResult], None]:
+def _collector(
+    stats: SourceStats, sinks: TableSinks, rule: OutlierRule
+) -> Callable[[polarsscan.ChunkResult], None]:
     def collect(result: polarsscan.ChunkResult) -> None:
+        _quarantine_outliers(result, stats, rule)
         # blocks are parsed with line numbers from 1; shift by the lines before the block
         if result.quarantine.num_rows and stats.lines_total:
             q = result.quarantine
@@ -548,6 +556,36 @@ def _collector(stats: SourceStats, sinks: TableSinks) -> Callable[[polarsscan.Ch
         sinks.write(result)
 
     return collect
+
+
+def _quarantine_outliers(
+    result: polarsscan.ChunkResult, stats: SourceStats, rule: OutlierRule
+) -> None:
+    """Move the block's timestamp outliers (ADR 0011) from its tables to its quarantine, in
+    input order (``rule`` holds the bulk of the blocks before). Line numbers are the block's,
+    from 1, like the parser's quarantine rows, shifted by the collector."""
+    dropped = drop_outliers(result.tables, result.clusters, rule)
+    if not dropped.rows:
+        return
+    n = len(dropped.rows)
+    result.tables = dropped.tables
+    q = pa.table(
+        {
+            "source": pa.array([stats.path] * n, pa.string()),
+            "lineno": pa.array([r + 1 for r, _, _ in dropped.rows], pa.int64()),
+            "line": pa.array([line for _, line, _ in dropped.rows], pa.string()),
+            "reason": pa.array([reason for _, _, reason in dropped.rows], pa.string()),
+        }
+    )
+    merged = pa.concat_tables([result.quarantine, conform(q, "quarantine")])
+    result.quarantine = merged.take(pc.sort_indices(merged, [("lineno", "ascending")]))
+    result.parsed -= n
+    result.quarantined += n
+    firsts = [pc.min(t.column("ts_ns")).as_py() for t in result.tables.values() if t.num_rows]
+    result.first_ts_ns = min(firsts) if firsts else None
+    if stats.first_outlier is None:
+        stats.first_outlier = f"{stats.path}:{stats.lines_total + dropped.rows[0][0] + 1}"
+    stats.timestamp_outliers += n
 
 
 def ingest_all(
@@ -562,11 +600,12 @@ def ingest_all(
     sinks = TableSinks(root, params)
     all_stats: list[SourceStats] = []
     parser = ChunkParser(workers)
+    rule = OutlierRule()  # one bulk over every source, in input order (ADR 0011)
     try:
         for src in sources:
             stats = SourceStats(path=src, parser=parser.parser)
             all_stats.append(stats)
-            parser.sink = _collector(stats, sinks)
+            parser.sink = _collector(stats, sinks, rule)
             ingest_source(src, parser, stats, progress)
     except BaseException:
         parser.close()

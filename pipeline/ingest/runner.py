@@ -111,6 +111,7 @@ def run_ingest(
             "parsed": sum(s.parsed for s in stats),
             "comments": sum(s.comments for s in stats),
             "quarantined": sum(s.quarantined for s in stats),
+            "timestamp_outliers": sum(s.timestamp_outliers for s in stats),
         }
         write_manifest(tmp, manifest)
     return manifest

@@ -136,7 +136,7 @@ def test_replay_reads_one_version_and_query_sees_a_changed_dataset(
     def rewriting(*args: object, **kw: object) -> object:
         for _ in range(rewrites["n"]):  # the DATASET is rewritten while the replay runs
             run_synth(other, ds)
-        return real(*args, **kw)  # type: ignore[arg-type]
+        return real(*args, **kw)
 
     monkeypatch.setattr(runner, "replay_frames", rewriting)
     run_replay(ds, tmp_path / "res", ["oracle"])
@@ -193,18 +193,116 @@ def test_output_never_missing_during_swaps_and_query_keeps_reading(tmp_path: Pat
 
 
 # -- unbounded work from valid-looking input -------------------------------------------------
-def test_far_timestamp_is_refused_with_an_estimate(tmp_path: Path) -> None:
+def _last_event(path: Path) -> str:
+    return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")][-1] + "\n"
+
+
+def _with_far_lines(tmp_path: Path, *stamps: str) -> Path:
+    """v7_tracefs.txt (events at 200 s) with its last event repeated at each of ``stamps``."""
     text = (DATA / "v7_tracefs.txt").read_text()
     last = [ln for ln in text.splitlines() if ln and not ln.startswith("#")][-1]
     ts = last.split(":", 1)[0].split()[-1]
-    far = text + last.replace(ts, "9000000000.000000", 1) + "\n"
     trace = tmp_path / "far.txt"
-    trace.write_text(far)
+    trace.write_text(text + "".join(last.replace(ts, s, 1) + "\n" for s in stamps))
+    return trace
+
+
+@pytest.mark.parametrize("parser", ["c", "polars"])
+def test_far_timestamps_are_quarantined_at_ingest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parser: str
+) -> None:
+    """One line at t = 9e9 s made replay allocate 671 GiB, one 1e6 s ahead ran for minutes:
+    both are quarantined as timestamp outliers (ADR 0011), in both parse paths, and the
+    replay covers the trace's 3 ms."""
+    import polars as pl
+
+    from pipeline.ingest import fastscan
+
+    if parser == "c" and not fastscan.available():
+        pytest.skip("the compiled scanner is not built")
+    monkeypatch.setenv("TLBREPLAY_INGEST_PARSER", parser)
+    trace = _with_far_lines(tmp_path, "9000000000.000000", "1000200.000000")
     tlbreplay("ingest", trace, "--out", tmp_path / "ds", "-q")
-    res = tlbreplay("replay", tmp_path / "ds", "--out", tmp_path / "res", "-q", check=False)
+    manifest = read_manifest(tmp_path / "ds")
+    assert manifest["sources"][0]["parser"] == parser
+    assert manifest["timestamp_outliers"] == 2
+    assert manifest["sources"][0]["timestamp_outliers"] == {"count": 2, "first": f"{trace}:23"}
+    assert manifest["span_ns"] == [200_000_001_000, 200_000_029_000]
+    assert manifest["lines_total"] == manifest["parsed"] + manifest["comments"] + 2
+    q = pl.read_parquet(tmp_path / "ds" / "quarantine.parquet")
+    assert q["lineno"].to_list() == [23, 24]
+    assert all(r.startswith("timestamp outlier: ") for r in q["reason"].to_list())
+    assert "9000000000.000000 s is more than 3600 s from the trace's bulk" in q["reason"][0]
+    assert "9000000000.000000" in q["line"][0]
+    res = tlbreplay("replay", tmp_path / "ds", "--out", tmp_path / "res", "-q", "-p", "oracle")
+    assert res.returncode == 0
+    assert read_manifest(tmp_path / "res")["n_epochs"] == 1
+
+
+@pytest.mark.parametrize("parser", ["c", "polars"])
+def test_outlier_alone_in_a_later_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parser: str
+) -> None:
+    """Blocks are parsed apart; the bulk carries over from the blocks before, so an outlier
+    alone in its block (or first in the second source) is still one."""
+    from pipeline.ingest import fastscan, reader
+    from pipeline.ingest.runner import run_ingest
+
+    if parser == "c" and not fastscan.available():
+        pytest.skip("the compiled scanner is not built")
+    monkeypatch.setenv("TLBREPLAY_INGEST_PARSER", parser)
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 600)  # about 3 lines per block
+    trace = _with_far_lines(tmp_path, "9000000000.000000")
+    second = tmp_path / "second.txt"
+    far, near = (
+        trace.read_text().splitlines(keepends=True)[-1],
+        _last_event(DATA / "v7_tracefs.txt"),
+    )
+    second.write_text(far + near + near)
+    trace.write_text(trace.read_text() + (DATA / "v7_tracefs.txt").read_text())
+    manifest = run_ingest([str(trace), str(second)], tmp_path / "ds", workers=1)
+    got = [s["timestamp_outliers"] for s in manifest["sources"]]
+    assert got == [{"count": 1, "first": f"{trace}:23"}, {"count": 1, "first": f"{second}:1"}]
+    assert manifest["span_ns"] == [200_000_001_000, 200_000_029_000]
+
+
+def test_outlier_rule_keeps_a_resumed_trace_and_a_first_line_outlier() -> None:
+    """The rule's cases (ADR 0011): a pause of over an hour followed by more than 16 lines is
+    kept; a near line is kept; a far first line is dropped though it came first."""
+    import numpy as np
+
+    from pipeline.ingest.outliers import GAP_NS, OutlierRule, TimeCluster, time_clusters
+
+    def clusters(ts: list[int]) -> list[TimeCluster]:
+        arr = np.asarray(ts, np.int64)
+        return time_clusters(np.arange(arr.size), arr, lambda r: f"line {r}")
+
+    s = 1_000_000_000
+    rule = OutlierRule()
+    bulk = [9_000_000_000 * s, *range(100 * s, 130 * s, s)]  # the first line far ahead
+    bad = rule.outliers(clusters(bulk))
+    assert [(c.lo_ns, c.members[0][0]) for c in bad] == [(9_000_000_000 * s, 0)]
+    resumed = list(range(100 * s + 2 * GAP_NS, 100 * s + 2 * GAP_NS + 17 * s, s))
+    assert rule.outliers(clusters(resumed)) == []
+    assert rule.hi_ns == resumed[-1]
+    near = [rule.hi_ns + GAP_NS - s]
+    assert rule.outliers(clusters(near)) == []
+    far = [rule.hi_ns + GAP_NS + s]
+    assert len(rule.outliers(clusters(far))) == 1
+
+
+def test_replay_memory_bound_still_refuses_a_long_span(tmp_path: Path) -> None:
+    """A span under the outlier gap but over --max-memory is refused with the estimate."""
+    trace = _with_far_lines(tmp_path, "3700.000000", "7300.000000", "10900.000000")
+    tlbreplay("ingest", trace, "--out", tmp_path / "ds", "-q")
+    assert read_manifest(tmp_path / "ds")["timestamp_outliers"] == 0  # each within an hour
+    res = tlbreplay(
+        "replay", tmp_path / "ds", "--out", tmp_path / "res", "-q", "--max-memory", "1M",
+        check=False,
+    )  # fmt: skip
     assert res.returncode == 1
     line = one_error_line(res.stderr)
-    assert "GiB of memory" in line and "over the limit" in line and "epochs" in line
+    assert "GiB of memory" in line and "over the limit" in line and "107,000 epochs" in line
     assert not (tmp_path / "res").exists()
 
 
