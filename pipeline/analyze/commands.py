@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -49,9 +49,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from pipeline.analyze import query as q
-        from pipeline.analyze.catalog import describe
         from pipeline.analyze.output import rich_table, to_csv, to_json, to_ndjson, to_parquet
-        from pipeline.analyze.views import connect
 
         if fmt not in q.FORMATS:
             msg = f"unknown format `{fmt}`; choose from: {', '.join(q.FORMATS)}"
@@ -61,34 +59,11 @@ def register(app: typer.Typer) -> None:
             msg = 'give exactly one of: "SQL", `--views`, `--audit`'
             raise QueryError(msg)
         console = Console(soft_wrap=True, width=None if Console().is_terminal else 200)
-        con, run = connect(results)
-        try:
-            docs = q.public_views(run)
-            if views:
-                for view in docs:
-                    console.print(f"[bold]{view.name}[/bold]  {view.doc}", highlight=False)
-                    for col in describe(con, view):
-                        console.print(
-                            f"    {col.name:<28} {col.type:<10} {col.doc}", highlight=False
-                        )
-                return
-            if audit:
-                failed = 0
-                for result in q.run_audits(con):
-                    status = "ok" if result.rows.num_rows == 0 else "FAIL"
-                    if not quiet or result.rows.num_rows:
-                        console.print(f"{status:<4} {result.name}: {result.doc}", highlight=False)
-                    if result.rows.num_rows:
-                        failed += 1
-                        console.print(rich_table(result.rows, max_rows=AUDIT_ROWS, hint=""))
-                if failed:
-                    typer.echo(f"tlbreplay: {failed} audit(s) returned rows", err=True)
-                    raise typer.Exit(code=1)
-                return
-            assert sql is not None
-            rows = q.run_query(con, sql, docs)
-        finally:
-            con.close()
+        if sql is not None:
+            rows = q.query_results(results, sql)
+        else:
+            _views_or_audit(results, console, views=views, quiet=quiet)
+            return
         if fmt == "table" and output is None:
             console.print(rich_table(rows))
             return
@@ -187,3 +162,33 @@ def register(app: typer.Typer) -> None:
         path = write_report(results, out, quiet=quiet, force=force)
         if not quiet:
             typer.echo(f"report: {path}")
+
+
+def _views_or_audit(results: Path, console: Any, *, views: bool, quiet: bool) -> None:
+    """`query --views` (every view and its columns) or `query --audit` (exit 1 on rows)."""
+    from pipeline.analyze import query as q
+    from pipeline.analyze.catalog import describe
+    from pipeline.analyze.output import rich_table
+    from pipeline.analyze.views import connect
+
+    con, run = connect(results)
+    try:
+        if views:
+            for view in q.public_views(run):
+                console.print(f"[bold]{view.name}[/bold]  {view.doc}", highlight=False)
+                for col in describe(con, view):
+                    console.print(f"    {col.name:<28} {col.type:<10} {col.doc}", highlight=False)
+            return
+        failed = 0
+        for result in q.run_audits(con):
+            status = "ok" if result.rows.num_rows == 0 else "FAIL"
+            if not quiet or result.rows.num_rows:
+                console.print(f"{status:<4} {result.name}: {result.doc}", highlight=False)
+            if result.rows.num_rows:
+                failed += 1
+                console.print(rich_table(result.rows, max_rows=AUDIT_ROWS, hint=""))
+        if failed:
+            typer.echo(f"tlbreplay: {failed} audit(s) returned rows", err=True)
+            raise typer.Exit(code=1)
+    finally:
+        con.close()

@@ -8,6 +8,7 @@ anything.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from pipeline.analyze.catalog import (
     run_view_docs,
     source_view_docs,
 )
-from pipeline.analyze.views import AUDIT_DIR, POINT_SCHEMA, Run, sql_files
-from pipeline.errors import QueryError
+from pipeline.analyze.views import AUDIT_DIR, POINT_SCHEMA, Run, connect, sql_files
+from pipeline.errors import QueryError, TlbReplayError
+from pipeline.outdir import pin
+from pipeline.snapshot import check_files
 
 FORMATS = ("table", "csv", "json", "ndjson", "parquet")
 
@@ -73,6 +76,47 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, views: list[ViewDoc]) ->
         names = ", ".join(v.name for v in views)
         msg = f"query failed: {_first_line(exc)}; views: {names} (see `--views`)"
         raise QueryError(msg) from None
+
+
+#: times `query` reads RESULTS again when the version it read was removed meanwhile
+VERSION_ATTEMPTS = 3
+
+
+def query_results(results: Path, sql: str) -> pa.Table:
+    """Run one SELECT over the views of ``results`` (:func:`run_query`), reading the version
+    ``results`` names at the start (ADR 0003). A swap keeps the previous version, so a query
+    fails only when two newer versions were installed while it ran and removed the one it
+    read (DuckDB or the file system then fail in any way); it reads the newest instead, up to
+    :data:`VERSION_ATTEMPTS` times. An error on a version still current is raised."""
+    for attempt in range(1, VERSION_ATTEMPTS + 1):
+        read = pin(results)
+        try:
+            con, run = connect(results)
+            try:
+                rows = run_query(con, sql, public_views(run))
+            finally:
+                con.close()
+        except (TlbReplayError, OSError, duckdb.Error):
+            if pin(results) == read or attempt == VERSION_ATTEMPTS:
+                raise
+            continue
+        # a version being removed can lose files between the checks and the scan (a view
+        # then reads fewer or no files): the answer stands only if the files are all there
+        if pin(results) == run.results or _intact(run.results, run.manifest.get("files")):
+            return rows
+    msg = (
+        f"{results} was replaced {VERSION_ATTEMPTS} times while it was read (each version "
+        "removed before the query ended); run the query again"
+    )
+    raise QueryError(msg)
+
+
+def _intact(version: Path, files: Mapping[str, int] | None) -> bool:
+    try:
+        check_files(version, files)
+    except (TlbReplayError, OSError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)

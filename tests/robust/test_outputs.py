@@ -192,6 +192,89 @@ def test_output_never_missing_during_swaps_and_query_keeps_reading(tmp_path: Pat
     assert leftovers(tmp_path) == []
 
 
+def test_swap_fsyncs_the_version_and_the_parent_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename that installs an output is durable only once its directory is fsync'd."""
+    import os
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    out = tmp_path / "res"
+    with atomic_output_dir(out, kind="results") as tmp:
+        write_manifest(tmp, {"kind": "results"})
+    version = out.resolve()
+    built = [p for p in synced if p.endswith(".tmp") and Path(p).parent == tmp_path]
+    assert built and not version.name.endswith(".tmp")  # the version was synced as built
+    assert synced[-1] == str(tmp_path)  # then the parent, after the link was renamed over it
+
+
+@pytest.mark.parametrize("swaps", [1, 2])
+def test_query_during_swaps_answers_from_a_whole_version(
+    small: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swaps: int
+) -> None:
+    """`query` while the RESULTS it reads is replaced died with a raw DuckDB IOException. One
+    swap during a query keeps the version it reads; two remove it (ADR 0003): the query then
+    reads the newest version instead of failing or answering from a half-removed one."""
+    from typer.testing import CliRunner
+
+    from pipeline.analyze import query as q
+    from pipeline.cli import app
+
+    out = tmp_path / "res"
+
+    def install() -> None:
+        with atomic_output_dir(out, kind="results") as tmp:
+            shutil.copytree(small["res"].resolve(), tmp, dirs_exist_ok=True)
+
+    install()
+    real = q.run_query
+    calls: list[Path] = []
+
+    def swapping(con: object, sql: str, views: list[q.ViewDoc]) -> object:
+        if not calls:
+            for _ in range(swaps):
+                install()  # finishes while the views of the first attempt are open
+        calls.append(out.resolve())
+        return real(con, sql, views)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(q, "run_query", swapping)
+    sql = "SELECT policy, sum(remote_tlb_flushes) AS n FROM epochs GROUP BY 1 ORDER BY 1"
+    got = CliRunner().invoke(app, ["query", str(out), sql, "--format", "csv"])
+    assert got.exit_code == 0, got.output
+    assert (
+        got.stdout.splitlines()[1:]
+        == (tlbreplay("query", small["res"], sql, "--format", "csv").stdout.splitlines()[1:])
+    )
+    assert len(calls) == swaps  # one attempt after one swap, a second after two
+    assert leftovers(tmp_path) == []
+
+
+def test_query_error_on_a_current_version_is_not_retried(
+    small: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.analyze import query as q
+    from pipeline.errors import QueryError
+
+    real = q.run_query
+    calls: list[int] = []
+
+    def counting(con: object, sql: str, views: list[q.ViewDoc]) -> object:
+        calls.append(1)
+        return real(con, sql, views)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(q, "run_query", counting)
+    with pytest.raises(QueryError, match="query failed"):
+        q.query_results(small["res"], "SELECT nope FROM epochs")
+    assert calls == [1]
+
+
 # -- unbounded work from valid-looking input -------------------------------------------------
 def _last_event(path: Path) -> str:
     return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")][-1] + "\n"
