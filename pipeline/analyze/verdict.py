@@ -19,6 +19,7 @@ import duckdb
 from pipeline.analyze.output import UNDEFINED, change_text, count_text
 from pipeline.analyze.views import connect
 from pipeline.clikit import plural
+from pipeline.replay.workload import TRACE_REFAULTS
 
 #: The reference kernels of the sentence: the RFC thread's, then newest upstream.
 OLD, NEW = "linux-6.5", "linux-7.1"
@@ -99,6 +100,8 @@ class Verdict:
     cost_us: dict[str, float]
     outliers: tuple[Outlier, ...] = ()
     sweep: bool = False
+    #: the workload replayed when it was not the trace's own (RESULTS manifest, ADR 0381)
+    workload: str | None = None
 
     @property
     def nothing_happened(self) -> bool:
@@ -107,7 +110,8 @@ class Verdict:
 
     def sentence(self) -> str:
         """One sentence answering the question for this dataset."""
-        head = f"{self.name} ({plural(self.vms, 'VM')}, {self.seconds:g} s replayed)"
+        of = f" of its {self.workload}" if self.workload else ""
+        head = f"{self.name} ({plural(self.vms, 'VM')}, {self.seconds:g} s{of} replayed)"
         if self.sweep:
             return f"{head}: a sweep; see its savings per grid point (`sweep_savings`)."
         if not self.flushes:
@@ -188,7 +192,17 @@ def verdict_of(con: duckdb.DuckDBPyConnection, name: str, *, sweep: bool = False
         Outlier(str(p), str(vm), int(e), int(t), int(f), int(total))
         for p, vm, e, t, f, total in rows
     )
-    return Verdict(name, int(vms), float(span_ms) / 1000, flushes, cost, outliers)
+    return Verdict(
+        name, int(vms), float(span_ms) / 1000, flushes, cost, outliers, workload=_workload(con)
+    )
+
+
+def _workload(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The RESULTS manifest's stated workload (``[lab] workload``), None for the trace's or a
+    synthetic DATASET's own accesses."""
+    rows = con.sql("SELECT manifest -> 'workload' ->> 'name' FROM results_manifest").fetchall()
+    name = rows[0][0] if rows else None
+    return str(name) if name and name != TRACE_REFAULTS else None
 
 
 def load_verdict(results: Path, name: str | None = None) -> Verdict:

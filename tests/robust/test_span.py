@@ -137,3 +137,13 @@ def test_workload_lab_requires_a_stated_workload(tmp_path: Path) -> None:
                    workload=cal.dataset_workload)  # fmt: skip
     with pytest.raises(DatasetError, match="unknown workload `lob`"):
         run_replay(ds, tmp_path / "res", ["linux-6.18"], workload_choice="lob")
+
+
+def test_verdict_names_the_stated_workload(pipeline_res: Path, cell: tuple[Path, Path]) -> None:
+    """The sentence says what was replayed, so a [lab] workload is not read as the trace."""
+    from pipeline.analyze.verdict import load_verdict
+
+    lab = load_verdict(pipeline_res).sentence()
+    assert lab.startswith("pipeline-res (1 VM, 30 s of its [lab] workload replayed): ")
+    trace = load_verdict(cell[1]).sentence()
+    assert trace.startswith("res (1 VM, 30.1 s replayed): ")
