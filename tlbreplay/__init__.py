@@ -154,15 +154,9 @@ def _results_path(results: Results | PathLike) -> Path:
 
 def query(results: Results | PathLike, sql: str) -> pl.DataFrame:
     """`tlbreplay query RESULTS "SQL"`: one read-only SELECT over the views, as polars."""
-    from pipeline.analyze import query as q
-    from pipeline.analyze.views import connect
+    from pipeline.analyze.query import query_results
 
-    con, run = connect(_results_path(results))
-    try:
-        rows = q.run_query(con, sql, q.public_views(run))
-    finally:
-        con.close()
-    frame = pl.from_arrow(rows)
+    frame = pl.from_arrow(query_results(_results_path(results), sql))
     assert isinstance(frame, pl.DataFrame)
     return frame
 
