@@ -79,6 +79,11 @@ $(OUT)/datasets/real-%/manifest.json: traces/real/%.trace.zst traces/real/%.toml
 $(OUT)/results/%/manifest.json: $(OUT)/datasets/%/manifest.json $(REPLAY_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay replay $(<D) --out $(@D) --quiet
 
+# a lab capture is replayed with its sidecar's [lab] workload, built by calibrate (ADR 0381)
+LAB_WORKLOAD_SRC := $(INGEST_SRC) $(wildcard pipeline/analyze/calibrate*.py pipeline/analyze/observed_events.py)
+$(OUT)/results/real-%/manifest.json: $(OUT)/datasets/real-%/manifest.json traces/real/%.toml $(REPLAY_SRC) $(LAB_WORKLOAD_SRC) | $(VENV)/.installed
+	$(BIN)/tlbreplay replay $(<D) --out $(@D) --quiet
+
 $(OUT)/report/report.html: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC) | $(VENV)/.installed
 	$(BIN)/tlbreplay report $(RESULTS) --out $(@D) --quiet
 
