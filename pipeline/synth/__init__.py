@@ -1,2 +1,2 @@
 """Stage 1 (synthetic): workload specs -> DATASET (spec parsing, the access generator, the
-runner and its command). May import model, schema, errors, clikit."""
+work bound, the runner and its command). May import model, schema, errors, clikit."""
