@@ -252,11 +252,25 @@ class Scanner:
         return self.numa_scan_seq > numab.prev_scan_seq + self.nr_threads
 
     def task_numa_work(self, ctx: EpochCtx, task: TaskNuma) -> None:
-        """Models kernel/sched/fair.c task_numa_work() (KERNEL.md §3.4): one cmpxchg winner
-        per period per mm, VMA walk from numa_scan_offset, 2 MiB-aligned chunks, 256 MB page
-        budget counting only chunks that changed something, 8x virtual budget, numa_scan_seq
-        on wrap; the winner's node_stamp += 2 ticks, and += 32 x the work's CPU time at the
-        end (:class:`NumaWorkCost`, ADR 0350; v6.5 = v7.1). Per version: v6.5 order
+        """Models kernel/sched/fair.c task_numa_work() (v6.5 = v6.18 = v7.1, KERNEL.md §3.4),
+        rule by rule:
+
+        * one cmpxchg winner of mm->numa_next_scan per period per mm;
+        * ``pages = scan_size_mb << (20 - PAGE_SHIFT)``, ``virtpages = pages * 8``;
+        * the VMA walk starts at mm->numa_scan_offset, kept between work items; VMAs skipped
+          by the VMA rules (unsuitable, shared_ro, inaccessible, scan_delay, pid_inactive,
+          seq_completed) spend no budget, the VMM's own scanned VMAs do (ADR 0320);
+        * each chunk: ``start = max(start, vm_start)``, ``end = min(ALIGN(start + (pages <<
+          PAGE_SHIFT), HPAGE_SIZE), vm_end)`` with the pages left, so the last chunk of a VMA
+          is partial; ``pages`` drops by the chunk only when change_prot_numa() updated a PTE
+          or PMD, ``virtpages`` always; the item stops (``goto out``) when either is <= 0 and
+          then keeps numa_scan_offset = end;
+        * when the walk runs past the last VMA: reset_ptenuma_scan(), numa_scan_seq++ and
+          numa_scan_offset = 0, and the item ends (the next one starts at the lowest VMA);
+        * the winner's node_stamp += 2 ticks, and += 32 x the work's CPU time at the end
+          (:class:`NumaWorkCost`, ADR 0350).
+
+        Per version: v6.5 order
         scan_delay -> vma_is_accessed() -> pid reset; v6.7+ scan_delay -> pid reset ->
         seq_completed -> pid_inactive, and the forced retry of one inactive VMA when every VMA
         was skipped (retry_pids, ~v6.12)."""
