@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,34 @@ def test_pooled_adds_up_the_counters_that_add_up() -> None:
     assert rows["scans"]["observed"] == 2.0
     assert math.isnan(rows["numa_hint_faults"]["observed"])  # n/a in one capture: n/a
     assert "scan_interval_ms" not in rows and "first_scan_ms" not in rows  # do not add up
+
+
+def test_a_work_item_split_by_preemption_is_one_scan() -> None:
+    # kernel/sched/fair.c task_numa_work() walks up the address space on one thread and
+    # mm->numa_scan_offset (printed by each sched_skip_vma_numa) changes only when the item
+    # ends: a burst of the same thread that walks on from where the last one was, printing
+    # the same offset, is the rest of that item (the regime fit cell 4K pinned 1 GiB: a vCPU
+    # at 8% of a CPU paused 126 ms inside its second walk).
+    item = cal_obs.Burst(0, 10, 1 << 30, pid=7, lo_hva=0x1000, hi_hva=0x9000, scan_offset=0)
+    rest = cal_obs.Burst(200, 210, 1 << 20, pid=7, lo_hva=0x9000, hi_hva=0xA000, scan_offset=0)
+    assert cal_obs.continues(item, rest)
+    # the next item starts where the last stopped: its skips print that offset
+    assert not cal_obs.continues(item, replace(rest, scan_offset=0x9000))
+    # after a wrap it starts below; another thread is another item; no skips: the gap decides
+    assert not cal_obs.continues(item, replace(rest, lo_hva=0x2000))
+    assert not cal_obs.continues(item, replace(rest, pid=8))
+    assert not cal_obs.continues(replace(item, scan_offset=None), replace(rest, scan_offset=None))
+
+
+PINNED_FIT = REAL / "regimes" / "lab-anon-4k-pin-nb1-1024m-2v-20s.trace.zst"
+
+
+@pytest.mark.skipif(not PINNED_FIT.is_file(), reason=f"{PINNED_FIT} is not committed")
+def test_pinned_fit_cell_has_two_whole_walks(tmp_path: Path) -> None:
+    # the kernel walked the whole 1 GiB pinned guest twice in 20 s (vCPU 1 at 62 ms, vCPU 0 at
+    # 9.45 s), 5 notifiers each (232 MiB chunks: the VMM's VMAs below guest RAM spent 24 MiB
+    # of the budget, pinned pages none)
+    inp = cal_obs.load_input(_ingest(PINNED_FIT, tmp_path / "ds"))
+    bursts = cal_obs.scan_bursts(inp)
+    assert [b.guest_bytes for b in bursts] == [1 << 30, 1 << 30]
+    assert (bursts[1].start_ns - bursts[0].start_ns) // 1_000_000 == 9392
