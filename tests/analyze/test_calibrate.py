@@ -223,3 +223,30 @@ def test_pinned_fit_cell_has_two_whole_walks(tmp_path: Path) -> None:
     bursts = cal_obs.scan_bursts(inp)
     assert [b.guest_bytes for b in bursts] == [1 << 30, 1 << 30]
     assert (bursts[1].start_ns - bursts[0].start_ns) // 1_000_000 == 9392
+
+
+def test_a_vcpu_slower_than_a_sweep_per_epoch_touches_only_what_it_reached() -> None:
+    # 1,000 pages at 2.5 sweeps/s = 0.25 sweeps per 100 ms epoch: after the first epoch
+    # (RAM populated before the window: every page mapped) it covers 250 pages an epoch, in
+    # order from the range's start, wrapping (ADR 0362)
+    got = cal.sweep_windows(1000, 0.25, 6)
+    assert got == [
+        [(0, 1000, 1)],
+        [(0, 250, 1)],
+        [(250, 250, 1)],
+        [(500, 250, 1)],
+        [(750, 250, 1)],
+        [(0, 250, 1)],
+    ]
+    # a window crossing the range's end is cut in two
+    assert cal.sweep_windows(1000, 0.4, 4)[3] == [(800, 200, 1), (0, 200, 1)]
+    assert cal.sweep_windows(1000, 0.7, 3)[2] == [(700, 300, 1), (0, 400, 1)]
+    # a sweep or more per epoch: the whole range, round(sweeps) times
+    assert cal.sweep_windows(1000, 2.6, 2) == [[(0, 1000, 3)]] * 2
+    # populating: the new pages of each epoch, then sweeps from the start
+    assert cal.sweep_windows(1000, 0.5, 4, [400, 400, 1000, 1000]) == [
+        [(0, 400, 1)],
+        [(399, 1, 1)],
+        [(400, 600, 1)],
+        [(0, 500, 1)],
+    ]
