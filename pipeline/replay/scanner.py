@@ -6,6 +6,10 @@ next guest entry, §3.3) and optionally the VMM main thread (§10a). A thread's 
 (se.sum_exec_runtime) advances in every epoch it ran (a vCPU ran if it accessed memory) by
 its CPU share of the epoch (1.0 unless ``VmHosting.vcpu_cpu_share`` says otherwise). The walk
 covers guest RAM and, when given, the VMM's other VMAs (``VmHosting.vmm_areas``, ADR 0320).
+
+Just over 500 lines: task_numa_work() is one kernel function whose budget, VMA skips, PID
+filter and wrap share mm->numa_scan_offset / numa_scan_seq, and the rseq fault timing of its
+work item (ADR 0361) reads them; splitting it would scatter that state.
 """
 
 from __future__ import annotations
