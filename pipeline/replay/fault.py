@@ -21,7 +21,6 @@ from pipeline.replay.intervals import IntervalSet, expand, intersect
 from pipeline.replay.kvm import Kvm
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.scanner import NUMA_NO_NODE, Scanner, TaskNuma, pid_bit
-from pipeline.replay.scatter import add_count
 from pipeline.replay.spte_levels import SpteLevels
 from pipeline.replay.state import (
     CPUPID_UNSET,
@@ -290,14 +289,14 @@ class FaultPath:
         vm = self.vm
         new = pages[(vm.pflags[pages] & P_SPTE) == 0]
         vm.pflags[new] |= P_SPTE | P_FAULTED
-        add_count(vm.g_nspte, new // PAGES_PER_PMD, 1)
+        np.add.at(vm.g_nspte, new // PAGES_PER_PMD, 1)
 
     def _count_ept(self, ctx: EpochCtx, vcpus: I64, page_size: int) -> None:
         ctx.counters.add(ctx.epoch, page_size, "ept_violations", int(vcpus.size))
-        add_count(ctx.counters.threads[ctx.epoch, :, V["ept_violations"]], vcpus, 1)
+        np.add.at(ctx.counters.threads[ctx.epoch, :, V["ept_violations"]], vcpus, 1)
 
     def _count_faultin(self, ctx: EpochCtx, vcpus: I64) -> None:
-        add_count(ctx.counters.threads[ctx.epoch, :, V["spte_faultins"]], vcpus, 1)
+        np.add.at(ctx.counters.threads[ctx.epoch, :, V["spte_faultins"]], vcpus, 1)
 
     # -- NUMA hinting faults -------------------------------------------------------------------
     def _hinting_faults(self, ctx: EpochCtx, heads: I64, vcpus: I64, *, thp: bool) -> None:
@@ -328,8 +327,8 @@ class FaultPath:
         c.add(ctx.epoch, ps, "numa_hint_faults", int(heads.size))
         c.add(ctx.epoch, ps, "numa_hint_faults_local", int(local.sum()))
         th = c.threads[ctx.epoch]
-        add_count(th[:, V["numa_hint_faults"]], vcpus, 1)
-        add_count(th[:, V["numa_hint_faults_local"]], vcpus[local], 1)
+        np.add.at(th[:, V["numa_hint_faults"]], vcpus, 1)
+        np.add.at(th[:, V["numa_hint_faults_local"]], vcpus[local], 1)
         # mpol_misplaced() -> should_numa_migrate_memory(): xchg last_cpupid, two-stage filter
         cpupid_arr = vm.g_cpupid if thp else vm.pcpupid
         idx = g if thp else heads
@@ -373,8 +372,8 @@ class FaultPath:
                 vm.set_page_nodes(heads[moved], dst[moved])
         c.add(ctx.epoch, ps, "numa_pages_migrated", int(moved.sum()) * nr_pages)
         c.add(ctx.epoch, ps, "numa_migrate_failed", int(failed.sum()) * nr_pages)
-        add_count(th[:, V["numa_pages_migrated"]], vcpus[moved], nr_pages)
-        add_count(th[:, V["numa_migrate_failed"]], vcpus[failed], nr_pages)
+        np.add.at(th[:, V["numa_pages_migrated"]], vcpus[moved], nr_pages)
+        np.add.at(th[:, V["numa_migrate_failed"]], vcpus[failed], nr_pages)
         # out_map: the PTE/PMD is present again (migration installs a normal PTE too)
         if thp:
             vm.g_nprot[g] = 0
