@@ -81,6 +81,7 @@ class FaultPath:
         self.dirty = dirty
         self.vnode = vm.cfg.vcpu_nodes.astype(np.int16)
         self.pid8 = (vm.cfg.vcpu_tids & 0xFF).astype(np.int32)
+        self.pid_bits = [pid_bit(int(t)) for t in vm.cfg.vcpu_tids]
         by_gfn = sorted(vm.cfg.regions, key=lambda r: r.gfn_start)
         self.rg_start = np.asarray([r.gfn_start for r in by_gfn], np.int64)
         self.rg_end = np.asarray([r.gfn_end for r in by_gfn], np.int64)
@@ -317,12 +318,13 @@ class FaultPath:
         dst = self.vnode[vcpus]
         pid8 = self.pid8[vcpus]
         pinned = vm.g_npinned[g] > 0 if thp else vm.page_pinned(heads)
+        regs = vm.g_region[g]
         # vma_set_access_pid_bit() and the vmstat counters (numa_migrate_prep/_check)
-        for reg_index in np.unique(vm.g_region[g]).tolist():
-            numab = self.scanner.numab.get(reg_index)
+        numabs = self.scanner.numab
+        for reg_index, v in set(zip(regs.tolist(), vcpus.tolist(), strict=True)):
+            numab = numabs.get(reg_index)
             if numab is not None:
-                for v in np.unique(vcpus[vm.g_region[g] == reg_index]).tolist():
-                    numab.pids_active[1] |= pid_bit(int(vm.cfg.vcpu_tids[v]))
+                numab.pids_active[1] |= self.pid_bits[v]
         local = node == dst
         c.add(ctx.epoch, ps, "numa_hint_faults", int(heads.size))
         c.add(ctx.epoch, ps, "numa_hint_faults_local", int(local.sum()))
@@ -335,7 +337,7 @@ class FaultPath:
         last = cpupid_arr[idx].copy()
         # MPOL_BIND|MPOL_F_NUMA_BALANCING outside the mask: mpol_misplaced() returns
         # NUMA_NO_NODE before should_numa_migrate_memory(), so no xchg either
-        outside = ~self.bind_mask[vm.g_region[g], dst]
+        outside = ~self.bind_mask[regs, dst]
         cpupid_arr[idx] = np.where(outside, last, encode_cpupid(dst, pid8))
         unset = last == CPUPID_UNSET
         last_pid8 = (last - 1) & 0xFF
@@ -384,27 +386,23 @@ class FaultPath:
         k = len(self.tasks)
         nodes = vm.cfg.host_nodes
         priv = unset | same_pid
-        w = float(nr_pages)
-
-        def per_task(mask: B) -> npt.NDArray[np.float64]:
-            out: npt.NDArray[np.float64] = (
-                np.bincount(vcpus[mask], minlength=k).astype(np.float64) * w
-            )
-            return out
-
-        n_priv, n_shared = per_task(priv), per_task(~priv)
-        n_local, n_remote, n_failed = per_task(local), per_task(~local), per_task(failed)
+        per_task = np.zeros((k, 5), np.int64)
+        np.add.at(per_task, vcpus, np.stack([priv, ~priv, local, ~local, failed], axis=1))
+        per_task *= nr_pages
         mem_node = np.where(moved, dst, node).astype(np.int64)
+        w = float(nr_pages)
         mem = np.bincount(vcpus * nodes + mem_node, minlength=k * nodes).reshape(k, nodes) * w
-        for v in np.unique(vcpus).tolist():
+        rows = per_task.tolist()
+        for v in sorted(set(vcpus.tolist())):
+            n_priv, n_shared, n_local, n_remote, n_failed = rows[v]
             self._task_numa_fault(
                 ctx.now_ms,
                 self.tasks[v],
-                shared=int(n_shared[v]),
-                private=int(n_priv[v]),
-                local=int(n_local[v]),
-                remote=int(n_remote[v]),
-                failed=int(n_failed[v]),
+                shared=n_shared,
+                private=n_priv,
+                local=n_local,
+                remote=n_remote,
+                failed=n_failed,
                 mem=mem[v],
             )
 
