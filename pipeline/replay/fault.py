@@ -165,8 +165,9 @@ class FaultPath:
             return
         ug, v = granules[new], vcpus[new]
         regs = vm.g_region[ug]
-        for index in np.unique(regs).tolist():
-            m = regs == index
+        indices = sorted(set(regs.tolist()))
+        for index in indices:
+            m = regs == index if len(indices) > 1 else slice(None)
             reg = vm.cfg.regions[index]
             vm.populate_granules(ug[m], vm.placement_nodes(reg, ug[m], self.vnode[v[m]]))
 
@@ -361,11 +362,18 @@ class FaultPath:
         moved = try_move & room
         failed = fail_pin | (try_move & ~room)
         self._migration_notifiers(ctx, heads[moved], nr_pages, passes=1, page_size=ps)
-        anon = self.g_anon[g]
-        self._migration_notifiers(
-            ctx, heads[fail_pin & anon], nr_pages, passes=NR_MAX_MIGRATE_PAGES_RETRY, page_size=ps
-        )
-        self._migration_notifiers(ctx, heads[fail_pin & ~anon], nr_pages, passes=1, page_size=ps)
+        if fail_pin.any():
+            anon = self.g_anon[g]
+            self._migration_notifiers(
+                ctx,
+                heads[fail_pin & anon],
+                nr_pages,
+                passes=NR_MAX_MIGRATE_PAGES_RETRY,
+                page_size=ps,
+            )
+            self._migration_notifiers(
+                ctx, heads[fail_pin & ~anon], nr_pages, passes=1, page_size=ps
+            )
         if moved.any():
             vm.host.move(node[moved], dst[moved], nr_pages)
             if thp:
