@@ -12,6 +12,7 @@ import polars as pl
 
 from pipeline.errors import DatasetError
 from pipeline.model.hosting import VmHosting
+from pipeline.model.vmmprofile import PROFILE_ORIGIN, default_hosting
 from pipeline.replay.accesses import (
     ACCESS_COLUMNS,
     DatasetAccesses,
@@ -113,12 +114,26 @@ def _provenance(
                 continue
             if name not in given:
                 facts[name] = "defaulted"
+            elif origin == "default VMM profile":
+                facts[name] = PROFILE_ORIGIN
             elif origin == "params":
                 facts[name] = "given"
             else:
                 facts[name] = (recorded.get(str(vm)) or {}).get(name, "measured")
         out[str(vm)] = facts
     return out
+
+
+def profile_hosting(vms: pl.DataFrame) -> tuple[VmHosting, ...]:
+    """The default VMM profile (model/vmmprofile.py) of each VM of ``vms``."""
+    out = []
+    for row in vms.iter_rows(named=True):
+        ram = tuple(
+            (int(r["hva_start"]), int(r["hva_start"]) + int(r["size_bytes"]))
+            for r in row["regions"]
+        )
+        out.append(default_hosting(str(row["vm"]), int(row["vcpus"]), ram))
+    return tuple(out)
 
 
 def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dict[str, Any]]:
@@ -129,8 +144,11 @@ def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dic
         hosting, origin = params.hosting, "params"
     elif params.dataset_hosting and ds.hosting:
         hosting, origin = ds.hosting, "dataset hosting.parquet"
+    elif params.dataset_hosting:
+        # no capture facts: the default VMM profile around each VM (ADR 0365)
+        hosting, origin = profile_hosting(ds.vms), "default VMM profile"
     else:
-        hosting, origin = (), "none" if params.dataset_hosting else "none (--no-hosting)"
+        hosting, origin = (), "none (--no-hosting)"
     busy, busy_from = params.busy_vcpus, "params"
     if busy is None:
         busy = from_trace(ds.manifest, ds.hosting)
