@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import InputError
-from pipeline.ingest.trace_facts import VCPU_EVENTS, inferred_hosting
+from pipeline.ingest.trace_facts import VCPU_EVENTS, cpus_seen, inferred_hosting, overlap_bytes
 from pipeline.model.hosting import (
     VmHosting,
     areas_from_smaps,
@@ -37,6 +37,7 @@ from pipeline.model.hosting import (
     host_runnable,
     hosting_frame,
     preempt_per_s,
+    ram_ranges,
     share_and_preempt_rate,
 )
 
@@ -86,19 +87,9 @@ class LabFacts:
             raise InputError(path, f"[lab] table mistypes a hosting fact: {exc}") from exc
 
 
-def ram_ranges(vm: Mapping[str, Any]) -> list[tuple[int, int]]:
-    """hva ``[start, end)`` of each guest-RAM region of a ``vms`` row."""
-    return [
-        (int(r["hva_start"]), int(r["hva_start"]) + int(r["size_bytes"])) for r in vm["regions"]
-    ]
-
-
 def guest_overlap_bytes(starts: np.ndarray, ends: np.ndarray, vm: Mapping[str, Any]) -> np.ndarray:
     """Bytes of each hva range ``[starts, ends)`` inside the VM's guest RAM."""
-    total = np.zeros(starts.size, dtype=np.int64)
-    for lo, hi in ram_ranges(vm):
-        total += np.clip(np.minimum(ends, hi) - np.maximum(starts, lo), 0, None).astype(np.int64)
-    return total
+    return overlap_bytes(starts, ends, ram_ranges(vm))
 
 
 def trace_window(
@@ -172,10 +163,7 @@ def invalidate_ns_per_spte(
 
 def host_cpus(known: int | None, tables: Mapping[str, pl.DataFrame]) -> int | None:
     """Online CPUs: ``known`` (``[lab].host_cpus``), else the CPUs that appear in the trace."""
-    if known:
-        return int(known)
-    seen = [int(t["cpu"].max()) for t in tables.values() if t.height and "cpu" in t.columns]  # type: ignore[arg-type]
-    return max(seen) + 1 if seen else None
+    return int(known) if known else cpus_seen(tables)
 
 
 def with_capture_sched(

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.model.hosting import VmHosting, host_runnable
+from pipeline.model.hosting import VmHosting, host_runnable, ram_ranges
 from pipeline.model.vmmprofile import PROFILE_ORIGIN, default_hosting
 
 # CPU time of the lab guest per 4 KiB page write, by the size of the SPTE that maps it (the
@@ -82,13 +82,20 @@ class TraceFacts:
         }
 
 
-def _ram_bytes(frame: pl.DataFrame, ram: Sequence[tuple[int, int]]) -> np.ndarray:
-    starts = frame["hva_start"].to_numpy().astype(np.int64)
-    ends = frame["hva_end"].to_numpy().astype(np.int64)
+def overlap_bytes(
+    starts: np.ndarray, ends: np.ndarray, ram: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """Bytes of each hva range ``[starts, ends)`` inside the ``ram`` ranges."""
     total = np.zeros(starts.size, dtype=np.int64)
     for lo, hi in ram:
-        total += np.clip(np.minimum(ends, hi) - np.maximum(starts, lo), 0, None)
+        total += np.clip(np.minimum(ends, hi) - np.maximum(starts, lo), 0, None).astype(np.int64)
     return total
+
+
+def cpus_seen(tables: Mapping[str, pl.DataFrame]) -> int | None:
+    """The host's CPUs as the trace shows them: the highest ``cpu`` of any event, plus 1."""
+    seen = [int(t["cpu"].max()) for t in tables.values() if t.height and "cpu" in t.columns]  # type: ignore[arg-type]
+    return max(seen) + 1 if seen else None
 
 
 def vcpu_tids(tables: Mapping[str, pl.DataFrame]) -> tuple[int, ...]:
@@ -121,7 +128,12 @@ def infer_trace_facts(
     pids = set(vcpus)
     unmap = tables.get("kvm_unmap_hva_range", empty)
     if unmap.height:
-        reach = unmap.filter(pl.Series(_ram_bytes(unmap, ram) > 0))
+        over = overlap_bytes(
+            unmap["hva_start"].to_numpy().astype(np.int64),
+            unmap["hva_end"].to_numpy().astype(np.int64),
+            ram,
+        )
+        reach = unmap.filter(pl.Series(over > 0))
         pids.update(int(p) for p in reach["pid"].unique().to_list())
     skip = tables.get("sched_skip_vma_numa", empty)
     skip = skip.filter(pl.col("pid").is_in(sorted(pids))) if skip.height else skip
@@ -210,21 +222,18 @@ def inferred_hosting(
     (model/vmmprofile.py), the vCPUs' CPU share from the ``[lab]`` workload (defaulted to
     1.0 without one), their runtime at the start from the first scan's delay, the host load
     from the share, the CPUs seen in the trace."""
-    ram = tuple(
-        (int(r["hva_start"]), int(r["hva_start"]) + int(r["size_bytes"])) for r in vm["regions"]
-    )
+    ram = tuple(ram_ranges(vm))
     facts = infer_trace_facts(tables, ram, known_vcpu_tids=vm.get("vcpu_tids") or (), on_ns=on_ns)
     share = share_from_lab(lab, vm)
     delay = facts.first_scan_delay_ms
     runtime = runtime_at_start_ms(delay, share, int(vm["scan_delay_ms"]))
-    seen = [int(t["cpu"].max()) for t in tables.values() if t.height and "cpu" in t.columns]  # type: ignore[arg-type]
     base = default_hosting(str(vm["vm"]), int(vm["vcpus"]), ram)
     hosting = replace(
         base,
         vcpu_cpu_share=share,
         host_runnable=host_runnable(share),
         vcpu_runtime_start_ms=(runtime,) * int(vm["vcpus"]) if runtime else (),
-        host_cpus=max(seen) + 1 if seen else None,
+        host_cpus=cpus_seen(tables),
     )
     profile = PROFILE_ORIGIN
     origin = {

@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +270,7 @@ def _variant_dataset(variant: Variant) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def run_point(task: PointTask) -> dict[str, pa.Table]:
     """Replay one grid point; the result tables as Arrow (raises PointFailedError)."""
+    from pipeline.replay.dataset import profile_hosting
     from pipeline.replay.runner import replay_frames
 
     if task.variant.dataset is not None:
@@ -280,7 +281,12 @@ def run_point(task: PointTask) -> dict[str, pa.Table]:
         lf = accesses.lazy()
         if factor > 1:
             lf = lf.with_columns(pl.col("epoch") // factor)
-        out = replay_frames(vms, lf, [task.policy], task.params, task.seed)
+        params = task.params
+        profile = task.variant.doc.get("vmm_profile", "qemu") != "none"
+        if not params.hosting and params.dataset_hosting and profile:
+            # the default VMM profile, as `tlbreplay replay` of the synth DATASET (ADR 0365)
+            params = replace(params, hosting=profile_hosting(vms))
+        out = replay_frames(vms, lf, [task.policy], params, task.seed)
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}"
         raise PointFailedError(msg) from None

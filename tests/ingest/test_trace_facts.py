@@ -177,3 +177,18 @@ def test_a_synth_dataset_replays_on_the_profile(tmp_path: Path) -> None:
         tmp_path / "ds", tmp_path / "bare", ["linux-6.18"], ReplayParams(dataset_hosting=False)
     )
     assert read_manifest(bare)["hosting"]["from"] == "none (--no-hosting)"
+
+
+def test_a_spec_can_replay_guest_ram_alone(tmp_path: Path) -> None:
+    from pipeline.errors import SpecError
+    from pipeline.synth.runner import run_synth
+
+    text = (Path(__file__).resolve().parents[2] / "traces" / "no-device.toml").read_text()
+    spec = tmp_path / "bare.toml"
+    spec.write_text('vmm_profile = "none"\n' + text)
+    run_synth(spec, tmp_path / "ds", seed=1)
+    out = run_replay(tmp_path / "ds", tmp_path / "res", ["linux-6.18"])
+    assert read_manifest(out)["hosting"]["from"] == "none (the spec's vmm_profile = none)"
+    spec.write_text('vmm_profile = "kvmtool"\n' + text)
+    with pytest.raises(SpecError, match="vmm_profile"):
+        run_synth(spec, tmp_path / "ds2", seed=1)

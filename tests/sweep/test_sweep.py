@@ -17,6 +17,7 @@ from pipeline.analyze.sweep_plots import attach_sweep, write_sensitivity
 from pipeline.analyze.views import connect
 from pipeline.cli import app
 from pipeline.errors import ClusterError, SpecError
+from pipeline.replay.dataset import profile_hosting
 from pipeline.replay.params import ReplayParams
 from pipeline.replay.runner import replay_frames
 from pipeline.schema import read_manifest, read_parquet, table_schema
@@ -105,7 +106,9 @@ def test_sweep_writes_every_point_as_replay_would(
     spec_path.write_text(SPEC.replace("seed = 5", "seed = 11"))
     vms, accesses = synth_frames(load_spec(spec_path))
     plan = plan_sweep(spec, grid)
-    direct = replay_frames(vms, accesses, ["skip-pinned"], ReplayParams(), plan.tasks[3].seed)
+    # with the default VMM profile a synth spec is replayed with (ADR 0365)
+    params = ReplayParams(hosting=profile_hosting(vms))
+    direct = replay_frames(vms, accesses, ["skip-pinned"], params, plan.tasks[3].seed)
     files3 = sorted((out / "epochs" / "point=3").rglob("*.parquet"))
     assert [f.relative_to(out / "epochs" / "point=3").as_posix() for f in files3] == [
         "policy=skip-pinned/vm=vm0/part-0.parquet"
