@@ -268,9 +268,21 @@ def _variant_dataset(variant: Variant) -> tuple[pl.DataFrame, pl.DataFrame]:
     return frames
 
 
+def point_params(task: PointTask, vms: pl.DataFrame) -> ReplayParams:
+    """The engine parameters of a spec point: the default VMM profile around each VM, as
+    `tlbreplay replay` of the synth DATASET puts it (ADR 0365), unless the point gives
+    hosting, turns it off, or the spec says ``vmm_profile = "none"``."""
+    from pipeline.replay.dataset import profile_hosting
+
+    params = task.params
+    profile = task.variant.doc.get("vmm_profile", "qemu") != "none"
+    if params.hosting or not params.dataset_hosting or not profile:
+        return params
+    return replace(params, hosting=profile_hosting(vms))
+
+
 def run_point(task: PointTask) -> dict[str, pa.Table]:
     """Replay one grid point; the result tables as Arrow (raises PointFailedError)."""
-    from pipeline.replay.dataset import profile_hosting
     from pipeline.replay.runner import replay_frames
 
     if task.variant.dataset is not None:
@@ -281,12 +293,7 @@ def run_point(task: PointTask) -> dict[str, pa.Table]:
         lf = accesses.lazy()
         if factor > 1:
             lf = lf.with_columns(pl.col("epoch") // factor)
-        params = task.params
-        profile = task.variant.doc.get("vmm_profile", "qemu") != "none"
-        if not params.hosting and params.dataset_hosting and profile:
-            # the default VMM profile, as `tlbreplay replay` of the synth DATASET (ADR 0365)
-            params = replace(params, hosting=profile_hosting(vms))
-        out = replay_frames(vms, lf, [task.policy], params, task.seed)
+        out = replay_frames(vms, lf, [task.policy], point_params(task, vms), task.seed)
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}"
         raise PointFailedError(msg) from None

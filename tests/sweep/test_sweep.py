@@ -21,7 +21,14 @@ from pipeline.replay.dataset import profile_hosting
 from pipeline.replay.params import ReplayParams
 from pipeline.replay.runner import replay_frames
 from pipeline.schema import read_manifest, read_parquet, table_schema
-from pipeline.sweep.runner import dask_client, plan_sweep, run_sweep, synth_frames, task_key
+from pipeline.sweep.runner import (
+    dask_client,
+    plan_sweep,
+    point_params,
+    run_sweep,
+    synth_frames,
+    task_key,
+)
 from pipeline.synth.spec import load_spec
 
 SPEC = """\
@@ -108,6 +115,7 @@ def test_sweep_writes_every_point_as_replay_would(
     plan = plan_sweep(spec, grid)
     # with the default VMM profile a synth spec is replayed with (ADR 0365)
     params = ReplayParams(hosting=profile_hosting(vms))
+    assert point_params(plan.tasks[3], vms) == params
     direct = replay_frames(vms, accesses, ["skip-pinned"], params, plan.tasks[3].seed)
     files3 = sorted((out / "epochs" / "point=3").rglob("*.parquet"))
     assert [f.relative_to(out / "epochs" / "point=3").as_posix() for f in files3] == [
