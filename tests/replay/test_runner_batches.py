@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from pipeline.replay.accesses import DatasetAccesses
-from pipeline.replay.dataset import dataset_epochs, dataset_seed, open_dataset
+from pipeline.replay.dataset import dataset_epochs, dataset_seed, open_dataset, profile_hosting
 from pipeline.replay.params import ReplayOutput, ReplayParams
 from pipeline.replay.runner import replay_dataset, replay_frames
 
@@ -30,6 +31,8 @@ def _in_memory(ds: Path, params: ReplayParams) -> ReplayOutput:
     frame = opened.accesses.lazy().collect()
     # the same seed (the contention process, ADR 0370) and span (ADR 0380) replay_dataset uses
     seed, span = dataset_seed(opened.manifest), dataset_epochs(opened)
+    # the default VMM profile replay_dataset puts around a synth dataset's VMs (ADR 0365)
+    params = replace(params, hosting=profile_hosting(opened.vms))
     return replay_frames(opened.vms, frame, POLICIES, params, seed, span_epochs=span)
 
 
