@@ -57,6 +57,7 @@ from pipeline.analyze.calibrate_observed import (
     with_per_scan,
 )
 from pipeline.ingest import capture_facts as hosting_facts
+from pipeline.ingest import trace_facts
 from pipeline.model import hosting as model_hosting
 from pipeline.model.hosting import VmHosting
 from pipeline.replay.params import ReplayParams
@@ -164,10 +165,25 @@ def lab_hosting(inp: CalibrationInput, *, modelled: bool = True) -> VmHosting:
     before/after comparison."""
     vm = inp.vm
     if not modelled:
-        return VmHosting(str(vm["vm"]))
+        return inferred_hosting(inp)
     return hosting_facts.build_hosting(
         vm, inp.lab.facts, inp.capture, inp.ftrace, (inp.t_on_ns, inp.t_end_ns)
     )
+
+
+def inferred_hosting(inp: CalibrationInput) -> VmHosting:
+    """The VM's facts without capture.json and the lab's measurements (ADR 0365,
+    :func:`pipeline.ingest.trace_facts.inferred_hosting`): the default VMM profile, the
+    vCPUs' CPU share from the ``[lab]`` workload, their runtime at the start from the first
+    scan's delay after numa_balancing went on."""
+    workload = {
+        "passes_per_s": inp.lab.passes_per_s,
+        "touch_start_gpa": inp.lab.touch_start_gpa,
+        "touch_end_gpa": inp.lab.touch_end_gpa,
+        "guest_page_bytes": inp.lab.guest_page_bytes,
+    }
+    hosting, _, _ = trace_facts.inferred_hosting(inp.vm, inp.ftrace, workload, inp.t_on_ns)
+    return hosting
 
 
 def lab_replay(
@@ -234,10 +250,9 @@ def simulated(
     """Replay the lab workload under ``policy``; the counters of :data:`COUNTERS` and scans.
 
     ``hosting`` (default) gives the engine the capture's process and host facts
-    (:func:`lab_hosting`, ADR 0320); False replays guest RAM alone on an idle host with
-    vCPUs owning their CPUs (the engine's defaults), for before/after comparisons.
+    (:func:`lab_hosting`, ADR 0320); False withholds capture.json and the lab's
+    measurements (:func:`inferred_hosting`, ADR 0365).
     """
-    from pipeline.replay.params import ReplayParams
     from pipeline.replay.runner import replay_frames
 
     known = lab_replay(inp, ReplayParams(epoch_ms=epoch_ms), hosting=hosting)

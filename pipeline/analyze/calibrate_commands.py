@@ -198,8 +198,8 @@ def register(app: typer.Typer) -> None:
         no_hosting: bool = typer.Option(
             False,
             "--no-hosting",
-            help="replay guest RAM alone on an idle host with vCPUs owning a CPU (the "
-            "engine's defaults), without the capture's VMM areas, CPU share and host load",
+            help="withhold capture.json and the lab's measurements: the default VMM "
+            "profile and what the trace and the [lab] workload show (ADR 0365)",
         ),
         quiet: bool = QUIET_OPTION,
     ) -> None:

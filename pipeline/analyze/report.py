@@ -14,6 +14,7 @@ in :mod:`pipeline.analyze.rfc_thread`.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import multiprocessing
@@ -33,7 +34,7 @@ from pipeline import __version__
 from pipeline.analyze import plots, rfc_thread, sweep_plots
 from pipeline.analyze.output import display_text, page_size_sql
 from pipeline.analyze.query import Audit, run_audits
-from pipeline.analyze.verdict import Verdict, verdict_of
+from pipeline.analyze.verdict import Verdict, verdict_lines, verdict_of
 from pipeline.analyze.views import Run, connect, sql_literal
 from pipeline.clikit import Reporter, reporter
 from pipeline.errors import OutputError, QueryError, TlbReplayError
@@ -42,6 +43,9 @@ from pipeline.schema import write_manifest
 from pipeline.workers import die_with_parent
 
 REPORT = "report.html"
+#: What `tlbreplay verdict RESULTS...` prints for the same RESULTS, written beside the page
+#: from the sections' verdicts, so `make pipeline` need not query every RESULTS again (ADR 0426)
+VERDICT = "verdict.txt"
 
 #: The report's queries: (key, title, SQL over the views). ``{point}`` is ``point, `` for a
 #: sweep (its views are keyed by grid point, ADR 0410) and empty for a plain replay.
@@ -482,6 +486,16 @@ def render_page(sections: list[Section]) -> str:
     )
 
 
+def verdict_text(results: list[Path], sections: list[Section]) -> str:
+    """The lines of `tlbreplay verdict` (no table) for ``results``: each verdict named after
+    its RESULTS path (:func:`pipeline.analyze.verdict.load_verdict`), not its section slug."""
+    lines = []
+    for path, section in zip(results, sections, strict=True):
+        named = dataclasses.replace(section.verdict, name=Path(path).absolute().name)
+        lines += verdict_lines(named, table=False)
+    return "".join(f"{line}\n" for line in lines)
+
+
 def _section_job(results: Path, name: str, out: Path) -> Section:
     """build_section in a worker process; a project error comes back as a QueryError with
     the same message (the error classes that take several arguments do not unpickle)."""
@@ -550,13 +564,16 @@ def write_report(
         task = rep.task("report", total=len(jobs), unit="sections")
         sections = _build_sections(jobs, tmp, workers, rep, task)
         (tmp / REPORT).write_text(render_page(sections))
+        (tmp / VERDICT).write_text(verdict_text(results, sections))
         write_manifest(
             tmp,
             {
                 "kind": "report",
                 "tool": f"tlbreplay {__version__}",
                 "results": [relative(str(s.run.path)) for s in sections],
-                "files": sorted(p.name for p in tmp.iterdir() if p.suffix in {".html", ".png"}),
+                "files": sorted(
+                    p.name for p in tmp.iterdir() if p.suffix in {".html", ".png", ".txt"}
+                ),
             },
         )
     return Path(out) / REPORT

@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import InputError
+from pipeline.ingest.trace_facts import VCPU_EVENTS, cpus_seen, inferred_hosting, overlap_bytes
 from pipeline.model.hosting import (
     VmHosting,
     areas_from_smaps,
@@ -36,6 +37,7 @@ from pipeline.model.hosting import (
     host_runnable,
     hosting_frame,
     preempt_per_s,
+    ram_ranges,
     share_and_preempt_rate,
 )
 
@@ -85,19 +87,9 @@ class LabFacts:
             raise InputError(path, f"[lab] table mistypes a hosting fact: {exc}") from exc
 
 
-def ram_ranges(vm: Mapping[str, Any]) -> list[tuple[int, int]]:
-    """hva ``[start, end)`` of each guest-RAM region of a ``vms`` row."""
-    return [
-        (int(r["hva_start"]), int(r["hva_start"]) + int(r["size_bytes"])) for r in vm["regions"]
-    ]
-
-
 def guest_overlap_bytes(starts: np.ndarray, ends: np.ndarray, vm: Mapping[str, Any]) -> np.ndarray:
     """Bytes of each hva range ``[starts, ends)`` inside the VM's guest RAM."""
-    total = np.zeros(starts.size, dtype=np.int64)
-    for lo, hi in ram_ranges(vm):
-        total += np.clip(np.minimum(ends, hi) - np.maximum(starts, lo), 0, None).astype(np.int64)
-    return total
+    return overlap_bytes(starts, ends, ram_ranges(vm))
 
 
 def trace_window(
@@ -171,10 +163,7 @@ def invalidate_ns_per_spte(
 
 def host_cpus(known: int | None, tables: Mapping[str, pl.DataFrame]) -> int | None:
     """Online CPUs: ``known`` (``[lab].host_cpus``), else the CPUs that appear in the trace."""
-    if known:
-        return int(known)
-    seen = [int(t["cpu"].max()) for t in tables.values() if t.height and "cpu" in t.columns]  # type: ignore[arg-type]
-    return max(seen) + 1 if seen else None
+    return int(known) if known else cpus_seen(tables)
 
 
 def with_capture_sched(
@@ -275,13 +264,16 @@ def dataset_hosting(
     epoch_ms: int = 100,
     *,
     provenance: dict[str, dict[str, str]] | None = None,
+    trace_facts: dict[str, dict[str, object]] | None = None,
 ) -> list[VmHosting]:
     """The hosting rows of a dataset being ingested (``dataset``: its ftrace/ tables) from
     ``sidecar`` and the capture files beside it (``NAME.capture.json``, else beside the first
     source trace). A capture describes one VMM process: with several VMs, none (the facts
     cannot be told apart). Empty when neither the sidecar's ``[lab]`` nor ``capture.json``
-    gives a fact; the trace then only completes them (zap cost, CPUs seen). ``provenance``
-    (when given) gets, per VM, where each fact came from (:func:`hosting_provenance`)."""
+    gives a fact and the trace shows no thread of the VM; with no capture facts, what the
+    trace shows and the default VMM profile (:func:`pipeline.ingest.trace_facts.
+    inferred_hosting`, ADR 0365). ``provenance`` (when given) gets, per VM, where each fact
+    came from (:func:`hosting_provenance`), ``trace_facts`` what the trace showed."""
     if vms.height != 1:
         return []
     try:
@@ -302,13 +294,23 @@ def dataset_hosting(
         capture.get("vmas_before"),
         capture.get("threads"),
     )
-    if not any(given):
-        return []  # the trace alone (CPUs seen) is not a capture's hosting record
     tables = {}
-    for name in TRACE_TABLES:
+    for name in (*TRACE_TABLES, *VCPU_EVENTS):
         path = dataset / "ftrace" / f"{name}.parquet"
         tables[name] = pl.read_parquet(path) if path.is_file() else pl.DataFrame()
     on_ns = (doc.get("lab") or {}).get("numa_balancing_on_ns")
+    if not any(given):
+        # no capture facts: what the trace shows, with the default VMM profile (ADR 0365)
+        inferred, origin, facts = inferred_hosting(
+            vms.row(0, named=True), tables, doc.get("lab") or {}, on_ns
+        )
+        if not facts.vmm_pids:
+            return []  # the trace shows no thread of this VM: the replay's profile stands
+        if provenance is not None:
+            provenance[inferred.vm] = origin
+        if trace_facts is not None:
+            trace_facts[inferred.vm] = facts.manifest()
+        return [inferred]
     window = (
         trace_window(tables, lab.window_s, epoch_ms, None if on_ns is None else int(on_ns))
         if lab.window_s
@@ -363,14 +365,18 @@ def write_hosting(
     epoch_ms: int = 100,
     params: Mapping[str, Any] | None = None,
     provenance: dict[str, dict[str, str]] | None = None,
+    trace_facts: dict[str, dict[str, object]] | None = None,
 ) -> int:
     """Write ``dataset/hosting.parquet`` when the sidecar and capture give any hosting fact;
-    returns its rows (0: no file). ``provenance`` gets each fact's origin per VM."""
+    returns its rows (0: no file). ``provenance`` gets each fact's origin per VM,
+    ``trace_facts`` what a trace without capture facts showed (ADR 0365)."""
     from pipeline.schema import write_parquet
 
     if sidecar is None:
         return 0
-    rows = dataset_hosting(dataset, vms, sidecar, sources, epoch_ms, provenance=provenance)
+    rows = dataset_hosting(
+        dataset, vms, sidecar, sources, epoch_ms, provenance=provenance, trace_facts=trace_facts
+    )
     if not rows:
         return 0
     write_parquet(hosting_frame(rows), dataset / "hosting.parquet", "hosting", params=params)

@@ -76,6 +76,7 @@ def run_ingest(
 
         # the capture's process and host facts, when the sidecar or capture.json has any
         provenance: dict[str, dict[str, str]] = {}
+        shown: dict[str, dict[str, object]] = {}
         hosting_rows = write_hosting(
             tmp,
             derived.vms,
@@ -84,6 +85,7 @@ def run_ingest(
             epoch_ms=epoch_ms,
             params=params,
             provenance=provenance,
+            trace_facts=shown,
         )
         manifest: dict[str, Any] = {
             "kind": "dataset",
@@ -103,6 +105,8 @@ def run_ingest(
             },
             # per VM, where each hosting fact came from (measured / inferred / defaulted)
             "hosting_provenance": provenance,
+            # per VM, what a trace without capture.json showed of its VMM (ADR 0365)
+            "trace_facts": shown,
             "accesses_from": derived.access_source,
             "accesses_unassigned": derived.unassigned,
             "accesses_outside_ram": derived.outside_ram,

@@ -16,7 +16,7 @@ CPU, idle host).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +127,13 @@ class VmHosting:
         """get_mm_rss() of the non-RAM part of the mm: every area's Rss, whatever its kind
         (MM_FILEPAGES + MM_ANONPAGES + MM_SHMEMPAGES)."""
         return sum(a.rss_bytes for a in self.vmm_areas) // PAGE_SIZE
+
+
+def ram_ranges(vm: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """hva ``[start, end)`` of each guest-RAM region of a ``vms`` row."""
+    return [
+        (int(r["hva_start"]), int(r["hva_start"]) + int(r["size_bytes"])) for r in vm["regions"]
+    ]
 
 
 def hosting_for(hosting: Sequence[VmHosting], vm: str) -> VmHosting:

@@ -11,7 +11,8 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import DatasetError
-from pipeline.model.hosting import VmHosting
+from pipeline.model.hosting import VmHosting, ram_ranges
+from pipeline.model.vmmprofile import PROFILE_ORIGIN, default_hosting
 from pipeline.replay.accesses import (
     ACCESS_COLUMNS,
     DatasetAccesses,
@@ -113,12 +114,22 @@ def _provenance(
                 continue
             if name not in given:
                 facts[name] = "defaulted"
+            elif origin == "default VMM profile":
+                facts[name] = PROFILE_ORIGIN
             elif origin == "params":
                 facts[name] = "given"
             else:
                 facts[name] = (recorded.get(str(vm)) or {}).get(name, "measured")
         out[str(vm)] = facts
     return out
+
+
+def profile_hosting(vms: pl.DataFrame) -> tuple[VmHosting, ...]:
+    """The default VMM profile (model/vmmprofile.py) of each VM of ``vms``."""
+    return tuple(
+        default_hosting(str(row["vm"]), int(row["vcpus"]), tuple(ram_ranges(row)))
+        for row in vms.iter_rows(named=True)
+    )
 
 
 def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dict[str, Any]]:
@@ -129,8 +140,13 @@ def resolve_params(ds: Dataset, params: ReplayParams) -> tuple[ReplayParams, dic
         hosting, origin = params.hosting, "params"
     elif params.dataset_hosting and ds.hosting:
         hosting, origin = ds.hosting, "dataset hosting.parquet"
+    elif params.dataset_hosting and ds.manifest.get("vmm_profile", "qemu") != "none":
+        # no capture facts: the default VMM profile around each VM (ADR 0365)
+        hosting, origin = profile_hosting(ds.vms), "default VMM profile"
+    elif params.dataset_hosting:
+        hosting, origin = (), "none (the spec's vmm_profile = none)"
     else:
-        hosting, origin = (), "none" if params.dataset_hosting else "none (--no-hosting)"
+        hosting, origin = (), "none (--no-hosting)"
     busy, busy_from = params.busy_vcpus, "params"
     if busy is None:
         busy = from_trace(ds.manifest, ds.hosting)

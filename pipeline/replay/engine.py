@@ -208,31 +208,43 @@ class Engine:
         # scheduler ticks at the end of the epoch, threads in a rotating order
         ctx.now_ms = (e + 1) * self.epoch_ms
         n = len(run.tasks)
-        ran = [
-            t
-            for t in run.tasks
-            if (t.index < run.cfg.vcpus and active[t.index]) or t.index >= run.cfg.vcpus
-        ]
+        vcpus = run.cfg.vcpus
+        ran = [t for t in run.tasks if t.index >= vcpus or active[t.index]]
         # kernel/sched/fair.c task_tick_numa() compares se.sum_exec_runtime, CPU time (v6.5 =
         # v6.18 = v7.1, KERNEL.md §3.3): a vCPU gains its CPU share of the epoch (ADR 0320)
-        gained = {}
         for t in ran:
-            gained[t.index] = run.vcpu_ms[t.index] if t.index < run.cfg.vcpus else run.vmm_share_ms
-            t.runtime_ms += gained[t.index]
+            t.runtime_ms += run.vcpu_ms[t.index] if t.index < vcpus else run.vmm_share_ms
         if ran and run.cfg.numa_balancing:  # sysctl 0: sched_numa_balancing off, no ticks
-            # the thread whose runtime crossed node_stamp + period earliest in the epoch ticks
-            # first (it wins the cmpxchg on numa_next_scan); equal times in a rotating order
-            k = e % n
-            order = sorted(
-                ran,
-                key=lambda t: (
-                    _crossing_ms(t, gained[t.index], self.epoch_ms),
-                    (t.index - k) % n,
-                ),
-            )
-            for t in order:
-                run.scanner.task_tick_numa(ctx, t)
+            self._tick(run, ctx, ran, (e % n, n))
         run.counters.scan_period_ms[e, :] = [t.numa_scan_period for t in run.tasks]
+
+    def _tick(self, run: VmRun, ctx: EpochCtx, ran: list[TaskNuma], rot: tuple[int, int]) -> None:
+        """The scheduler ticks of the threads that ran: the thread whose runtime crossed
+        node_stamp + period earliest in the epoch ticks first (it wins the cmpxchg on
+        numa_next_scan); equal times in a rotating order (``rot``: epoch % threads, threads).
+
+        Only a thread past node_stamp + period does anything in task_tick_numa() (its crossing
+        time is finite); the others tick after them in the rotating order, and only need a
+        look if a task_numa_work() ran before them, since its rseq hinting fault may shorten
+        another thread's period (ADR 0372: the same calls with an effect, in the same order)."""
+        k, n = rot
+        due = [t for t in ran if t.runtime_ms > t.node_stamp_ms + t.numa_scan_period]
+        if not due:
+            return
+        gained = {
+            t.index: run.vcpu_ms[t.index] if t.index < run.cfg.vcpus else run.vmm_share_ms
+            for t in due
+        }
+        due.sort(key=lambda t: (_crossing_ms(t, gained[t.index], self.epoch_ms), (t.index - k) % n))
+        works = run.scanner.work_items
+        for t in due:
+            run.scanner.task_tick_numa(ctx, t)
+        if run.scanner.work_items == works:
+            return
+        ids = {t.index for t in due}
+        rest = sorted((t for t in ran if t.index not in ids), key=lambda t: (t.index - k) % n)
+        for t in rest:
+            run.scanner.task_tick_numa(ctx, t)
 
 
 def resume_ms(hosting: VmHosting, vcpu: int) -> float | None:

@@ -21,7 +21,6 @@ from pipeline.replay.intervals import IntervalSet, expand, intersect
 from pipeline.replay.kvm import Kvm
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.scanner import NUMA_NO_NODE, Scanner, TaskNuma, pid_bit
-from pipeline.replay.scatter import add_count
 from pipeline.replay.spte_levels import SpteLevels
 from pipeline.replay.state import (
     CPUPID_UNSET,
@@ -82,6 +81,7 @@ class FaultPath:
         self.dirty = dirty
         self.vnode = vm.cfg.vcpu_nodes.astype(np.int16)
         self.pid8 = (vm.cfg.vcpu_tids & 0xFF).astype(np.int32)
+        self.pid_bits = [pid_bit(int(t)) for t in vm.cfg.vcpu_tids]
         by_gfn = sorted(vm.cfg.regions, key=lambda r: r.gfn_start)
         self.rg_start = np.asarray([r.gfn_start for r in by_gfn], np.int64)
         self.rg_end = np.asarray([r.gfn_end for r in by_gfn], np.int64)
@@ -165,8 +165,9 @@ class FaultPath:
             return
         ug, v = granules[new], vcpus[new]
         regs = vm.g_region[ug]
-        for index in np.unique(regs).tolist():
-            m = regs == index
+        indices = sorted(set(regs.tolist()))
+        for index in indices:
+            m = regs == index if len(indices) > 1 else slice(None)
             reg = vm.cfg.regions[index]
             vm.populate_granules(ug[m], vm.placement_nodes(reg, ug[m], self.vnode[v[m]]))
 
@@ -290,14 +291,14 @@ class FaultPath:
         vm = self.vm
         new = pages[(vm.pflags[pages] & P_SPTE) == 0]
         vm.pflags[new] |= P_SPTE | P_FAULTED
-        add_count(vm.g_nspte, new // PAGES_PER_PMD, 1)
+        np.add.at(vm.g_nspte, new // PAGES_PER_PMD, 1)
 
     def _count_ept(self, ctx: EpochCtx, vcpus: I64, page_size: int) -> None:
         ctx.counters.add(ctx.epoch, page_size, "ept_violations", int(vcpus.size))
-        add_count(ctx.counters.threads[ctx.epoch, :, V["ept_violations"]], vcpus, 1)
+        np.add.at(ctx.counters.threads[ctx.epoch, :, V["ept_violations"]], vcpus, 1)
 
     def _count_faultin(self, ctx: EpochCtx, vcpus: I64) -> None:
-        add_count(ctx.counters.threads[ctx.epoch, :, V["spte_faultins"]], vcpus, 1)
+        np.add.at(ctx.counters.threads[ctx.epoch, :, V["spte_faultins"]], vcpus, 1)
 
     # -- NUMA hinting faults -------------------------------------------------------------------
     def _hinting_faults(self, ctx: EpochCtx, heads: I64, vcpus: I64, *, thp: bool) -> None:
@@ -318,25 +319,26 @@ class FaultPath:
         dst = self.vnode[vcpus]
         pid8 = self.pid8[vcpus]
         pinned = vm.g_npinned[g] > 0 if thp else vm.page_pinned(heads)
+        regs = vm.g_region[g]
         # vma_set_access_pid_bit() and the vmstat counters (numa_migrate_prep/_check)
-        for reg_index in np.unique(vm.g_region[g]).tolist():
-            numab = self.scanner.numab.get(reg_index)
+        numabs = self.scanner.numab
+        for reg_index, v in set(zip(regs.tolist(), vcpus.tolist(), strict=True)):
+            numab = numabs.get(reg_index)
             if numab is not None:
-                for v in np.unique(vcpus[vm.g_region[g] == reg_index]).tolist():
-                    numab.pids_active[1] |= pid_bit(int(vm.cfg.vcpu_tids[v]))
+                numab.pids_active[1] |= self.pid_bits[v]
         local = node == dst
         c.add(ctx.epoch, ps, "numa_hint_faults", int(heads.size))
         c.add(ctx.epoch, ps, "numa_hint_faults_local", int(local.sum()))
         th = c.threads[ctx.epoch]
-        add_count(th[:, V["numa_hint_faults"]], vcpus, 1)
-        add_count(th[:, V["numa_hint_faults_local"]], vcpus[local], 1)
+        np.add.at(th[:, V["numa_hint_faults"]], vcpus, 1)
+        np.add.at(th[:, V["numa_hint_faults_local"]], vcpus[local], 1)
         # mpol_misplaced() -> should_numa_migrate_memory(): xchg last_cpupid, two-stage filter
         cpupid_arr = vm.g_cpupid if thp else vm.pcpupid
         idx = g if thp else heads
         last = cpupid_arr[idx].copy()
         # MPOL_BIND|MPOL_F_NUMA_BALANCING outside the mask: mpol_misplaced() returns
         # NUMA_NO_NODE before should_numa_migrate_memory(), so no xchg either
-        outside = ~self.bind_mask[vm.g_region[g], dst]
+        outside = ~self.bind_mask[regs, dst]
         cpupid_arr[idx] = np.where(outside, last, encode_cpupid(dst, pid8))
         unset = last == CPUPID_UNSET
         last_pid8 = (last - 1) & 0xFF
@@ -360,11 +362,18 @@ class FaultPath:
         moved = try_move & room
         failed = fail_pin | (try_move & ~room)
         self._migration_notifiers(ctx, heads[moved], nr_pages, passes=1, page_size=ps)
-        anon = self.g_anon[g]
-        self._migration_notifiers(
-            ctx, heads[fail_pin & anon], nr_pages, passes=NR_MAX_MIGRATE_PAGES_RETRY, page_size=ps
-        )
-        self._migration_notifiers(ctx, heads[fail_pin & ~anon], nr_pages, passes=1, page_size=ps)
+        if fail_pin.any():
+            anon = self.g_anon[g]
+            self._migration_notifiers(
+                ctx,
+                heads[fail_pin & anon],
+                nr_pages,
+                passes=NR_MAX_MIGRATE_PAGES_RETRY,
+                page_size=ps,
+            )
+            self._migration_notifiers(
+                ctx, heads[fail_pin & ~anon], nr_pages, passes=1, page_size=ps
+            )
         if moved.any():
             vm.host.move(node[moved], dst[moved], nr_pages)
             if thp:
@@ -373,8 +382,8 @@ class FaultPath:
                 vm.set_page_nodes(heads[moved], dst[moved])
         c.add(ctx.epoch, ps, "numa_pages_migrated", int(moved.sum()) * nr_pages)
         c.add(ctx.epoch, ps, "numa_migrate_failed", int(failed.sum()) * nr_pages)
-        add_count(th[:, V["numa_pages_migrated"]], vcpus[moved], nr_pages)
-        add_count(th[:, V["numa_migrate_failed"]], vcpus[failed], nr_pages)
+        np.add.at(th[:, V["numa_pages_migrated"]], vcpus[moved], nr_pages)
+        np.add.at(th[:, V["numa_migrate_failed"]], vcpus[failed], nr_pages)
         # out_map: the PTE/PMD is present again (migration installs a normal PTE too)
         if thp:
             vm.g_nprot[g] = 0
@@ -385,27 +394,23 @@ class FaultPath:
         k = len(self.tasks)
         nodes = vm.cfg.host_nodes
         priv = unset | same_pid
-        w = float(nr_pages)
-
-        def per_task(mask: B) -> npt.NDArray[np.float64]:
-            out: npt.NDArray[np.float64] = (
-                np.bincount(vcpus[mask], minlength=k).astype(np.float64) * w
-            )
-            return out
-
-        n_priv, n_shared = per_task(priv), per_task(~priv)
-        n_local, n_remote, n_failed = per_task(local), per_task(~local), per_task(failed)
+        per_task = np.zeros((k, 5), np.int64)
+        np.add.at(per_task, vcpus, np.stack([priv, ~priv, local, ~local, failed], axis=1))
+        per_task *= nr_pages
         mem_node = np.where(moved, dst, node).astype(np.int64)
+        w = float(nr_pages)
         mem = np.bincount(vcpus * nodes + mem_node, minlength=k * nodes).reshape(k, nodes) * w
-        for v in np.unique(vcpus).tolist():
+        rows = per_task.tolist()
+        for v in sorted(set(vcpus.tolist())):
+            n_priv, n_shared, n_local, n_remote, n_failed = rows[v]
             self._task_numa_fault(
                 ctx.now_ms,
                 self.tasks[v],
-                shared=int(n_shared[v]),
-                private=int(n_priv[v]),
-                local=int(n_local[v]),
-                remote=int(n_remote[v]),
-                failed=int(n_failed[v]),
+                shared=n_shared,
+                private=n_priv,
+                local=n_local,
+                remote=n_remote,
+                failed=n_failed,
                 mem=mem[v],
             )
 

@@ -94,16 +94,22 @@ def intersect(a_s: I64, a_e: I64, b_s: I64, b_e: I64) -> tuple[I64, I64, I64]:
     if a_s.size == 0 or b_s.size == 0:
         z = np.empty(0, np.int64)
         return z, z.copy(), z.copy()
-    first = np.searchsorted(b_e, a_s, side="right")
-    last = np.searchsorted(b_s, a_e, side="left")
-    counts = np.maximum(last - first, 0)
-    total = int(counts.sum())
-    if total == 0:
+    first = b_e.searchsorted(a_s, side="right")
+    last = b_s.searchsorted(a_e, side="left")
+    counts = last - first
+    most = int(counts.max())
+    if most <= 0:
         z = np.empty(0, np.int64)
         return z, z.copy(), z.copy()
-    a_idx = np.repeat(np.arange(a_s.size, dtype=np.int64), counts)
-    offs = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    b_idx = np.repeat(first, counts) + offs
+    if most == 1:  # each a interval meets at most one b interval: no repeats needed
+        a_idx = np.flatnonzero(counts > 0)
+        b_idx = first[a_idx]
+    else:
+        counts = np.maximum(counts, 0)
+        total = int(counts.sum())
+        a_idx = np.repeat(np.arange(a_s.size, dtype=np.int64), counts)
+        offs = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        b_idx = np.repeat(first, counts) + offs
     s = np.maximum(a_s[a_idx], b_s[b_idx])
     e = np.minimum(a_e[a_idx], b_e[b_idx])
     keep = e > s

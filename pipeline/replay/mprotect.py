@@ -17,7 +17,6 @@ from pipeline.replay.counters import PS_2M, PS_4K
 from pipeline.replay.intervals import IntervalSet, expand, normalize, runs_of
 from pipeline.replay.kvm import Kvm
 from pipeline.replay.policies.base import Policy
-from pipeline.replay.scatter import add_count
 from pipeline.replay.state import (
     P4D_SIZE,
     P_PINNED,
@@ -216,7 +215,7 @@ class ChangeProtNuma:
         vm = self.vm
         if pages.size:
             vm.pflags[pages] |= P_PROTNONE | P_POP
-            add_count(vm.g_nprot, pages // PAGES_PER_PMD, 1)
+            np.add.at(vm.g_nprot, pages // PAGES_PER_PMD, 1)
             s, e = runs_of(pages)
             self.dirty.add(s, e)
         if thps.size:

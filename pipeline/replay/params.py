@@ -10,6 +10,7 @@ import polars as pl
 
 from pipeline.errors import DatasetError
 from pipeline.model.hosting import VmHosting
+from pipeline.model.vmmprofile import THREADS_BESIDES_VCPUS
 from pipeline.replay.cost import CostModel
 from pipeline.replay.kvm import ReschedModel, YieldModel
 from pipeline.replay.workcost import NumaWorkCost
@@ -74,7 +75,7 @@ class ReplayParams:
     vmm_thread: bool = False
     shadow_guest_2m: bool = False
     busy_vcpus: bool | None = None
-    vmm_threads: int = 8
+    vmm_threads: int = THREADS_BESIDES_VCPUS
     vmm_thread_share: float = 0.05
     resched: ReschedModel = field(default_factory=ReschedModel)
     work_cost: NumaWorkCost = field(default_factory=NumaWorkCost)

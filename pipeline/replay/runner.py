@@ -7,6 +7,7 @@ The public API of stage 2: :class:`ReplayParams`, :func:`replay_frames`,
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipeline.replay.accesses import (
 )
 from pipeline.replay.bounds import VmSize, check_memory
 from pipeline.replay.dataset import dataset_epochs, dataset_seed, open_dataset, resolve_params
+from pipeline.replay.decoded import DecodedAccesses, decode_accesses
 from pipeline.replay.engine import Engine, EngineOptions, VmAccesses, VmRun
 from pipeline.replay.frames import concat_frames, epochs_frame, scans_frame, vcpu_frame
 from pipeline.replay.params import KNOBS, ReplayOutput, ReplayParams, check_params
@@ -61,7 +63,7 @@ class _Job:
 
     policy: str
     rows: list[dict[str, Any]]
-    acc: Accesses
+    acc: Accesses | DecodedAccesses
     params: ReplayParams
     n_epochs: int
     trace: bool
@@ -170,16 +172,21 @@ def replay_frames(
         acc = FrameAccesses(sorted_accesses(lf))
     summary = check_accesses(acc, cfgs)
     n_epochs, rows_total = max(summary.n_epochs, span_epochs), summary.rows
-    jobs = [_Job(n, rows, acc, params, n_epochs, trace, seed) for n in names]
-    workers = min(_workers(params, rows_total), len(jobs))
+    workers = min(_workers(params, rows_total), len(names))
     sizes = [VmSize(c.name, c.nr_pages, c.vcpus) for c in cfgs]
     check_memory(sizes, n_epochs, params.epoch_ms, workers, params.max_memory_bytes)
-    if workers > 1 and not trace:
-        from pipeline.workers import run_in_workers
+    with tempfile.TemporaryDirectory(prefix="tlbreplay-accesses-") as scratch:
+        source: Accesses | DecodedAccesses = acc
+        if len(names) > 1:  # every policy reads the same rows: decode them once (ADR 0372)
+            vm_names = [c.name for c in cfgs]
+            source = decode_accesses(acc, vm_names, n_epochs, params.batch_epochs, Path(scratch))
+        jobs = [_Job(n, rows, source, params, n_epochs, trace, seed) for n in names]
+        if workers > 1 and not trace:
+            from pipeline.workers import run_in_workers
 
-        results = run_in_workers(_run_job, jobs, workers, progress)
-    else:
-        results = [_run_job(job, progress) for job in jobs]
+            results = run_in_workers(_run_job, jobs, workers, progress)
+        else:
+            results = [_run_job(job, progress) for job in jobs]
     traces: Traces = {}
     for res in results:
         traces.update(res[3])

@@ -167,6 +167,7 @@ class Scanner:
         self.numa_next_scan = self.scan_delay
         self.numa_scan_seq = 0
         self.numa_scan_offset = 0  # hva
+        self.work_items = 0  # task_numa_work() calls that got past the numa_next_scan check
         self.numab: dict[int, VmaNumab] = {}
         for t in tasks:
             t.numa_scan_period = self.scan_delay
@@ -286,6 +287,7 @@ class Scanner:
         if now < self.numa_next_scan:
             return
         self.numa_next_scan = now + task.numa_scan_period  # the cmpxchg winner
+        self.work_items += 1
         # "Delay this task enough that another task of this mm will likely win the next time
         # around": p->node_stamp += 2 * TICK_NSEC (v6.5 = v7.1, KERNEL.md §3.4)
         task.node_stamp_ms += 2 * TICK_MS

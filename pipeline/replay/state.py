@@ -23,7 +23,6 @@ import numpy.typing as npt
 
 from pipeline.errors import DatasetError
 from pipeline.replay.counters import PS_2M, PS_4K
-from pipeline.replay.scatter import add_count
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -385,7 +384,7 @@ class VmState:
         self.materialize_nodes(np.unique(g))
         self.pflags[pages] |= P_POP
         self.pnode[pages] = nodes
-        add_count(self.g_npop, g, 1)
+        np.add.at(self.g_npop, g, 1)
         self.rss_pages += int(pages.size)
 
     def materialize_nodes(self, granules: I64) -> None:

@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,19 @@ def _variant_dataset(variant: Variant) -> tuple[pl.DataFrame, pl.DataFrame]:
     return frames
 
 
+def point_params(task: PointTask, vms: pl.DataFrame) -> ReplayParams:
+    """The engine parameters of a spec point: the default VMM profile around each VM, as
+    `tlbreplay replay` of the synth DATASET puts it (ADR 0365), unless the point gives
+    hosting, turns it off, or the spec says ``vmm_profile = "none"``."""
+    from pipeline.replay.dataset import profile_hosting
+
+    params = task.params
+    profile = task.variant.doc.get("vmm_profile", "qemu") != "none"
+    if params.hosting or not params.dataset_hosting or not profile:
+        return params
+    return replace(params, hosting=profile_hosting(vms))
+
+
 def run_point(task: PointTask) -> dict[str, pa.Table]:
     """Replay one grid point; the result tables as Arrow (raises PointFailedError)."""
     from pipeline.replay.runner import replay_frames
@@ -280,7 +293,7 @@ def run_point(task: PointTask) -> dict[str, pa.Table]:
         lf = accesses.lazy()
         if factor > 1:
             lf = lf.with_columns(pl.col("epoch") // factor)
-        out = replay_frames(vms, lf, [task.policy], task.params, task.seed)
+        out = replay_frames(vms, lf, [task.policy], point_params(task, vms), task.seed)
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}"
         raise PointFailedError(msg) from None

@@ -162,6 +162,8 @@ def write_dataset(
                 "epochs_per_batch": EPOCHS_PER_BATCH,
             },
             "vms": [vm.name for vm in spec.model.vms],
+            # the VMM around each VM when replayed (ADR 0365): "qemu" (the default profile)
+            "vmm_profile": spec.vmm_profile,
             "counts": {
                 "vms": vms.height,
                 "accesses": parts.rows,

@@ -45,7 +45,9 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "idle": (),
 }
 WORKLOAD_KEYS = ("name", "vcpus", "start_s", "phase")
-TOP_KEYS = ("duration_s", "epoch_ms", "seed")
+TOP_KEYS = ("duration_s", "epoch_ms", "seed", "vmm_profile")
+# the VMM process around each VM's guest RAM (ADR 0365): the default QEMU profile, or none
+VMM_PROFILES = ("qemu", "none")
 
 DEFAULT_EPOCH_MS = 100
 DEFAULT_GRANULE_KIB = HPAGE_PMD_NR * PAGE_BYTES // 1024
@@ -104,6 +106,7 @@ class SynthSpec:
     seed: int
     model: VmModel
     workloads: tuple[tuple[Workload, ...], ...]  # per VM, in model.vms order
+    vmm_profile: str = "qemu"
 
     @property
     def nr_epochs(self) -> int:
@@ -138,6 +141,7 @@ def parse_spec(
             "duration_s",
         )
     file_seed = top.int_("seed", 0, lo=0, hi=(1 << 63) - 1)
+    vmm_profile = top.choice("vmm_profile", "qemu", VMM_PROFILES)
     run_seed = file_seed if seed is None else seed
     if run_seed < 0:
         top.bad("--seed", run_seed, "an integer >= 0")
@@ -169,6 +173,7 @@ def parse_spec(
         seed=run_seed,
         model=model,
         workloads=tuple(workloads),
+        vmm_profile=vmm_profile,
     )
 
 

@@ -147,7 +147,10 @@ def test_calibrate_a_committed_lab_capture(tmp_path: Path) -> None:
     assert hosting.zap_ns_per_spte is not None and hosting.zap_ns_per_spte > 0
     # guest RAM is scanned 128 MiB per scan on average (the VMM's areas use the budget)
     assert dict(zip(table["counter"], table["rel_error"], strict=True))["notifier_bytes"] == 0.0
-    assert cal.lab_hosting(inp, modelled=False).vmm_areas == ()
+    # without capture.json and the lab's measurements: the default VMM profile (ADR 0365)
+    bare = cal.lab_hosting(inp, modelled=False)
+    assert bare.vmm_areas and bare.vmm_areas != hosting.vmm_areas
+    assert bare.preempt_per_s is None and bare.zap_ns_per_spte is None
 
 
 def test_calibrate_without_lab_table_is_a_clear_error(tmp_path: Path) -> None:

@@ -107,7 +107,16 @@ def test_report_sections_and_images(small_report: Path) -> None:
         "res-by_vcpu.png",
         "res-shootdowns.png",
         "res-timeline.png",
+        "verdict.txt",
     ]
+
+
+def test_report_writes_what_verdict_prints(small_run: Path, small_report: Path) -> None:
+    # `make pipeline` copies verdict.txt instead of running `tlbreplay verdict` (ADR 0426)
+    result = CliRunner().invoke(app, ["verdict", str(small_run)])
+    assert result.exit_code == 0, result.output
+    assert "linux-7.1" in result.output
+    assert (small_report / "verdict.txt").read_text() == result.output
 
 
 def test_report_of_several_results_and_observed(tmp_path: Path, small_run: Path) -> None:

@@ -26,6 +26,7 @@ from pipeline.model.hosting import (
     hosting_from_frame,
     preempt_per_s,
 )
+from pipeline.model.vmmprofile import PROFILE_ORIGIN
 from pipeline.schema import read_manifest, read_parquet
 
 REAL = Path(__file__).resolve().parents[2] / "traces" / "real"
@@ -145,15 +146,17 @@ def test_ingest_writes_the_hosting_calibrate_builds(tmp_path: Path) -> None:
 
 @needs_capture
 def test_no_hosting_file_without_facts(tmp_path: Path) -> None:
-    # a sidecar without [lab] and no capture.json beside it or the trace: nothing to record
+    # a sidecar without [lab] and no capture.json beside it or the trace: what the trace
+    # shows and the default VMM profile (ADR 0365), the share left at its default
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(f"{SMALL}.trace.zst", src / "cell.trace.zst")
     text = Path(f"{SMALL}.toml").read_text()
     (src / "cell.toml").write_text(text[: text.index("[lab]")])
     ds = _ingest(src / "cell", tmp_path / "ds")
-    assert not (ds / "hosting.parquet").exists()
-    assert read_manifest(ds)["tables"]["hosting"] == 0
+    assert read_manifest(ds)["tables"]["hosting"] == 1
+    origin = read_manifest(ds)["hosting_provenance"]["lab"]
+    assert origin["vcpu_cpu_share"] == "defaulted" and origin["vmm_areas"] == PROFILE_ORIGIN
     # capture.json alone (a `tlbreplay capture` without the lab) gives the VMM's areas
     shutil.copy(f"{SMALL}.capture.json", src / "cell.capture.json")
     vms = read_parquet(ds / "vms.parquet", "vms")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from pipeline.replay.accesses import DatasetAccesses
-from pipeline.replay.dataset import dataset_epochs, dataset_seed, open_dataset
+from pipeline.replay.dataset import dataset_epochs, dataset_seed, open_dataset, profile_hosting
 from pipeline.replay.params import ReplayOutput, ReplayParams
 from pipeline.replay.runner import replay_dataset, replay_frames
 
@@ -30,6 +31,8 @@ def _in_memory(ds: Path, params: ReplayParams) -> ReplayOutput:
     frame = opened.accesses.lazy().collect()
     # the same seed (the contention process, ADR 0370) and span (ADR 0380) replay_dataset uses
     seed, span = dataset_seed(opened.manifest), dataset_epochs(opened)
+    # the default VMM profile replay_dataset puts around a synth dataset's VMs (ADR 0365)
+    params = replace(params, hosting=profile_hosting(opened.vms))
     return replay_frames(opened.vms, frame, POLICIES, params, seed, span_epochs=span)
 
 
@@ -69,3 +72,27 @@ def test_bad_batch_size_is_refused(mixed: Path) -> None:
 
     with pytest.raises(DatasetError, match="batch_epochs"):
         replay_dataset(mixed, ["linux-6.5"], ReplayParams(batch_epochs=0))
+
+
+def test_accesses_decoded_once_give_each_policys_own_reads(mixed: Path, tmp_path: Path) -> None:
+    # several policies share one decode of the accesses (ADR 0372); one policy alone reads
+    # the DATASET itself: the tables are the same, and any window is the same arrays
+    from pipeline.replay.decoded import decode_accesses
+
+    params = ReplayParams(busy_vcpus=False, batch_epochs=5)
+    together = replay_dataset(mixed, POLICIES, params)
+    alone = [replay_dataset(mixed, [p], params) for p in POLICIES]
+    for name in ("epochs", "vcpu_epochs", "scans"):
+        parts = pl.concat([getattr(a, name) for a in alone])
+        assert getattr(together, name).height > 0
+        assert getattr(together, name).equals(parts), name
+    opened = open_dataset(mixed, params)
+    names = opened.vms["vm"].to_list()
+    n = dataset_epochs(opened)
+    decoded = decode_accesses(opened.accesses, names, n + 3, 7, tmp_path)
+    for e0, e1 in ((0, 1), (3, 17), (n - 2, n + 3), (0, n + 3)):
+        got, want = decoded.window(e0, e1, names), opened.accesses.window(e0, e1, names)
+        for vm in names:
+            for col in ("epoch", "vcpu", "gfn_start", "nr_pages"):
+                a, b = getattr(got[vm], col), getattr(want[vm], col)
+                assert a.dtype == b.dtype and a.tolist() == b.tolist(), (vm, col, e0, e1)

@@ -17,10 +17,18 @@ from pipeline.analyze.sweep_plots import attach_sweep, write_sensitivity
 from pipeline.analyze.views import connect
 from pipeline.cli import app
 from pipeline.errors import ClusterError, SpecError
+from pipeline.replay.dataset import profile_hosting
 from pipeline.replay.params import ReplayParams
 from pipeline.replay.runner import replay_frames
 from pipeline.schema import read_manifest, read_parquet, table_schema
-from pipeline.sweep.runner import dask_client, plan_sweep, run_sweep, synth_frames, task_key
+from pipeline.sweep.runner import (
+    dask_client,
+    plan_sweep,
+    point_params,
+    run_sweep,
+    synth_frames,
+    task_key,
+)
 from pipeline.synth.spec import load_spec
 
 SPEC = """\
@@ -105,7 +113,10 @@ def test_sweep_writes_every_point_as_replay_would(
     spec_path.write_text(SPEC.replace("seed = 5", "seed = 11"))
     vms, accesses = synth_frames(load_spec(spec_path))
     plan = plan_sweep(spec, grid)
-    direct = replay_frames(vms, accesses, ["skip-pinned"], ReplayParams(), plan.tasks[3].seed)
+    # with the default VMM profile a synth spec is replayed with (ADR 0365)
+    params = ReplayParams(hosting=profile_hosting(vms))
+    assert point_params(plan.tasks[3], vms) == params
+    direct = replay_frames(vms, accesses, ["skip-pinned"], params, plan.tasks[3].seed)
     files3 = sorted((out / "epochs" / "point=3").rglob("*.parquet"))
     assert [f.relative_to(out / "epochs" / "point=3").as_posix() for f in files3] == [
         "policy=skip-pinned/vm=vm0/part-0.parquet"
