@@ -55,7 +55,7 @@ from pipeline.ingest.derive_stream import (
     stream_ordered,
 )
 from pipeline.ingest.derive_stream import stream_spilled as _stream_spilled
-from pipeline.ingest.points import Points, runs
+from pipeline.ingest.points import Points, reduced_runs
 from pipeline.model.knobs import NUMA_KNOB_DEFAULTS
 from pipeline.schema import conform, table_schema
 
@@ -214,7 +214,7 @@ def compress_runs(points: pl.DataFrame) -> pl.DataFrame:
     """(vm, epoch, vcpu, write, gfn, nr_accesses) points -> maximal runs (table accesses).
 
     A run starts where the keys change, the gfn is not the previous one + 1, or the count
-    differs (:func:`pipeline.ingest.points.runs`; one sort on a packed key, no group-by).
+    differs (:func:`pipeline.ingest.points.reduced_runs`; one sort of packed keys, no group-by).
     Distinct points are expected (equal points would be summed first); runs come sorted by
     vm, epoch, vcpu, write, gfn_start.
     """
@@ -227,8 +227,8 @@ def compress_runs(points: pl.DataFrame) -> pl.DataFrame:
         points["write"].to_numpy().astype(np.bool_),
         points["gfn"].to_numpy().astype(np.int64),
         points["nr_accesses"].to_numpy().astype(np.int64),
-    ).reduced()
-    cols = runs(p)
+    )
+    cols = reduced_runs(p)
     frame = pl.DataFrame(cols, schema=ACCESS_DTYPES)
     vm = pl.col("vm").replace_strict(
         dict(enumerate(vm_names.to_list())), return_dtype=vm_names.dtype
