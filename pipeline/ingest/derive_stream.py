@@ -311,7 +311,19 @@ def stream_spilled(
     starts: list[int],
     tick: Callable[[int], None],
 ) -> None:
-    """Rows out of epoch order: spill points to slice buckets, emit bucket by bucket."""
+    """Rows out of epoch order: spill points to slice buckets, emit bucket by bucket.
+
+    One bucket (every fault row fits the bound of one): nothing is spilled, the points are
+    held and emitted at the end, as the bucket would be read back.
+    """
+    if len(starts) <= 1:
+        held = []
+        for b in batches:
+            tick(b.height)
+            held.append(counter.points(b))
+        emitter.emit(Points.concat(held), NO_SLICE)
+        emitter.emit(Points.empty(), NO_SLICE)
+        return
     bounds = np.asarray(starts, np.int64)
     with tempfile.TemporaryDirectory(dir=root, prefix=".derive-spill-") as tmp:
         spill = Path(tmp)

@@ -289,6 +289,23 @@ def test_out_of_order_rows_take_the_spill_path(
     assert spilled and spilled[0] > 5  # several buckets of <= 11 rows
 
 
+def test_out_of_order_rows_of_one_bucket_are_held_not_spilled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All fault rows within one bucket's bound: the same rows, and no spill file written."""
+    from pipeline.ingest import derive_stream
+
+    faults = [(t * 1_000_000, 300, t % 3, (t * 37) % 900, t % 2 == 0) for t in range(200)]
+    write_faults(tmp_path, "kvm_page_fault", faults[::-1])
+
+    def no_spill(*args: object, **kw: object) -> None:
+        raise AssertionError("spilled")
+
+    monkeypatch.setattr(derive_stream.np, "save", no_spill)
+    got = streamed(tmp_path, vm_config=None, epoch_ms=10, t0=0, scale=100)
+    check(tmp_path, got, 10, 0)
+
+
 def test_one_long_epoch_is_split_by_vcpu_into_bounded_buckets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
