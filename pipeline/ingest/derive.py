@@ -29,8 +29,9 @@ row can belong to it. When the rows are in time order (tracefs text, one source)
 the batch that holds the epoch's last row. Otherwise (a ``trace-cmd report`` that interleaves
 CPUs, several sources, or an epoch of more than ``BUCKET_ROWS`` rows) the rows are spilled to
 temporary files in buckets of consecutive slices of at most ``BUCKET_ROWS`` rows and each
-bucket is compressed in order (when all rows fit one bucket they are held, not spilled). Either way the rows are identical to counting the whole table
-at once. ``accesses`` is written in parts of about ``PART_ROWS`` rows
+bucket is compressed in order (when all rows fit one bucket they are held, not spilled).
+Either way the rows are identical to counting the whole table at once. ``accesses`` is
+written in parts of about ``PART_ROWS`` rows
 (``accesses/part-NNNNN.parquet``, VM by VM in name order); a part never splits an epoch of a VM.
 """
 
