@@ -317,11 +317,11 @@ def stream_spilled(
     held and emitted at the end, as the bucket would be read back.
     """
     if len(starts) <= 1:
-        held = []
+        whole: list[Points] = []
         for b in batches:
             tick(b.height)
-            held.append(counter.points(b))
-        emitter.emit(Points.concat(held), NO_SLICE)
+            whole.append(counter.points(b))
+        emitter.emit(Points.concat(whole), NO_SLICE)
         emitter.emit(Points.empty(), NO_SLICE)
         return
     bounds = np.asarray(starts, np.int64)
