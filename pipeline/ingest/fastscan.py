@@ -484,7 +484,7 @@ def _buffers(n: int) -> Scan:
     return Scan(**cols)
 
 
-def scan(buf: bytes) -> Scan:
+def scan(buf: bytes | memoryview) -> Scan:
     """Run the C scanner over ``buf`` (one row per line; the last may lack its newline).
 
     The result is valid until the next call in this thread (its arrays are reused).
@@ -495,12 +495,13 @@ def scan(buf: bytes) -> Scan:
         msg = "a block must be smaller than 2 GiB"
         raise ValueError(msg)
     t = tables()
+    data = np.frombuffer(buf, np.uint8)  # no copy of a block read into a buffer (reader.py)
     cap = max(len(buf) // 48, 1 << 12)  # lines are rarely shorter; else scan again, wider
     while True:
         out = _buffers(cap)
         consumed = ctypes.c_long(0)
         got = lib.scan_block(
-            ctypes.c_char_p(buf),
+            ctypes.c_void_p(data.ctypes.data),
             ctypes.c_long(len(buf)),
             ctypes.c_long(cap),
             ctypes.c_int32(len(t.events)),
@@ -647,12 +648,13 @@ def header_frame(data: np.ndarray, s: Scan, idx: np.ndarray) -> pl.DataFrame:
 
 
 def parse_chunk_c(
-    buf: bytes, *, source: str, first_lineno: int = 1, final: bool = False
+    buf: bytes | memoryview, *, source: str, first_lineno: int = 1, final: bool = False
 ) -> polarsscan.ChunkResult:
-    """:func:`ftrace.parse_chunk` with the compiled scanner (same rows, reasons and counts)."""
+    """:func:`ftrace.parse_chunk` with the compiled scanner (same rows, reasons and counts).
+    ``buf`` may be a view of a read buffer: nothing here copies it whole."""
     s = scan(buf)
     data = np.frombuffer(buf, np.uint8)
-    open_end = len(buf) > 0 and not buf.endswith(b"\n")
+    open_end = len(buf) > 0 and bytes(buf[-1:]) != b"\n"
     lines = polarsscan.Lines(buf, s.line_start, s.line_end, final and open_end)
     got = polarsscan.Collected()
     parts, demoted = full_parts(data, s)
