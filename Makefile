@@ -58,6 +58,7 @@ format: setup ## apply ruff format and safe fixes
 
 bench: setup ## run the benchmarks in bench/ and print the figures
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.readme_perf README.md
 
 # ---- make pipeline: the default data end to end (docs/analysis.md) --------------------------
 # Every stage output is a file target (its manifest.json), rebuilt only when its input or the

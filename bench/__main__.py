@@ -22,6 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench import record
+
 Figures = dict[str, Any]
 
 
@@ -104,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     load_start = load_average()
     started = time.perf_counter()
     results: list[tuple[str, Figures | None, str | None]] = []
+    runs: dict[str, dict[str, Any]] = {}
     for name in names:
         if args and name not in args:
             continue
         print(f"== {name}", flush=True)
+        module_load = load_average()
         try:
             module = importlib.import_module(f"bench.{name}")
             figures = module.main()
@@ -116,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append((name, None, f"{type(exc).__name__}: {exc}"[:80]))
             continue
         results.append((name, figures if isinstance(figures, dict) else None, None))
+        if isinstance(figures, dict) and figures:
+            runs[name] = record.run_entry(figures, module_load, load_average())
     print()
     print("== figures")
     for key, value in machine().items():
@@ -124,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"elapsed  {time.perf_counter() - started:.0f} s")
     print()
     print(table(results))
+    if runs:
+        record.save(runs, machine())
+        print(f"\nrecorded in {record.LAST} (README: python -m bench.readme_perf README.md)")
     return 1 if any(err for _, _, err in results) else 0
 
 
