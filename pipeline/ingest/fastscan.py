@@ -606,20 +606,21 @@ def full_parts(data: np.ndarray, s: Scan) -> tuple[dict[str, list[polarsscan.Par
         spec = SPECS[tm.event]
         schema = table_schema(spec.table).arrow()
         idx = full[tmpl_of == k]
+        raw = {col: s.slots[slot][idx] for col, (slot, _kind) in tm.numbers.items()}
         ok = np.ones(len(idx), bool)
-        for col, (slot, kind) in tm.numbers.items():
-            ok &= _in_range(s.slots[slot][idx], kind, schema.field(col).type)
+        for col, (_slot, kind) in tm.numbers.items():
+            ok &= _in_range(raw[col], kind, schema.field(col).type)
         if not ok.all():
             demoted.append(idx[~ok])
             idx = idx[ok]
+            raw = {col: values[ok] for col, values in raw.items()}
             if not len(idx):
                 continue
         cols = _common(data, s, idx)
         for col in spec.columns:
             dtype = schema.field(col).type
             if col in tm.numbers:
-                slot, kind = tm.numbers[col]
-                cols[col] = _number(s.slots[slot][idx], kind, dtype)
+                cols[col] = _number(raw[col], tm.numbers[col][1], dtype)
             elif col in tm.strings:
                 at = tm.strings[col]
                 sl = s.slots
