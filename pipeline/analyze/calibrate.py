@@ -65,34 +65,86 @@ def workload_accesses(
     epoch_ms: int,
     prefix: Sequence[Sequence[int]] | None = None,
 ) -> pl.DataFrame:
-    """The lab guest's sweeps as table ``accesses``: each vCPU writes every 4 KiB page of its
-    range once per sweep; ``nr_accesses`` = sweeps per epoch (at least 1). ``prefix``
-    (vCPU -> epoch -> pages, observed_events.populated_prefix()) limits each epoch to the part
-    of the range the guest had touched by then, while it populates its RAM."""
+    """The lab guest's sweeps as table ``accesses``. Each vCPU writes the 4 KiB pages of its
+    range in ascending order, over and over, at ``passes_per_s`` sweeps per second
+    (:func:`sweep_windows`): an epoch covers the whole range ``nr_accesses`` times when the
+    vCPU makes at least one sweep per epoch, else only the part it reached (ADR 0362).
+    ``prefix`` (vCPU -> epoch -> pages, observed_events.populated_prefix()) gives the first
+    sweep, while the guest populates its RAM: the pages first touched in each epoch."""
     rows: dict[str, list[Any]] = {
         k: [] for k in ("vm", "epoch", "vcpu", "gfn_start", "nr_pages", "nr_accesses", "write")
     }
-    for epoch in range(n_epochs):
-        for vcpu, (start, end, rate) in enumerate(
-            zip(lab.touch_start_gpa, lab.touch_end_gpa, lab.passes_per_s, strict=True)
+    for vcpu, (start, end, rate) in enumerate(
+        zip(lab.touch_start_gpa, lab.touch_end_gpa, lab.passes_per_s, strict=True)
+    ):
+        nr_pages = (end - start) // PAGE_4K
+        populated = None if prefix is None else prefix[vcpu]
+        for epoch, windows in enumerate(
+            sweep_windows(nr_pages, rate * epoch_ms / 1000, n_epochs, populated)
         ):
-            nr_pages = (end - start) // PAGE_4K
-            if prefix is not None:
-                nr_pages = min(nr_pages, int(prefix[vcpu][epoch]))
-                if nr_pages <= 0:
-                    continue
-            rows["vm"].append(vm["vm"])
-            rows["epoch"].append(epoch)
-            rows["vcpu"].append(vcpu)
-            rows["gfn_start"].append(start // PAGE_4K)
-            rows["nr_pages"].append(nr_pages)
-            rows["nr_accesses"].append(max(1, round(rate * epoch_ms / 1000)))
-            rows["write"].append(True)
+            for first, count, times in windows:
+                rows["vm"].append(vm["vm"])
+                rows["epoch"].append(epoch)
+                rows["vcpu"].append(vcpu)
+                rows["gfn_start"].append(start // PAGE_4K + first)
+                rows["nr_pages"].append(count)
+                rows["nr_accesses"].append(times)
+                rows["write"].append(True)
     from pipeline.schema import conform
 
     frame = pl.from_arrow(conform(pl.DataFrame(rows), "accesses"))
     assert isinstance(frame, pl.DataFrame)
-    return frame
+    return frame.sort("vm", "epoch", "vcpu", "gfn_start")
+
+
+def sweep_windows(
+    nr_pages: int,
+    sweeps_per_epoch: float,
+    n_epochs: int,
+    populated: Sequence[int] | None = None,
+) -> list[list[tuple[int, int, int]]]:
+    """Per epoch, the (first page, pages, times) a vCPU sweeping ``nr_pages`` in ascending
+    order touches (ADR 0362):
+
+    * at one sweep per epoch or more: the whole range, ``round(sweeps_per_epoch)`` times;
+    * below: the next ``sweeps_per_epoch * nr_pages`` pages from where it was, wrapping to
+      the range's start (two windows), once. The phase at the window's start is not
+      recorded; the sweep starts at the range's start. A guest that populated its RAM
+      before the window has every page mapped then: the first epoch covers the range;
+    * while it populates (``populated``: pages touched by each epoch's end, a prefix): the
+      pages first touched in the epoch (the page it is at, when none was), then sweeps from
+      the range's start once the prefix is whole.
+    """
+    out: list[list[tuple[int, int, int]]] = []
+    if nr_pages <= 0:
+        return [[] for _ in range(n_epochs)]
+    pos = 0.0
+    done_before = 0
+    for epoch in range(n_epochs):
+        if populated is not None and done_before < nr_pages:
+            done = min(nr_pages, int(populated[epoch]))
+            if done > done_before:
+                out.append([(done_before, done - done_before, 1)])
+            elif done > 0:
+                out.append([(done - 1, 1, 1)])
+            else:
+                out.append([])
+            done_before = done
+            continue
+        if sweeps_per_epoch >= 1.0 or (epoch == 0 and populated is None):
+            # the first epoch of a guest populated before the window: every page has its
+            # SPTE, as if touched in it
+            out.append([(0, nr_pages, max(1, round(sweeps_per_epoch)))])
+            continue
+        count = max(1, round(sweeps_per_epoch * nr_pages))
+        first = int(pos) % nr_pages
+        head = min(count, nr_pages - first)
+        windows = [(first, head, 1)]
+        if count > head:
+            windows.append((0, count - head, 1))
+        out.append(windows)
+        pos = (pos + sweeps_per_epoch * nr_pages) % nr_pages
+    return out
 
 
 def host_runnable(lab: LabWorkload) -> float:

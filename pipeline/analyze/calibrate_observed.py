@@ -175,27 +175,102 @@ class Burst:
     start_ns: int
     end_ns: int
     guest_bytes: int
+    pid: int = -1  # the thread of its first notifier or VMA skip (-1: none seen)
+    lo_hva: int = -1  # its first and last walked address (-1: none seen)
+    hi_hva: int = -1
+    scan_offset: int | None = None  # the last mm->numa_scan_offset its VMA skips printed
+    first_chunk: tuple[int, int] = (-1, -1)  # its first and last notifier [start, end)
+    last_chunk: tuple[int, int] = (-1, -1)
+
+
+@dataclass
+class _Event:
+    ts: int
+    guest_bytes: int = 0
+    pid: int = -1
+    hva: int = -1
+    scan_offset: int | None = None
+    hva_end: int = -1  # a notifier's end (-1: not a notifier)
+
+
+def _burst(events: list[_Event]) -> Burst:
+    walked = [e for e in events if e.hva >= 0]
+    offsets = [e.scan_offset for e in events if e.scan_offset is not None]
+    chunks = [(e.hva, e.hva_end) for e in events if e.hva_end >= 0]
+    return Burst(
+        events[0].ts,
+        events[-1].ts,
+        sum(e.guest_bytes for e in events),
+        walked[0].pid if walked else -1,
+        walked[0].hva if walked else -1,
+        walked[-1].hva if walked else -1,
+        offsets[-1] if offsets else None,
+        chunks[0] if chunks else (-1, -1),
+        chunks[-1] if chunks else (-1, -1),
+    )
+
+
+def _joined(a: Burst, b: Burst) -> Burst:
+    return Burst(
+        a.start_ns,
+        b.end_ns,
+        a.guest_bytes + b.guest_bytes,
+        a.pid,
+        a.lo_hva,
+        b.hi_hva,
+        b.scan_offset if b.scan_offset is not None else a.scan_offset,
+        a.first_chunk if a.first_chunk[0] >= 0 else b.first_chunk,
+        b.last_chunk if b.last_chunk[0] >= 0 else a.last_chunk,
+    )
+
+
+def continues(first: Burst, then: Burst, budget_bytes: int = 256 << 20) -> bool:
+    """Whether ``then`` is the rest of ``first``'s work item, whose thread was preempted for
+    longer than the burst gap (a vCPU with a tenth of a CPU waits 100-200 ms). In
+    kernel/sched/fair.c task_numa_work() (v6.5 = v6.18 = v7.1, KERNEL.md §3.4) a work item
+    walks up the address space on one thread, so ``then`` must be on the same thread and
+    walk on from where ``first`` was. Then either
+
+    * mm->numa_scan_offset, which each sched_skip_vma_numa prints, is the same in both: it
+      changes only when an item ends (or at a seq_completed skip, which the next event then
+      prints); a new item starts at the offset the last one stopped at, or after a wrap at
+      0, below; or
+    * ``then``'s first chunk starts where ``first``'s last ended and is as long, shorter than
+      the whole budget (``budget_bytes``, scan_size_mb): each chunk ends at ALIGN(start +
+      pages left), so equal chunks mean an unchanged budget, a walk that changed no PTE
+      (pinned RAM); a new item would start with the whole budget."""
+    if first.pid < 0 or then.pid != first.pid or not then.lo_hva >= first.hi_hva >= 0:
+        return False
+    if first.scan_offset is not None and then.scan_offset == first.scan_offset:
+        return True
+    a0, a1 = first.last_chunk
+    b0, b1 = then.first_chunk
+    return a0 >= 0 and b0 == a1 and b1 - b0 == a1 - a0 < budget_bytes
 
 
 def scan_bursts(inp: CalibrationInput) -> list[Burst]:
-    """Cluster the VMM threads' scan events (< 100 ms apart); keep bursts reaching guest RAM."""
+    """Cluster the VMM threads' scan events (< 100 ms apart) into task_numa_work() items,
+    join an item its thread's preemption split (:func:`continues`), keep the items reaching
+    guest RAM."""
     vm = inp.vm
     pids = {int(t) for t in (vm.get("vcpu_tids") or [])}
     unmap = _in_window(inp.ftrace["kvm_unmap_hva_range"], inp)
     skip = _in_window(inp.ftrace["sched_skip_vma_numa"], inp)
-    events: list[tuple[int, int]] = []
+    events: list[_Event] = []
     if unmap.height:
         over = _overlap_bytes(
             unmap["hva_start"].to_numpy().astype(np.int64),
             unmap["hva_end"].to_numpy().astype(np.int64),
             vm,
         )
-        pid_col = unmap["pid"].to_list()
-        for ts, pid, nbytes in zip(unmap["ts_ns"].to_list(), pid_col, over.tolist(), strict=True):
+        cols = (unmap[c].to_list() for c in ("ts_ns", "pid", "hva_start", "hva_end"))
+        for ts, pid, hva, hva_end, nbytes in zip(*cols, over.tolist(), strict=True):
             if not pids or pid in pids or nbytes > 0:
-                events.append((int(ts), int(nbytes)))
+                events.append(_Event(int(ts), int(nbytes), int(pid), int(hva), None, int(hva_end)))
     if skip.height:
-        events.extend((int(ts), 0) for ts in skip["ts_ns"].to_list())
+        cols = (skip[c].to_list() for c in ("ts_ns", "pid", "vm_start", "numa_scan_offset"))
+        for ts, pid, hva, offset in zip(*cols, strict=True):
+            events.append(_Event(int(ts), 0, int(pid), int(hva), int(offset)))
     flush = _in_window(inp.ftrace["tlb_flush"], inp)
     if flush.height:
         # The host flush that ends each change_prot_numa() chunk (flush_tlb_mm_range():
@@ -203,18 +278,25 @@ def scan_bursts(inp: CalibrationInput) -> list[Burst]:
         ends = flush.filter(pl.col("reason_code").is_in([3, 4]))
         if pids:
             ends = ends.filter(pl.col("pid").is_in(list(pids)))
-        events.extend((int(ts), 0) for ts in ends["ts_ns"].to_list())
-    events.sort()
+        events.extend(_Event(int(ts)) for ts in ends["ts_ns"].to_list())
+    events.sort(key=lambda e: e.ts)
     bursts: list[Burst] = []
-    cur: list[tuple[int, int]] = []
+    cur: list[_Event] = []
     for ev in events:
-        if cur and ev[0] - cur[-1][0] > BURST_GAP_NS:
-            bursts.append(Burst(cur[0][0], cur[-1][0], sum(b for _, b in cur)))
+        if cur and ev.ts - cur[-1].ts > BURST_GAP_NS:
+            bursts.append(_burst(cur))
             cur = []
         cur.append(ev)
     if cur:
-        bursts.append(Burst(cur[0][0], cur[-1][0], sum(b for _, b in cur)))
-    return [b for b in bursts if b.guest_bytes > 0]
+        bursts.append(_burst(cur))
+    budget = int(vm.get("scan_size_mb") or 256) << 20
+    items: list[Burst] = []
+    for b in bursts:
+        if items and continues(items[-1], b, budget):
+            items[-1] = _joined(items[-1], b)
+        else:
+            items.append(b)
+    return [b for b in items if b.guest_bytes > 0]
 
 
 def guest_installs(inp: CalibrationInput) -> pl.DataFrame:

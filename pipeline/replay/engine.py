@@ -141,6 +141,8 @@ class VmRun:
             thp_fault_fallback=opts.thp_fault_fallback,
         )
         self.scanner.tls_fault = self.fault.tls_fault
+        self.scanner.cpu_share = [self.hosting.share(i) for i in range(len(self.tasks))]
+        self.scanner.resume_ms = [resume_ms(self.hosting, i) for i in range(len(self.tasks))]
         self.counters = Counters(n_epochs, len(self.tasks))
         self.trace: list[tuple[str, int, int]] | None = None
 
@@ -231,6 +233,17 @@ class Engine:
             for t in order:
                 run.scanner.task_tick_numa(ctx, t)
         run.counters.scan_period_ms[e, :] = [t.numa_scan_period for t in run.tasks]
+
+
+def resume_ms(hosting: VmHosting, vcpu: int) -> float | None:
+    """Wall ms from a random moment to a vCPU thread's next return to guest mode after a
+    preemption, where kernel/rseq.c rseq_update_cpu_node_id() writes its rseq area
+    (ADR 0350): one preemption cycle, 1000 / (preemptions per CPU second x CPU share)
+    (``VmHosting.preempt_per_s``; None when not measured)."""
+    rate = hosting.preempt_per_s
+    if not rate:
+        return None
+    return 1000.0 / (rate * hosting.share(vcpu))
 
 
 def _crossing_ms(task: TaskNuma, gained_ms: float, epoch_ms: int) -> float:

@@ -6,6 +6,10 @@ next guest entry, §3.3) and optionally the VMM main thread (§10a). A thread's 
 (se.sum_exec_runtime) advances in every epoch it ran (a vCPU ran if it accessed memory) by
 its CPU share of the epoch (1.0 unless ``VmHosting.vcpu_cpu_share`` says otherwise). The walk
 covers guest RAM and, when given, the VMM's other VMAs (``VmHosting.vmm_areas``, ADR 0320).
+
+Just over 500 lines: task_numa_work() is one kernel function whose budget, VMA skips, PID
+filter and wrap share mm->numa_scan_offset / numa_scan_seq, and the rseq fault timing of its
+work item (ADR 0361) reads them; splitting it would scatter that state.
 """
 
 from __future__ import annotations
@@ -143,6 +147,10 @@ class Scanner:
         self.work_cost = work_cost or NumaWorkCost()
         # the fault path's hinting fault of a vCPU thread on its own rseq area (ADR 0350)
         self.tls_fault: Callable[[int, TaskNuma], None] | None = None
+        # each thread's CPU share and wall ms from a PTE change on its stack to its next
+        # return to guest mode (its rseq write; None: after the work item; set by the engine)
+        self.cpu_share: list[float] = [1.0] * len(tasks)
+        self.resume_ms: list[float | None] = [None] * len(tasks)
         # the VMM's non-RAM VMAs (ADR 0320): walked with guest RAM in address order
         self.vmm_areas = tuple(sorted(vmm_areas, key=lambda a: a.hva_start))
         self.vmm_rss_pages = sum(a.rss_bytes for a in vmm_areas) // PAGE_SIZE
@@ -252,11 +260,25 @@ class Scanner:
         return self.numa_scan_seq > numab.prev_scan_seq + self.nr_threads
 
     def task_numa_work(self, ctx: EpochCtx, task: TaskNuma) -> None:
-        """Models kernel/sched/fair.c task_numa_work() (KERNEL.md §3.4): one cmpxchg winner
-        per period per mm, VMA walk from numa_scan_offset, 2 MiB-aligned chunks, 256 MB page
-        budget counting only chunks that changed something, 8x virtual budget, numa_scan_seq
-        on wrap; the winner's node_stamp += 2 ticks, and += 32 x the work's CPU time at the
-        end (:class:`NumaWorkCost`, ADR 0350; v6.5 = v7.1). Per version: v6.5 order
+        """Models kernel/sched/fair.c task_numa_work() (v6.5 = v6.18 = v7.1, KERNEL.md §3.4),
+        rule by rule:
+
+        * one cmpxchg winner of mm->numa_next_scan per period per mm;
+        * ``pages = scan_size_mb << (20 - PAGE_SHIFT)``, ``virtpages = pages * 8``;
+        * the VMA walk starts at mm->numa_scan_offset, kept between work items; VMAs skipped
+          by the VMA rules (unsuitable, shared_ro, inaccessible, scan_delay, pid_inactive,
+          seq_completed) spend no budget, the VMM's own scanned VMAs do (ADR 0320);
+        * each chunk: ``start = max(start, vm_start)``, ``end = min(ALIGN(start + (pages <<
+          PAGE_SHIFT), HPAGE_SIZE), vm_end)`` with the pages left, so the last chunk of a VMA
+          is partial; ``pages`` drops by the chunk only when change_prot_numa() updated a PTE
+          or PMD, ``virtpages`` always; the item stops (``goto out``) when either is <= 0 and
+          then keeps numa_scan_offset = end;
+        * when the walk runs past the last VMA: reset_ptenuma_scan(), numa_scan_seq++ and
+          numa_scan_offset = 0, and the item ends (the next one starts at the lowest VMA);
+        * the winner's node_stamp += 2 ticks, and += 32 x the work's CPU time at the end
+          (:class:`NumaWorkCost`, ADR 0350).
+
+        Per version: v6.5 order
         scan_delay -> vma_is_accessed() -> pid reset; v6.7+ scan_delay -> pid reset ->
         seq_completed -> pid_inactive, and the forced retry of one inactive VMA when every VMA
         was skipped (retry_pids, ~v6.12)."""
@@ -270,7 +292,8 @@ class Scanner:
         zapped0 = list(self.cprot.kvm.zapped)
         vmm_ptes = 0
         # the vCPU stacks whose PTEs this work changed: their owners fault after it (ADR 0350)
-        tls_areas: dict[int, tuple[VmaNumab, TaskNuma]] = {}
+        tls_areas: dict[int, tuple[VmaNumab, TaskNuma, float]] = {}  # + work ns before it
+        seq0 = self.numa_scan_seq
         ctx.thread = task.index
         ctx.counters.add_thread(ctx.epoch, task.index, "task_numa_work_runs", 1)
         pages = self.scan_pages()
@@ -326,7 +349,9 @@ class Scanner:
                         updated = region.rss_pages_in(start, end)
                         vmm_ptes += updated
                         if updated and 0 <= region.tls_vcpu < len(self.tasks):
-                            tls_areas[region.hva_start] = (numab, self.tasks[region.tls_vcpu])
+                            done = self._work_ns(zapped0, vmm_ptes)
+                            owner = self.tasks[region.tls_vcpu]
+                            tls_areas[region.hva_start] = (numab, owner, done)
                     else:
                         g_s, g_e = region.hva_to_gfn(start), region.hva_to_gfn(end)
                         res = self.cprot(ctx, region, g_s, g_e)
@@ -366,8 +391,10 @@ class Scanner:
         # p->node_stamp += 32 * (runtime of this work) (ADR 0350, pipeline/replay/workcost.py)
         z4k, z2m = (b - a for a, b in zip(zapped0, self.cprot.kvm.zapped, strict=True))
         task.node_stamp_ms += self.work_cost.node_stamp_delay_ms(z4k, z2m, vmm_ptes)
-        for numab, owner in tls_areas.values():
-            self._tls_fault(now, numab, owner)
+        item_ns = self._work_ns(zapped0, vmm_ptes)
+        for numab, owner, done_ns in tls_areas.values():
+            before = owner is not task and self._faults_before_end(task, owner, done_ns, item_ns)
+            self._tls_fault(now, numab, owner, seq0 if before else None)
         if rec["chunks"]:
             self.records.append(
                 ScanRecord(
@@ -385,7 +412,29 @@ class Scanner:
                 )
             )
 
-    def _tls_fault(self, now_ms: int, numab: VmaNumab, owner: TaskNuma) -> None:
+    def _work_ns(self, zapped0: list[int], vmm_ptes: int) -> float:
+        """CPU ns of the current work item so far (:class:`NumaWorkCost`)."""
+        z4k, z2m = (b - a for a, b in zip(zapped0, self.cprot.kvm.zapped, strict=True))
+        return self.work_cost.work_ns(z4k, z2m, vmm_ptes)
+
+    def _faults_before_end(
+        self, task: TaskNuma, owner: TaskNuma, done_ns: float, item_ns: float
+    ) -> bool:
+        """Whether ``owner``'s rseq write (its next return to guest mode, ``resume_ms``
+        after the PTE change on its stack) comes before ``task``'s work item ends. The item
+        takes its CPU time over the scanning thread's CPU share in wall time (a vCPU with a
+        tenth of a CPU spends ~200 ms on a 1 GiB pinned 4K walk, docs/lab.md), so on a loaded
+        host the other vCPUs fault while the walk is still on; the item's
+        reset_ptenuma_scan() (numa_scan_seq++) has then not happened yet (ADR 0361)."""
+        resume = self.resume_ms[owner.index]
+        if resume is None:
+            return False
+        share = max(self.cpu_share[task.index], 1e-3)
+        return done_ns / 1e6 / share + resume < item_ns / 1e6 / share
+
+    def _tls_fault(
+        self, now_ms: int, numab: VmaNumab, owner: TaskNuma, mm_seq: int | None = None
+    ) -> None:
         """The owning vCPU thread's hinting fault on its rseq area, which this work item
         made PROT_NONE (:class:`VmmArea` ``tls_vcpu``): kernel/rseq.c
         rseq_update_cpu_node_id() writes it on the thread's next return to guest mode after a
@@ -394,8 +443,19 @@ class Scanner:
         area's pids_active[1] (v6.5+, KERNEL.md §3.4) and task_numa_fault() records one
         private local fault for it (``tls_fault``, the fault path; ADR 0350)."""
         numab.pids_active[1] |= pid_bit(owner.pid)
-        if self.tls_fault is not None:
+        if self.tls_fault is None:
+            return
+        if mm_seq is None:
             self.tls_fault(now_ms, owner)
+            return
+        # the fault comes while the walk is on: task_numa_placement() reads
+        # mm->numa_scan_seq as it was before this item's wrap
+        after = self.numa_scan_seq
+        self.numa_scan_seq = mm_seq
+        try:
+            self.tls_fault(now_ms, owner)
+        finally:
+            self.numa_scan_seq = after
 
     def _reset_ptenuma_scan(self) -> None:
         """kernel/sched/fair.c reset_ptenuma_scan(): a full pass is done, numa_scan_seq++ and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,88 @@ def test_pooled_adds_up_the_counters_that_add_up() -> None:
     assert rows["scans"]["observed"] == 2.0
     assert math.isnan(rows["numa_hint_faults"]["observed"])  # n/a in one capture: n/a
     assert "scan_interval_ms" not in rows and "first_scan_ms" not in rows  # do not add up
+
+
+def test_a_work_item_split_by_preemption_is_one_scan() -> None:
+    # kernel/sched/fair.c task_numa_work() walks up the address space on one thread and
+    # mm->numa_scan_offset (printed by each sched_skip_vma_numa) changes only when the item
+    # ends: a burst of the same thread that walks on from where the last one was, printing
+    # the same offset, is the rest of that item (the regime fit cell 4K pinned 1 GiB: a vCPU
+    # at 8% of a CPU paused 126 ms inside its second walk).
+    item = cal_obs.Burst(0, 10, 1 << 30, pid=7, lo_hva=0x1000, hi_hva=0x9000, scan_offset=0)
+    rest = cal_obs.Burst(200, 210, 1 << 20, pid=7, lo_hva=0x9000, hi_hva=0xA000, scan_offset=0)
+    assert cal_obs.continues(item, rest)
+    # the next item starts where the last stopped: its skips print that offset
+    assert not cal_obs.continues(item, replace(rest, scan_offset=0x9000))
+    # after a wrap it starts below; another thread is another item; no skips: the gap decides
+    assert not cal_obs.continues(item, replace(rest, lo_hva=0x2000))
+    assert not cal_obs.continues(item, replace(rest, pid=8))
+    assert not cal_obs.continues(replace(item, scan_offset=None), replace(rest, scan_offset=None))
+    # no skips: a chunk as long as the last one, where it ended, is the same unchanged budget
+    # (a pinned walk); a new item would start with the whole 256 MiB
+    mib, end = 1 << 20, 0x7F0000000000
+    walk = replace(
+        item, scan_offset=None, hi_hva=end - 242 * mib, last_chunk=(end - 242 * mib, end)
+    )
+    more = replace(rest, scan_offset=None, lo_hva=end, first_chunk=(end, end + 242 * mib))
+    assert cal_obs.continues(walk, more)
+    assert not cal_obs.continues(walk, replace(more, first_chunk=(end, end + 256 * mib)))
+    assert not cal_obs.continues(walk, replace(more, first_chunk=(end + mib, end + 243 * mib)))
+
+
+PINNED_FIT = REAL / "regimes" / "lab-anon-4k-pin-nb1-1024m-2v-20s.trace.zst"
+
+
+@pytest.mark.skipif(not PINNED_FIT.is_file(), reason=f"{PINNED_FIT} is not committed")
+def test_pinned_fit_cell_has_two_whole_walks(tmp_path: Path) -> None:
+    # the kernel walked the whole 1 GiB pinned guest twice in 20 s (vCPU 1 at 62 ms, vCPU 0 at
+    # 9.45 s), 5 notifiers each (232 MiB chunks: the VMM's VMAs below guest RAM spent 24 MiB
+    # of the budget, pinned pages none)
+    inp = cal_obs.load_input(_ingest(PINNED_FIT, tmp_path / "ds"))
+    bursts = cal_obs.scan_bursts(inp)
+    assert [b.guest_bytes for b in bursts] == [1 << 30, 1 << 30]
+    assert (bursts[1].start_ns - bursts[0].start_ns) // 1_000_000 == 9392
+
+
+def test_a_vcpu_slower_than_a_sweep_per_epoch_touches_only_what_it_reached() -> None:
+    # 1,000 pages at 2.5 sweeps/s = 0.25 sweeps per 100 ms epoch: after the first epoch
+    # (RAM populated before the window: every page mapped) it covers 250 pages an epoch, in
+    # order from the range's start, wrapping (ADR 0362)
+    got = cal.sweep_windows(1000, 0.25, 6)
+    assert got == [
+        [(0, 1000, 1)],
+        [(0, 250, 1)],
+        [(250, 250, 1)],
+        [(500, 250, 1)],
+        [(750, 250, 1)],
+        [(0, 250, 1)],
+    ]
+    # a window crossing the range's end is cut in two
+    assert cal.sweep_windows(1000, 0.4, 4)[3] == [(800, 200, 1), (0, 200, 1)]
+    assert cal.sweep_windows(1000, 0.7, 3)[2] == [(700, 300, 1), (0, 400, 1)]
+    # a sweep or more per epoch: the whole range, round(sweeps) times
+    assert cal.sweep_windows(1000, 2.6, 2) == [[(0, 1000, 3)]] * 2
+    # populating: the new pages of each epoch, then sweeps from the start
+    assert cal.sweep_windows(1000, 0.5, 4, [400, 400, 1000, 1000]) == [
+        [(0, 400, 1)],
+        [(399, 1, 1)],
+        [(400, 600, 1)],
+        [(0, 500, 1)],
+    ]
+
+
+FLUSHES = REAL / "regimes" / "flushes"
+
+
+@pytest.mark.skipif(not FLUSHES.is_dir(), reason=f"{FLUSHES} is not committed")
+def test_kvm_flushes_multiply_with_a_second_vcpu_faulting_during_the_walk(tmp_path: Path) -> None:
+    # the same pinned 4K 1 GiB guest, 20 s, 4 busy loops (docs/lab.md): one vCPU or two. Both
+    # walk the guest twice (5 chunks of ~240 MiB a walk); the KVM flush requests are 7 a walk
+    # with one vCPU and 72 with two, at a similar CPU share (0.066; 0.056)
+    got = {}
+    for vcpus in (1, 2):
+        name = f"lab-anon-4k-pin-nb1-1024m-{vcpus}v-20s"
+        inp = cal_obs.load_input(_ingest(FLUSHES / f"{name}.trace.zst", tmp_path / name))
+        obs, _ = cal_obs.observed(inp)
+        got[vcpus] = (obs["scans"], obs["notifier_calls"], obs["remote_tlb_flushes"])
+    assert got == {1: (2.0, 10.0, 14.0), 2: (2.0, 10.0, 144.0)}

@@ -207,3 +207,38 @@ def test_the_thread_that_crossed_first_in_the_epoch_scans() -> None:
     assert _crossing_ms(task, 100.0, 100) == 0.0  # already past at the epoch start
     task.runtime_ms = 1000.0
     assert _crossing_ms(task, 100.0, 100) == float("inf")
+
+
+def test_other_vcpus_rseq_fault_before_the_wrap_leaves_their_period() -> None:
+    # 1 GiB pinned 4K, two vCPUs at 8.5% of a CPU, their stacks below guest RAM. vCPU 0 wins
+    # the first task_numa_work() and walks the whole mm (~50 ms of CPU, ~550 ms of wall time
+    # at its share), wrapping at the end (numa_scan_seq 0 -> 1). vCPU 1's rseq write faults on
+    # its PROT_NONE stack at its next return to guest mode (1000 / (400 x 0.085) = 29 ms):
+    # before the wrap, so task_numa_placement() still sees p->numa_scan_seq ==
+    # mm->numa_scan_seq and update_task_scan_period() does not run (kernel/sched/fair.c,
+    # v6.18). Its numa_scan_period stays scan_delay (1000). Without a measured preemption
+    # rate the fault is taken after the item, as on an idle host: the period doubles (no
+    # local faults yet), 2000. The scanning thread's own fault is after its item either way.
+    ram = RAM_HVA
+    reg = region(size_bytes=1 << 30, hva_start=ram, pinned="all")
+    vms = vms_frame(vm_row(regions=[reg], vcpu_nodes=[0, 0], host_nodes=1))
+    half = 1 << 17
+    acc = accesses_frame(every_epoch("vm0", 10, 0, 0, half) + every_epoch("vm0", 10, 1, half, half))
+    stacks = (
+        VmmArea(ram - 64 * MIB, 8 * MIB, 64 * 1024, "anon", tls_vcpu=0),
+        VmmArea(ram - 32 * MIB, 8 * MIB, 64 * 1024, "anon", tls_vcpu=1),
+    )
+    periods = {}
+    for rate in (None, 400.0):
+        hosting = VmHosting(
+            "vm0",
+            vcpu_cpu_share=(0.085, 0.085),
+            vmm_areas=stacks,
+            preempt_per_s=rate,
+            vcpu_runtime_start_ms=(2191.0, 1774.0),
+        )
+        out = replay_frames(vms, acc, ["linux-6.18"], ReplayParams(hosting=(hosting,)))
+        assert out.scans.row(0, named=True)["vcpu"] == 0
+        first = out.vcpu_epochs.filter(pl.col("epoch") == 0).sort("vcpu")
+        periods[rate] = first["scan_period_ms"].to_list()
+    assert periods == {None: [2000, 2000], 400.0: [2000, 1000]}

@@ -231,3 +231,39 @@ def test_mempolicy_decides_scanning_by_vma_policy_mof() -> None:
     }
     # mof_policy = true (the key before mempolicy) is bind+numa_balancing, for anon too
     assert scans_of(region(size_bytes=64 * MIB, mof_policy=True), "linux-6.18", 30).height > 0
+
+
+def test_guest_larger_than_scan_size_walks_in_budget_sized_work_items() -> None:
+    # kernel/sched/fair.c task_numa_work() (v6.18), a 4 GiB + 100 MiB guest at scan_size_mb
+    # 256, every chunk productive (the vCPU touches all its RAM every epoch):
+    # - the VMM's scanned VMA before guest RAM (24 MiB populated) spends 6144 of the 65536
+    #   pages; its shared_ro VMA (file_ro) is skipped and spends nothing: the first guest chunk
+    #   ends at ALIGN(start + 59392 pages, HPAGE_SIZE) = 232 MiB;
+    # - numa_scan_offset is kept between work items: each later item starts where the last
+    #   stopped and covers one full budget (256 MiB), until
+    # - the partial chunk at the end of the VMA (min(end, vm_end): 124 MiB), after which the
+    #   walk finds no VMA: reset_ptenuma_scan(), numa_scan_seq 0 -> 1, offset 0, and the item
+    #   ends there (the next one starts again at the VMM's VMA and guest RAM's 0..232 MiB).
+    from pipeline.model.hosting import VmHosting, VmmArea
+    from pipeline.replay.params import ReplayParams
+
+    ram = 0x7F0000000000
+    size = 4 * GIB + 100 * MIB
+    reg = region(size_bytes=size, hva_start=ram)
+    vms = vms_frame(vm_row(regions=[reg], vcpu_nodes=[0], host_nodes=1))
+    acc = accesses_frame(every_epoch("vm0", 300, 0, 0, size >> 12))
+    areas = (
+        VmmArea(ram - 64 * MIB, 24 * MIB, 24 * MIB, "anon"),
+        VmmArea(ram - 32 * MIB, 16 * MIB, 16 * MIB, "file_ro"),
+    )
+    params = ReplayParams(hosting=(VmHosting("vm0", vmm_areas=areas),))
+    scans = replay_frames(vms, acc, ["linux-6.18"], params).scans
+    mib = 256  # 4 KiB pages per MiB
+    got = [
+        (r["gfn_start"] // mib, r["gfn_end"] // mib, r["numa_scan_seq"], r["nr_pte_updates"])
+        for r in scans.head(19).iter_rows(named=True)
+    ]
+    middle = [(232 + 256 * i, 488 + 256 * i, 0, 65536) for i in range(15)]
+    assert got == [(0, 232, 0, 59392), *middle, (4072, 4196, 1, 124 * mib), (0, 232, 1, 59392),
+                   (232, 488, 1, 65536)]  # fmt: skip
+    assert (scans["chunks"].head(19) == 1).all()
