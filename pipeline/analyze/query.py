@@ -131,8 +131,8 @@ def _is_plain(dtype: Any, *, top: bool) -> bool:
 def fetch_rows(
     con: duckdb.DuckDBPyConnection, sql: str, views: ViewList, *, limit: int | None = None
 ) -> Rows:
-    """:func:`run_query` for text output, as :class:`Rows` (records identical to the Arrow
-    table's ``to_pylist``), the first ``limit`` rows as records (all when None).
+    """:func:`run_query` for text output, as :class:`Rows` (values identical to those of the
+    Arrow table's ``to_pylist``), the values of the first ``limit`` rows (all when None).
 
     When every column has a type of :data:`_PLAIN_TYPES` the rows come from DuckDB's own
     Python conversion and pyarrow is never imported: `tlbreplay query` starts in well under
