@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args, get_origin
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typer import _coercion, core
+from typer._click import Context
 from typer._click import exceptions as click_exceptions
+from typer._param_types import coerce_cli_path, lenient_issubclass
 from typer.core import TyperGroup, TyperOption
 
 from pipeline.errors import TlbReplayError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,6 +66,81 @@ def _display_type_rich(self: TyperOption, ctx: Any) -> str | None:
 
 _TYPE_RICH = TyperOption.display_type_rich
 TyperOption.display_type_rich = _display_type_rich  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True)
+class _LazyRuntimeParam(_coercion.RuntimeParam):
+    """typer's coercion of one parameter, with pydantic imported only when a value needs it.
+
+    typer 0.29 coerces every parameter through a pydantic ``TypeAdapter``, built when the
+    command runs, even for a flag left unset: importing pydantic and building the adapters
+    is ~0.2 CPU-s on every command, more than `query` may spend in all (issue 13). A ``str``
+    or ``Path`` (or a list of them) without a custom ``parser`` or choices needs no
+    validation beyond what typer does itself, so it is coerced here: ``str`` as typer's
+    ``_parse_cli_str`` does, ``Path`` as ``TypeAdapter(Path)`` does (``Path(text)``) followed
+    by typer's own path checks (``exists``, ``dir_okay``, ``resolve_path``, ...). An unset
+    value (None) never reaches this (typer's ``RuntimeParam.coerce``); every other value and
+    type goes to the runtime parameter typer builds, built on first use. Values and error
+    messages are typer's: tests/test_cli.py compares the two.
+    """
+
+    descriptor: _coercion.TypeDescriptor
+
+    @functools.cached_property
+    def _typer(self) -> _coercion.RuntimeParam:
+        return _coercion.build_runtime_param(self.descriptor)
+
+    @functools.cached_property
+    def _plain(self) -> tuple[type[Any] | None, bool] | None:
+        """(path type or None for ``str``, is a list) when the fast path applies."""
+        info = self.parameter_info
+        annotation: Any = self.annotation
+        is_list = get_origin(annotation) is list
+        leaf = get_args(annotation)[0] if is_list else annotation
+        if info.parser is not None or self.descriptor.file_annotation is not None:
+            return None
+        if self.descriptor.choices is not None:
+            return None
+        if leaf is str:
+            return None, is_list
+        if lenient_issubclass(leaf, Path) and info.path_type in (None, leaf):
+            return leaf, is_list
+        return None
+
+    def _coerce_value(self, value: Any, param: Any, ctx: Context) -> Any:
+        plain = self._plain
+        if plain is None:
+            return self._typer._coerce_value(value, param, ctx)
+        path_type, is_list = plain
+        if not is_list:
+            return self._one(value, path_type, param, ctx)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [self._one(item, path_type, param, ctx) for item in items]
+
+    def _one(self, value: Any, path_type: type[Any] | None, param: Any, ctx: Context) -> Any:
+        if path_type is None:
+            if isinstance(value, bytes):  # never from a command line on Linux: typer's own
+                from typer._adapters import _parse_cli_str
+
+                return _parse_cli_str(value)
+            return str(value)
+        if isinstance(value, (str, os.PathLike)) and not isinstance(value, path_type):
+            value = path_type(value)
+        return coerce_cli_path(
+            value, self.parameter_info, path_type=path_type, param=param, ctx=ctx
+        )
+
+
+def _get_runtime_param(self: core._TyperParameter) -> _coercion.RuntimeParam:
+    if self._runtime_param is None:
+        d = self.type_descriptor
+        self._runtime_param = _LazyRuntimeParam(d.parameter_info, d.annotation, d)
+    return self._runtime_param
+
+
+#: typer's own method (tests compare the two)
+TYPER_GET_RUNTIME_PARAM = core._TyperParameter.get_runtime_param
+core._TyperParameter.get_runtime_param = _get_runtime_param  # type: ignore[method-assign]
 
 
 def plural(n: int, noun: str) -> str:
@@ -128,7 +200,7 @@ class Reporter:
     def task(self, description: str, total: float | None = None, *, unit: str = "") -> TaskID:
         """A bar; ``unit`` names what the counts count (``epochs``, ``sections``)."""
         if self._progress is None:
-            return TaskID(0)
+            return cast("TaskID", 0)  # no rich import for a bar never shown
         return self._progress.add_task(description, total=total, unit=unit)
 
     def advance(self, task: TaskID, amount: float = 1) -> None:
@@ -143,6 +215,19 @@ class Reporter:
 @contextmanager
 def reporter(quiet: bool, *, bytes_: bool = False) -> Iterator[Reporter]:
     """A :class:`Reporter` showing a bar on stderr when it is a terminal and not ``quiet``."""
+    # rich is imported here, not with the module: every command imports this one
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     console = Console(stderr=True)
     if quiet or not console.is_terminal:
         yield Reporter(None)

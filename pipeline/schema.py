@@ -6,25 +6,28 @@ reject missing or extra columns) and is written atomically (temporary file, fsyn
 
 Type grammar of a column's ``type``: an Arrow primitive name (``int8`` .. ``uint64``,
 ``float32``, ``float64``, ``bool``, ``string``), ``list<T>``, or ``struct<name: T, ...>``.
+
+pyarrow and polars are imported where a function needs them, not with the module: the
+declarations (names, docs, units) serve ``tlbreplay query``, which must start in well under
+half a second without either (issue 13; tests/test_cli_imports.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
-
-import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__
 from pipeline.errors import SchemaMismatchError, TlbReplayError
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
 
 #: schemas/ of a checkout, or the copy inside the package of an installed wheel
 _PACKAGE_SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -34,27 +37,35 @@ SCHEMA_DIR = (
     else Path(__file__).resolve().parent.parent / "schemas"
 )
 
-_PRIMITIVES: dict[str, pa.DataType] = {
-    "int8": pa.int8(),
-    "int16": pa.int16(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "uint8": pa.uint8(),
-    "uint16": pa.uint16(),
-    "uint32": pa.uint32(),
-    "uint64": pa.uint64(),
-    "float32": pa.float32(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "string": pa.string(),
-}
+
+@cache
+def _primitives() -> dict[str, pa.DataType]:
+    import pyarrow as pa
+
+    return {
+        "int8": pa.int8(),
+        "int16": pa.int16(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "uint8": pa.uint8(),
+        "uint16": pa.uint16(),
+        "uint32": pa.uint32(),
+        "uint64": pa.uint64(),
+        "float32": pa.float32(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+        "string": pa.string(),
+    }
 
 
+@cache
 def parse_type(text: str) -> pa.DataType:
     """Parse the schema type grammar (see module doc) into an Arrow type."""
+    import pyarrow as pa
+
     text = text.strip()
-    if text in _PRIMITIVES:
-        return _PRIMITIVES[text]
+    if text in _primitives():
+        return _primitives()[text]
     if text.startswith("list<") and text.endswith(">"):
         return pa.list_(parse_type(text[5:-1]))
     if text.startswith("struct<") and text.endswith(">"):
@@ -83,13 +94,19 @@ def _split_top_level(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Column:
-    """One column: name, Arrow type, unit (empty when dimensionless) and a one-line doc."""
+    """One column: name, type (as written in schemas/, and as an Arrow type), unit (empty when
+    dimensionless) and a one-line doc."""
 
     name: str
-    type: pa.DataType
+    type_text: str
     unit: str
     doc: str
     nullable: bool
+
+    @property
+    def type(self) -> pa.DataType:
+        """The Arrow type (parsed on first use: declarations alone need no pyarrow)."""
+        return parse_type(self.type_text)
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,8 @@ class TableSchema:
 
     def arrow(self) -> pa.Schema:
         """The Arrow schema, with unit and doc in each field's metadata."""
+        import pyarrow as pa
+
         fields = [
             pa.field(
                 c.name,
@@ -124,6 +143,8 @@ class TableSchema:
 
     def polars(self) -> pl.Schema:
         """The polars schema with the same dtypes."""
+        import polars as pl
+
         frame = pl.from_arrow(self.arrow().empty_table())
         assert isinstance(frame, pl.DataFrame)
         return frame.schema
@@ -139,12 +160,14 @@ def table_schema(name: str) -> TableSchema:
     if not path.is_file():
         msg = f"no schema `{name}` in {SCHEMA_DIR}"
         raise TlbReplayError(msg)
+    import tomllib
+
     raw = tomllib.loads(path.read_text())
     head = raw["table"]
     columns = tuple(
         Column(
             name=c["name"],
-            type=parse_type(c["type"]),
+            type_text=c["type"],
             unit=c.get("unit", ""),
             doc=c["doc"],
             nullable=bool(c.get("nullable", False)),
@@ -170,6 +193,8 @@ def table_names() -> list[str]:
 @cache
 def enums() -> dict[str, Any]:
     """schemas/enums.toml: the kernel enums the project names once."""
+    import tomllib
+
     return tomllib.loads((SCHEMA_DIR / "enums.toml").read_text())
 
 
@@ -179,6 +204,9 @@ def conform(data: pa.Table | pl.DataFrame, name: str) -> pa.Table:
     Raises SchemaMismatchError on missing or extra columns, on a cast that fails, and on a
     null in a non-nullable column.
     """
+    import polars as pl
+    import pyarrow as pa
+
     schema = table_schema(name)
     table = data.to_arrow() if isinstance(data, pl.DataFrame) else data
     have = list(table.column_names)
@@ -230,6 +258,8 @@ def write_parquet(
     row_group_size: int = 1 << 20,
 ) -> Path:
     """Conform ``data`` to table ``name`` and write it to ``path`` atomically (zstd)."""
+    import pyarrow.parquet as pq
+
     table = conform(data, name)
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), **_kv_metadata(name, params)}
@@ -252,9 +282,23 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     dictionary is built, overflows and is thrown away per page: 4x the CPU of plain zstd for
     a larger file. Strings (comm, flags, reason) repeat and pay for their dictionary.
     """
+    import pyarrow as pa
+
     return [
         f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
     ]
+
+
+def statistics_columns(schema: pa.Schema) -> list[str]:
+    """Columns whose Parquet min/max statistics are written: all but the top-level strings.
+
+    A stream writes one row group per parsed block, so statistics are computed for every
+    column of every row group; for comm, flags, reason and the like, min/max of text prunes
+    nothing a query asks and took ~1/6 of the writer's CPU (issue 13). Numbers (timestamps
+    above all) keep theirs.
+    """
+    text = set(dictionary_columns(schema))
+    return [f.name for f in schema if f.name not in text]
 
 
 class ParquetStream:
@@ -265,6 +309,8 @@ class ParquetStream:
     """
 
     def __init__(self, path: Path, name: str, *, params: Mapping[str, Any] | None = None) -> None:
+        import pyarrow.parquet as pq
+
         self.path = path
         self.name = name
         self.rows = 0
@@ -275,7 +321,11 @@ class ParquetStream:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.with_name(f".{path.name}.tmp")
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self._tmp, self._schema, compression="zstd", use_dictionary=dictionary_columns(schema)
+            self._tmp,
+            self._schema,
+            compression="zstd",
+            use_dictionary=dictionary_columns(schema),
+            write_statistics=statistics_columns(schema),
         )
 
     def write(self, data: pa.Table | pl.DataFrame) -> None:
@@ -311,6 +361,9 @@ class ParquetStream:
 
 def read_parquet(path: Path, name: str) -> pl.DataFrame:
     """Read one table file and check it against its schema."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
     return pl.from_arrow(conform(pq.read_table(path), name))  # type: ignore[return-value]
 
 
@@ -359,6 +412,9 @@ def write_partitioned(
     in the directory names (as Spark, Trino and DuckDB's ``hive_partitioning`` expect).
     Every file is written atomically. Returns the files written, in sorted order.
     """
+    import polars as pl
+    import pyarrow.parquet as pq
+
     table = conform(data, name)
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
@@ -387,6 +443,8 @@ def write_partitioned(
 
 def read_partitioned(root: Path, name: str) -> pl.DataFrame:
     """Read a hive-partitioned table written by :func:`write_partitioned`, conformed."""
+    import polars as pl
+
     files = sorted(root.rglob("*.parquet"))
     if not files:
         return pl.from_arrow(table_schema(name).empty())  # type: ignore[return-value]

@@ -8,10 +8,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import pytest
+import typer
+from typer.core import _TyperParameter as TyperParameter
 from typer.testing import CliRunner
 
+from pipeline import clikit
 from pipeline.analyze.output import page_size_order, page_size_sql
 from pipeline.cli import app
 
@@ -91,3 +95,71 @@ def test_synth_says_1_vm_and_replay_ends_with_a_summary(tmp_path: Path) -> None:
     assert re.match(r"res \(1 VM, [\d.]+ s replayed\): ", lines[0])
     assert lines[1].split()[:2] == ["policy", "KVM"]
     assert lines[-1].startswith(f"wrote {res} ")
+
+
+def _probe_app() -> typer.Typer:
+    """A command with the parameter kinds the CLI uses, echoing what it was given."""
+    probe_app = typer.Typer()
+
+    @probe_app.command()
+    def probe(
+        path: Annotated[Path, typer.Argument()],
+        *,
+        paths: Annotated[list[Path] | None, typer.Option("--paths")] = None,
+        existing: Annotated[Path | None, typer.Option(exists=True, file_okay=False)] = None,
+        real: Annotated[Path | None, typer.Option(resolve_path=True, dir_okay=False)] = None,
+        dash: Annotated[Path | None, typer.Option(allow_dash=True)] = None,
+        text: Annotated[str, typer.Option()] = "default",
+        texts: Annotated[list[str] | None, typer.Option("--texts")] = None,
+        n: int = 3,
+        flag: bool = False,
+    ) -> None:
+        typer.echo(repr((path, paths, existing, real, dash, text, texts, n, flag)))
+
+    return probe_app
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["a/b"],
+        [""],
+        ["x", "--paths", "p1", "--paths", "p2", "--texts", "t1", "--texts", ""],
+        ["x", "--existing", "{tmp}"],
+        ["x", "--existing", "{tmp}/missing"],
+        ["x", "--existing", "{tmp}/file"],
+        ["x", "--real", "{tmp}/../file"],
+        ["x", "--real", "{tmp}"],
+        ["x", "--dash", "-"],
+        ["x", "--text", "é \u2014 'q'", "--n", "7", "--flag"],
+        ["x", "--n", "seven"],
+        [],
+    ],
+)
+def test_parameters_coerce_as_typer_does(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """clikit coerces str and Path parameters without pydantic (issue 13); the values and
+    the error messages are typer's own."""
+    (tmp_path / "file").write_text("")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    ours = CliRunner().invoke(_probe_app(), argv)
+    monkeypatch.setattr(TyperParameter, "get_runtime_param", clikit.TYPER_GET_RUNTIME_PARAM)
+    theirs = CliRunner().invoke(_probe_app(), argv)
+    assert (ours.exit_code, ours.stdout, ours.stderr) == (
+        theirs.exit_code,
+        theirs.stdout,
+        theirs.stderr,
+    )
+
+
+def test_importing_the_cli_loads_no_data_library() -> None:
+    """Every command starts with `import pipeline.cli`: it loads typer, not polars, pyarrow,
+    numpy, duckdb, pydantic or rich (a command imports what it uses). Checked in a fresh
+    interpreter, not timed (issue 13)."""
+    code = "import sys, pipeline.cli; print(' '.join({m.split('.')[0] for m in sys.modules}))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy = {"polars", "pyarrow", "numpy", "pandas", "duckdb", "pydantic", "rich", "dask"}
+    loaded = set(res.stdout.split())
+    assert "typer" in loaded
+    assert not loaded & heavy, sorted(loaded & heavy)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pipeline.clikit import FORCE_OPTION, QUIET_OPTION, command
 from pipeline.errors import QueryError
 
+if TYPE_CHECKING:
+    from pipeline.analyze.output import Rows
+
 #: Rows of a failing audit printed by `query --audit` (the report shows up to 50).
 AUDIT_ROWS = 20
+#: Rows a `query` table shows (the rest are counted in its caption).
+MAX_TABLE_ROWS = 10_000
 
 
 def register(app: typer.Typer) -> None:
@@ -45,7 +51,8 @@ def register(app: typer.Typer) -> None:
         quiet: bool = QUIET_OPTION,
     ) -> None:
         """Read-only SQL over the views of a RESULTS directory (`--views` lists them)."""
-        import pyarrow as pa
+        # only duckdb and rich on this path: pyarrow and polars are imported when a result
+        # needs them (Parquet output, dates, ...), so a query starts fast (issue 13)
         from rich.console import Console
 
         from pipeline.analyze import query as q
@@ -59,22 +66,34 @@ def register(app: typer.Typer) -> None:
             msg = 'give exactly one of: "SQL", `--views`, `--audit`'
             raise QueryError(msg)
         console = Console(soft_wrap=True, width=None if Console().is_terminal else 200)
-        if sql is not None:
-            rows = q.query_results(results, sql)
-        else:
+        if sql is None:
             _views_or_audit(results, console, views=views, quiet=quiet)
             return
+        limit = MAX_TABLE_ROWS if fmt == "table" else None
+
+        def answer(con: Any, run: Any) -> Rows | bytes:
+            docs = functools.partial(q.public_views, run)  # listed only if the query fails
+            if fmt == "parquet":
+                return to_parquet(q.run_query(con, sql, docs))
+            return q.fetch_rows(con, sql, docs, limit=limit)
+
+        got = q.read_results(results, answer)
+        if isinstance(got, bytes):
+            data = got
+        else:
+            rows = got
         if fmt == "table" and output is None:
-            console.print(rich_table(rows))
+            console.print(rich_table(rows, max_rows=MAX_TABLE_ROWS))
             return
 
-        def table_text(rows: pa.Table) -> str:
+        def table_text(rows: Rows) -> str:
             buf = Console(width=10_000, record=True, file=io.StringIO())
-            buf.print(rich_table(rows))
+            buf.print(rich_table(rows, max_rows=MAX_TABLE_ROWS))
             return buf.export_text()
 
         writers = {"csv": to_csv, "json": to_json, "ndjson": to_ndjson, "table": table_text}
-        data = to_parquet(rows) if fmt == "parquet" else writers[fmt](rows).encode()
+        if fmt != "parquet":
+            data = writers[fmt](rows).encode()
         if output is not None:
             from pipeline.analyze.export import write_atomic
 

@@ -1,4 +1,5 @@
-"""Rows (an Arrow table) as a rich table, CSV or JSON text. No queries here."""
+"""Rows (an Arrow table, or :class:`Rows` of Python values) as a rich table, CSV or JSON
+text. No queries here."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: How a missing or undefined value is shown to a person (a saving against a reference of 0).
 UNDEFINED = "—"
@@ -113,30 +117,66 @@ def _number(value: Decimal) -> int | float:
 
 
 def _is_numeric(dtype: pa.DataType) -> bool:
+    import pyarrow as pa
+
     return bool(pa.types.is_integer(dtype) or pa.types.is_floating(dtype)) or bool(
         pa.types.is_decimal(dtype)
     )
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Result rows as Python values (those ``pyarrow`` gives): the column names, which
+    columns hold numbers, the values of the first rows (one tuple per row, in column order:
+    two columns may share a name), and how many rows there are in all (``values`` may hold
+    fewer: a table shows at most ``max_rows``)."""
+
+    names: tuple[str, ...]
+    numeric: tuple[bool, ...]
+    values: list[tuple[Any, ...]]
+    num_rows: int
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, limit: int | None = None) -> Rows:
+        """The rows of ``table`` (the values of the first ``limit`` of them)."""
+        part = table if limit is None else table.slice(0, limit)
+        return cls(
+            tuple(table.column_names),
+            tuple(_is_numeric(f.type) for f in table.schema),
+            list(zip(*(column.to_pylist() for column in part.columns), strict=True)),
+            table.num_rows,
+        )
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per row (of a name given twice, the last column's value)."""
+        return [dict(zip(self.names, row, strict=True)) for row in self.values]
+
+
+def as_rows(rows: Rows | pa.Table, limit: int | None = None) -> Rows:
+    """``rows`` as :class:`Rows` (an Arrow table converted; ``limit`` as in ``from_arrow``)."""
+    return rows if isinstance(rows, Rows) else Rows.from_arrow(rows, limit)
+
+
 def rich_table(
-    rows: pa.Table,
+    rows: Rows | pa.Table,
     *,
     title: str | None = None,
     max_rows: int = 10_000,
     hint: str = "; use --format csv",
 ) -> Table:
     """A rich Table of ``rows`` (numbers right-aligned); at most ``max_rows`` rows shown."""
+    rows = as_rows(rows, max_rows)
     table = Table(title=title, title_justify="left", show_lines=False)
     records = [
-        [display_text(k, v) for k, v in record.items()]
-        for record in rows.slice(0, max_rows).to_pylist()
+        [display_text(k, v) for k, v in zip(rows.names, row, strict=True)]
+        for row in rows.values[:max_rows]
     ]
-    for i, field in enumerate(rows.schema):
+    for i, (name, numeric) in enumerate(zip(rows.names, rows.numeric, strict=True)):
         # never shrunk with an ellipsis: a table wider than the terminal is wrapped by it
-        width = max([len(field.name), *(len(r[i]) for r in records)])
+        width = max([len(name), *(len(r[i]) for r in records)])
         table.add_column(
-            field.name,
-            justify="right" if _is_numeric(field.type) else "left",
+            name,
+            justify="right" if numeric else "left",
             min_width=width,
             no_wrap=True,
         )
@@ -159,37 +199,39 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def to_csv(rows: pa.Table) -> str:
+def to_csv(rows: Rows | pa.Table) -> str:
     """CSV with a header line; NULL is empty, nested values are JSON."""
+    rows = as_rows(rows)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(rows.column_names)
-    for record in rows.to_pylist():
+    writer.writerow(rows.names)
+    for row in rows.values:
         writer.writerow(
             ""
             if v is None
             else json.dumps(_plain(v), default=str)
             if isinstance(v, (list, dict))
             else _plain(v)
-            for v in record.values()
+            for v in row
         )
     return buf.getvalue()
 
 
-def to_json(rows: pa.Table) -> str:
+def to_json(rows: Rows | pa.Table) -> str:
     """A JSON array of row objects (NaN and infinities as null)."""
-    records = [_plain(r) for r in rows.to_pylist()]
+    records = [_plain(r) for r in as_rows(rows).records()]
     return json.dumps(records, indent=1, default=str) + "\n"
 
 
-def to_ndjson(rows: pa.Table) -> str:
+def to_ndjson(rows: Rows | pa.Table) -> str:
     """One JSON object per line (NaN and infinities as null): what jq and DuckDB's
     read_json read as a stream."""
-    return "".join(json.dumps(_plain(r), default=str) + "\n" for r in rows.to_pylist())
+    return "".join(json.dumps(_plain(r), default=str) + "\n" for r in as_rows(rows).records())
 
 
 def to_parquet(rows: pa.Table) -> bytes:
     """The rows as one Parquet file (zstd), column types as DuckDB returned them."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     buf = pa.BufferOutputStream()

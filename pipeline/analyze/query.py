@@ -8,12 +8,14 @@ anything.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
-import pyarrow as pa
 
 from pipeline.analyze.catalog import (
     MANIFEST_DOC,
@@ -21,10 +23,16 @@ from pipeline.analyze.catalog import (
     run_view_docs,
     source_view_docs,
 )
+from pipeline.analyze.output import Rows
 from pipeline.analyze.views import AUDIT_DIR, POINT_SCHEMA, Run, connect, sql_files
 from pipeline.errors import QueryError, TlbReplayError
 from pipeline.outdir import pin
 from pipeline.snapshot import check_files
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+T = TypeVar("T")
 
 FORMATS = ("table", "csv", "json", "ndjson", "parquet")
 
@@ -63,7 +71,18 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def run_query(con: duckdb.DuckDBPyConnection, sql: str, views: list[ViewDoc]) -> pa.Table:
+#: The views a failed query's message lists: the list, or a function making it (``query``
+#: makes it only when a query fails).
+ViewList = Sequence[ViewDoc] | Callable[[], Sequence[ViewDoc]]
+
+
+def _query_failed(exc: duckdb.Error, views: ViewList) -> QueryError:
+    listed = views() if callable(views) else views
+    names = ", ".join(v.name for v in listed)
+    return QueryError(f"query failed: {_first_line(exc)}; views: {names} (see `--views`)")
+
+
+def run_query(con: duckdb.DuckDBPyConnection, sql: str, views: ViewList) -> pa.Table:
     """Run one SELECT on ``con`` and return its rows.
 
     Raises QueryError for a write statement, several statements, or SQL DuckDB rejects; the
@@ -73,9 +92,91 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, views: list[ViewDoc]) ->
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:
-        names = ", ".join(v.name for v in views)
-        msg = f"query failed: {_first_line(exc)}; views: {names} (see `--views`)"
-        raise QueryError(msg) from None
+        raise _query_failed(exc, views) from None
+
+
+#: DuckDB types (``DuckDBPyType.id``) whose Python values from ``fetchall`` are exactly
+#: those of the Arrow conversion's ``to_pylist`` (JSON's id is varchar: text either way);
+#: LIST and STRUCT of them too.
+_PLAIN_TYPES = frozenset(
+    {
+        "boolean",
+        "tinyint",
+        "smallint",
+        "integer",
+        "bigint",
+        "utinyint",
+        "usmallint",
+        "uinteger",
+        "ubigint",
+        "float",
+        "double",
+        "decimal",
+        "varchar",
+        "null",
+    }
+)
+#: Number types: a table right-aligns them (as ``output`` does for Arrow numbers).
+_NUMERIC_TYPES = _PLAIN_TYPES - {"boolean", "varchar", "null"} | {"hugeint"}
+#: Rows per Arrow batch when only the count of the rest is needed.
+_COUNT_BATCH_ROWS = 1 << 16
+
+
+def _is_plain(dtype: Any, *, top: bool) -> bool:
+    """True when ``dtype``'s values come out of ``fetchall`` as the Arrow path gives them.
+    HUGEINT (a sum of BIGINTs) is Arrow's decimal128(38, 0): converted, top level only."""
+    if dtype.id in _PLAIN_TYPES or (top and dtype.id == "hugeint"):
+        return True
+    if dtype.id in ("list", "struct"):
+        return all(_is_plain(child, top=False) for _, child in dtype.children)
+    return False
+
+
+def fetch_rows(
+    con: duckdb.DuckDBPyConnection, sql: str, views: ViewList, *, limit: int | None = None
+) -> Rows:
+    """:func:`run_query` for text output, as :class:`Rows` (values identical to those of the
+    Arrow table's ``to_pylist``), the values of the first ``limit`` rows (all when None).
+
+    When every column has a type of :data:`_PLAIN_TYPES` the rows come from DuckDB's own
+    Python conversion and pyarrow is never imported: `tlbreplay query` starts in well under
+    half a second (issue 13). Any other type (dates, timestamps, maps, ...) goes through
+    Arrow as before; so does counting the rows past ``limit``.
+    """
+    _refuse_non_select(con, sql)
+    try:
+        cursor = con.execute(sql)
+        description = cursor.description or []
+        names = tuple(d[0] for d in description)
+        types = [d[1] for d in description]
+        if not all(_is_plain(t, top=True) for t in types):
+            cursor.abort()  # the pending result: the statement runs again through Arrow
+            return Rows.from_arrow(con.sql(sql).to_arrow_table(), limit)
+        fetched = cursor.fetchall() if limit is None else cursor.fetchmany(limit)
+        total = len(fetched)
+        if limit is not None and total == limit:
+            total += _count_rest(cursor)
+    except duckdb.Error as exc:
+        raise _query_failed(exc, views) from None
+    huge = [i for i, t in enumerate(types) if t.id == "hugeint"]
+    if huge:  # Arrow's decimal128(38, 0)
+        fetched = [
+            tuple(Decimal(v) if i in huge and v is not None else v for i, v in enumerate(row))
+            for row in fetched
+        ]
+    numeric = tuple(t.id in _NUMERIC_TYPES for t in types)
+    return Rows(names, numeric, fetched, total)
+
+
+def _count_rest(cursor: duckdb.DuckDBPyConnection) -> int:
+    """The rows left in ``cursor``'s result (the caption of a table cut at ``limit``), counted
+    in Arrow batches: no Python value is made for them."""
+    with warnings.catch_warnings():
+        # DuckDB notes that Arrow output of a DB-API result copies the rows: they are only
+        # counted here, batch by batch
+        warnings.simplefilter("ignore", UserWarning)
+        reader = cursor.to_arrow_reader(_COUNT_BATCH_ROWS)
+    return sum(batch.num_rows for batch in reader or ())
 
 
 #: times `query` reads RESULTS again when the version it read was removed meanwhile
@@ -83,27 +184,33 @@ VERSION_ATTEMPTS = 3
 
 
 def query_results(results: Path, sql: str) -> pa.Table:
-    """Run one SELECT over the views of ``results`` (:func:`run_query`), reading the version
-    ``results`` names at the start (ADR 0003). A swap keeps the previous version, so a query
-    fails only when two newer versions were installed while it ran and removed the one it
-    read (DuckDB or the file system then fail in any way); it reads the newest instead, up to
+    """Run one SELECT over the views of ``results`` (:func:`run_query`) through
+    :func:`read_results`: the answer of one whole version."""
+    return read_results(results, lambda con, run: run_query(con, sql, public_views(run)))
+
+
+def read_results(results: Path, read: Callable[[duckdb.DuckDBPyConnection, Run], T]) -> T:
+    """``read(con, run)`` over the views of ``results``, reading the version ``results``
+    names at the start (ADR 0003). A swap keeps the previous version, so a read fails only
+    when two newer versions were installed while it ran and removed the one it read (DuckDB
+    or the file system then fail in any way); it reads the newest instead, up to
     :data:`VERSION_ATTEMPTS` times. An error on a version still current is raised."""
     for attempt in range(1, VERSION_ATTEMPTS + 1):
-        read = pin(results)
+        read_version = pin(results)
         try:
             con, run = connect(results)
             try:
-                rows = run_query(con, sql, public_views(run))
+                answer = read(con, run)
             finally:
                 con.close()
         except (TlbReplayError, OSError, duckdb.Error):
-            if pin(results) == read or attempt == VERSION_ATTEMPTS:
+            if pin(results) == read_version or attempt == VERSION_ATTEMPTS:
                 raise
             continue
         # a version being removed can lose files between the checks and the scan (a view
         # then reads fewer or no files): the answer stands only if the files are all there
         if pin(results) == run.results or _intact(run.results, run.manifest.get("files")):
-            return rows
+            return answer
     msg = (
         f"{results} was replaced {VERSION_ATTEMPTS} times while it was read (each version "
         "removed before the query ended); run the query again"

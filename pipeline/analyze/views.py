@@ -30,16 +30,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
 
 from pipeline.analyze.lockdown import lock_down
 from pipeline.errors import DatasetError, QueryError
 from pipeline.outdir import pin
 from pipeline.schema import MANIFEST, SCHEMA_DIR, read_manifest, table_schema
 from pipeline.snapshot import check_dataset, check_files
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 AUDIT_DIR = SQL_DIR / "audits"
@@ -117,6 +119,8 @@ _DUCK_PRIMITIVES = {
 
 def _duck_type(arrow: pa.DataType) -> str:
     """The DuckDB type of an Arrow type of the schema grammar, for empty placeholder views."""
+    import pyarrow as pa
+
     if pa.types.is_list(arrow):
         return f"{_duck_type(arrow.value_type)}[]"
     if pa.types.is_struct(arrow):

@@ -29,8 +29,9 @@ row can belong to it. When the rows are in time order (tracefs text, one source)
 the batch that holds the epoch's last row. Otherwise (a ``trace-cmd report`` that interleaves
 CPUs, several sources, or an epoch of more than ``BUCKET_ROWS`` rows) the rows are spilled to
 temporary files in buckets of consecutive slices of at most ``BUCKET_ROWS`` rows and each
-bucket is compressed in order. Either way the rows are identical to counting the whole table
-at once. ``accesses`` is written in parts of about ``PART_ROWS`` rows
+bucket is compressed in order (when all rows fit one bucket they are held, not spilled).
+Either way the rows are identical to counting the whole table at once. ``accesses`` is
+written in parts of about ``PART_ROWS`` rows
 (``accesses/part-NNNNN.parquet``, VM by VM in name order); a part never splits an epoch of a VM.
 """
 
@@ -55,7 +56,7 @@ from pipeline.ingest.derive_stream import (
     stream_ordered,
 )
 from pipeline.ingest.derive_stream import stream_spilled as _stream_spilled
-from pipeline.ingest.points import Points, runs
+from pipeline.ingest.points import Points, reduced_runs
 from pipeline.model.knobs import NUMA_KNOB_DEFAULTS
 from pipeline.schema import conform, table_schema
 
@@ -132,14 +133,33 @@ def _epoch(t0_ns: int, epoch_ms: int) -> pl.Expr:
 
 @dataclass
 class _Faults:
-    """Where the vCPU accesses come from and how to read them batch by batch."""
+    """Where the vCPU accesses come from and how to read them batch by batch.
+
+    A table of at most ``hold_rows`` rows (the rows of one spill bucket: ~26 bytes each as
+    held) is read from Parquet once; the later passes over it take the batches kept by the
+    first whole one (issue 13: reading the table back was a third of derive).
+    """
 
     source: str
     rows: int
     index: dict[int, int] = field(default_factory=dict)  # pid -> vCPU (kvm_mmu_spte_requested)
+    hold_rows: int = 0
+    _held: list[pl.DataFrame] | None = field(default=None, repr=False)
 
     def batches(self, root: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
         """(ts_ns, pid, vcpu, gfn, write) per fault, in table order."""
+        if self._held is not None:
+            yield from self._held
+            return
+        held: list[pl.DataFrame] | None = [] if self.rows <= self.hold_rows else None
+        for b in self._read(root, batch_rows):
+            if held is not None:
+                held.append(b)
+            yield b
+        if held is not None:
+            self._held = held  # only once every batch was read
+
+    def _read(self, root: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
         if self.source == "kvm_page_fault":
             cols = ["ts_ns", "pid", "vcpu", "gpa", "error_code"]
             for b in _batches(root, self.source, cols, batch_rows):
@@ -214,7 +234,7 @@ def compress_runs(points: pl.DataFrame) -> pl.DataFrame:
     """(vm, epoch, vcpu, write, gfn, nr_accesses) points -> maximal runs (table accesses).
 
     A run starts where the keys change, the gfn is not the previous one + 1, or the count
-    differs (:func:`pipeline.ingest.points.runs`; one sort on a packed key, no group-by).
+    differs (:func:`pipeline.ingest.points.reduced_runs`; one sort of packed keys, no group-by).
     Distinct points are expected (equal points would be summed first); runs come sorted by
     vm, epoch, vcpu, write, gfn_start.
     """
@@ -227,8 +247,8 @@ def compress_runs(points: pl.DataFrame) -> pl.DataFrame:
         points["write"].to_numpy().astype(np.bool_),
         points["gfn"].to_numpy().astype(np.int64),
         points["nr_accesses"].to_numpy().astype(np.int64),
-    ).reduced()
-    cols = runs(p)
+    )
+    cols = reduced_runs(p)
     frame = pl.DataFrame(cols, schema=ACCESS_DTYPES)
     vm = pl.col("vm").replace_strict(
         dict(enumerate(vm_names.to_list())), return_dtype=vm_names.dtype
@@ -381,6 +401,7 @@ def derive(
         _nrows(root, "kvm_page_fault") or _nrows(root, "kvm_mmu_spte_requested")
     )
     faults = _fault_rows(root, vms, batch_rows, tick)
+    faults.hold_rows = bucket_rows
     t0 = t0_ns if t0_ns is not None else 0
     epoch = _epoch(t0, epoch_ms)
     layout = EpochLayout(epoch)

@@ -6,7 +6,7 @@ Fault rows arrive batch by batch (:mod:`pipeline.ingest.derive`). Each batch bec
 
 * rows in epoch order (:func:`stream_ordered`): the points of an epoch are sorted, summed and
   range-compressed in one pass once a batch starts a later epoch;
-* otherwise (:func:`stream_spilled`) points are spilled to ``.npz`` files in buckets of
+* otherwise (:func:`stream_spilled`) points are spilled to ``.npy`` files in buckets of
   consecutive slices holding at most ``bucket_rows`` fault rows each (from the histogram the
   first pass counts), and each bucket is compressed in order. A bucket is bounded whatever
   ``--epoch-ms``: one long epoch is split by vCPU (ADR 0130).
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.ingest.points import Points, runs, slice_key, sort_order
+from pipeline.ingest.points import Points, reduced_runs, slice_key, sort_order
 from pipeline.schema import ParquetStream, table_schema
 
 SPILL_ROWS = 2 << 20  # points held before they are reduced (in order) or spilled
@@ -153,7 +153,7 @@ class Emitter:
     def emit(self, points: Points, below: int | None) -> None:
         """``points`` hold every fault of the slices ``< below`` (a :func:`slice_key`) not
         emitted yet; None: every slice."""
-        cols = runs(points.reduced())
+        cols = reduced_runs(points)
         damon = self._damon
         if below is not None:
             done = pl.col("_slice") < below
@@ -311,7 +311,19 @@ def stream_spilled(
     starts: list[int],
     tick: Callable[[int], None],
 ) -> None:
-    """Rows out of epoch order: spill points to slice buckets, emit bucket by bucket."""
+    """Rows out of epoch order: spill points to slice buckets, emit bucket by bucket.
+
+    One bucket (every fault row fits the bound of one): nothing is spilled, the points are
+    held and emitted at the end, as the bucket would be read back.
+    """
+    if len(starts) <= 1:
+        whole: list[Points] = []
+        for b in batches:
+            tick(b.height)
+            whole.append(counter.points(b))
+        emitter.emit(Points.concat(whole), NO_SLICE)
+        emitter.emit(Points.empty(), NO_SLICE)
+        return
     bounds = np.asarray(starts, np.int64)
     with tempfile.TemporaryDirectory(dir=root, prefix=".derive-spill-") as tmp:
         spill = Path(tmp)
@@ -330,8 +342,9 @@ def stream_spilled(
             points, bucket = points.take(order), bucket[order]
             cuts = np.flatnonzero(np.diff(bucket)) + 1
             for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(bucket)], strict=True):
-                path = spill / f"b{int(bucket[lo]):06d}-{seq:06d}.npz"
-                np.savez(path, **points.take(slice(lo, hi)).columns())  # type: ignore[arg-type]
+                # one raw .npy per column: read back once, so no zip (np.savez's CRC-32)
+                for name, col in points.take(slice(lo, hi)).columns().items():
+                    np.save(spill / f"b{int(bucket[lo]):06d}-{seq:06d}.{name}.npy", col)
             seq += 1
 
         for b in batches:
@@ -340,13 +353,15 @@ def stream_spilled(
             if sum(len(h) for h in held) >= SPILL_ROWS:
                 flush()
         flush()
+        names = list(Points.empty().columns())
         for i in range(len(starts)):
-            files = sorted(spill.glob(f"b{i:06d}-*.npz"))
+            chunks = sorted(f.name.split(".")[0] for f in spill.glob(f"b{i:06d}-*.n.npy"))
             parts = []
-            for f in files:
-                with np.load(f) as z:
-                    parts.append(Points(**{k: z[k] for k in z.files}))
-                f.unlink()
+            for chunk in chunks:
+                files = [spill / f"{chunk}.{name}.npy" for name in names]
+                parts.append(Points(*(np.load(f) for f in files)))
+                for f in files:
+                    f.unlink()
             below = starts[i + 1] if i + 1 < len(starts) else NO_SLICE
             emitter.emit(Points.concat(parts), below)
     emitter.emit(Points.empty(), NO_SLICE)

@@ -484,7 +484,7 @@ def _buffers(n: int) -> Scan:
     return Scan(**cols)
 
 
-def scan(buf: bytes) -> Scan:
+def scan(buf: bytes | memoryview) -> Scan:
     """Run the C scanner over ``buf`` (one row per line; the last may lack its newline).
 
     The result is valid until the next call in this thread (its arrays are reused).
@@ -495,12 +495,13 @@ def scan(buf: bytes) -> Scan:
         msg = "a block must be smaller than 2 GiB"
         raise ValueError(msg)
     t = tables()
+    data = np.frombuffer(buf, np.uint8)  # no copy of a block read into a buffer (reader.py)
     cap = max(len(buf) // 48, 1 << 12)  # lines are rarely shorter; else scan again, wider
     while True:
         out = _buffers(cap)
         consumed = ctypes.c_long(0)
         got = lib.scan_block(
-            ctypes.c_char_p(buf),
+            ctypes.c_void_p(data.ctypes.data),
             ctypes.c_long(len(buf)),
             ctypes.c_long(cap),
             ctypes.c_int32(len(t.events)),
@@ -605,20 +606,21 @@ def full_parts(data: np.ndarray, s: Scan) -> tuple[dict[str, list[polarsscan.Par
         spec = SPECS[tm.event]
         schema = table_schema(spec.table).arrow()
         idx = full[tmpl_of == k]
+        raw = {col: s.slots[slot][idx] for col, (slot, _kind) in tm.numbers.items()}
         ok = np.ones(len(idx), bool)
-        for col, (slot, kind) in tm.numbers.items():
-            ok &= _in_range(s.slots[slot][idx], kind, schema.field(col).type)
+        for col, (_slot, kind) in tm.numbers.items():
+            ok &= _in_range(raw[col], kind, schema.field(col).type)
         if not ok.all():
             demoted.append(idx[~ok])
             idx = idx[ok]
+            raw = {col: values[ok] for col, values in raw.items()}
             if not len(idx):
                 continue
         cols = _common(data, s, idx)
         for col in spec.columns:
             dtype = schema.field(col).type
             if col in tm.numbers:
-                slot, kind = tm.numbers[col]
-                cols[col] = _number(s.slots[slot][idx], kind, dtype)
+                cols[col] = _number(raw[col], tm.numbers[col][1], dtype)
             elif col in tm.strings:
                 at = tm.strings[col]
                 sl = s.slots
@@ -647,12 +649,13 @@ def header_frame(data: np.ndarray, s: Scan, idx: np.ndarray) -> pl.DataFrame:
 
 
 def parse_chunk_c(
-    buf: bytes, *, source: str, first_lineno: int = 1, final: bool = False
+    buf: bytes | memoryview, *, source: str, first_lineno: int = 1, final: bool = False
 ) -> polarsscan.ChunkResult:
-    """:func:`ftrace.parse_chunk` with the compiled scanner (same rows, reasons and counts)."""
+    """:func:`ftrace.parse_chunk` with the compiled scanner (same rows, reasons and counts).
+    ``buf`` may be a view of a read buffer: nothing here copies it whole."""
     s = scan(buf)
     data = np.frombuffer(buf, np.uint8)
-    open_end = len(buf) > 0 and not buf.endswith(b"\n")
+    open_end = len(buf) > 0 and bytes(buf[-1:]) != b"\n"
     lines = polarsscan.Lines(buf, s.line_start, s.line_end, final and open_end)
     got = polarsscan.Collected()
     parts, demoted = full_parts(data, s)

@@ -29,7 +29,7 @@ PARSERS = ("c", "polars")
 
 
 def parse_chunk(
-    buf: bytes,
+    buf: bytes | memoryview,
     *,
     source: str,
     first_lineno: int = 1,
@@ -41,8 +41,10 @@ def parse_chunk(
     ``buf`` ends with a newline unless it holds the end of the input (``final``), whose last
     line, if it has no newline and does not parse, is reported as cut off. ``parser`` is
     ``"c"`` (the compiled scanner, :mod:`pipeline.ingest.fastscan`) or ``"polars"``; both give
-    the same result. Default: :func:`default_parser`.
+    the same result. Default: :func:`default_parser`. ``buf`` may be a view (of a read
+    buffer); the polars path takes a copy of it.
     """
     if (parser or default_parser()) == "c":
         return fastscan.parse_chunk_c(buf, source=source, first_lineno=first_lineno, final=final)
-    return parse_chunk_polars(buf, source=source, first_lineno=first_lineno, final=final)
+    text = buf if isinstance(buf, bytes) else bytes(buf)
+    return parse_chunk_polars(text, source=source, first_lineno=first_lineno, final=final)

@@ -98,11 +98,16 @@ def sort_order(cols: list[np.ndarray]) -> np.ndarray:
     spans = [_span_bits(c) for c in cols]
     if sum(bits for _lo, bits in spans) > KEY_BITS:
         return np.lexsort(cols[::-1])
+    return np.argsort(_pack(cols, spans), kind="stable")
+
+
+def _pack(cols: list[np.ndarray], spans: list[tuple[int, int]]) -> np.ndarray:
+    """One uint64 per row: each column's offset from its lowest value, most significant first."""
     key = np.zeros(len(cols[0]), np.uint64)
     for c, (lo, bits) in zip(cols, spans, strict=True):
         key <<= np.uint64(bits)
         key |= (c.astype(np.int64) - lo).astype(np.uint64)
-    return np.argsort(key, kind="stable")
+    return key
 
 
 def runs(p: Points) -> dict[str, np.ndarray]:
@@ -133,6 +138,53 @@ def runs(p: Points) -> dict[str, np.ndarray]:
         "gfn_start": p.gfn[start],
         "nr_pages": lengths,
         "nr_accesses": p.n[start],
+    }
+
+
+def reduced_runs(p: Points) -> dict[str, np.ndarray]:
+    """``runs(p.reduced())``, on one packed key when (vm, epoch, vcpu, write, gfn) fit in 64
+    bits (else exactly that).
+
+    The keys alone are sorted (``n`` all 1, the fault rows as derive holds them: counts are
+    the lengths of runs of equal keys; else the keys' order permutes ``n`` only), so no column
+    is gathered. gfn is the lowest field and its span keeps a spare top value, so the next
+    gfn of the same (vm, epoch, vcpu, write) is exactly key + 1, never a carry: a run goes on
+    where the next distinct key is this one + 1 with the same count. A run's columns are
+    unpacked from its first key. ~3x faster than sorting and comparing six columns.
+    """
+    cols = [p.vm, p.epoch, p.vcpu, p.write, p.gfn]
+    spans = [_span_bits(c) for c in cols] if len(p) else []
+    if not len(p) or sum(bits for _lo, bits in spans) > KEY_BITS:
+        return runs(p.reduced())
+    key = _pack(cols, spans)
+    ones = bool(p.n.min() == 1 == p.n.max())
+    order = None if ones else np.argsort(key, kind="stable")
+    key = np.sort(key) if order is None else key[order]
+    new = np.ones(len(key), bool)
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    distinct = key[starts]
+    if order is None:
+        n = np.diff(starts, append=len(key)).astype(np.int64)
+    else:
+        n = np.add.reduceat(p.n[order], starts).astype(np.int64)
+    brk = np.ones(len(distinct), bool)
+    brk[1:] = (distinct[1:] != distinct[:-1] + np.uint64(1)) | (n[1:] != n[:-1])
+    run_start = np.flatnonzero(brk)
+    first = distinct[run_start]
+    fields_of_run: list[np.ndarray] = []
+    for lo, bits in reversed(spans):  # gfn first: the lowest field
+        fields_of_run.append((first & np.uint64((1 << bits) - 1)).astype(np.int64) + lo)
+        first = first >> np.uint64(bits)
+    gfn, write, vcpu, epoch, vm = fields_of_run
+    return {
+        "vm": vm.astype(p.vm.dtype),
+        "epoch": epoch.astype(p.epoch.dtype),
+        "vcpu": vcpu.astype(p.vcpu.dtype),
+        "write": write.astype(p.write.dtype),
+        "gfn_start": gfn.astype(p.gfn.dtype),
+        "nr_pages": np.diff(run_start, append=len(distinct)).astype(np.int64),
+        "nr_accesses": n[run_start],
     }
 
 

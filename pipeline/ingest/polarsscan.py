@@ -285,13 +285,13 @@ def frame_part(frame: pl.DataFrame, table: str) -> Part:
 class Lines:
     """The lines of a block: ``buf[starts[r]:ends[r]]`` (without the newline)."""
 
-    buf: bytes
+    buf: bytes | memoryview
     starts: np.ndarray
     ends: np.ndarray
     cut_last: bool
 
     def text(self, r: int) -> str:
-        return self.buf[self.starts[r] : self.ends[r]].decode("utf-8", "replace")
+        return bytes(self.buf[self.starts[r] : self.ends[r]]).decode("utf-8", "replace")
 
     def last(self, r: int) -> bool:
         return self.cut_last and r == len(self.starts) - 1

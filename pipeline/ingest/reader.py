@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -108,7 +109,7 @@ class _Hasher:
 
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self._QUEUED)
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=self._QUEUED)
         self._thread = threading.Thread(target=self._run, name="ingest-hash", daemon=True)
         self._thread.start()
         self._digest: str | None = None
@@ -117,7 +118,7 @@ class _Hasher:
         while (data := self._queue.get()) is not None:
             self._sha.update(data)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._queue.put(data)
 
     def hexdigest(self) -> str:
@@ -158,6 +159,27 @@ class HashingReader:
             if self._progress is not None:
                 self._progress(len(data))
         return data
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Read into ``buffer`` as :meth:`read` would return (the peeked head alone first,
+        then full reads unless the input ends, so blocks are cut where they were): no copy of
+        the bytes read. The hash thread reads ``buffer`` later: it must not be written again."""
+        if self._head:
+            n = min(len(self._head), len(buffer))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        filled = 0
+        while filled < len(buffer):
+            got = self._raw.readinto(buffer[filled:])  # type: ignore[attr-defined]
+            if not got:
+                break
+            self._sha.update(buffer[filled : filled + got])
+            self.count += got
+            if self._progress is not None:
+                self._progress(got)
+            filled += got
+        return filled
 
     def read(self, n: int = -1) -> bytes:
         if self._head:
@@ -296,6 +318,69 @@ def _looks_binary(block: bytes) -> bool:
     return control > len(sample) // 20
 
 
+def _first_block_checks(src: str, block: bytes, stats: SourceStats) -> None:
+    if not block and stats.format == "trace.dat":
+        msg = "`trace-cmd report` printed nothing: the trace.dat is empty or corrupt"
+        raise InputError(src, msg)
+    if not block:
+        raise InputError(src, "is empty; nothing to ingest")
+    if _looks_binary(block):
+        msg = "is a binary file, not ftrace text; pass a `trace`/`trace_pipe` text file, "
+        msg += "`trace-cmd report` output, a .gz/.zst of one, or a trace.dat"
+        raise InputError(src, msg)
+
+
+#: Bytes searched backwards for a block's last newline before searching all of it.
+_TAIL_BYTES = 1 << 16
+
+
+def _last_newline(view: memoryview) -> int:
+    """Index of the last newline in ``view``, -1 if none."""
+    lo = max(len(view) - _TAIL_BYTES, 0)
+    at = bytes(view[lo:]).rfind(b"\n")
+    if at >= 0 or lo == 0:
+        return lo + at if at >= 0 else -1
+    found = np.flatnonzero(np.frombuffer(view[:lo], np.uint8) == ord("\n"))
+    return int(found[-1]) if len(found) else -1
+
+
+def iter_views(
+    src: str, stream: HashingReader, stats: SourceStats
+) -> Iterator[tuple[memoryview, bool]]:
+    """:func:`iter_blocks` of an uncompressed input, without copying a block: each is read
+    into a buffer of its own after the carried start of its first line, and a view of its
+    whole lines is handed on (the C scanner reads views; issue 13). Only the partial last
+    line is copied, to the next buffer."""
+    carry = b""
+    first = True
+    while True:
+        buf = np.empty(len(carry) + CHUNK_BYTES, np.uint8).data  # not zero-filled
+        buf[: len(carry)] = carry
+        try:
+            got = stream.readinto(buf[len(carry) :])
+        except OSError as exc:
+            raise InputError(src, f"cannot read ({exc}); check the file") from None
+        if first:
+            first = False
+            _first_block_checks(src, bytes(buf[: min(got, 1 << 16)]), stats)
+        stats.bytes_text += got
+        data = buf[: len(carry) + got]
+        if not got:
+            if carry:
+                yield data, True
+            return
+        cut = _last_newline(data[len(carry) :])
+        if cut < 0:
+            carry = bytes(data)
+            if len(carry) > MAX_LINE_BYTES:
+                msg = f"a line longer than {MAX_LINE_BYTES >> 20} MiB; not ftrace text"
+                raise InputError(src, msg)
+            continue
+        cut += len(carry)
+        carry = bytes(data[cut + 1 :])
+        yield data[: cut + 1], False
+
+
 def iter_blocks(
     src: str, stream: IO[bytes] | HashingReader, stats: SourceStats
 ) -> Iterator[tuple[bytes, bool]]:
@@ -306,15 +391,7 @@ def iter_blocks(
         block = _read_block(src, stream, stats.format, CHUNK_BYTES)
         if first:
             first = False
-            if not block and stats.format == "trace.dat":
-                msg = "`trace-cmd report` printed nothing: the trace.dat is empty or corrupt"
-                raise InputError(src, msg)
-            if not block:
-                raise InputError(src, "is empty; nothing to ingest")
-            if _looks_binary(block):
-                msg = "is a binary file, not ftrace text; pass a `trace`/`trace_pipe` text file, "
-                msg += "`trace-cmd report` output, a .gz/.zst of one, or a trace.dat"
-                raise InputError(src, msg)
+            _first_block_checks(src, block, stats)
         stats.bytes_text += len(block)
         if not block:
             if carry:
@@ -415,7 +492,7 @@ class ChunkParser:
         self._pending: deque[tuple[Future[polarsscan.ChunkResult], Block]] = deque()
         self._held: list[Block] = []
 
-    def submit(self, block: bytes, source: str, final: bool) -> None:
+    def submit(self, block: bytes | memoryview, source: str, final: bool) -> None:
         item = (block, source, final, self.parser)
         if self._pool is None and self._workers > 1 and self.parser == "c":
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ingest-parse")
@@ -476,7 +553,7 @@ class ChunkParser:
             self._pool = None
 
 
-Block = tuple[bytes, str, bool, str]  # block, source, final, parser
+Block = tuple[bytes | memoryview, str, bool, str]  # block, source, final, parser
 
 
 def _parse(item: Block) -> polarsscan.ChunkResult:
@@ -532,8 +609,12 @@ def ingest_source(
     hashed = HashingReader(raw_file, progress)
     try:
         text = _decompressed(src, hashed, stats)
-        for block, final in iter_blocks(src, text, stats):
-            parser.submit(block, src, final)
+        views = text is hashed and parser.parser == "c" and hasattr(raw_file, "readinto")
+        blocks: Iterator[tuple[bytes | memoryview, bool]] = (
+            iter_views(src, hashed, stats) if views else iter_blocks(src, text, stats)
+        )
+        for view, final in blocks:
+            parser.submit(view, src, final)
         parser.flush()
         stats.sha256, stats.bytes = hashed.hexdigest(), hashed.count
     finally:

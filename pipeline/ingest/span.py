@@ -29,14 +29,39 @@ def _event_bounds(root: Path) -> tuple[int, int] | None:
     for path in sorted((root / "ftrace").glob("*.parquet")):
         if "ts_ns" not in pl.read_parquet_schema(path):
             continue
-        row = pl.scan_parquet(path).select(
-            pl.col("ts_ns").min().alias("lo"), pl.col("ts_ns").max().alias("hi")
-        )
-        lo, hi = row.collect().row(0)
-        if lo is not None:
+        bounds = _footer_bounds(path)
+        if bounds is None:
+            row = pl.scan_parquet(path).select(
+                pl.col("ts_ns").min().alias("lo"), pl.col("ts_ns").max().alias("hi")
+            )
+            bounds = row.collect().row(0)
+        lo, hi = bounds
+        if lo is not None and hi is not None:
             lows.append(int(lo))
             highs.append(int(hi))
     return (min(lows), max(highs)) if lows else None
+
+
+def _footer_bounds(path: Path) -> tuple[int | None, int | None] | None:
+    """(min, max) of ``ts_ns`` from the row groups' statistics in the Parquet footer (ingest
+    writes them for number columns): no column is read. None when a row group with rows
+    has none (then the column is scanned)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    column = meta.schema.names.index("ts_ns")
+    lo: int | None = None
+    hi: int | None = None
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        if group.num_rows == 0:
+            continue
+        stats = group.column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        lo = int(stats.min) if lo is None else min(lo, int(stats.min))
+        hi = int(stats.max) if hi is None else max(hi, int(stats.max))
+    return lo, hi
 
 
 def _lab_window_s(vm_config: Path | None) -> float | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +167,110 @@ def test_query_as_a_subprocess(small_run: Path) -> None:
         "tlbreplay: error: the views are read-only: `DELETE` statements are refused; "
         "only SELECT runs\n"
     )
+
+
+#: Libraries `query` must not load for a result of plain types (issue 13: start-up < 0.5 s).
+HEAVY = {"polars", "pyarrow", "numpy", "pandas", "pydantic", "matplotlib", "dask"}
+
+
+def test_query_path_imports_duckdb_not_polars_or_pyarrow(small_run: Path, tmp_path: Path) -> None:
+    """The modules a query loads, listed in a fresh interpreter (not a timed test). The
+    first query of a RESULTS state builds its saved catalog (ADR 0420) and may load more;
+    the next ones open it."""
+    sql = (
+        "SELECT policy, vm, sum(remote_tlb_flushes) AS flushes, sum(cost_us) AS cost_us "
+        "FROM epochs GROUP BY ALL ORDER BY ALL"
+    )
+    code = (
+        "import sys\n"
+        "from pipeline.cli import app\n"
+        f"sys.argv = ['tlbreplay', 'query', {str(small_run)!r}, {sql!r}]\n"
+        "try:\n"
+        "    app()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "TLBREPLAY_CACHE_DIR": str(tmp_path)}
+    for _ in range(2):
+        res = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        )
+    loaded = set(res.stderr.split())
+    assert "duckdb" in loaded
+    assert not loaded & HEAVY, sorted(loaded & HEAVY)
+    assert "linux-6.5" in res.stdout
+
+
+#: One expression per DuckDB type the fast path takes, and some it leaves to Arrow.
+TYPED_SQL = [
+    "SELECT 1 AS a, 2::TINYINT AS b, 3::UBIGINT AS c, 18446744073709551615::UBIGINT AS d",
+    "SELECT sum(remote_tlb_flushes) AS n, sum(cost_us) AS c, 2.5::DECIMAL(4, 1) AS d FROM epochs",
+    "SELECT 170141183460469231731687303715884105727::HUGEINT AS h, NULL::HUGEINT AS hn",
+    "SELECT 1.1::FLOAT AS f, 'nan'::DOUBLE AS n, 'inf'::DOUBLE AS i, -0.0::DOUBLE AS z",
+    "SELECT NULL AS n, true AS t, 'x,\"y\"' AS s, '' AS e, 'é—' AS u",
+    "SELECT [1, NULL, 3] AS l, {'a': 1, 'b': 'x', 'c': [1.5::FLOAT]} AS s, "
+    "[[2.5::DECIMAL(3,1)]] AS d",
+    "SELECT manifest, manifest ->> 'epoch_ms' AS epoch_ms FROM results_manifest",
+    "SELECT policy, vm, epoch, remote_tlb_flushes, cost_us FROM epochs ORDER BY ALL",
+    "SELECT 1 AS a, 2 AS a",
+    "SELECT DATE '2026-12-03' AS d, TIMESTAMP '2026-12-03 10:00:00' AS t, INTERVAL 3 DAY AS i",
+    "SELECT MAP {'k': 1} AS m, 'x'::UUID IS NULL AS u, [1::HUGEINT] AS lh",
+    "SELECT * FROM range(0) AS t(i)",
+]
+
+
+@pytest.mark.parametrize("sql", TYPED_SQL)
+def test_fetched_rows_print_as_the_arrow_rows(small_run: Path, sql: str) -> None:
+    """fetch_rows (DuckDB's Python values, no pyarrow) and run_query (Arrow) give the same
+    records and the same table, CSV and JSON text, byte for byte."""
+    from rich.console import Console
+
+    from pipeline.analyze import query as q
+    from pipeline.analyze.output import Rows, rich_table, to_csv, to_json, to_ndjson
+    from pipeline.analyze.views import connect
+
+    if "'x'::UUID" in sql:
+        sql = sql.replace("'x'::UUID IS NULL", "gen_random_uuid() IS NULL")
+    con, _ = connect(small_run)
+    try:
+        fast = q.fetch_rows(con, sql, [])
+        slow = Rows.from_arrow(q.run_query(con, sql, []))
+    finally:
+        con.close()
+    assert repr(fast) == repr(slow)  # repr: NaN equals NaN, -0.0 differs from 0.0
+
+    def text(rows: Rows) -> str:
+        buf = Console(width=10_000, record=True, file=io.StringIO())
+        buf.print(rich_table(rows))
+        return buf.export_text()
+
+    for render in (to_csv, to_json, to_ndjson, text):
+        assert render(fast) == render(slow)
+
+
+def test_a_table_shows_the_first_rows_and_counts_the_rest(small_run: Path) -> None:
+    from pipeline.analyze import query as q
+    from pipeline.analyze.views import connect
+
+    con, _ = connect(small_run)
+    try:
+        rows = q.fetch_rows(con, "SELECT range AS i FROM range(70000)", [], limit=3)
+    finally:
+        con.close()
+    assert rows.values == [(0,), (1,), (2,)]
+    assert rows.num_rows == 70000
+    code, out, _ = run(str(small_run), "SELECT range AS i FROM range(10005)")
+    assert code == 0
+    assert "5 more rows not shown; use --format csv" in out
+    assert "10,000 │" in out or "│ 9,999 │" in out
+
+
+def test_two_columns_of_one_name_both_show(small_run: Path) -> None:
+    """Once a traceback (the table lost a cell); CSV and the table show both columns, JSON
+    objects keep the last value of a name."""
+    sql = "SELECT 1 AS a, 2 AS a"
+    assert run(str(small_run), sql, "--format", "csv")[1] == "a,a\n1,2\n"
+    assert run(str(small_run), sql, "--format", "ndjson")[1] == '{"a": 2}\n'
+    code, out, _ = run(str(small_run), sql)
+    assert code == 0 and "│ 1 │ 2 │" in out

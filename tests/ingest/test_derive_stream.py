@@ -289,6 +289,23 @@ def test_out_of_order_rows_take_the_spill_path(
     assert spilled and spilled[0] > 5  # several buckets of <= 11 rows
 
 
+def test_out_of_order_rows_of_one_bucket_are_held_not_spilled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All fault rows within one bucket's bound: the same rows, and no spill file written."""
+    from pipeline.ingest import derive_stream
+
+    faults = [(t * 1_000_000, 300, t % 3, (t * 37) % 900, t % 2 == 0) for t in range(200)]
+    write_faults(tmp_path, "kvm_page_fault", faults[::-1])
+
+    def no_spill(*args: object, **kw: object) -> None:
+        raise AssertionError("spilled")
+
+    monkeypatch.setattr(derive_stream.np, "save", no_spill)
+    got = streamed(tmp_path, vm_config=None, epoch_ms=10, t0=0, scale=100)
+    check(tmp_path, got, 10, 0)
+
+
 def test_one_long_epoch_is_split_by_vcpu_into_bounded_buckets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -307,3 +324,36 @@ def test_one_long_epoch_is_split_by_vcpu_into_bounded_buckets(
     got = streamed(tmp_path, vm_config=None, epoch_ms=60_000, t0=0, scale=10)  # buckets of 110
     check(tmp_path, got, 60_000, 0)
     assert buckets == [4]  # one epoch, four vCPUs of 100 rows: one bucket each
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 400),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+    st.sampled_from([0, 1 << 35, 1 << 62]),
+)
+def test_runs_on_packed_keys_equal_sorting_the_columns(
+    n: int, seed: int, ones: bool, gfn_base: int
+) -> None:
+    """points.reduced_runs (one sort of packed keys) gives the very runs of reduced() + runs()
+    (a sort of the columns), dtypes included: counts of 1 or more, negative epochs and vCPUs,
+    gfn spans that fit 64 bits with the other keys and ones that do not (lexsort)."""
+    import numpy as np
+
+    from pipeline.ingest.points import Points, reduced_runs, runs
+
+    rng = np.random.default_rng(seed)
+    p = Points(
+        rng.integers(0, 3, n).astype(np.int32),
+        rng.integers(-3, 4, n).astype(np.int64),
+        rng.integers(-1, 3, n).astype(np.int32),
+        rng.integers(0, 2, n).astype(np.bool_),
+        (gfn_base + rng.integers(0, 40, n) * (1 + rng.integers(0, 2, n) * (gfn_base >> 2))),
+        np.ones(n, np.int64) if ones else rng.integers(1, 3, n),
+    )
+    want, got = runs(p.reduced()), reduced_runs(p)
+    assert list(got) == list(want)
+    for name, column in want.items():
+        assert got[name].dtype == column.dtype, name
+        assert np.array_equal(got[name], column), name
