@@ -54,8 +54,8 @@ from pipeline.ingest.derive_stream import (
     EpochLayout,
     buckets,
     stream_ordered,
+    stream_spilled,
 )
-from pipeline.ingest.derive_stream import stream_spilled as _stream_spilled
 from pipeline.ingest.points import Points, reduced_runs
 from pipeline.model.knobs import NUMA_KNOB_DEFAULTS
 from pipeline.schema import conform, table_schema
@@ -426,7 +426,7 @@ def derive(
         else:  # out of order, or an epoch too long to hold: buckets of (epoch, vCPU) slices
             keys, rows = layout.histogram()
             starts = buckets(keys, rows, bucket_rows)
-            _stream_spilled(
+            stream_spilled(
                 batches, root, counter=counter, emitter=emitter, starts=starts, tick=tick
             )
         paths = parts.close()

@@ -21,9 +21,9 @@ SYS_MBIND = 237  # x86-64
 HUGE_2M = 2 << 20
 MAP_FAILED = ctypes.c_void_p(-1).value
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [
     ctypes.c_void_p,
     ctypes.c_size_t,
     ctypes.c_int,
@@ -31,10 +31,10 @@ _libc.mmap.argtypes = [
     ctypes.c_int,
     ctypes.c_long,
 ]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.syscall.restype = ctypes.c_long
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.syscall.restype = ctypes.c_long
 
 
 def _check(ret: int, what: str) -> None:
@@ -43,8 +43,9 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mmap(addr: int | None, size: int, prot: int, flags: int, fd: int) -> int:
-    ptr = _libc.mmap(addr, size, prot, flags, fd, 0)
+def mmap_checked(addr: int | None, size: int, prot: int, flags: int, fd: int) -> int:
+    """mmap(2) through libc; OSError with the errno on MAP_FAILED."""
+    ptr = libc.mmap(addr, size, prot, flags, fd, 0)
     if ptr is None or ptr == MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap of {size} bytes: {os.strerror(err)}")
@@ -72,10 +73,10 @@ class HostMapping:
 
     def protect(self, prot: int) -> None:
         """mprotect() the whole mapping (an MMU-notifier invalidation of all of it)."""
-        _check(_libc.mprotect(self.hva, self.size_bytes, prot), "mprotect")
+        _check(libc.mprotect(self.hva, self.size_bytes, prot), "mprotect")
 
     def close(self) -> None:
-        _libc.munmap(self.hva, self.size_bytes)
+        libc.munmap(self.hva, self.size_bytes)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -100,7 +101,7 @@ def mbind(hva: int, size_bytes: int, mempolicy: str) -> None:
     if mempolicy == "default":
         return
     nodemask = ctypes.c_ulong(1)  # node 0
-    ret = _libc.syscall(
+    ret = libc.syscall(
         SYS_MBIND,
         ctypes.c_ulong(hva),
         ctypes.c_ulong(size_bytes),
@@ -134,29 +135,29 @@ def map_guest_ram(
     if size_bytes % HUGE_2M:
         msg = f"guest RAM of {size_bytes} bytes is not a multiple of 2 MiB"
         raise ValueError(msg)
-    reserve = _mmap(
+    reserve = mmap_checked(
         None, size_bytes + HUGE_2M, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1
     )
     hva = (reserve + HUGE_2M - 1) & ~(HUGE_2M - 1)
     fd = -1
     prot = PROT_READ | PROT_WRITE
     if backing == "anon":
-        _mmap(hva, size_bytes, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1)
+        mmap_checked(hva, size_bytes, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1)
     elif backing == "shared":
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         os.ftruncate(fd, size_bytes)
-        _mmap(hva, size_bytes, prot, MAP_SHARED | MAP_FIXED, fd)
+        mmap_checked(hva, size_bytes, prot, MAP_SHARED | MAP_FIXED, fd)
     else:
         msg = f"unknown backing {backing!r} (anon | shared)"
         raise ValueError(msg)
     if hva > reserve:
-        _libc.munmap(reserve, hva - reserve)
+        libc.munmap(reserve, hva - reserve)
     tail = reserve + size_bytes + HUGE_2M - (hva + size_bytes)
     if tail:
-        _libc.munmap(hva + size_bytes, tail)
-    _check(_libc.madvise(hva, size_bytes, MADV_HUGEPAGE if thp else MADV_NOHUGEPAGE), "madvise")
+        libc.munmap(hva + size_bytes, tail)
+    _check(libc.madvise(hva, size_bytes, MADV_HUGEPAGE if thp else MADV_NOHUGEPAGE), "madvise")
     # As QEMU does for guest RAM: a fork (e.g. spawning the capture) must not COW-share it.
-    _check(_libc.madvise(hva, size_bytes, MADV_DONTFORK), "madvise(MADV_DONTFORK)")
+    _check(libc.madvise(hva, size_bytes, MADV_DONTFORK), "madvise(MADV_DONTFORK)")
     mbind(hva, size_bytes, mempolicy)
     return HostMapping(hva, size_bytes, backing, thp, mempolicy, fd)
 
@@ -167,6 +168,6 @@ def map_control(size_bytes: int) -> HostMapping:
     Shared so it never merges with the private guest RAM VMA and NUMA balancing skips it
     (shared, no MOF policy), so scans of it do not zap the guest's page-table shadows.
     """
-    hva = _mmap(None, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1)
-    _check(_libc.madvise(hva, size_bytes, MADV_DONTFORK), "madvise(MADV_DONTFORK)")
+    hva = mmap_checked(None, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1)
+    _check(libc.madvise(hva, size_bytes, MADV_DONTFORK), "madvise(MADV_DONTFORK)")
     return HostMapping(hva, size_bytes, "shared", False, "default")

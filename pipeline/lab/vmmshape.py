@@ -23,8 +23,8 @@ from pipeline.lab.memory import (
     MAP_PRIVATE,
     PROT_READ,
     PROT_WRITE,
-    _libc,
-    _mmap,
+    libc,
+    mmap_checked,
 )
 
 PAGE = 4096
@@ -67,10 +67,12 @@ class VmmShape:
             self._fd = fd
         for i in range(self.vmas):
             if i % 2 == 0:
-                hva = _mmap(None, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1)
+                hva = mmap_checked(
+                    None, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1
+                )
                 ctypes.memset(hva, 1, size)  # populated, as a VMM's buffers are
             else:
-                hva = _mmap(None, size, PROT_READ, MAP_PRIVATE, self._fd)
+                hva = mmap_checked(None, size, PROT_READ, MAP_PRIVATE, self._fd)
                 ctypes.string_at(hva, 1)
             self._maps.append((hva, size))
 
@@ -92,7 +94,7 @@ class VmmShape:
         for worker in self._workers:
             worker.join(1.0)
         for hva, size in self._maps:
-            _libc.munmap(hva, size)
+            libc.munmap(hva, size)
         self._maps.clear()
         if self._fd >= 0:
             os.close(self._fd)
