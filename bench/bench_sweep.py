@@ -52,7 +52,7 @@ def main() -> dict[str, Any]:
         f"total with start-up and shutdown {total_s:.1f} s"
     )
     return {
-        "sweep points/min, LocalCluster 2x1 (8 GiB VM, 40 s)": n / run_s * 60,
+        "sweep, LocalCluster 2x1, 8 GiB VM, 40 s (points/min)": n / run_s * 60,
         "sweep LocalCluster start-up (s)": up_s,
         f"sweep of {n} points incl. cluster start/stop (s)": total_s,
     }

@@ -69,11 +69,16 @@ ROWS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         ("synth 1 TiB VM, 10 min: time", "synth 1 TiB VM: peak RSS"),
         "",
     ),
-    ("sweep on a Dask LocalCluster of 2 workers", "bench_sweep", ("sweep points/min",), ""),
     (
-        "fleet of generated hosts, ingest and replay",
+        "sweep on a Dask LocalCluster of 2 workers",
+        "bench_sweep",
+        (r"sweep, LocalCluster 2x1, .*\(points/min\)",),
+        "",
+    ),
+    (
+        "fleet of generated hosts, -j 1: ingest, replay",
         "bench_fleet",
-        ("fleet ingest", "fleet replay"),
+        (r"fleet ingest, \d+ hosts, -j 1", r"fleet replay, .* -j 1"),
         "",
     ),
     (
