@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.record import LAST, load
-from pipeline.analyze.readme_tables import rewrite
+from pipeline.analyze.readme_tables import rewrite, settle
 from pipeline.errors import InputError
 
 #: (row label, module, figure-name patterns shown in the row, the issue's target).
@@ -171,14 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, OSError, ValueError, KeyError) as exc:
         print(f"tlbreplay: error: {args.readme}: {exc}", file=sys.stderr)
         return 1
-    if args.check:
-        if new != text:
-            print(f"tlbreplay: error: {args.readme}: performance table drifted", file=sys.stderr)
-            return 1
-        return 0
-    if new != text:
-        args.readme.write_text(new)
-    return 0
+    return settle(args.readme, text, new, check=args.check, what="performance table")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args, get_origin
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast, get_args, get_origin
 
 import typer
 from typer import _coercion, core
@@ -158,8 +158,18 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (ADR 0006)."""
 
 
+#: the signal that interrupted this process, if one did (SIGTERM or SIGINT)
+_RECEIVED: list[int] = []
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    _RECEIVED.append(signum)
     raise Terminated
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
 
 
 def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[F], F]:
@@ -173,22 +183,39 @@ def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[F], F]:
         def wrapper(*args: Any, **kw: Any) -> Any:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, _on_sigterm)
+                signal.signal(signal.SIGINT, _on_sigint)
             try:
                 return fn(*args, **kw)
             except TlbReplayError as exc:
-                fail(str(exc))
+                if not _RECEIVED:
+                    fail(str(exc))
+                interrupted(_RECEIVED[0])
             except Terminated:
-                typer.echo("tlbreplay: terminated", err=True)
-                raise typer.Exit(code=143) from None
+                interrupted(signal.SIGTERM)
             except KeyboardInterrupt:
-                typer.echo("tlbreplay: interrupted", err=True)
-                raise typer.Exit(code=130) from None
+                interrupted(signal.SIGINT)
+            except Exception:
+                # a library that runs the signal handler inside its own code (DuckDB turns
+                # the handler's KeyboardInterrupt into "RuntimeError: Query interrupted")
+                # hides the signal: it is still an interruption, not a crash
+                if not _RECEIVED:
+                    raise
+                interrupted(_RECEIVED[0])
             return None
 
         app.command(name, **kwargs)(wrapper)
         return fn
 
     return decorate
+
+
+def interrupted(signum: int) -> NoReturn:
+    """One line and the shell's exit code for ``signum``: 143 for SIGTERM, 130 for Ctrl-C."""
+    if signum == signal.SIGTERM:
+        typer.echo("tlbreplay: terminated", err=True)
+        raise typer.Exit(code=143)
+    typer.echo("tlbreplay: interrupted", err=True)
+    raise typer.Exit(code=130)
 
 
 class Reporter:

@@ -203,13 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"tlbreplay: error: {exc}", file=sys.stderr)
         return 1
-    if args.check:
+    return settle(args.readme, text, new, check=args.check, what="generated tables")
+
+
+def settle(readme: Path, text: str, new: str, *, check: bool, what: str) -> int:
+    """Write ``new`` over ``readme`` (whose text was ``text``) when it differs, or with
+    ``check`` only compare: exit code 1 and one line naming ``what`` drifted."""
+    if check:
         if new != text:
-            print(f"tlbreplay: error: {args.readme}: generated tables drifted", file=sys.stderr)
+            print(f"tlbreplay: error: {readme}: {what} drifted", file=sys.stderr)
             return 1
         return 0
     if new != text:
-        args.readme.write_text(new)
+        readme.write_text(new)
     return 0
 
 

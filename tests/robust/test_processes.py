@@ -3,9 +3,11 @@ Ctrl-C, a killed run's temporary output is swept by the next one (ADR 0006, ADR 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +89,73 @@ def test_stale_tmp_of_a_killed_ingest_is_swept(tmp_path: Path) -> None:
     tlbreplay("ingest", data, "--out", out, "-q")
     assert leftovers(tmp_path) == []
     assert read_manifest(out)["kind"] == "dataset"
+
+
+def _probe_app(body: Any) -> Any:
+    """A typer app with one command, ``probe``, registered through clikit.command."""
+    import typer
+
+    from pipeline.clikit import command
+
+    app = typer.Typer()
+
+    @command(app, "probe")
+    def probe() -> None:
+        body()
+
+    @app.callback()
+    def root() -> None:
+        """(a group, so that `probe` is a subcommand)"""
+
+    return app
+
+
+def test_sigterm_inside_a_duckdb_query_is_terminated_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The soak's 200 kills found `report` dying with a traceback and exit 1: a SIGTERM that
+    lands inside a DuckDB query runs our handler there, and DuckDB turns its exception into
+    `RuntimeError: Query interrupted`. It is a termination: one line, exit 143."""
+    import threading
+
+    import duckdb
+    from typer.testing import CliRunner
+
+    from pipeline import clikit
+
+    monkeypatch.setattr(clikit, "_RECEIVED", [])
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def long_query() -> None:
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        duckdb.connect().sql("SELECT sum(i) FROM range(100000000000) t(i)").fetchall()
+
+    try:
+        got = CliRunner().invoke(_probe_app(long_query), ["probe"])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert got.exit_code == 143, (got.output, got.exception)
+    assert got.stderr == "tlbreplay: terminated\n"
+
+
+def test_an_error_without_a_signal_is_not_taken_for_an_interruption(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline import clikit
+
+    monkeypatch.setattr(clikit, "_RECEIVED", [])
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def broken() -> None:
+        raise RuntimeError("a real bug")
+
+    try:
+        got = CliRunner().invoke(_probe_app(broken), ["probe"])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert isinstance(got.exception, RuntimeError)
+    assert str(got.exception) == "a real bug"
