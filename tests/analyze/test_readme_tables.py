@@ -66,3 +66,41 @@ def test_readme_tables_match_the_tool(tmp_path: Path) -> None:
     assert rt.rewrite(text, rt.generated_blocks(out)) == text, (
         "README.md's generated tables drifted from the tool: run `make pipeline`"
     )
+
+
+def test_on_target_is_issue_11s_bound() -> None:
+    assert rt.on_target(100, 110) and not rt.on_target(100, 111)
+    assert rt.on_target(5, 6) and not rt.on_target(5, 7)  # under 10: within one event
+    assert rt.on_target(0, 0) and not rt.on_target(0, 2)
+
+
+def test_heldout_table_pools_the_pinned_cells(tmp_path: Path) -> None:
+    import json
+
+    pinned = {
+        "a": {
+            m: {k: [10.0, 12.0] for k, _, _ in rt.HELDOUT_COLUMNS}
+            for m in ("hosting", "no_hosting")
+        },
+        "b": {
+            m: {k: [5.0, 5.0] for k, _, _ in rt.HELDOUT_COLUMNS} for m in ("hosting", "no_hosting")
+        },
+    }
+    pinned["b"]["hosting"]["scans"] = [None, 3.0]  # not observable: left out
+    path = tmp_path / "HELDOUT.json"
+    path.write_text(json.dumps(pinned))
+    lines = rt.heldout_table(path)
+    assert lines[0].startswith("| counter, 2 held-out cells |")
+    flushes = next(x for x in lines if x.startswith("| KVM flushes |"))
+    assert flushes == (
+        "| KVM flushes | 15 / 17 (+13%) | 1 / 2 | +20% to +20% "
+        "| 15 / 17 (+13%) | 1 / 2 | +20% to +20% |"
+    )
+    scans = next(x for x in lines if x.startswith("| scans |"))
+    assert "| 10 / 12 (+20%) | 0 / 1 | +20% to +20% |" in scans
+
+
+def test_readme_heldout_block_is_the_pinned_numbers() -> None:
+    blocks = {"heldout": rt.heldout_table()}
+    text = README.read_text()
+    assert rt.rewrite(text, blocks) == text
