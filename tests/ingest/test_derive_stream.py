@@ -277,13 +277,13 @@ def test_out_of_order_rows_take_the_spill_path(
     faults = [(t * 1_000_000, 300, t % 3, (t * 37) % 900, t % 2 == 0) for t in range(200)]
     write_faults(tmp_path, "kvm_page_fault", faults[::-1])
     spilled: list[int] = []
-    real = derive_mod._stream_spilled
+    real = derive_mod.stream_spilled
 
     def spy(*args: object, **kw: object) -> None:
         spilled.append(len(kw["starts"]))  # type: ignore[arg-type]
         real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(derive_mod, "_stream_spilled", spy)
+    monkeypatch.setattr(derive_mod, "stream_spilled", spy)
     got = streamed(tmp_path, vm_config=None, epoch_ms=10, t0=0)
     check(tmp_path, got, 10, 0)
     assert spilled and spilled[0] > 5  # several buckets of <= 11 rows
@@ -314,13 +314,13 @@ def test_one_long_epoch_is_split_by_vcpu_into_bounded_buckets(
     faults = [(t * 1_000, 300, t % 4, (t * 37) % 900, t % 3 == 0) for t in range(400)]
     write_faults(tmp_path, "kvm_page_fault", faults)
     buckets: list[int] = []
-    real = derive_mod._stream_spilled
+    real = derive_mod.stream_spilled
 
     def spy(*args: object, **kw: object) -> None:
         buckets.append(len(kw["starts"]))  # type: ignore[arg-type]
         real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(derive_mod, "_stream_spilled", spy)
+    monkeypatch.setattr(derive_mod, "stream_spilled", spy)
     got = streamed(tmp_path, vm_config=None, epoch_ms=60_000, t0=0, scale=10)  # buckets of 110
     check(tmp_path, got, 60_000, 0)
     assert buckets == [4]  # one epoch, four vCPUs of 100 rows: one bucket each
