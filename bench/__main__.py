@@ -59,18 +59,6 @@ def load_average() -> str:
         return "unknown"
 
 
-def format_value(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
-
-
 def table(results: list[tuple[str, Figures | None, str | None]]) -> str:
     """The one table: module, figure, value (``None`` / errors listed as such)."""
     rows: list[tuple[str, str, str]] = []
@@ -80,7 +68,7 @@ def table(results: list[tuple[str, Figures | None, str | None]]) -> str:
         elif not figures:
             rows.append((name, "(returned no figures: see its output above)", ""))
         else:
-            rows.extend((name, key, format_value(value)) for key, value in figures.items())
+            rows.extend((name, key, record.format_value(value)) for key, value in figures.items())
     w0 = max(len("module"), *(len(r[0]) for r in rows))
     w1 = max(len("figure"), *(len(r[1]) for r in rows))
     w2 = max(len("value"), *(len(r[2]) for r in rows))

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.record import LAST, load
+from bench.record import LAST, format_value, load
 from pipeline.analyze.readme_tables import rewrite, settle
 from pipeline.errors import InputError
 
@@ -97,17 +97,6 @@ ROWS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
 )
 
 UNIT_RE = re.compile(r"\(([^()]*)\)\s*$")
-
-
-def format_value(value: Any) -> str:
-    """Numbers one way: thousands separators, 3 significant digits under 10."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, int) or abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
 
 
 def shown(name: str, value: Any) -> str:

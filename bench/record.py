@@ -36,6 +36,20 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def format_value(value: Any) -> str:
+    """A figure as the bench table and the README show it: thousands separators for
+    integers and values >= 100, one decimal from 10, 3 significant digits below."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
 def load(path: Path = LAST) -> dict[str, Any]:
     """The recorded runs: ``{"machine": {...}, "modules": {name: run}}`` (empty when absent)."""
     if not path.is_file():
