@@ -301,14 +301,36 @@ def statistics_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if f.name not in text]
 
 
+def delta_columns(schema: pa.Schema) -> dict[str, str]:
+    """Top-level integer columns, written DELTA_BINARY_PACKED (ADR 0132), then zstd.
+
+    Event tables hold timestamps in time order, gfns, pids and SPTE pointers that sit close
+    to their neighbours: on the 1 GB real input delta encoding took the two large tables
+    from 45.9 to 19.6 MB and the writer's CPU by about a third, and reading them back got
+    faster too. Same values, a standard Parquet encoding every reader here decodes.
+    """
+    import pyarrow as pa
+
+    return {f.name: "DELTA_BINARY_PACKED" for f in schema if pa.types.is_integer(f.type)}
+
+
 class ParquetStream:
     """Append record batches of table ``name`` to one Parquet file, atomically on close.
 
     Use as a context manager; on an exception the temporary file is removed and nothing is
     left at ``path``. Rows are conformed batch by batch, so memory stays constant.
+    ``delta=True`` writes the integer columns DELTA_BINARY_PACKED (:func:`delta_columns`;
+    ingest's event tables).
     """
 
-    def __init__(self, path: Path, name: str, *, params: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        delta: bool = False,
+    ) -> None:
         import pyarrow.parquet as pq
 
         self.path = path
@@ -326,6 +348,7 @@ class ParquetStream:
             compression="zstd",
             use_dictionary=dictionary_columns(schema),
             write_statistics=statistics_columns(schema),
+            column_encoding=(delta_columns(schema) or None) if delta else None,
         )
 
     def write(self, data: pa.Table | pl.DataFrame) -> None:

@@ -102,11 +102,18 @@ def sort_order(cols: list[np.ndarray]) -> np.ndarray:
 
 
 def _pack(cols: list[np.ndarray], spans: list[tuple[int, int]]) -> np.ndarray:
-    """One uint64 per row: each column's offset from its lowest value, most significant first."""
+    """One uint64 per row: each column's offset from its lowest value, most significant first.
+
+    Each offset is computed in one scratch column, in place: a temporary per step cost fresh
+    pages (faulted and zeroed) three times per column, about half of derive's packing.
+    """
     key = np.zeros(len(cols[0]), np.uint64)
+    offset = np.empty(len(cols[0]), np.int64)
     for c, (lo, bits) in zip(cols, spans, strict=True):
         key <<= np.uint64(bits)
-        key |= (c.astype(np.int64) - lo).astype(np.uint64)
+        np.copyto(offset, c, casting="unsafe")
+        offset -= lo
+        key |= offset.view(np.uint64)
     return key
 
 

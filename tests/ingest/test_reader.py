@@ -155,3 +155,55 @@ def test_zstd_frames_concatenated_and_cut_off() -> None:
     with pytest.raises(EOFError):
         while cut.read(100_003):
             pass
+
+
+def test_read_buffers_are_reused_and_change_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain file is read into pooled buffers (ADR 0132): with 2 parse threads and the hash
+    thread holding blocks, the tables and the sha256 are those of the same text read through
+    gzip (fresh blocks, no pool), and far fewer buffers than blocks are allocated."""
+    import hashlib
+
+    import polars as pl
+
+    body = V7.read_bytes() * 40
+    plain, packed = tmp_path / "t.txt", tmp_path / "t.txt.gz"
+    plain.write_bytes(body)
+    packed.write_bytes(gzip.compress(body))
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(reader.ReadBuffers, "SPARE", 512)
+    allocated: list[int] = []
+    take = reader.ReadBuffers.take
+
+    def counting(self: reader.ReadBuffers, nbytes: int) -> object:
+        got = take(self, nbytes)
+        allocated.append(self.allocated)
+        return got
+
+    monkeypatch.setattr(reader.ReadBuffers, "take", counting)
+    m = run_ingest([str(plain)], tmp_path / "a", workers=2)
+    blocks = len(allocated)
+    assert blocks > 20 and allocated[-1] <= reader.ReadBuffers.KEEP + 2
+    assert m["sources"][0]["sha256"] == hashlib.sha256(body).hexdigest()
+    run_ingest([str(packed)], tmp_path / "b", workers=2)
+    assert len(allocated) == blocks  # the gzip input took no pooled buffer
+    for f in sorted((tmp_path / "a" / "ftrace").glob("*.parquet")):
+        other = tmp_path / "b" / "ftrace" / f.name
+        assert pl.read_parquet(f).equals(pl.read_parquet(other)), f.name
+
+
+def test_event_tables_delta_encode_integers(tmp_path: Path) -> None:
+    """Integer columns of the event tables are DELTA_BINARY_PACKED, strings dictionary-encoded
+    (ADR 0130, 0132); the values read back are the parsed ones."""
+    run_ingest([str(V7)], tmp_path / "ds", workers=1)
+    meta = pq.ParquetFile(tmp_path / "ds" / "ftrace" / "tlb_flush.parquet").metadata
+    names = meta.schema.to_arrow_schema().names
+    rg = meta.row_group(0)
+    encodings = {names[i]: rg.column(i).encodings for i in range(rg.num_columns)}
+    assert "DELTA_BINARY_PACKED" in encodings["ts_ns"]
+    assert "DELTA_BINARY_PACKED" in encodings["reason_code"]
+    assert "DELTA_BINARY_PACKED" not in encodings["comm"]
+    assert any("DICTIONARY" in e for e in encodings["comm"])
+    flush = pq.read_table(tmp_path / "ds" / "ftrace" / "tlb_flush.parquet")
+    assert flush.column("ts_ns").to_pylist()[:2] == [200_000_018_000, 200_000_019_000]
