@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -277,6 +278,28 @@ class ZstdFrames:
             out = bytes(memoryview(self._out)[:n])
             del self._out[:n]
         return out
+
+
+@contextmanager
+def small_pages() -> Iterator[None]:
+    """numpy without huge pages while ingest runs (restored after; ADR 0132).
+
+    numpy asks the kernel for transparent huge pages on every array of 4 MiB or more. Ingest
+    allocates such arrays for every block and every derive step, and each first touch of a
+    huge page zeroes 2 MiB: on the 1 GB real input that was half the process's system time
+    (2.4-2.8 of 11-12 CPU-s; 1.1-1.2 with small pages, same user time, A/B at load 9).
+    """
+    from numpy._core import multiarray
+
+    setter: Callable[[bool], bool] | None = getattr(multiarray, "_set_madvise_hugepage", None)
+    if setter is None:  # another numpy: leave it as it is
+        yield
+        return
+    was = setter(False)
+    try:
+        yield
+    finally:
+        setter(was)
 
 
 def check_source(src: str) -> None:

@@ -55,7 +55,7 @@ def run_ingest(
     check_out(Path(out))
     check_replaceable(Path(out), "dataset", force=force)
     params = {"epoch_ms": epoch_ms, "vm_config": str(vm_config) if vm_config else None}
-    with atomic_output_dir(out, kind="dataset", force=force) as tmp:
+    with atomic_output_dir(out, kind="dataset", force=force) as tmp, reader.small_pages():
         stats, rows = reader.ingest_all(
             sources, tmp, params=params, progress=progress, workers=workers
         )

@@ -207,3 +207,16 @@ def test_event_tables_delta_encode_integers(tmp_path: Path) -> None:
     assert any("DICTIONARY" in e for e in encodings["comm"])
     flush = pq.read_table(tmp_path / "ds" / "ftrace" / "tlb_flush.parquet")
     assert flush.column("ts_ns").to_pylist()[:2] == [200_000_018_000, 200_000_019_000]
+
+
+def test_small_pages_while_ingesting_then_restored() -> None:
+    """numpy's huge-page advice is off inside ``small_pages`` and back as it was after."""
+    from numpy._core import multiarray
+
+    before = multiarray._set_madvise_hugepage(True)
+    try:
+        with reader.small_pages():
+            assert multiarray._set_madvise_hugepage(False) is False
+        assert multiarray._set_madvise_hugepage(True) is True
+    finally:
+        multiarray._set_madvise_hugepage(before)
