@@ -64,12 +64,21 @@ static int same(const unsigned char *a, const unsigned char *b, long m)
     return 1;
 }
 
+/* First needle[0..m) in s[from..to), -1 if none; memchr finds each candidate first byte
+   (the header's ": " cuts are ~75 bytes into a line: a byte loop was ~12 % of scan_block). */
 static long find(const unsigned char *s, long from, long to, const unsigned char *needle, long m)
 {
-    for (long i = from; i + m <= to; i++)
-        if (s[i] == needle[0] && same(s + i, needle, m))
+    long i = from;
+    while (m > 0 && i + m <= to) {
+        const unsigned char *q = memchr(s + i, needle[0], (size_t)(to - m + 1 - i));
+        if (!q)
+            return -1;
+        i = (long)(q - s);
+        if (same(s + i, needle, m))
             return i;
-    return -1;
+        i++;
+    }
+    return m > 0 || from > to ? -1 : from;
 }
 
 static long rfind(const unsigned char *s, long from, long to, const unsigned char *needle, long m)
