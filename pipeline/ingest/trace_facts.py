@@ -22,7 +22,14 @@ Two facts a trace cannot show are inferred from what it does show (ADR 0365):
   task_tick_numa() queues task_numa_work() once ``sum_exec_runtime > node_stamp + period``
   (node_stamp 0 and period = scan_delay before the first scan), so a thread that reaches it
   ``delay`` ms of wall time after numa_balancing=1 at CPU share ``s`` had
-  ``scan_delay - s * delay`` ms of runtime then (a lower bound: at delay 0, scan_delay).
+  ``scan_delay - s * delay`` ms of runtime then (a lower bound: at delay 0, scan_delay);
+* which thread crossed first (ADR 0366): the ``common_pid`` of the first scan event. When it
+  is not a vCPU (the VMM's main thread, whose runtime was past scan_delay when
+  numa_balancing went on; the vCPUs of a guest that had not run yet were not), that thread
+  becomes a scanning thread of the model with the default profile's share
+  (:data:`pipeline.model.vmmprofile.MAIN_THREAD_SHARE`) and the same lower bound at that
+  share, and the vCPUs start at runtime 0: the delay bounds the thread that scanned, not
+  them.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.model.hosting import VmHosting, host_runnable, ram_ranges
-from pipeline.model.vmmprofile import PROFILE_ORIGIN, default_hosting
+from pipeline.model.vmmprofile import MAIN_THREAD_SHARE, PROFILE_ORIGIN, default_hosting
 
 # CPU time of the lab guest per 4 KiB page write, by the size of the SPTE that maps it (the
 # guest's page walk and the TLB misses differ). Fitted on the 4 fit cells of
@@ -60,6 +67,15 @@ class TraceFacts:
     numa_balancing_on_ns: int | None
     on_source: str
     first_scan_ns: int | None
+    # common_pid of the first scan event: the thread that ran the first task_numa_work()
+    first_scan_pid: int | None = None
+
+    @property
+    def first_scan_by_vcpu(self) -> bool | None:
+        """Whether a vCPU thread ran the first task_numa_work() (None: no scan)."""
+        if self.first_scan_pid is None:
+            return None
+        return self.first_scan_pid in self.vcpu_tids
 
     @property
     def first_scan_delay_ms(self) -> float | None:
@@ -79,6 +95,10 @@ class TraceFacts:
             "numa_balancing_on_ns": self.numa_balancing_on_ns,
             "numa_balancing_on_from": self.on_source,
             "first_scan_delay_ms": self.first_scan_delay_ms,
+            "first_scan_pid": self.first_scan_pid,
+            "first_scan_thread": None
+            if self.first_scan_by_vcpu is None
+            else ("vcpu" if self.first_scan_by_vcpu else "vmm"),
         }
 
 
@@ -141,11 +161,15 @@ def infer_trace_facts(
     if skip.height:
         rows = skip.select("vm_start", "vm_end", "reason").unique().sort("vm_start", "reason")
         skipped = tuple((int(s), int(e), str(r)) for s, e, r in rows.iter_rows())
-    scan_ts = []
+    scan_ts, scan_pid = [], []
     for frame in (skip, unmap.filter(pl.col("pid").is_in(sorted(pids))) if unmap.height else unmap):
         if frame.height:
-            scan_ts.append(frame["ts_ns"].to_numpy())
-    all_scan = np.sort(np.concatenate(scan_ts)) if scan_ts else np.zeros(0, np.int64)
+            scan_ts.append(frame["ts_ns"].to_numpy().astype(np.int64))
+            scan_pid.append(frame["pid"].to_numpy().astype(np.int64))
+    all_scan = np.concatenate(scan_ts) if scan_ts else np.zeros(0, np.int64)
+    all_pid = np.concatenate(scan_pid) if scan_pid else np.zeros(0, np.int64)
+    order = np.argsort(all_scan, kind="stable")
+    all_scan, all_pid = all_scan[order], all_pid[order]
     source = "[lab].numa_balancing_on_ns" if on_ns is not None else ""
     marks = tables.get("tracing_mark_write", empty)
     if on_ns is None and marks.height:
@@ -154,7 +178,8 @@ def infer_trace_facts(
             on_ns, source = int(rows["ts_ns"][0]), "trace marker numa_balancing=1"
     if on_ns is None and all_scan.size:
         on_ns, source = int(all_scan[0]), "the VMM's first scan event"
-    after = all_scan[all_scan >= on_ns] if on_ns is not None else all_scan
+    keep = all_scan >= on_ns if on_ns is not None else np.ones(all_scan.size, bool)
+    after, after_pid = all_scan[keep], all_pid[keep]
     return TraceFacts(
         vcpu_tids=vcpus,
         vmm_pids=tuple(sorted(pids)),
@@ -162,6 +187,7 @@ def infer_trace_facts(
         numa_balancing_on_ns=on_ns,
         on_source=source or "unknown",
         first_scan_ns=int(after[0]) if after.size else None,
+        first_scan_pid=int(after_pid[0]) if after.size else None,
     )
 
 
@@ -226,7 +252,10 @@ def inferred_hosting(
     facts = infer_trace_facts(tables, ram, known_vcpu_tids=vm.get("vcpu_tids") or (), on_ns=on_ns)
     share = share_from_lab(lab, vm)
     delay = facts.first_scan_delay_ms
-    runtime = runtime_at_start_ms(delay, share, int(vm["scan_delay_ms"]))
+    scan_delay_ms = int(vm["scan_delay_ms"])
+    by_vmm = facts.first_scan_by_vcpu is False
+    # the delay bounds the runtime of the thread that scanned first (module docstring)
+    runtime = 0.0 if by_vmm else runtime_at_start_ms(delay, share, scan_delay_ms)
     base = default_hosting(str(vm["vm"]), int(vm["vcpus"]), ram)
     hosting = replace(
         base,
@@ -234,6 +263,10 @@ def inferred_hosting(
         host_runnable=host_runnable(share),
         vcpu_runtime_start_ms=(runtime,) * int(vm["vcpus"]) if runtime else (),
         host_cpus=cpus_seen(tables),
+        main_thread_share=MAIN_THREAD_SHARE if by_vmm else None,
+        main_thread_runtime_start_ms=runtime_at_start_ms(delay, (MAIN_THREAD_SHARE,), scan_delay_ms)
+        if by_vmm
+        else 0.0,
     )
     profile = PROFILE_ORIGIN
     origin = {
@@ -244,8 +277,11 @@ def inferred_hosting(
         "host_cpus": "inferred (CPUs seen)",
         "vcpu_runtime_start_ms": f"inferred (first scan {delay:.0f} ms after numa_balancing "
         f"on, {facts.on_source}; a lower bound)"
-        if delay is not None
+        if delay is not None and not by_vmm
         else "defaulted",
+        "main_thread_share": profile,
+        "main_thread_runtime_start_ms": f"inferred (thread {facts.first_scan_pid}, not a vCPU, "
+        f"ran the first scan {delay:.0f} ms after numa_balancing on: past scan_delay)",
     }
     default = VmHosting(hosting.vm)
     provenance = {
