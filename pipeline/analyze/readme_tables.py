@@ -275,8 +275,10 @@ def settle(readme: Path, text: str, new: str, *, check: bool, what: str) -> int:
             print(f"tlbreplay: error: {readme}: {what} drifted", file=sys.stderr)
             return 1
         return 0
-    if new != text:
-        readme.write_text(new)
+    if new != text:  # whole or not at all: `make -j` or a Ctrl-C never leaves half a README
+        tmp = readme.with_name(f".{readme.name}.tmp")
+        tmp.write_text(new)
+        tmp.replace(readme)
     return 0
 
 
