@@ -393,7 +393,8 @@ def build_views(con: duckdb.DuckDBPyConnection, run: Run, *, materialise: bool =
     )
     for statement in _point_sources(run):
         con.execute(statement)
-    done: set[str] = set()
+    # a fleet's keyed `accesses` (ADR 0611) is a row-level copy of the DATASET's: a view it stays
+    done = {s.name for s in run.sources() if s.name not in MATERIALISED}
     if materialise:
         _materialise_views(con, done)
     con.execute(f"USE {POINT_SCHEMA}")
