@@ -396,7 +396,7 @@ def build_views(con: duckdb.DuckDBPyConnection, run: Run, *, materialise: bool =
     # a fleet's keyed `accesses` (ADR 0611) is a row-level copy of the DATASET's: a view it stays
     done = {s.name for s in run.sources() if s.name not in MATERIALISED}
     if materialise:
-        _materialise_views(con, done)
+        _materialise_views(con, done, run)
     con.execute(f"USE {POINT_SCHEMA}")
     for path in analysis_sql_files(run):
         try:
@@ -405,7 +405,7 @@ def build_views(con: duckdb.DuckDBPyConnection, run: Run, *, materialise: bool =
                 continue
             for parsed in con.extract_statements(path.read_text()):
                 con.execute(parsed)
-                _materialise_views(con, done)
+                _materialise_views(con, done, run)
         except duckdb.Error as exc:
             msg = f"{path.name}: {_first_line(exc)}"
             raise QueryError(msg) from None
@@ -413,13 +413,14 @@ def build_views(con: duckdb.DuckDBPyConnection, run: Run, *, materialise: bool =
     _expose(con, sweep=run.sweep, fleet=run.fleet)
 
 
-def _materialise_views(con: duckdb.DuckDBPyConnection, done: set[str]) -> None:
+def _materialise_views(con: duckdb.DuckDBPyConnection, done: set[str], run: Run) -> None:
     """Every view of :data:`POINT_SCHEMA` not in ``done`` computed now into a table of
     :data:`MATERIALISED_SCHEMA`, which the view then selects from; ``done`` gets their names.
 
     Called after each statement of the SQL files, so a view is bound over tables, not over a
     chain of views, and computed once. Each is an aggregate (per epoch, vCPU, VM, policy or
-    counter), so all of them together are as small as the RESULTS (ADR 0427).
+    counter), so all of them together are as small as the RESULTS (ADR 0427). An error
+    reading the data (a corrupt row group) names the RESULTS, as a query's would.
     """
     names = con.execute(
         "SELECT view_name FROM duckdb_views() WHERE schema_name = ? AND NOT internal "
@@ -430,7 +431,10 @@ def _materialise_views(con: duckdb.DuckDBPyConnection, done: set[str]) -> None:
         if name in done:
             continue
         table = f"{MATERIALISED_SCHEMA}.{POINT_SCHEMA}_{name}"
-        con.execute(f"CREATE TABLE {table} AS SELECT * FROM {POINT_SCHEMA}.{name}")
+        try:
+            con.execute(f"CREATE TABLE {table} AS SELECT * FROM {POINT_SCHEMA}.{name}")
+        except duckdb.Error as exc:
+            raise QueryError(f"{run.results}: {_first_line(exc)}") from None
         con.execute(f"CREATE OR REPLACE VIEW {POINT_SCHEMA}.{name} AS SELECT * FROM {table}")
         done.add(name)
 
