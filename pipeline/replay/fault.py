@@ -84,7 +84,6 @@ class FaultPath:
         self.pid_bits = [pid_bit(int(t)) for t in vm.cfg.vcpu_tids]
         # include/linux/mm.h cpu_pid_to_cpupid() of each vCPU thread, as the fault writes it
         self.vcpu_cpupid = encode_cpupid(self.vnode, self.pid8)
-        self.thread_ids = np.arange(len(tasks), dtype=np.int64)[:, None]
         by_gfn = sorted(vm.cfg.regions, key=lambda r: r.gfn_start)
         self.rg_start = np.asarray([r.gfn_start for r in by_gfn], np.int64)
         self.rg_end = np.asarray([r.gfn_end for r in by_gfn], np.int64)
@@ -401,14 +400,15 @@ class FaultPath:
         else:
             vm.pflags[heads] &= ~P_PROTNONE
             np.subtract.at(vm.g_nprot, g, 1)
-        # per thread, in one product of (thread x fault) with (fault x count): the vmstat
-        # counters above, then task_numa_fault()'s five counts
+        # per thread, in one add of the (fault x count) rows: the vmstat counters above, then
+        # task_numa_fault()'s five counts
         k = len(self.tasks)
         nodes = vm.cfg.host_nodes
         priv = unset | same_pid
         ones = np.ones(heads.size, bool)
         per_fault = np.stack([ones, local, moved, failed, priv, ~priv, local, ~local, failed], 1)
-        per = (self.thread_ids == vcpus).astype(np.int64) @ per_fault.astype(np.int64)
+        per = np.zeros((k, per_fault.shape[1]), np.int64)
+        np.add.at(per, vcpus, per_fault)
         th = c.threads[ctx.epoch]
         th[:, V["numa_hint_faults"]] += per[:, 0]
         th[:, V["numa_hint_faults_local"]] += per[:, 1]
