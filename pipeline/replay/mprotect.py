@@ -173,6 +173,10 @@ class ChangeProtNuma:
         tlb_finish_mmu(): one flush_tlb_mm_range() if anything changed (§4.4)."""
         vm = self.vm
         g0, g1 = gfn_start // PAGES_PER_PMD, -(-gfn_end // PAGES_PER_PMD)
+        if self.policy.notifier_scope != "p4d" and not vm.g_npop[g0:g1].any():
+            # nothing populated in the chunk: no change, no PUD-scope or sub-range notifier
+            # (a v6.12+ P4D-scope notifier can start in a populated PUD before the chunk)
+            return ChunkResult(nr_updated=0, notifiers=0)
         pages, thps = self._changes(ctx, region, g0, g1)
         ps = region.page_size
         # 1. the notifier(s), sent before the per-page changes
