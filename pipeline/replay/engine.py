@@ -104,7 +104,9 @@ class VmRun:
             )
             for i in range(cfg.vcpus)
         ]
-        if opts.vmm_thread:
+        # the VMM main thread ticks too: asked for (vmm_thread), or known (ADR 0366)
+        main_share = self.hosting.main_thread_share
+        if opts.vmm_thread or main_share is not None:
             pid = int(cfg.vcpu_tids[0]) - 1 if cfg.vcpus else 1
             node = int(cfg.vcpu_nodes[0]) if cfg.vcpus else 0
             self.tasks.append(
@@ -112,9 +114,10 @@ class VmRun:
                     index=cfg.vcpus, pid=pid, node=node, nodes=cfg.host_nodes, main_thread=True
                 )
             )
-        self.vmm_thread = opts.vmm_thread
+        self.vmm_thread = opts.vmm_thread or main_share is not None
         # the QEMU main thread mostly sleeps in ppoll(): it gains this share of each epoch
-        self.vmm_share_ms = opts.vmm_thread_share * opts.epoch_ms
+        share = opts.vmm_thread_share if main_share is None else main_share
+        self.vmm_share_ms = share * opts.epoch_ms
         # task_tick_numa() compares se.sum_exec_runtime: a vCPU gains its CPU share of the epoch
         self.vcpu_ms = [self.hosting.share(i) * opts.epoch_ms for i in range(cfg.vcpus)]
         nr_threads = self.hosting.nr_threads or cfg.vcpus + opts.vmm_threads
@@ -151,13 +154,18 @@ class VmRun:
         with that se.sum_exec_runtime; node_stamp keeps its init_numa_balancing() value, since
         task_tick_numa() did not run while numa_balancing was 0 (kernel/sched/fair.c, v6.5 =
         v6.18 = v7.1, KERNEL.md §3.3). The mm is at least as old as its oldest thread's CPU
-        time, so mm->numa_next_scan (creation + scan_delay) comes that much earlier."""
+        time, so mm->numa_next_scan (creation + scan_delay) comes that much earlier. The VMM
+        main thread starts with ``main_thread_runtime_start_ms`` (ADR 0366)."""
         start = self.hosting.vcpu_runtime_start_ms
-        if not start:
+        main = self.hosting.main_thread_runtime_start_ms if self.vmm_thread else 0.0
+        if not start and not main:
             return
         for t in self.tasks[: self.cfg.vcpus]:
-            t.runtime_ms = float(start[min(t.index, len(start) - 1)])
-        self.scanner.numa_next_scan = max(0, scan_delay_ms - int(max(start)))
+            t.runtime_ms = float(start[min(t.index, len(start) - 1)]) if start else 0.0
+        for t in self.tasks[self.cfg.vcpus :]:
+            t.runtime_ms = float(main)
+        oldest = max((*start, main))
+        self.scanner.numa_next_scan = max(0, scan_delay_ms - int(oldest))
 
 
 class Engine:
