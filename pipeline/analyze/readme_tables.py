@@ -83,12 +83,10 @@ def _block(name: str) -> re.Pattern[str]:
     )
 
 
-def results_table(results_root: Path) -> list[str]:
-    """The markdown table of the sample specs' totals per policy (policies in display
-    order, taken from the first spec)."""
-    columns: list[str] = []
+def results_values(results_root: Path) -> dict[str, dict[str, int]]:
+    """The sample specs' totals: ``{policy: {"<spec>:<counter>": total}}``, policies in
+    display order (taken from the first spec)."""
     values: dict[str, dict[str, int]] = {}
-    order: list[str] = []
     for spec, counters in RESULTS_COLUMNS:
         path = results_root / spec
         if not (path / "manifest.json").is_file():
@@ -101,19 +99,22 @@ def results_table(results_root: Path) -> list[str]:
         finally:
             con.close()
         for policy, *nums in rows:
-            if policy not in order:
-                order.append(str(policy))
             for (counter, _), num in zip(counters, nums, strict=True):
                 values.setdefault(str(policy), {})[f"{spec}:{counter}"] = int(num or 0)
-        columns += [f"{spec}:{c}" for c, _ in counters]
+    return values
+
+
+def results_table(values: dict[str, dict[str, int]]) -> list[str]:
+    """The markdown table of :func:`results_values`."""
+    columns = [f"{spec}:{c}" for spec, counters in RESULTS_COLUMNS for c, _ in counters]
     heads = [
         f"{spec}: {h}" if i == 0 else h
         for spec, counters in RESULTS_COLUMNS
         for i, (_, h) in enumerate(counters)
     ]
     lines = ["| policy | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
-    for policy in order:
-        cells = [count_text(values[policy][c]) if c in values[policy] else "—" for c in columns]
+    for policy, row in values.items():
+        cells = [count_text(row[c]) if c in row else "—" for c in columns]
         lines.append(f"| {policy} | " + " | ".join(cells) + " |")
     return lines
 
@@ -134,8 +135,9 @@ def _num(value: float) -> str:
     return count_text(round(value))
 
 
-def calibration_table(datasets_root: Path) -> list[str]:
-    """The markdown table of every lab cell: ``observed / simulated`` per counter."""
+def calibration_values(datasets_root: Path) -> dict[str, dict[str, tuple[float, float]]]:
+    """Every lab cell's ``{counter: (observed, simulated)}`` from
+    :func:`pipeline.analyze.calibrate.calibrate`, cells in table order (anon, then shared)."""
     from pipeline.analyze.calibrate import calibrate
 
     cells = sorted(
@@ -148,15 +150,25 @@ def calibration_table(datasets_root: Path) -> list[str]:
         raise InputError(str(datasets_root), msg)
     order = {"anon": 0, "shared": 1}
     cells.sort(key=lambda c: (order[c[0].split()[0]], c[0]))
+    return {
+        name: {
+            str(r["counter"]): (_float(r["observed"]), _float(r["simulated"]))
+            for r in calibrate(path).iter_rows(named=True)
+        }
+        for name, path in cells
+    }
+
+
+def _float(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def calibration_table(cells: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    """The markdown table of :func:`calibration_values`: ``observed / simulated``."""
     heads = [h for _, h in CALIBRATION_COLUMNS]
     lines = ["| cell | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
-    for name, path in cells:
-        table = calibrate(path)
-        rows = {r["counter"]: r for r in table.iter_rows(named=True)}
-        parts = [
-            f"{_num(rows[c]['observed'])} / {_num(rows[c]['simulated'])}"
-            for c, _ in CALIBRATION_COLUMNS
-        ]
+    for name, rows in cells.items():
+        parts = [f"{_num(rows[c][0])} / {_num(rows[c][1])}" for c, _ in CALIBRATION_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(parts) + " |")
     return lines
 
@@ -223,9 +235,15 @@ def heldout_table(path: Path = HELDOUT) -> list[str]:
 def generated_blocks(out: Path) -> dict[str, list[str]]:
     """Every generated block's lines from `make pipeline`'s output directory ``out`` (and
     the pinned held-out calibration)."""
+    from pipeline.analyze.readme_findings import calibration_findings, results_findings
+
+    results = results_values(out / "results")
+    cells = calibration_values(out / "datasets")
     return {
-        "results": results_table(out / "results"),
-        "calibration": calibration_table(out / "datasets"),
+        "results": results_table(results),
+        "findings": results_findings(results, cells),
+        "calibration": calibration_table(cells),
+        "calibration-findings": calibration_findings(cells),
         "heldout": heldout_table(),
     }
 
