@@ -131,7 +131,7 @@ class VmRun:
             if others
             else [opts.vmm_thread_share * opts.epoch_ms] * (len(self.tasks) - cfg.vcpus)
         )
-        # ticks that land on each measured VMM thread (ADR 0363): None = ticked every epoch
+        # ticks that land on each measured VMM thread (ADR 0363; the synthetic one: every epoch)
         self.ticks = VmmTicks(self.gain_ms[cfg.vcpus :] if others else [])
         nr_threads = self.hosting.nr_threads or cfg.vcpus + opts.vmm_threads
         self.busy_vcpus = opts.busy_vcpus
