@@ -181,6 +181,7 @@ def inferred_hosting(inp: CalibrationInput) -> VmHosting:
         "touch_start_gpa": inp.lab.touch_start_gpa,
         "touch_end_gpa": inp.lab.touch_end_gpa,
         "guest_page_bytes": inp.lab.guest_page_bytes,
+        "window_s": inp.lab.window_s,
     }
     hosting, _, _ = trace_facts.inferred_hosting(inp.vm, inp.ftrace, workload, inp.t_on_ns)
     return hosting

@@ -125,6 +125,11 @@ class VmHosting:
       None: its default).
     * ``vmm_threads``: the VMM's other threads with their runtime and CPU share
       (:class:`VmmThread`, ADR 0363; empty: only the vCPUs tick).
+    * ``main_thread_share`` / ``main_thread_runtime_start_ms``: the VMM's main thread as a
+      scanning thread of the mm (task_tick_numa() runs for every thread of the process,
+      kernel/sched/fair.c, v6.5 = v6.18 = v7.1, KERNEL.md §3.3): its CPU share and its
+      se.sum_exec_runtime when numa_balancing went on (ADR 0366). None: not modelled
+      (``ReplayParams.vmm_thread`` still adds it with ``vmm_thread_share``).
     """
 
     vm: str
@@ -139,6 +144,8 @@ class VmHosting:
     scan_ns_per_spte_4k: float | None = None
     scan_ns_per_spte_2m: float | None = None
     vmm_threads: tuple[VmmThread, ...] = ()
+    main_thread_share: float | None = None
+    main_thread_runtime_start_ms: float = 0.0
 
     def share(self, vcpu: int) -> float:
         if not self.vcpu_cpu_share:
@@ -324,6 +331,8 @@ def hosting_frame(rows: Sequence[VmHosting]) -> pl.DataFrame:
             ]
             for h in rows
         ],
+        "main_thread_share": [h.main_thread_share for h in rows],
+        "main_thread_runtime_start_ms": [h.main_thread_runtime_start_ms for h in rows],
     }
     schema = table_schema("hosting").arrow()
     # hva_start is uint64: /proc/PID/maps lists [vsyscall] at 0xffffffffff600000
@@ -377,6 +386,9 @@ def hosting_from_frame(frame: pl.DataFrame) -> tuple[VmHosting, ...]:
                     )
                     for t in row.get("vmm_threads") or ()
                 ),
+                # absent in hosting.parquet written before ADR 0366
+                main_thread_share=_opt_float(row.get("main_thread_share")),
+                main_thread_runtime_start_ms=float(row.get("main_thread_runtime_start_ms") or 0.0),
             )
         )
     return tuple(out)

@@ -104,8 +104,11 @@ class VmRun:
             )
             for i in range(cfg.vcpus)
         ]
-        # the VMM's other threads tick only with ``vmm_thread`` (ADR 0363: measured, off)
+        # the VMM's other threads tick with ``vmm_thread`` from measured facts (ADR 0363: off
+        # by default); else the VMM main thread ticks: asked for (vmm_thread), or known from
+        # the trace (ADR 0366)
         others = self.hosting.vmm_threads if opts.vmm_thread else ()
+        self.measured_threads = bool(others)
         for j, th in enumerate(others):
             node = int(cfg.vcpu_nodes[0]) if cfg.vcpus else 0
             self.tasks.append(
@@ -114,7 +117,8 @@ class VmRun:
                     main_thread=th.main, runtime_ms=th.runtime_start_ms,
                 )
             )  # fmt: skip
-        if opts.vmm_thread and not others:
+        main_share = self.hosting.main_thread_share
+        if not others and (opts.vmm_thread or main_share is not None):
             pid = int(cfg.vcpu_tids[0]) - 1 if cfg.vcpus else 1
             node = int(cfg.vcpu_nodes[0]) if cfg.vcpus else 0
             self.tasks.append(
@@ -122,14 +126,15 @@ class VmRun:
                     index=cfg.vcpus, pid=pid, node=node, nodes=cfg.host_nodes, main_thread=True
                 )
             )
-        self.vmm_thread = opts.vmm_thread
+        self.vmm_thread = opts.vmm_thread or main_share is not None
         # task_tick_numa() compares se.sum_exec_runtime: each thread gains its CPU share of
-        # the epoch; the QEMU main thread of ``opts.vmm_thread`` mostly sleeps in ppoll()
+        # the epoch; the QEMU main thread mostly sleeps in ppoll()
+        share = opts.vmm_thread_share if main_share is None else main_share
         self.vcpu_ms = [self.hosting.share(i) * opts.epoch_ms for i in range(cfg.vcpus)]
         self.gain_ms = self.vcpu_ms + (
             [th.cpu_share * opts.epoch_ms for th in others]
             if others
-            else [opts.vmm_thread_share * opts.epoch_ms] * (len(self.tasks) - cfg.vcpus)
+            else [share * opts.epoch_ms] * (len(self.tasks) - cfg.vcpus)
         )
         # ticks that land on each measured VMM thread (ADR 0363; the synthetic one: every epoch)
         self.ticks = VmmTicks(self.gain_ms[cfg.vcpus :] if others else [])
@@ -167,12 +172,17 @@ class VmRun:
         with that se.sum_exec_runtime; node_stamp keeps its init_numa_balancing() value, since
         task_tick_numa() did not run while numa_balancing was 0 (kernel/sched/fair.c, v6.5 =
         v6.18 = v7.1, KERNEL.md §3.3). The mm is at least as old as its oldest thread's CPU
-        time, so mm->numa_next_scan (creation + scan_delay) comes that much earlier."""
+        time, so mm->numa_next_scan (creation + scan_delay) comes that much earlier. The VMM
+        main thread starts with ``main_thread_runtime_start_ms`` (ADR 0366)."""
         start = self.hosting.vcpu_runtime_start_ms
-        if not start:
+        main = self.hosting.main_thread_runtime_start_ms if self.vmm_thread else 0.0
+        if not start and not main and not self.measured_threads:
             return
         for t in self.tasks[: self.cfg.vcpus]:
-            t.runtime_ms = float(start[min(t.index, len(start) - 1)])
+            t.runtime_ms = float(start[min(t.index, len(start) - 1)]) if start else 0.0
+        if not self.measured_threads:  # measured threads start with their own runtime
+            for t in self.tasks[self.cfg.vcpus :]:
+                t.runtime_ms = float(main)
         oldest = max(t.runtime_ms for t in self.tasks)
         self.scanner.numa_next_scan = max(0, scan_delay_ms - int(oldest))
 

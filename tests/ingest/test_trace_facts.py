@@ -16,7 +16,7 @@ from pipeline.ingest import trace_facts as tf
 from pipeline.ingest.capture_facts import ram_ranges
 from pipeline.ingest.runner import run_ingest
 from pipeline.model.hosting import area_kind
-from pipeline.model.vmmprofile import PROFILE_ORIGIN, VmmProfile
+from pipeline.model.vmmprofile import MAIN_THREAD_SHARE, PROFILE_ORIGIN, VmmProfile
 from pipeline.replay.params import ReplayParams
 from pipeline.replay.runner import run_replay
 from pipeline.schema import read_manifest
@@ -59,6 +59,7 @@ def test_trace_shows_vcpus_vmm_threads_skips_and_the_first_scan(pin_4k: Path) ->
     assert shown["numa_balancing_on_from"] == "trace marker numa_balancing=1"
     assert facts.numa_balancing_on_ns == 1_368_314_083_000
     assert facts.first_scan_delay_ms == pytest.approx(62.013)
+    assert facts.first_scan_pid == 22607 and shown["first_scan_thread"] == "vcpu"
     # every skipped VMA is one of /proc/PID/maps, with the kind of its skip reason
     cap = json.loads(Path(f"{PIN_4K}.capture.json").read_text())
     kinds = {
@@ -86,6 +87,9 @@ def test_other_processes_and_the_scanning_main_thread(tmp_path: Path) -> None:
     assert facts.vcpu_tids == (25881,) and facts.vmm_pids == (25805, 25881)
     assert facts.manifest()["skipped_vmas_by_reason"]["pid_inactive"] == 68
     assert facts.first_scan_delay_ms == pytest.approx(622.587)
+    # the main thread ran the first task_numa_work() (ADR 0366), not the vCPU
+    assert facts.first_scan_pid == 25805 and facts.first_scan_by_vcpu is False
+    assert facts.manifest()["first_scan_thread"] == "vmm"
     # another process's skip events in the trace are not the VMM's VMAs
     skip = tables["sched_skip_vma_numa"]
     other = skip.head(3).with_columns(
@@ -104,30 +108,82 @@ def test_other_processes_and_the_scanning_main_thread(tmp_path: Path) -> None:
 
 def test_share_from_work_and_runtime_rule() -> None:
     # the fit cell anon-4k-pin 1 GiB: measured 0.085, 0.08 ([lab] schedstat)
-    assert tf.share_from_work([11.516, 9.721], [131072, 131072], False) == (0.091, 0.077)
+    assert tf.share_from_work([11.516, 9.721], [131072, 131072], False) == (0.086, 0.072)
     # anon-thp-nopin 2 GiB: measured 0.151 each
     assert tf.share_from_work([33.316, 33.366], [262144, 262144], True) == (0.145, 0.145)
     assert tf.share_from_work([1000.0], [262144], False) == (1.0,)  # at most a CPU
     # runtime at numa_balancing=1: scan_delay - share x delay (+1 ms), at least 1 ms
-    assert tf.runtime_at_start_ms(62.013, (0.091, 0.077), 1000) == 995.4
+    assert tf.runtime_at_start_ms(62.013, (0.086, 0.072), 1000) == 995.7
     assert tf.runtime_at_start_ms(0.0, (0.1,), 1000) == 1001.0
     assert tf.runtime_at_start_ms(60_000.0, (0.1,), 1000) == 1.0
     assert tf.runtime_at_start_ms(None, (0.1,), 1000) == 0.0
+
+
+CONTROL = REGIMES / "control" / "lab-anon-4k-nopin-nb0-early-1024m-2v-20s"  # outside the split
+
+
+@pytest.mark.skipif(
+    not Path(f"{CONTROL}.trace.zst").is_file(), reason="the regime control is not committed"
+)
+def test_first_touches_price_a_guest_populating_its_ram(tmp_path: Path) -> None:
+    """The numa_balancing=0 control: the guest faults 1 GiB of 4K RAM in for the whole 20 s
+    window and completes no sweep. The sweeps alone say a share of 0; the first touches
+    the trace shows say 0.074 / 0.075, measured 0.076 / 0.074 (ADR 0367)."""
+    run_ingest([f"{CONTROL}.trace.zst"], tmp_path / "ds", vm_config=Path(f"{CONTROL}.toml"))
+    inp = cal_obs.load_input(tmp_path / "ds")
+    span = (inp.t_on_ns, inp.t_on_ns + int(inp.lab.window_s * 1e9))
+    tids = tuple(inp.vm["vcpu_tids"])
+    # (the fit counted 50,837 and 51,703 in calibrate's window, cut to whole epochs)
+    assert tf.first_touches(inp.ftrace, inp.vm, tids, span) == (50_996, 51_829)
+    assert tf.share_from_work([0.0, 0.0], [131072, 131072], False) == (0.0, 0.0)
+    assert cal.lab_hosting(inp, modelled=False).vcpu_cpu_share == (0.074, 0.075)
+    # a trace whose first install of guest RAM follows a notifier holds no population:
+    # its first installs are refaults, not first touches
+    tables = dict(inp.ftrace)
+    sets = tables["kvm_mmu_set_spte"]
+    first = int(sets["ts_ns"].min())  # type: ignore[arg-type]
+    unmap = tables["kvm_unmap_hva_range"]
+    ram = ram_ranges(inp.vm)[0]
+    row = {"ts_ns": [first - 1], "cpu": [0], "pid": [1], "comm": ["x"], "flags": [""]}
+    row |= {"hva_start": [ram[0]], "hva_end": [ram[0] + 4096]}
+    tables["kvm_unmap_hva_range"] = pl.concat([pl.DataFrame(row, schema=unmap.schema), unmap])
+    assert tf.first_touches(tables, inp.vm, tids, span) == (0, 0)
 
 
 @needs
 def test_calibrate_without_capture_uses_profile_and_inferred_facts(pin_4k: Path) -> None:
     inp = cal_obs.load_input(pin_4k)
     h = cal.lab_hosting(inp, modelled=False)
-    assert h.vcpu_cpu_share == (0.091, 0.077)  # within 10% of the measured 0.085, 0.08
-    assert h.vcpu_runtime_start_ms == (995.4, 995.4)
+    assert h.vcpu_cpu_share == (0.086, 0.072)  # within 10% of the measured 0.085, 0.08
+    assert h.vcpu_runtime_start_ms == (995.7, 995.7)
     assert h.nr_threads == VmmProfile(2).nr_threads == 10
     assert h.vmm_areas == VmmProfile(2).areas(*ram_ranges(inp.vm)[0])
     assert h.host_cpus == 2 and h.preempt_per_s is None and h.zap_ns_per_spte is None
+    assert h.main_thread_share is None  # a vCPU scanned first (ADR 0366)
     table = cal.calibrate(pin_4k, hosting=False)
     got = dict(zip(table["counter"], table["simulated"], strict=True))
     # the 1 GiB of pinned 4K RAM zapped twice in 20 s, as in the kernel (524,288 SPTEs)
     assert got["spte_zapped"] == 524_288 and got["notifier_bytes"] == 2 << 30
+
+
+@needs
+def test_a_main_thread_first_scan_gives_it_the_runtime_not_the_vcpus(tmp_path: Path) -> None:
+    """The fit cell started before the guest (ADR 0366): the VMM's main thread scanned
+    first, 623 ms after numa_balancing=1, so its runtime was past scan_delay and the
+    vCPUs' (whose guest had not run; [lab] measured 26 ms) was not."""
+    run_ingest([f"{EARLY}.trace.zst"], tmp_path / "ds", vm_config=Path(f"{EARLY}.toml"))
+    inp = cal_obs.load_input(tmp_path / "ds")
+    h = cal.lab_hosting(inp, modelled=False)
+    assert h.main_thread_share == MAIN_THREAD_SHARE == 0.003
+    # scan_delay - 0.003 x 622.587 ms + 1 ms
+    assert h.main_thread_runtime_start_ms == 999.1
+    # the sweeps and the 65,536 first touches the trace shows (ADR 0367); measured 0.183
+    assert h.vcpu_runtime_start_ms == () and h.vcpu_cpu_share == (0.198,)
+    table = cal.calibrate(tmp_path / "ds", hosting=False)
+    got = dict(zip(table["counter"], table["simulated"], strict=True))
+    # the main thread's scan comes in the epoch after its 0.9 ms of runtime (300 ms), the
+    # vCPU's own first crossing only after 1 s of its runtime (~5.6 s of wall time)
+    assert got["first_scan_ms"] == 400 and got["scans"] == 6
 
 
 @needs
