@@ -32,9 +32,12 @@ $(VENV)/.compiled-src: $(shell find pipeline tlbreplay -name '*.py' 2>/dev/null)
 	$(BIN)/python -m compileall -q pipeline tlbreplay >/dev/null
 	touch $@
 
-setup: $(VENV)/.installed $(VENV)/.compiled $(VENV)/.compiled-src pipeline/ingest/_ftrace_scan.so ## create .venv from the lock file (uv sync --frozen), build the ingest scanner
+setup: $(VENV)/.installed $(VENV)/.compiled $(VENV)/.compiled-src pipeline/ingest/_ftrace_scan.so pipeline/replay/_intervals.so ## create .venv from the lock file (uv sync --frozen), build the ingest scanner and the replay's interval kernels
 
 pipeline/ingest/_ftrace_scan.so: csrc/ftrace_scan.c
+	gcc -O2 -std=c99 -shared -fPIC -Wall -Wextra -Werror -o $@ $<
+
+pipeline/replay/_intervals.so: csrc/intervals.c
 	gcc -O2 -std=c99 -shared -fPIC -Wall -Wextra -Werror -o $@ $<
 
 system-deps: ## Debian packages used by optional tests (trace-cmd for trace.dat, chromium for the report)

@@ -60,8 +60,9 @@ class ReplayParams:
       first touched only by 4K-grained accesses).
     * ``thp_fault_fallback`` 0.0: the share of THP-region granules whose THP fault fell back
       to 4K pages on the host (/proc/vmstat thp_fault_fallback; ADR 0371).
-    * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8, when
-      the dataset has at least 200k access rows). The results do not depend on it.
+    * ``workers`` 1: processes running policies in parallel, this one included (ADR 0373;
+      0: one per CPU, at most 8, when the dataset has at least 200k access rows). The
+      results do not depend on it.
     * ``max_memory_bytes`` None: refuse a replay whose engine arrays are estimated above this
       (None: half the machine's RAM; pipeline/replay/bounds.py, ADR 0380).
     """
