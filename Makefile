@@ -101,7 +101,7 @@ $(OUT)/report/report.html: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC)
 # Its inputs only (the specs' RESULTS, the captures' DATASETs), so it runs beside the other
 # replays instead of after them (ADR 0426).
 README_INPUTS := $(addprefix $(OUT)/results/,$(SPECS)) $(addprefix $(OUT)/datasets/real-,$(REAL_NAMES))
-$(OUT)/readme.json: $(addsuffix /manifest.json,$(README_INPUTS)) $(ANALYZE_SRC) traces/real/regimes/HELDOUT.json | $(VENV)/.installed
+$(OUT)/readme.json: $(addsuffix /manifest.json,$(README_INPUTS)) $(ANALYZE_SRC) traces/real/regimes/HELDOUT.json traces/real/regimes2/HELDOUT.json | $(VENV)/.installed
 	$(BIN)/python -m pipeline.analyze.readme_tables README.md --out $(OUT) --save $@
 
 # the verdict is a file too: a warm `make pipeline` runs no query (issue 13); the report
