@@ -32,9 +32,12 @@ $(VENV)/.compiled-src: $(shell find pipeline tlbreplay -name '*.py' 2>/dev/null)
 	$(BIN)/python -m compileall -q pipeline tlbreplay >/dev/null
 	touch $@
 
-setup: $(VENV)/.installed $(VENV)/.compiled $(VENV)/.compiled-src pipeline/ingest/_ftrace_scan.so ## create .venv from the lock file (uv sync --frozen), build the ingest scanner
+setup: $(VENV)/.installed $(VENV)/.compiled $(VENV)/.compiled-src pipeline/ingest/_ftrace_scan.so pipeline/replay/_intervals.so ## create .venv from the lock file (uv sync --frozen), build the ingest scanner and the replay's interval kernels
 
 pipeline/ingest/_ftrace_scan.so: csrc/ftrace_scan.c
+	gcc -O2 -std=c99 -shared -fPIC -Wall -Wextra -Werror -o $@ $<
+
+pipeline/replay/_intervals.so: csrc/intervals.c
 	gcc -O2 -std=c99 -shared -fPIC -Wall -Wextra -Werror -o $@ $<
 
 system-deps: ## Debian packages used by optional tests (trace-cmd for trace.dat, chromium for the report)
@@ -98,7 +101,7 @@ $(OUT)/report/report.html: $(addsuffix /manifest.json,$(RESULTS)) $(ANALYZE_SRC)
 # Its inputs only (the specs' RESULTS, the captures' DATASETs), so it runs beside the other
 # replays instead of after them (ADR 0426).
 README_INPUTS := $(addprefix $(OUT)/results/,$(SPECS)) $(addprefix $(OUT)/datasets/real-,$(REAL_NAMES))
-$(OUT)/readme.json: $(addsuffix /manifest.json,$(README_INPUTS)) $(ANALYZE_SRC) traces/real/regimes/HELDOUT.json | $(VENV)/.installed
+$(OUT)/readme.json: $(addsuffix /manifest.json,$(README_INPUTS)) $(ANALYZE_SRC) traces/real/regimes/HELDOUT.json traces/real/regimes2/HELDOUT.json | $(VENV)/.installed
 	$(BIN)/python -m pipeline.analyze.readme_tables README.md --out $(OUT) --save $@
 
 # the verdict is a file too: a warm `make pipeline` runs no query (issue 13); the report

@@ -5,8 +5,9 @@ a previous run) and times it end to end; the Makefile runs the datasets in paral
 (``-j$(nproc)``). Then, on the same OUT: ``make pipeline`` again with nothing changed (warm),
 ``tlbreplay query RESULTS "SELECT 1"`` (the saved catalog, ADR 0420) and ``tlbreplay report``
 over every RESULTS into a new directory. CPU seconds of the children are printed beside each
-wall time, the load average beside each figure. Skipped, with the reason, when the Makefile
-has no ``pipeline`` target.
+wall time, the load average beside each figure; the clean run's recipes are timed by
+``bench/recipe_shell.sh`` (make's ``SHELL``) and summed per stage. Skipped, with the
+reason, when the Makefile has no ``pipeline`` target.
 """
 
 from __future__ import annotations
@@ -51,6 +52,31 @@ def timed(cmd: list[str]) -> tuple[float, float, str]:
     return wall, cpu, load
 
 
+#: Stages of a clean `make pipeline`, told apart by their recipe line (bench/recipe_shell.sh).
+STAGES = (
+    ("synth", "tlbreplay synth "),
+    ("ingest", "tlbreplay ingest "),
+    ("replay", "tlbreplay replay "),
+    ("report", "tlbreplay report "),
+    ("README tables", "pipeline.analyze.readme_tables"),
+)
+
+
+def stage_cpu(log: Path) -> dict[str, float]:
+    """CPU seconds (user + sys) per stage of :data:`STAGES` from a recipe_shell.sh log."""
+    out = dict.fromkeys((name for name, _ in STAGES), 0.0)
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        times, _, command = line.partition("\t")
+        fields = times.split()
+        if len(fields) < 3 or command.startswith(("make ", "$(MAKE)")) or " make " in command:
+            continue
+        for name, marker in STAGES:
+            if marker in command:
+                out[name] += float(fields[1]) + float(fields[2])
+                break
+    return out
+
+
 def main() -> dict[str, Any] | None:
     if not has_target("pipeline") or shutil.which("make") is None:
         print("skipped: no `pipeline` target in the Makefile (or no make)")
@@ -59,7 +85,10 @@ def main() -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory(prefix="tlbreplay-bench-pipeline-") as tmp:
         out = Path(tmp) / "out"
         make = ["make", "--no-print-directory", "pipeline", f"OUT={out}"]
-        clean, clean_cpu, clean_load = timed(make)
+        log = Path(tmp) / "recipes.log"
+        shell = [f"SHELL={ROOT / 'bench' / 'recipe_shell.sh'}", f"RECIPE_LOG={log}"]
+        clean, clean_cpu, clean_load = timed([*make, *shell])
+        stages = stage_cpu(log)
         # pathlib's glob matches dot names too: skip the hidden version directories behind each
         # RESULTS link (issue 16), or every result is counted and reported twice
         results = sorted(
@@ -78,11 +107,14 @@ def main() -> dict[str, Any] | None:
         f"make pipeline clean: {clean:.1f} s ({clean_cpu:.0f} CPU-s, load {clean_load}; "
         f"{len(results)} RESULTS: {names}; report {'written' if report else 'MISSING'})"
     )
+    print("  CPU-s per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     print(f"make pipeline warm : {warm:.2f} s ({warm_cpu:.2f} CPU-s, load {warm_load})")
     print(f'query "SELECT 1"   : {query:.2f} s ({query_cpu:.2f} CPU-s, load {query_load})')
     print(f"report, {len(results)} RESULTS: {rep:.1f} s ({rep_cpu:.1f} CPU-s, load {rep_load})")
     return {
         "make pipeline wall, fresh OUT (s)": clean,
+        "make pipeline CPU-s, fresh OUT": clean_cpu,
+        **{f"make pipeline CPU-s, fresh OUT: {k}": v for k, v in stages.items()},
         "make pipeline RESULTS dirs": len(results),
         "make pipeline wall, warm (s)": warm,
         'tlbreplay query RESULTS "SELECT 1" (s)': query,

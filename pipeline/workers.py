@@ -63,36 +63,82 @@ def run_in_workers(
     workers: int,
     progress: Callable[[int], None] | None = None,
 ) -> list[R]:
-    """``[fn(job, tick) for job in jobs]`` in ``workers`` spawned processes, in job order;
-    each ``tick(n)`` of a job reaches ``progress(n)`` in this process, so a
-    progress bar moves while the jobs run, not once per finished job."""
+    """``[fn(job, tick) for job in jobs]`` in ``workers`` processes, in job order: this one
+    and ``workers - 1`` spawned ones, each taking the next job when it is free (ADR 0373: one
+    process start-up less than a pool of ``workers``, and the parent, which holds the inputs
+    already, no longer sits idle). Each ``tick(n)`` of a job reaches ``progress(n)`` in this
+    process, so a progress bar moves while the jobs run, not once per finished job;
+    ``progress`` is only called from this thread (the workers' ticks are passed on between
+    the local job's ticks, and while this process waits for the last jobs)."""
     import multiprocessing as mp
     import queue as queue_mod
     from concurrent.futures import ProcessPoolExecutor
 
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(job, progress or (lambda _n: None)) for job in jobs]
+    spawned = min(workers - 1, len(jobs) - 1)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     pool = ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(), queue)
+        spawned, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(), queue)
     )
-    try:
-        futures = [pool.submit(_call, fn, job) for job in jobs]
-        finished = 0
-        while finished < len(futures):
+    lock = threading.Lock()
+    state = {"next": 0, "submitted": 0, "finished": 0}
+    results: list[Any] = [None] * len(jobs)
+    errors: list[BaseException] = []
+
+    def take(*, remote: bool) -> int | None:
+        with lock:
+            if errors or state["next"] >= len(jobs):
+                return None
+            i = state["next"]
+            state["next"] += 1
+            state["submitted"] += remote
+            return i
+
+    def dispatch() -> None:  # one thread per spawned worker: it waits, the worker computes
+        while (i := take(remote=True)) is not None:
             try:
-                n = queue.get(timeout=FAILURE_POLL_S)
+                results[i] = pool.submit(_call, fn, jobs[i]).result()
+            except BaseException as exc:  # handed to the main thread
+                with lock:
+                    errors.append(exc)
+                return
+
+    def forward(timeout: float | None) -> None:
+        """Pass the workers' ticks on: what is queued now, or wait up to ``timeout``."""
+        while True:
+            try:
+                n = queue.get(timeout=timeout) if timeout else queue.get_nowait()
             except queue_mod.Empty:
-                failed = [f for f in futures if f.done() and f.exception() is not None]
-                if failed:
-                    failed[0].result()  # raises the job's exception
-                continue
+                return
             if n is None:
-                finished += 1
+                state["finished"] += 1
             elif progress is not None:
                 progress(n)
-        results = [f.result() for f in futures]
+            if timeout:
+                return
+
+    def tick(n: int) -> None:
+        if progress is not None:
+            progress(n)
+        forward(None)
+
+    threads = [threading.Thread(target=dispatch, daemon=True) for _ in range(spawned)]
+    try:
+        for t in threads:
+            t.start()
+        while (i := take(remote=False)) is not None:
+            results[i] = fn(jobs[i], tick)
+        while not errors and (
+            any(t.is_alive() for t in threads) or state["finished"] < state["submitted"]
+        ):
+            forward(FAILURE_POLL_S)
+        if errors:
+            raise errors[0]
     except BaseException:
-        # the pool's manager thread fails once its workers are killed: keep stderr to one line
+        with lock:
+            errors.append(RuntimeError("stopped"))  # the dispatch threads take no more jobs
         threading.excepthook = lambda args: None
         procs = list(getattr(pool, "_processes", {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
@@ -103,5 +149,7 @@ def run_in_workers(
         raise
     finally:
         queue.close()
+    for t in threads:
+        t.join()
     pool.shutdown(wait=True)
     return results

@@ -23,10 +23,11 @@ import json
 import math
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.analyze.output import count_text
-from pipeline.analyze.views import connect
+from pipeline.analyze.views import connect_in_memory
 from pipeline.errors import InputError
 
 #: The results table: per spec, the counters shown (column of shootdowns_by_vm, header).
@@ -93,7 +94,7 @@ def results_values(results_root: Path) -> dict[str, dict[str, int]]:
             msg = f"no RESULTS for spec `{spec}`; run `make pipeline` first"
             raise InputError(str(path), msg)
         cols = ", ".join(f"sum({c})::BIGINT AS {c}" for c, _ in counters)
-        con, _ = connect(path)
+        con, _ = connect_in_memory(path)  # one query: no saved catalog to build (ADR 0427)
         try:
             rows = con.sql(TOTALS_SQL.format(cols=cols)).fetchall()
         finally:
@@ -173,8 +174,12 @@ def calibration_table(cells: dict[str, dict[str, tuple[float, float]]]) -> list[
     return lines
 
 
-#: The held-out regime cells, pinned by tests/analyze/test_calibration_regimes.py.
+#: The held-out regime cells, pinned by tests/analyze/test_calibration_regimes.py: set 1
+#: (traces/real/regimes, issue 11) and set 2 (traces/real/regimes2, captured before task
+#: s5c's engine changes; ADR 0512), each with the label its rows get.
 HELDOUT = Path(__file__).resolve().parents[2] / "traces" / "real" / "regimes" / "HELDOUT.json"
+HELDOUT_2 = HELDOUT.parents[1] / "regimes2" / "HELDOUT.json"
+HELDOUT_SETS = (("1", HELDOUT), ("2", HELDOUT_2))
 #: The held-out table: counter of calibrate() (HELDOUT.json), header, scale to show.
 HELDOUT_COLUMNS = (
     ("remote_tlb_flushes", "KVM flushes", 1),
@@ -199,37 +204,44 @@ def on_target(observed: float, simulated: float) -> bool:
     return abs(simulated - observed) <= 0.10 * observed + 1e-9  # (float rounding of 10%)
 
 
-def heldout_table(path: Path = HELDOUT) -> list[str]:
-    """Pooled observed / simulated over the held-out regime cells, with and without
-    capture.json; how many cells are on issue 11's target (:func:`on_target`); the range of
-    the per-cell errors over the cells where the kernel counted 10 or more."""
-    if not path.is_file():
+def heldout_table(sets: Sequence[tuple[str, Path]] = HELDOUT_SETS) -> list[str]:
+    """Per counter and held-out set (``sets``: label, pinned HELDOUT.json): pooled observed
+    / simulated over the set's cells, with and without capture.json; how many cells are on
+    issue 11's target (:func:`on_target`); the range of the per-cell errors over the cells
+    where the kernel counted 10 or more. A set whose file is missing is left out."""
+    pinned = [(label, json.loads(path.read_text())) for label, path in sets if path.is_file()]
+    if not pinned:
         return ["(no held-out regime cells committed: traces/real/regimes/HELDOUT.json)"]
-    cells: dict[str, dict[str, dict[str, list[float | None]]]] = json.loads(path.read_text())
     head = "observed / simulated | cells on target | per cell (kernel >= 10)"
     lines = [
-        f"| counter, {len(cells)} held-out cells | with capture.json: {head} "
-        f"| without capture.json: {head} |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| counter | held-out set | with capture.json: {head} | without capture.json: {head} |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, header, scale in HELDOUT_COLUMNS:
-        parts = [header]
-        for mode in ("hosting", "no_hosting"):
-            pairs = [
-                (float(o) / scale, float(v) / scale)
-                for cell in cells.values()
-                for o, v in [cell[mode][key]]
-                if o is not None and v is not None
-            ]
-            obs = sum(o for o, _ in pairs)
-            sim = sum(v for _, v in pairs)
-            hits = sum(on_target(o * scale, v * scale) for o, v in pairs)
-            errs = sorted((v / o - 1) * 100 for o, v in pairs if o * scale >= 10)
-            spread = f"{errs[0]:+.0f}% to {errs[-1]:+.0f}%" if errs else "n/a"
-            parts += [f"{_num(obs)} / {_num(sim)} ({_error(obs, sim)})", f"{hits} / {len(pairs)}"]
-            parts.append(spread)
-        lines.append("| " + " | ".join(parts) + " |")
+        for label, cells in pinned:
+            parts = [header, f"{label} ({len(cells)} cells)"]
+            for mode in ("hosting", "no_hosting"):
+                parts += _heldout_cells(cells, mode, key, scale)
+            lines.append("| " + " | ".join(parts) + " |")
     return lines
+
+
+def _heldout_cells(
+    cells: dict[str, dict[str, dict[str, list[float | None]]]], mode: str, key: str, scale: int
+) -> list[str]:
+    """The three columns of one counter, set and mode of :func:`heldout_table`."""
+    pairs = [
+        (float(o) / scale, float(v) / scale)
+        for cell in cells.values()
+        for o, v in [cell[mode][key]]
+        if o is not None and v is not None
+    ]
+    obs = sum(o for o, _ in pairs)
+    sim = sum(v for _, v in pairs)
+    hits = sum(on_target(o * scale, v * scale) for o, v in pairs)
+    errs = sorted((v / o - 1) * 100 for o, v in pairs if o * scale >= 10)
+    spread = f"{errs[0]:+.0f}% to {errs[-1]:+.0f}%" if errs else "n/a"
+    return [f"{_num(obs)} / {_num(sim)} ({_error(obs, sim)})", f"{hits} / {len(pairs)}", spread]
 
 
 def generated_blocks(out: Path) -> dict[str, list[str]]:
@@ -293,8 +305,10 @@ def settle(readme: Path, text: str, new: str, *, check: bool, what: str) -> int:
             print(f"tlbreplay: error: {readme}: {what} drifted", file=sys.stderr)
             return 1
         return 0
-    if new != text:
-        readme.write_text(new)
+    if new != text:  # whole or not at all: `make -j` or a Ctrl-C never leaves half a README
+        tmp = readme.with_name(f".{readme.name}.tmp")
+        tmp.write_text(new)
+        tmp.replace(readme)
     return 0
 
 

@@ -35,7 +35,7 @@ from pipeline.analyze import plots, rfc_thread, sweep_plots
 from pipeline.analyze.output import display_text, page_size_sql
 from pipeline.analyze.query import Audit, run_audits
 from pipeline.analyze.verdict import Verdict, verdict_lines, verdict_of
-from pipeline.analyze.views import Run, connect, sql_literal
+from pipeline.analyze.views import Run, connect_in_memory, sql_literal
 from pipeline.clikit import Reporter, reporter
 from pipeline.errors import OutputError, QueryError, TlbReplayError
 from pipeline.outdir import atomic_output_dir, check_replaceable
@@ -161,9 +161,10 @@ def _names(results: list[Path]) -> list[str]:
     return names
 
 
-def build_section(results: Path, name: str, out: Path) -> Section:
-    """Query the views of ``results`` and draw its plots into ``out``."""
-    con, run = connect(results)
+def build_section(results: Path, name: str, out: Path, *, threads: int = 1) -> Section:
+    """Query the views of ``results`` (read into memory once, ADR 0427; ``threads``: DuckDB's)
+    and draw its plots into ``out``."""
+    con, run = connect_in_memory(results, threads=threads)
     try:
         tables, frames, audits = _query_section(con, sweep=run.sweep)
         verdict = verdict_of(con, name, sweep=run.sweep)
@@ -496,11 +497,11 @@ def verdict_text(results: list[Path], sections: list[Section]) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def _section_job(results: Path, name: str, out: Path) -> Section:
+def _section_job(results: Path, name: str, out: Path, threads: int) -> Section:
     """build_section in a worker process; a project error comes back as a QueryError with
     the same message (the error classes that take several arguments do not unpickle)."""
     try:
-        return build_section(results, name, out)
+        return build_section(results, name, out, threads=threads)
     except TlbReplayError as exc:
         raise QueryError(str(exc)) from None
 
@@ -513,10 +514,11 @@ def _build_sections(
     Sections are independent (one DuckDB connection and three figures each), so they build
     in parallel; the page is assembled in input order, so the output does not depend on it.
     """
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))  # DuckDB's, per process
     if workers <= 1:
         sections = []
         for path, name in jobs:
-            sections.append(build_section(path, name, out))
+            sections.append(build_section(path, name, out, threads=threads))
             rep.advance(task)
         return sections
     context = multiprocessing.get_context("spawn")  # no fork of DuckDB's threads
@@ -526,7 +528,7 @@ def _build_sections(
         initializer=die_with_parent,  # no orphan after a kill -9 (ADR 0006)
         initargs=(os.getpid(),),
     ) as pool:
-        futures = [pool.submit(_section_job, path, name, out) for path, name in jobs]
+        futures = [pool.submit(_section_job, path, name, out, threads) for path, name in jobs]
         for future in as_completed(futures):
             future.result()
             rep.advance(task)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from pipeline.analyze.lockdown import lock_down
+from pipeline.analyze.lockdown import LOCKED_CONFIG, lock_down
 from pipeline.errors import DatasetError, QueryError
 from pipeline.outdir import pin
 from pipeline.schema import MANIFEST, SCHEMA_DIR, read_manifest, table_schema
@@ -242,10 +242,15 @@ def _schema_source(table: str, files: str | None, *, hive: bool) -> Source:
 
 
 def _source_sql(source: Source, *, hive: bool, sweep: bool = False, fleet: bool = False) -> str:
-    """The ``CREATE VIEW`` of a source. A sweep's results tables have the ``point`` hive
-    partition first (an integer, as in ``points.point``), also when empty; a fleet's tables,
-    results and dataset alike, have ``host`` first (text)."""
-    name = source.name
+    """The ``CREATE VIEW`` of a source (see :func:`_source_select`)."""
+    select = _source_select(source, hive=hive, sweep=sweep, fleet=fleet)
+    return f"CREATE VIEW {source.name} AS {select}"
+
+
+def _source_select(source: Source, *, hive: bool, sweep: bool = False, fleet: bool = False) -> str:
+    """The ``SELECT`` a source view stands for. A sweep's results tables have the ``point``
+    hive partition first (an integer, as in ``points.point``), also when empty; a fleet's
+    tables, results and dataset alike, have ``host`` first (text)."""
     points = ("point",) if hive and sweep else ()
     hosts = (HOST,) if fleet else ()
     if source.files is None:
@@ -253,7 +258,7 @@ def _source_sql(source: Source, *, hive: bool, sweep: bool = False, fleet: bool 
         columns = {**dict.fromkeys(hosts, "VARCHAR"), **columns}
         if points:
             columns = {"point": "BIGINT", **columns}
-        return f"CREATE VIEW {name} AS {_empty_select(columns)}"
+        return _empty_select(columns)
     files = sql_literal(source.files)
     if hive or fleet:
         text = (*hosts, *PARTITION_COLUMNS) if hive else hosts
@@ -267,10 +272,10 @@ def _source_sql(source: Source, *, hive: bool, sweep: bool = False, fleet: bool 
         )
         plain = ", ".join((*points, *text))
         return (
-            f"CREATE VIEW {name} AS SELECT {keys}, * EXCLUDE ({plain}) FROM read_parquet("
+            f"SELECT {keys}, * EXCLUDE ({plain}) FROM read_parquet("
             f"{files}, hive_partitioning = true, hive_types = {{{types}}})"
         )
-    return f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files})"
+    return f"SELECT * FROM read_parquet({files})"
 
 
 def _point_sources(run: Run) -> list[str]:
@@ -332,11 +337,52 @@ def connect(results: Path) -> tuple[duckdb.DuckDBPyConnection, Run]:
     return con, run
 
 
-def build_views(con: duckdb.DuckDBPyConnection, run: Run) -> None:
-    """Create every view of ``run`` on ``con`` (an empty database)."""
+#: Sources :func:`connect_in_memory` reads into memory once (ADR 0427): the RESULTS' own tables,
+#: the grid points and the VMs, small whatever the trace (a row per epoch, vCPU, scan, point or
+#: VM and policy). The DATASET's accesses and ftrace tables, as large as the trace, stay views.
+MATERIALISED = (*RESULTS_TABLES, "points", "vms")
+#: Where :func:`connect_in_memory` keeps those tables; the source views select from them.
+MATERIALISED_SCHEMA = "_source"
+
+
+def connect_in_memory(results: Path, *, threads: int = 1) -> tuple[duckdb.DuckDBPyConnection, Run]:
+    """The views of :func:`connect` in a new in-memory database whose :data:`MATERIALISED`
+    sources are tables, read once from their Parquet files (ADR 0427).
+
+    For callers that run many queries over one RESULTS once (``report``, the README tables):
+    each of their ~20 queries over the nested views otherwise plans and runs dozens of Parquet
+    scans (~0.2 CPU-s each on a few thousand rows); over tables in memory the whole section
+    costs a fraction of that, and of building the saved catalog (ADR 0420), which is not
+    written. ``threads``: DuckDB's threads (a report builds several sections in parallel
+    processes, each one thread). The same rows as :func:`connect`'s views; lock-down alike.
+    """
+    run = Run.open(results)
+    con = duckdb.connect(":memory:", config={**LOCKED_CONFIG, "threads": threads})
+    try:
+        build_views(con, run, materialise=True)
+        lock_down(con, [run.results, *([run.dataset] if run.dataset else [])])
+    except BaseException:
+        con.close()
+        raise
+    return con, run
+
+
+def build_views(con: duckdb.DuckDBPyConnection, run: Run, *, materialise: bool = False) -> None:
+    """Create every view of ``run`` on ``con`` (an empty database); with ``materialise``
+    the :data:`MATERIALISED` sources are tables in :data:`MATERIALISED_SCHEMA` first, and
+    every analysis view is computed into a table there as soon as it is made
+    (:func:`_materialise_views`)."""
+    if materialise:
+        con.execute(f"CREATE SCHEMA {MATERIALISED_SCHEMA}")
     for source in run.sources():
         try:
             hive = source.name in RESULTS_TABLES
+            if materialise and source.name in MATERIALISED:
+                table = f"{MATERIALISED_SCHEMA}.{source.name}"
+                select = _source_select(source, hive=hive, sweep=run.sweep, fleet=run.fleet)
+                con.execute(f"CREATE TABLE {table} AS {select}")
+                con.execute(f"CREATE VIEW {source.name} AS SELECT * FROM {table}")
+                continue
             con.execute(_source_sql(source, hive=hive, sweep=run.sweep, fleet=run.fleet))
         except duckdb.Error as exc:
             msg = f"cannot read table `{source.table}`: {_first_line(exc)}"
@@ -347,15 +393,50 @@ def build_views(con: duckdb.DuckDBPyConnection, run: Run) -> None:
     )
     for statement in _point_sources(run):
         con.execute(statement)
+    # a fleet's keyed `accesses` (ADR 0611) is a row-level copy of the DATASET's: a view it stays
+    done = {s.name for s in run.sources() if s.name not in MATERIALISED}
+    if materialise:
+        _materialise_views(con, done, run)
     con.execute(f"USE {POINT_SCHEMA}")
     for path in analysis_sql_files(run):
         try:
-            con.execute(path.read_text())
+            if not materialise:
+                con.execute(path.read_text())
+                continue
+            for parsed in con.extract_statements(path.read_text()):
+                con.execute(parsed)
+                _materialise_views(con, done, run)
         except duckdb.Error as exc:
             msg = f"{path.name}: {_first_line(exc)}"
             raise QueryError(msg) from None
     con.execute("USE main")
     _expose(con, sweep=run.sweep, fleet=run.fleet)
+
+
+def _materialise_views(con: duckdb.DuckDBPyConnection, done: set[str], run: Run) -> None:
+    """Every view of :data:`POINT_SCHEMA` not in ``done`` computed now into a table of
+    :data:`MATERIALISED_SCHEMA`, which the view then selects from; ``done`` gets their names.
+
+    Called after each statement of the SQL files, so a view is bound over tables, not over a
+    chain of views, and computed once. Each is an aggregate (per epoch, vCPU, VM, policy or
+    counter), so all of them together are as small as the RESULTS (ADR 0427). An error
+    reading the data (a corrupt row group) names the RESULTS, as a query's would.
+    """
+    names = con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE schema_name = ? AND NOT internal "
+        "ORDER BY view_oid",
+        [POINT_SCHEMA],
+    ).fetchall()
+    for (name,) in names:
+        if name in done:
+            continue
+        table = f"{MATERIALISED_SCHEMA}.{POINT_SCHEMA}_{name}"
+        try:
+            con.execute(f"CREATE TABLE {table} AS SELECT * FROM {POINT_SCHEMA}.{name}")
+        except duckdb.Error as exc:
+            raise QueryError(f"{run.results}: {_first_line(exc)}") from None
+        con.execute(f"CREATE OR REPLACE VIEW {POINT_SCHEMA}.{name} AS SELECT * FROM {table}")
+        done.add(name)
 
 
 def analysis_sql_files(run: Run) -> list[Path]:

@@ -8,7 +8,8 @@ sidecar (same stem), never from the counters they are meant to predict.
   ``host_cpus``, ``thp_mapped_kb``, ``window_s``, ``vcpu_preempt_per_s`` (involuntary context
   switches per vCPU CPU second), ``vcpu_pthread_hva`` (each vCPU thread's TCB) and
   ``kvm_zap_ns_per_spte`` (the KVM zap walk alone, pipeline/lab/zapprobe.py; written by
-  ``tlbreplay lab run``);
+  ``tlbreplay lab run``), ``thread_tids`` / ``thread_cpu_s`` / ``thread_runtime_start_ms``
+  (the VMM's other threads over the window, ADR 0363);
 * ``NAME.capture.json``: ``vmas_before`` (the VMM's VMAs with smaps Rss) and ``threads``
   (get_nr_threads() of the VMM process), written by ``tlbreplay capture``;
 * the trace: the zap cost per SPTE when the lab did not probe it (kvm_unmap_hva_range to the
@@ -32,6 +33,7 @@ from pipeline.errors import InputError
 from pipeline.ingest.trace_facts import VCPU_EVENTS, cpus_seen, inferred_hosting, overlap_bytes
 from pipeline.model.hosting import (
     VmHosting,
+    VmmThread,
     areas_from_smaps,
     has_facts,
     host_runnable,
@@ -39,6 +41,7 @@ from pipeline.model.hosting import (
     preempt_per_s,
     ram_ranges,
     share_and_preempt_rate,
+    vmm_threads_from_sched,
 )
 
 PAGE_4K = 4096
@@ -69,11 +72,14 @@ class LabFacts:
     vcpu_preempt_per_s: tuple[float, ...] = ()
     vcpu_pthread_hva: tuple[int, ...] = ()
     kvm_zap_ns_per_spte: float | None = None
+    thread_tids: tuple[int, ...] = ()
+    thread_cpu_s: tuple[float, ...] = ()
+    thread_runtime_start_ms: tuple[float, ...] = ()
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], path: Path) -> LabFacts:
         try:
-            return cls(
+            facts = cls(
                 tuple(float(x) for x in table.get("vcpu_cpu_share", ())),
                 tuple(float(x) for x in table.get("vcpu_runtime_start_ms", ())),
                 int(table["host_cpus"]) if table.get("host_cpus") else None,
@@ -82,9 +88,18 @@ class LabFacts:
                 tuple(float(x) for x in table.get("vcpu_preempt_per_s", ())),
                 tuple(int(x) for x in table.get("vcpu_pthread_hva", ())),
                 float(table["kvm_zap_ns_per_spte"]) if "kvm_zap_ns_per_spte" in table else None,
+                tuple(int(x) for x in table.get("thread_tids", ())),
+                tuple(float(x) for x in table.get("thread_cpu_s", ())),
+                tuple(float(x) for x in table.get("thread_runtime_start_ms", ())),
             )
         except (TypeError, ValueError) as exc:
             raise InputError(path, f"[lab] table mistypes a hosting fact: {exc}") from exc
+        threads = {len(facts.thread_tids), len(facts.thread_cpu_s)}
+        if len(threads | {len(facts.thread_runtime_start_ms)}) > 1:
+            raise InputError(
+                path, "[lab] thread_tids, thread_cpu_s and thread_runtime_start_ms differ in length"
+            )
+        return facts
 
 
 def guest_overlap_bytes(starts: np.ndarray, ends: np.ndarray, vm: Mapping[str, Any]) -> np.ndarray:
@@ -195,8 +210,10 @@ def build_hosting(
     vmas_before), its thread count (get_nr_threads(): ``capture`` threads), the vCPUs'
     measured CPU share, runtime at the start and preemption rate (``lab``), the host load
     derived from the share, the zap cost (the lab's probe, else measured in ``tables`` within
-    ``window``), the host's CPUs."""
+    ``window``), the host's CPUs, and the VMM's other threads that ran (``capture``
+    thread_sched: their runtime and CPU share, ADR 0363)."""
     lab = with_capture_sched(vm, lab, capture)
+    tgid = capture.get("pid") or vm.get("vmm_pid")
     areas = areas_from_smaps(
         capture.get("vmas_before") or [], ram_ranges(vm), vcpu_tls_hva(vm, lab, capture)
     )
@@ -223,7 +240,30 @@ def build_hosting(
         preempt_per_s=preempt_per_s(lab.vcpu_preempt_per_s),
         scan_ns_per_spte_4k=None if thp else scan_ns,
         scan_ns_per_spte_2m=scan_ns if thp else None,
+        vmm_threads=vmm_threads(vm, lab, capture, int(tgid) if tgid else None),
     )
+
+
+def vmm_threads(
+    vm: Mapping[str, Any], lab: LabFacts, capture: Mapping[str, Any], tgid: int | None
+) -> tuple[VmmThread, ...]:
+    """The VMM's other threads and their pace (ADR 0363): `lab run`'s in-window record
+    (``[lab].thread_tids`` / ``thread_cpu_s`` / ``thread_runtime_start_ms`` over
+    ``window_s``), else ``capture.json`` ``thread_sched`` over the capture, leaving out the
+    main thread when the capture is a lab's (it spans the lab's statistics reads around the
+    window, ``[lab].window_s`` given)."""
+    tids = [int(t) for t in vm.get("vcpu_tids") or []]
+    if lab.thread_cpu_s and lab.window_s:
+        sched = {
+            str(t): {"cpu_s": c, "runtime_start_ms": r}
+            for t, c, r in zip(
+                lab.thread_tids, lab.thread_cpu_s, lab.thread_runtime_start_ms, strict=True
+            )
+        }
+        return vmm_threads_from_sched(sched, lab.window_s, tids, tgid)
+    seconds = float(capture.get("seconds") or 0.0)
+    sched = capture.get("thread_sched") or {}
+    return vmm_threads_from_sched(sched, seconds, tids, tgid, main_known=lab.window_s is None)
 
 
 def vcpu_tls_hva(

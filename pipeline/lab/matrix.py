@@ -113,7 +113,9 @@ def matrix_configs(
     return cells
 
 
-PLAN_SETS = ("fit", "held-out")
+# held-out-2: a second held-out set, captured before the engine changes it judges
+# (traces/real/regimes2/SPLIT.toml, ADR 0512).
+PLAN_SETS = ("fit", "held-out", "held-out-2")
 PLAN_KEYS = (
     "set", "backing", "thp", "pin", "mem_mib", "vcpus", "nb_from", "vmm_threads", "vmm_vmas",
     "seconds", "mempolicy", "busy_loops",
@@ -136,7 +138,7 @@ def plan_configs(path: Path) -> list[tuple[str, LabConfig]]:
             raise InputError(path, f"cell {i}: unknown key `{sorted(extra)[0]}`")
         which = str(cell.get("set", ""))
         if which not in PLAN_SETS:
-            raise InputError(path, f"cell {i}: `set` = {which!r}; use fit or held-out")
+            raise InputError(path, f"cell {i}: `set` = {which!r}; use fit, held-out or held-out-2")
         try:
             config = config_from_options(
                 int(cell["mem_mib"]), int(cell["vcpus"]), str(cell["backing"]),

@@ -263,6 +263,10 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
         child = _start_capture(config, out)
         passes0, vm0, vcpu0 = guest.passes(), guest.stats(), guest.vcpu_stats()
         sched0 = [_sched(os.getpid(), t) for t in tids]
+        # every other thread of this VMM (main loop, helpers) ticks task_tick_numa() too:
+        # its runtime and CPU time over the window alone (ADR 0363)
+        others = [t for t in _thread_ids(os.getpid()) if t not in tids]
+        others0 = {t: host.thread_sched(os.getpid(), t) for t in others}
         t0 = time.monotonic()
         _marker(root, f"numa_balancing={config.numa_balancing}")
         set_numa_balancing(config.numa_balancing)
@@ -276,6 +280,8 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
         _marker(root, f"numa_balancing={old_balancing}")
         passes = [b - a for a, b in zip(passes0, guest.passes(), strict=True)]
         sched1 = [_sched(os.getpid(), t) for t in tids]
+        others1 = {t: host.thread_sched(os.getpid(), t) for t in others}
+        other_delta = host.sched_delta(others0, others1)
         deltas = host.sched_delta(
             dict(zip(tids, sched0, strict=True)), dict(zip(tids, sched1, strict=True))
         )
@@ -311,6 +317,10 @@ def _run(config: LabConfig, out: Path, root: Path, old_balancing: int) -> dict[s
             "vmm_extra_vmas": config.extra_vmas,
             "mempolicy": guest.ram.mempolicy,
             "load_avg_1m": round(os.getloadavg()[0], 2),
+            # the VMM's other threads over the window: tid, CPU seconds, runtime at the start
+            "thread_tids": [int(t) for t in other_delta],
+            "thread_cpu_s": [d["cpu_s"] for d in other_delta.values()],
+            "thread_runtime_start_ms": [d["runtime_start_ms"] for d in other_delta.values()],
         }
         kvm_delta = {"vm": _delta(guest.stats(), vm0), "vcpu": _delta(guest.vcpu_stats(), vcpu0)}
         err = _stop_capture(child)
@@ -361,6 +371,14 @@ def _finish_files(
     tmp = paths.meta.with_name(paths.meta.name + ".tmp")
     tmp.write_text(json.dumps(meta, separators=(",", ":")) + "\n")
     tmp.replace(paths.meta)
+
+
+def _thread_ids(pid: int) -> list[int]:
+    """The thread ids of process ``pid`` (/proc/PID/task), ascending."""
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit())
+    except OSError:
+        return []
 
 
 def _sched(pid: int, tid: int) -> host.ThreadSched:

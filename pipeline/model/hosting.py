@@ -81,6 +81,26 @@ class VmmArea:
 
 
 @dataclass(frozen=True)
+class VmmThread:
+    """A thread of the VMM process that is not a vCPU (the main loop, helpers), as
+    ``capture.json`` ``thread_sched`` measured it (ADR 0363).
+
+    kernel/sched/fair.c task_tick_numa() (v6.5 = v6.18 = v7.1, KERNEL.md §3.3) runs for
+    whichever thread of the mm is current on a CPU at a scheduler tick, so every thread of the
+    VMM paces the scans, not only the vCPUs: its se.sum_exec_runtime against node_stamp +
+    numa_scan_period. ``main``: the mm's first thread (tid == tgid), whose node_stamp starts
+    at 0 (init_numa_balancing() staggers only CLONE_VM children), so a main thread that
+    already ran longer than scan_delay crosses on its first tick after numa_balancing=1.
+    ``runtime_start_ms``: its runtime when the capture started; ``cpu_share``: its CPU
+    seconds over the capture's seconds."""
+
+    tid: int
+    main: bool
+    runtime_start_ms: float
+    cpu_share: float
+
+
+@dataclass(frozen=True)
 class VmHosting:
     """Process and host facts of one VM (``ReplayParams.hosting``; ADR 0320).
 
@@ -103,6 +123,8 @@ class VmHosting:
     * ``scan_ns_per_spte_4k`` / ``scan_ns_per_spte_2m``: CPU time of a scan per SPTE it zaps
       (KVM's zap plus the PTE/PMD change; :class:`pipeline.replay.workcost.NumaWorkCost`;
       None: its default).
+    * ``vmm_threads``: the VMM's other threads with their runtime and CPU share
+      (:class:`VmmThread`, ADR 0363; empty: only the vCPUs tick).
     * ``main_thread_share`` / ``main_thread_runtime_start_ms``: the VMM's main thread as a
       scanning thread of the mm (task_tick_numa() runs for every thread of the process,
       kernel/sched/fair.c, v6.5 = v6.18 = v7.1, KERNEL.md §3.3): its CPU share and its
@@ -121,6 +143,7 @@ class VmHosting:
     preempt_per_s: float | None = None
     scan_ns_per_spte_4k: float | None = None
     scan_ns_per_spte_2m: float | None = None
+    vmm_threads: tuple[VmmThread, ...] = ()
     main_thread_share: float | None = None
     main_thread_runtime_start_ms: float = 0.0
 
@@ -197,6 +220,37 @@ def areas_from_smaps(
     return tuple(out)
 
 
+def vmm_threads_from_sched(
+    sched: Mapping[str, Mapping[str, float]],
+    seconds: float,
+    vcpu_tids: Sequence[int],
+    tgid: int | None,
+    *,
+    main_known: bool = True,
+) -> tuple[VmmThread, ...]:
+    """The VMM's threads other than the vCPUs from a ``thread_sched`` record (tid ->
+    ``cpu_s``, ``runtime_start_ms``) over ``seconds``: those that ran in it (cpu_s > 0; a
+    thread that never runs is never current at a tick), in tid order; ``main`` where the tid
+    is the process's (``tgid``). Empty without a usable record.
+
+    ``main_known`` False leaves the main thread out: its CPU time in the record is not its
+    pace in numa_balancing's window. That is so for ``capture.json`` of a `lab run`, which
+    spans the lab's own statistics reads before and after the window (0.2-0.8 s, most of
+    the main thread's 55-150 ms; ADR 0363); `lab run` now records the window alone."""
+    if seconds <= 0:
+        return ()
+    vcpus = {int(t) for t in vcpu_tids}
+    out = []
+    for tid_text, row in sorted(sched.items(), key=lambda kv: int(kv[0])):
+        tid = int(tid_text)
+        cpu_s = float(row.get("cpu_s", 0.0))
+        if tid in vcpus or cpu_s <= 0 or (tid == tgid and not main_known):
+            continue
+        start = float(row.get("runtime_start_ms", 0.0))
+        out.append(VmmThread(tid, tid == tgid, start, round(cpu_s / seconds, 6)))
+    return tuple(out)
+
+
 def share_and_preempt_rate(delta: dict[str, float], seconds: float) -> tuple[float, float]:
     """A thread's CPU share over ``seconds`` and its involuntary switches per second of CPU
     time, from one :func:`sched_delta` row (0.0 where there is nothing to divide by)."""
@@ -265,6 +319,18 @@ def hosting_frame(rows: Sequence[VmHosting]) -> pl.DataFrame:
         "preempt_per_s": [h.preempt_per_s for h in rows],
         "scan_ns_per_spte_4k": [h.scan_ns_per_spte_4k for h in rows],
         "scan_ns_per_spte_2m": [h.scan_ns_per_spte_2m for h in rows],
+        "vmm_threads": [
+            [
+                {
+                    "tid": t.tid,
+                    "main": t.main,
+                    "runtime_start_ms": t.runtime_start_ms,
+                    "cpu_share": t.cpu_share,
+                }
+                for t in h.vmm_threads
+            ]
+            for h in rows
+        ],
         "main_thread_share": [h.main_thread_share for h in rows],
         "main_thread_runtime_start_ms": [h.main_thread_runtime_start_ms for h in rows],
     }
@@ -310,6 +376,16 @@ def hosting_from_frame(frame: pl.DataFrame) -> tuple[VmHosting, ...]:
                 preempt_per_s=_opt_float(row.get("preempt_per_s")),
                 scan_ns_per_spte_4k=_opt_float(row.get("scan_ns_per_spte_4k")),
                 scan_ns_per_spte_2m=_opt_float(row.get("scan_ns_per_spte_2m")),
+                # absent in hosting.parquet written before ADR 0363
+                vmm_threads=tuple(
+                    VmmThread(
+                        int(t["tid"]),
+                        bool(t["main"]),
+                        float(t["runtime_start_ms"]),
+                        float(t["cpu_share"]),
+                    )
+                    for t in row.get("vmm_threads") or ()
+                ),
                 # absent in hosting.parquet written before ADR 0366
                 main_thread_share=_opt_float(row.get("main_thread_share")),
                 main_thread_runtime_start_ms=float(row.get("main_thread_runtime_start_ms") or 0.0),

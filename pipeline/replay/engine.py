@@ -23,7 +23,7 @@ from pipeline.replay.intervals import IntervalSet
 from pipeline.replay.kvm import Kvm, ReschedModel, YieldModel
 from pipeline.replay.mprotect import ChangeProtNuma
 from pipeline.replay.policies.base import Policy
-from pipeline.replay.scanner import Scanner, TaskNuma
+from pipeline.replay.scanner import TICK_MS, Scanner, TaskNuma
 from pipeline.replay.state import HostState, VmConfig, VmState
 from pipeline.replay.workcost import NumaWorkCost
 
@@ -104,9 +104,21 @@ class VmRun:
             )
             for i in range(cfg.vcpus)
         ]
-        # the VMM main thread ticks too: asked for (vmm_thread), or known (ADR 0366)
+        # the VMM's other threads tick with ``vmm_thread`` from measured facts (ADR 0363: off
+        # by default); else the VMM main thread ticks: asked for (vmm_thread), or known from
+        # the trace (ADR 0366)
+        others = self.hosting.vmm_threads if opts.vmm_thread else ()
+        self.measured_threads = bool(others)
+        for j, th in enumerate(others):
+            node = int(cfg.vcpu_nodes[0]) if cfg.vcpus else 0
+            self.tasks.append(
+                TaskNuma(
+                    index=cfg.vcpus + j, pid=th.tid, node=node, nodes=cfg.host_nodes,
+                    main_thread=th.main, runtime_ms=th.runtime_start_ms,
+                )
+            )  # fmt: skip
         main_share = self.hosting.main_thread_share
-        if opts.vmm_thread or main_share is not None:
+        if not others and (opts.vmm_thread or main_share is not None):
             pid = int(cfg.vcpu_tids[0]) - 1 if cfg.vcpus else 1
             node = int(cfg.vcpu_nodes[0]) if cfg.vcpus else 0
             self.tasks.append(
@@ -115,11 +127,17 @@ class VmRun:
                 )
             )
         self.vmm_thread = opts.vmm_thread or main_share is not None
-        # the QEMU main thread mostly sleeps in ppoll(): it gains this share of each epoch
+        # task_tick_numa() compares se.sum_exec_runtime: each thread gains its CPU share of
+        # the epoch; the QEMU main thread mostly sleeps in ppoll()
         share = opts.vmm_thread_share if main_share is None else main_share
-        self.vmm_share_ms = share * opts.epoch_ms
-        # task_tick_numa() compares se.sum_exec_runtime: a vCPU gains its CPU share of the epoch
         self.vcpu_ms = [self.hosting.share(i) * opts.epoch_ms for i in range(cfg.vcpus)]
+        self.gain_ms = self.vcpu_ms + (
+            [th.cpu_share * opts.epoch_ms for th in others]
+            if others
+            else [share * opts.epoch_ms] * (len(self.tasks) - cfg.vcpus)
+        )
+        # ticks that land on each measured VMM thread (ADR 0363; the synthetic one: every epoch)
+        self.ticks = VmmTicks(self.gain_ms[cfg.vcpus :] if others else [])
         nr_threads = self.hosting.nr_threads or cfg.vcpus + opts.vmm_threads
         self.busy_vcpus = opts.busy_vcpus
         self.scanner = Scanner(
@@ -158,13 +176,14 @@ class VmRun:
         main thread starts with ``main_thread_runtime_start_ms`` (ADR 0366)."""
         start = self.hosting.vcpu_runtime_start_ms
         main = self.hosting.main_thread_runtime_start_ms if self.vmm_thread else 0.0
-        if not start and not main:
+        if not start and not main and not self.measured_threads:
             return
         for t in self.tasks[: self.cfg.vcpus]:
             t.runtime_ms = float(start[min(t.index, len(start) - 1)]) if start else 0.0
-        for t in self.tasks[self.cfg.vcpus :]:
-            t.runtime_ms = float(main)
-        oldest = max((*start, main))
+        if not self.measured_threads:  # measured threads start with their own runtime
+            for t in self.tasks[self.cfg.vcpus :]:
+                t.runtime_ms = float(main)
+        oldest = max(t.runtime_ms for t in self.tasks)
         self.scanner.numa_next_scan = max(0, scan_delay_ms - int(oldest))
 
 
@@ -221,7 +240,9 @@ class Engine:
         # kernel/sched/fair.c task_tick_numa() compares se.sum_exec_runtime, CPU time (v6.5 =
         # v6.18 = v7.1, KERNEL.md §3.3): a vCPU gains its CPU share of the epoch (ADR 0320)
         for t in ran:
-            t.runtime_ms += run.vcpu_ms[t.index] if t.index < vcpus else run.vmm_share_ms
+            t.runtime_ms += run.gain_ms[t.index]
+        # a measured VMM thread is ticked only in an epoch where a tick lands on it (ADR 0363)
+        ran = [t for t in ran if t.index < vcpus or run.ticks.lands(t.index - vcpus)]
         if ran and run.cfg.numa_balancing:  # sysctl 0: sched_numa_balancing off, no ticks
             self._tick(run, ctx, ran, (e % n, n))
         run.counters.scan_period_ms[e, :] = [t.numa_scan_period for t in run.tasks]
@@ -239,10 +260,7 @@ class Engine:
         due = [t for t in ran if t.runtime_ms > t.node_stamp_ms + t.numa_scan_period]
         if not due:
             return
-        gained = {
-            t.index: run.vcpu_ms[t.index] if t.index < run.cfg.vcpus else run.vmm_share_ms
-            for t in due
-        }
+        gained = {t.index: run.gain_ms[t.index] for t in due}
         due.sort(key=lambda t: (_crossing_ms(t, gained[t.index], self.epoch_ms), (t.index - k) % n))
         works = run.scanner.work_items
         for t in due:
@@ -253,6 +271,32 @@ class Engine:
         rest = sorted((t for t in ran if t.index not in ids), key=lambda t: (t.index - k) % n)
         for t in rest:
             run.scanner.task_tick_numa(ctx, t)
+
+
+class VmmTicks:
+    """Which epochs a scheduler tick lands on each measured VMM thread (ADR 0363).
+
+    kernel/sched/fair.c task_tick_numa() runs from task_tick_fair() for the task current on
+    the CPU at a tick (HZ=250: every 4 ms; v6.5 = v6.18 = v7.1, KERNEL.md §3.3). A VMM thread
+    that wakes briefly (a main loop, a helper waking every 100 ms) is current at a tick in
+    proportion to its CPU time: ``cpu ms / TICK_MS`` ticks per epoch on average. Each thread
+    carries that as a credit; an epoch where the credit reaches a whole tick is one its
+    task_tick_numa() runs in. The credit starts at half a tick, the mean phase of a tick
+    against a thread's first run. Deterministic: no RNG."""
+
+    def __init__(self, gain_ms: list[float]) -> None:
+        self.per_epoch = [g / TICK_MS for g in gain_ms]
+        self.credit = [0.5] * len(gain_ms)
+
+    def lands(self, j: int) -> bool:
+        """Whether a tick lands on thread ``j`` in this epoch (call once per epoch)."""
+        if j >= len(self.per_epoch):
+            return True  # not a measured thread: ticked every epoch (opts.vmm_thread)
+        self.credit[j] += self.per_epoch[j]
+        if self.credit[j] < 1.0:
+            return False
+        self.credit[j] -= math.floor(self.credit[j])
+        return True
 
 
 def resume_ms(hosting: VmHosting, vcpu: int) -> float | None:

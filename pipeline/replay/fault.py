@@ -82,6 +82,8 @@ class FaultPath:
         self.vnode = vm.cfg.vcpu_nodes.astype(np.int16)
         self.pid8 = (vm.cfg.vcpu_tids & 0xFF).astype(np.int32)
         self.pid_bits = [pid_bit(int(t)) for t in vm.cfg.vcpu_tids]
+        # include/linux/mm.h cpu_pid_to_cpupid() of each vCPU thread, as the fault writes it
+        self.vcpu_cpupid = encode_cpupid(self.vnode, self.pid8)
         by_gfn = sorted(vm.cfg.regions, key=lambda r: r.gfn_start)
         self.rg_start = np.asarray([r.gfn_start for r in by_gfn], np.int64)
         self.rg_end = np.asarray([r.gfn_end for r in by_gfn], np.int64)
@@ -102,16 +104,22 @@ class FaultPath:
         s, e, ai = intersect(ctx.run_start, ctx.run_end, self.dirty.starts, self.dirty.ends)
         if s.size == 0:
             return
-        s2, e2, bi = intersect(s, e, self.rg_start, self.rg_end)
-        v2 = ctx.run_vcpu[ai][bi]
-        reg = np.searchsorted(self.rg_start, s2, side="right") - 1
-        gran = self.rg_pmd[reg]
+        if self.rg_start.size == 1 and s.min() >= self.rg_start[0] and e.max() <= self.rg_end[0]:
+            # one region holding every piece: the cut at region boundaries changes nothing
+            s2, e2, a2 = s, e, ai
+            gran = np.full(s.size, self.rg_pmd[0])
+        else:
+            s2, e2, bi = intersect(s, e, self.rg_start, self.rg_end)
+            a2 = ai[bi]
+            reg = np.searchsorted(self.rg_start, s2, side="right") - 1
+            gran = self.rg_pmd[reg]
+        v2 = ctx.run_vcpu[a2]
         page_s, page_e, page_v = s2[~gran], e2[~gran], v2[~gran]
         if gran.any():
             gs, ge = s2[gran] // PAGES_PER_PMD, -(-e2[gran] // PAGES_PER_PMD)
             gexp = expand(gs, ge)
             rep = np.repeat(np.flatnonzero(gran), ge - gs)
-            run_len = (ctx.run_end - ctx.run_start)[ai][bi]
+            run_len = (ctx.run_end - ctx.run_start)[a2]
             self.levels.decide(gexp, run_len[rep])
             # 4K SPTEs of PMD-mapped granules (shadow MMU; THPs mapped 4K, ADR 0371) and
             # THP-region granules backed by 4K pages (a THP fault fell back)
@@ -322,24 +330,23 @@ class FaultPath:
         regs = vm.g_region[g]
         # vma_set_access_pid_bit() and the vmstat counters (numa_migrate_prep/_check)
         numabs = self.scanner.numab
-        for reg_index, v in set(zip(regs.tolist(), vcpus.tolist(), strict=True)):
-            numab = numabs.get(reg_index)
-            if numab is not None:
-                numab.pids_active[1] |= self.pid_bits[v]
+        if numabs:
+            for reg_index, v in set(zip(regs.tolist(), vcpus.tolist(), strict=True)):
+                numab = numabs.get(reg_index)
+                if numab is not None:
+                    numab.pids_active[1] |= self.pid_bits[v]
         local = node == dst
         c.add(ctx.epoch, ps, "numa_hint_faults", int(heads.size))
         c.add(ctx.epoch, ps, "numa_hint_faults_local", int(local.sum()))
-        th = c.threads[ctx.epoch]
-        np.add.at(th[:, V["numa_hint_faults"]], vcpus, 1)
-        np.add.at(th[:, V["numa_hint_faults_local"]], vcpus[local], 1)
         # mpol_misplaced() -> should_numa_migrate_memory(): xchg last_cpupid, two-stage filter
         cpupid_arr = vm.g_cpupid if thp else vm.pcpupid
         idx = g if thp else heads
-        last = cpupid_arr[idx].copy()
+        last = cpupid_arr[idx]  # a copy (fancy indexing)
         # MPOL_BIND|MPOL_F_NUMA_BALANCING outside the mask: mpol_misplaced() returns
         # NUMA_NO_NODE before should_numa_migrate_memory(), so no xchg either
         outside = ~self.bind_mask[regs, dst]
-        cpupid_arr[idx] = np.where(outside, last, encode_cpupid(dst, pid8))
+        mine = self.vcpu_cpupid[vcpus]  # encode_cpupid(dst, pid8)
+        cpupid_arr[idx] = np.where(outside, last, mine) if outside.any() else mine
         unset = last == CPUPID_UNSET
         last_pid8 = (last - 1) & 0xFF
         last_nid = (last - 1) // 256
@@ -347,10 +354,15 @@ class FaultPath:
         if self.policy.migrate_filter == "oracle":
             want = np.ones(heads.size, bool)
         else:
-            early_task = np.asarray(
-                [t.numa_preferred_nid == NUMA_NO_NODE or t.numa_scan_seq <= 4 for t in self.tasks]
+            tasks = self.tasks
+            early = np.fromiter(
+                (
+                    tasks[v].numa_preferred_nid == NUMA_NO_NODE or tasks[v].numa_scan_seq <= 4
+                    for v in vcpus.tolist()
+                ),
+                bool,
+                heads.size,
             )
-            early = early_task[vcpus]
             want = (early & (unset | same_pid)) | unset | (last_nid == dst)
         misplaced = want & ~local & ~outside
         # migrate_misplaced_*: pinned folios fail after the retry passes, others need room
@@ -382,21 +394,27 @@ class FaultPath:
                 vm.set_page_nodes(heads[moved], dst[moved])
         c.add(ctx.epoch, ps, "numa_pages_migrated", int(moved.sum()) * nr_pages)
         c.add(ctx.epoch, ps, "numa_migrate_failed", int(failed.sum()) * nr_pages)
-        np.add.at(th[:, V["numa_pages_migrated"]], vcpus[moved], nr_pages)
-        np.add.at(th[:, V["numa_migrate_failed"]], vcpus[failed], nr_pages)
         # out_map: the PTE/PMD is present again (migration installs a normal PTE too)
         if thp:
             vm.g_nprot[g] = 0
         else:
             vm.pflags[heads] &= ~P_PROTNONE
             np.subtract.at(vm.g_nprot, g, 1)
-        # task_numa_fault(), aggregated per thread
+        # per thread, in one add of the (fault x count) rows: the vmstat counters above, then
+        # task_numa_fault()'s five counts
         k = len(self.tasks)
         nodes = vm.cfg.host_nodes
         priv = unset | same_pid
-        per_task = np.zeros((k, 5), np.int64)
-        np.add.at(per_task, vcpus, np.stack([priv, ~priv, local, ~local, failed], axis=1))
-        per_task *= nr_pages
+        ones = np.ones(heads.size, bool)
+        per_fault = np.stack([ones, local, moved, failed, priv, ~priv, local, ~local, failed], 1)
+        per = np.zeros((k, per_fault.shape[1]), np.int64)
+        np.add.at(per, vcpus, per_fault)
+        th = c.threads[ctx.epoch]
+        th[:, V["numa_hint_faults"]] += per[:, 0]
+        th[:, V["numa_hint_faults_local"]] += per[:, 1]
+        th[:, V["numa_pages_migrated"]] += per[:, 2] * nr_pages
+        th[:, V["numa_migrate_failed"]] += per[:, 3] * nr_pages
+        per_task = per[:, 4:] * nr_pages
         mem_node = np.where(moved, dst, node).astype(np.int64)
         w = float(nr_pages)
         mem = np.bincount(vcpus * nodes + mem_node, minlength=k * nodes).reshape(k, nodes) * w

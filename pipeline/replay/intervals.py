@@ -7,12 +7,77 @@ they meet it (docs/engine.md, "dirty set"). All operations are vectorized over i
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 I64 = npt.NDArray[np.int64]
+
+LIBRARY = Path(__file__).with_name("_intervals.so")
+INTERVALS_ABI = 1  # csrc/intervals.c INTERVALS_ABI
+
+
+def _load() -> Any:
+    """csrc/intervals.c (built by ``make setup``; ADR 0373), or None: the numpy versions."""
+    try:
+        lib = ctypes.CDLL(str(LIBRARY))
+    except OSError:
+        return None
+    lib.intervals_abi.restype = ctypes.c_int64
+    if lib.intervals_abi() != INTERVALS_ABI:
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.intervals_intersect.restype = i64
+    lib.intervals_intersect.argtypes = [ptr, ptr, i64, ptr, ptr, i64, ptr, ptr, ptr, i64]
+    lib.intervals_subtract.restype = i64
+    lib.intervals_subtract.argtypes = [ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]
+    return lib
+
+
+_LIB = _load()
+
+
+def compiled() -> bool:
+    """Whether the compiled interval kernels are in use."""
+    return _LIB is not None
+
+
+class _Scratch:
+    """A growing int64 buffer whose address is taken once: numpy's ``ndarray.ctypes`` costs
+    ~3 us per array, more than a kernel call on these sizes, so the inputs are copied into
+    one buffer and the outputs read from another (one replay per process: not for threads)."""
+
+    def __init__(self) -> None:
+        self.buf = np.empty(0, np.int64)
+        self.addr = 0
+
+    def take(self, n: int) -> tuple[I64, int]:
+        if self.buf.size < n:
+            self.buf = np.empty(max(n, 2 * self.buf.size, 4096), np.int64)
+            self.addr = self.buf.ctypes.data
+        return self.buf, self.addr
+
+
+_IN, _OUT = _Scratch(), _Scratch()
+
+
+def _pack(*parts: npt.ArrayLike) -> tuple[list[int], list[int]]:
+    """Copy ``parts`` (as int64) one after another into the input buffer: their addresses
+    and lengths."""
+    arrays = [np.asarray(p).ravel() for p in parts]
+    sizes = [a.size for a in arrays]
+    total = sum(sizes)
+    buf, addr = _IN.take(total)
+    np.concatenate(arrays, out=buf[:total], casting="same_kind")
+    ptrs, at = [], addr
+    for size in sizes:
+        ptrs.append(at)
+        at += 8 * size
+    return ptrs, sizes
 
 
 def normalize(starts: I64, ends: I64) -> tuple[I64, I64]:
@@ -66,6 +131,21 @@ class IntervalSet:
         """Remove the given intervals (any order, may overlap)."""
         if self.starts.size == 0:
             return
+        if _LIB is not None:
+            (a_s, a_e, c_s, c_e), (na, _, nc, _) = _pack(self.starts, self.ends, starts, ends)
+            room = na + nc
+            out, addr = _OUT.take(2 * room)
+            n = _LIB.intervals_subtract(a_s, a_e, na, c_s, c_e, nc, addr, addr + 8 * room)
+            if n < 0:
+                raise MemoryError("intervals_subtract")
+            self.starts, self.ends = out[:n].copy(), out[room : room + n].copy()
+            return
+        self._subtract_numpy(starts, ends)
+
+    def _subtract_numpy(self, starts: npt.ArrayLike, ends: npt.ArrayLike) -> None:
+        """:meth:`subtract` in numpy (without the compiled kernels; the tests compare)."""
+        if self.starts.size == 0:
+            return
         cs, ce = normalize(np.asarray(starts, np.int64).ravel(), np.asarray(ends, np.int64).ravel())
         if cs.size == 0:
             return
@@ -74,7 +154,7 @@ class IntervalSet:
         hi = max(int(self.ends[-1]), int(ce[-1]))
         comp_s = np.concatenate([[lo], ce])
         comp_e = np.concatenate([cs, [hi]])
-        self.starts, self.ends = intersect(self.starts, self.ends, comp_s, comp_e)[:2]
+        self.starts, self.ends = intersect_numpy(self.starts, self.ends, comp_s, comp_e)[:2]
 
     def clip(self, lo: int, hi: int) -> tuple[I64, I64]:
         """The parts of the set inside ``[lo, hi)``."""
@@ -91,6 +171,22 @@ def intersect(a_s: I64, a_e: I64, b_s: I64, b_e: I64) -> tuple[I64, I64, I64]:
     Returns ``(starts, ends, a_index)``: every non-empty overlap of an ``a`` interval with a
     ``b`` interval, ordered by ``a`` index then position, with the index of its ``a`` interval.
     """
+    if _LIB is None or a_s.size == 0 or b_s.size == 0:
+        return intersect_numpy(a_s, a_e, b_s, b_e)
+    (p_as, p_ae, p_bs, p_be), (na, _, nb, _) = _pack(a_s, a_e, b_s, b_e)
+    room = na + nb
+    while True:
+        out, addr = _OUT.take(3 * room)
+        n = _LIB.intervals_intersect(
+            p_as, p_ae, na, p_bs, p_be, nb, addr, addr + 8 * room, addr + 16 * room, room
+        )
+        if n <= room:
+            return out[:n].copy(), out[room : room + n].copy(), out[2 * room : 2 * room + n].copy()
+        room = n
+
+
+def intersect_numpy(a_s: I64, a_e: I64, b_s: I64, b_e: I64) -> tuple[I64, I64, I64]:
+    """:func:`intersect` in numpy (without the compiled kernels; the tests compare)."""
     if a_s.size == 0 or b_s.size == 0:
         z = np.empty(0, np.int64)
         return z, z.copy(), z.copy()

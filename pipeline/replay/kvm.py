@@ -18,7 +18,7 @@ import numpy.typing as npt
 from pipeline.model.hosting import VmHosting
 from pipeline.replay.contention import contention_rng, draw_yields
 from pipeline.replay.context import EpochCtx
-from pipeline.replay.counters import PS_2M, PS_4K
+from pipeline.replay.counters import PS_2M, PS_4K, V
 from pipeline.replay.policies.base import Policy
 from pipeline.replay.state import P_SPTE, PAGE_SIZE, PAGES_PER_PMD, VmState
 
@@ -297,9 +297,8 @@ class Kvm:
         if numa:
             c.add(ctx.epoch, page_size, "numa_remote_tlb_flushes", nr)
         c.add(ctx.epoch, page_size, "shootdown_ipis", nr * ctx.others_in_guest())
-        for v in np.flatnonzero(ctx.active).tolist():
-            if v != ctx.thread:
-                c.add_thread(ctx.epoch, v, "shootdown_ipis", nr)
+        targets = np.flatnonzero(ctx.active)
+        c.threads[ctx.epoch, targets[targets != ctx.thread], V["shootdown_ipis"]] += nr
 
     def _yields(self, ctx: EpochCtx, gfn_start: int, gfn_end: int, spte_zapped: int) -> int:
         """Whole extra flushes of one zap of ``spte_zapped`` SPTEs over the range: the

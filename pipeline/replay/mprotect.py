@@ -164,6 +164,12 @@ class ChangeProtNuma:
             keep_g[idx[node != vm.g_node[granules][idx]]] = True
         return pages[keep_p], granules[keep_g]
 
+    def _nothing_to_do(self, g0: int, g1: int) -> bool:
+        """Nothing populated in the chunk: no change and no PUD-scope or sub-range notifier,
+        which start at a populated PMD; a v6.12+ P4D-scope notifier can start in a populated
+        PUD before the chunk, so it takes the whole path (ADR 0373: a shortcut, same result)."""
+        return self.policy.notifier_scope != "p4d" and not self.vm.g_npop[g0:g1].any()
+
     # -- the call -----------------------------------------------------------------------------
     def __call__(self, ctx: EpochCtx, region: Region, gfn_start: int, gfn_end: int) -> ChunkResult:
         """Models mm/mempolicy.c change_prot_numa(vma, start, end) for a 2 MiB-aligned chunk
@@ -173,6 +179,8 @@ class ChangeProtNuma:
         tlb_finish_mmu(): one flush_tlb_mm_range() if anything changed (§4.4)."""
         vm = self.vm
         g0, g1 = gfn_start // PAGES_PER_PMD, -(-gfn_end // PAGES_PER_PMD)
+        if self._nothing_to_do(g0, g1):
+            return ChunkResult(nr_updated=0, notifiers=0)
         pages, thps = self._changes(ctx, region, g0, g1)
         ps = region.page_size
         # 1. the notifier(s), sent before the per-page changes

@@ -29,7 +29,10 @@ class ReplayParams:
     * ``cost``: the cost model (:class:`CostModel`).
     * ``mmu``: override every VM's ``mmu`` (``tdp`` | ``shadow``; None: use the dataset).
     * ``preempt``: override every VM's host preemption model (None: use the dataset).
-    * ``vmm_thread`` False: also let the VMM main thread run task_numa_work (KERNEL.md §10a).
+    * ``vmm_thread`` False: also let the VMM's other threads run task_numa_work (KERNEL.md
+      §10a): those of ``VmHosting.vmm_threads`` at their measured pace (ADR 0363), else one
+      main thread at ``vmm_thread_share``. Off by default: on the fit captures it adds scans
+      the kernel did not make (ADR 0363).
     * ``shadow_guest_2m`` False: on a shadow MMU, assume the guest maps 2 MiB where the host
       has a THP, so SPTEs are 2M there (else 4K).
     * ``vmm_thread_share`` 0.05: the share of each epoch the VMM main thread runs (it mostly
@@ -57,8 +60,9 @@ class ReplayParams:
       first touched only by 4K-grained accesses).
     * ``thp_fault_fallback`` 0.0: the share of THP-region granules whose THP fault fell back
       to 4K pages on the host (/proc/vmstat thp_fault_fallback; ADR 0371).
-    * ``workers`` 1: processes running policies in parallel (0: one per CPU, at most 8, when
-      the dataset has at least 200k access rows). The results do not depend on it.
+    * ``workers`` 1: processes running policies in parallel, this one included (ADR 0373;
+      0: one per CPU, at most 8, when the dataset has at least 200k access rows). The
+      results do not depend on it.
     * ``max_memory_bytes`` None: refuse a replay whose engine arrays are estimated above this
       (None: half the machine's RAM; pipeline/replay/bounds.py, ADR 0380).
     """

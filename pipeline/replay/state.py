@@ -262,8 +262,10 @@ class HostState:
         have room for the folio (watermarks are folded into the capacity). Vectorized: a
         batch is granted in order until the node is full."""
         k = self.capacity_pages.size
-        ok = np.zeros(dst.size, bool)
         free = self.free()
+        if (np.bincount(dst, minlength=k) <= free // nr_pages).all():
+            return np.ones(dst.size, bool)  # every node has room for its whole batch
+        ok = np.zeros(dst.size, bool)
         for nid in range(k):
             sel = np.flatnonzero(dst == nid)
             n_ok = max(int(free[nid]) // nr_pages, 0)

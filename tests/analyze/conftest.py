@@ -9,7 +9,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from pipeline.analyze.views import connect
+from pipeline.analyze.views import POINT_SCHEMA, connect
 from tests.analyze.results_builder import ep, make_dataset, make_results, vm_row
 
 POLICIES = ["linux-6.5", "linux-7.1", "oracle"]
@@ -187,3 +187,13 @@ def con_of() -> Iterator[Callable[[Path], duckdb.DuckDBPyConnection]]:
 def rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
     """The rows of ``sql`` as tuples."""
     return [tuple(r) for r in con.sql(sql).fetchall()]
+
+
+def every_view_rows(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[object, ...]]]:
+    """Every view of ``main`` and of the point-keyed schema, each as its sorted rows."""
+    names = con.execute(
+        "SELECT schema_name || '.' || view_name FROM duckdb_views() "
+        "WHERE NOT internal AND schema_name IN ('main', ?) ORDER BY 1",
+        [POINT_SCHEMA],
+    ).fetchall()
+    return {n: sorted(rows(con, f"SELECT * FROM {n}"), key=repr) for (n,) in names}

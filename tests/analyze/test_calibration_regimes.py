@@ -1,12 +1,13 @@
 """The engine on the regime captures of issue 11 (traces/real/regimes/, Linux 6.18, kvm_pvm).
 
-The split (traces/real/regimes/SPLIT.toml) was committed before the captures. The held-out
-cells' calibration, with capture.json and without it (``--no-hosting``), is pinned in
-``HELDOUT.json`` beside them (``tlbreplay calibrate --format json``, docs/lab.md "Regimes"):
-a change of the engine or of calibrate that moves a held-out number fails here and must be
-reported, not refitted. What must hold whatever the engine does is asserted too: the plain
-MPOL_BIND cell is never scanned, and no window that includes the guest populating its RAM
-shows phantom zaps (ADR 0510).
+The split (traces/real/regimes/SPLIT.toml) was committed before the captures, and so was
+held-out set 2 (traces/real/regimes2/SPLIT.toml, ADR 0512). The held-out cells' calibration,
+with capture.json and without it (``--no-hosting``), is pinned in ``HELDOUT.json`` beside
+them (``tlbreplay calibrate --format json``, docs/lab.md "Regimes"): a change of the engine
+or of calibrate that moves a held-out number fails here and must be reported, not refitted.
+What must hold whatever the engine does is asserted too: the plain MPOL_BIND cell is never
+scanned, and no window that includes the guest populating its RAM shows phantom zaps
+(ADR 0510).
 """
 
 from __future__ import annotations
@@ -23,21 +24,28 @@ from pipeline.ingest.runner import run_ingest
 from pipeline.lab.matrix import plan_configs
 
 REGIMES = Path(__file__).resolve().parents[2] / "traces" / "real" / "regimes"
-PLAN = REGIMES / "SPLIT.toml"
-PINNED = REGIMES / "HELDOUT.json"
-CELLS = (
-    [(which, cfg.regime_name, cfg) for which, cfg in plan_configs(PLAN)] if PLAN.is_file() else []
-)
-HELD = [
-    (name, cfg)
-    for which, name, cfg in CELLS
-    if which == "held-out" and (REGIMES / f"{name}.trace.zst").is_file()
-]
+#: held-out set 1 (issue 11) and set 2 (captured before task s5c's engine changes, ADR 0512):
+#: the directory of each plan, its captures and its pinned HELDOUT.json, and the cells' set
+SETS = ((REGIMES, "held-out"), (REGIMES.parent / "regimes2", "held-out-2"))
 
 
-def _dataset(name: str, tmp: Path) -> Path:
+def _held(root: Path, held: str) -> list[tuple[Path, str, object]]:
+    plan = root / "SPLIT.toml"
+    if not plan.is_file() or not (root / "HELDOUT.json").is_file():
+        return []
+    return [
+        (root, cfg.regime_name, cfg)
+        for which, cfg in plan_configs(plan)
+        if which == held and (root / f"{cfg.regime_name}.trace.zst").is_file()
+    ]
+
+
+HELD = [cell for root, held in SETS for cell in _held(root, held)]
+
+
+def _dataset(root: Path, name: str, tmp: Path) -> Path:
     dataset = tmp / name
-    run_ingest([str(REGIMES / f"{name}.trace.zst")], dataset, vm_config=REGIMES / f"{name}.toml")
+    run_ingest([str(root / f"{name}.trace.zst")], dataset, vm_config=root / f"{name}.toml")
     return dataset
 
 
@@ -56,11 +64,11 @@ def _same(a: float | None, b: float) -> bool:
     return b == pytest.approx(a, rel=1e-9, abs=1e-9)
 
 
-@pytest.mark.skipif(not HELD or not PINNED.is_file(), reason="regime captures not committed")
-@pytest.mark.parametrize(("name", "cfg"), HELD, ids=[n for n, _ in HELD])
-def test_held_out_cell_is_pinned(name: str, cfg: object, tmp_path: Path) -> None:
-    pinned = json.loads(PINNED.read_text())[name]
-    dataset = _dataset(name, tmp_path)
+@pytest.mark.skipif(not HELD, reason="regime captures not committed")
+@pytest.mark.parametrize(("root", "name", "cfg"), HELD, ids=[n for _, n, _ in HELD])
+def test_held_out_cell_is_pinned(root: Path, name: str, cfg: object, tmp_path: Path) -> None:
+    pinned = json.loads((root / "HELDOUT.json").read_text())[name]
+    dataset = _dataset(root, name, tmp_path)
     for mode, hosting in (("hosting", True), ("no_hosting", False)):
         got = _values(cal.calibrate(dataset, hosting=hosting))
         for counter, (obs, sim) in pinned[mode].items():

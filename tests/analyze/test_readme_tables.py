@@ -89,15 +89,20 @@ def test_heldout_table_pools_the_pinned_cells(tmp_path: Path) -> None:
     pinned["b"]["hosting"]["scans"] = [None, 3.0]  # not observable: left out
     path = tmp_path / "HELDOUT.json"
     path.write_text(json.dumps(pinned))
-    lines = rt.heldout_table(path)
-    assert lines[0].startswith("| counter, 2 held-out cells |")
-    flushes = next(x for x in lines if x.startswith("| KVM flushes |"))
-    assert flushes == (
-        "| KVM flushes | 15 / 17 (+13%) | 1 / 2 | +20% to +20% "
-        "| 15 / 17 (+13%) | 1 / 2 | +20% to +20% |"
-    )
-    scans = next(x for x in lines if x.startswith("| scans |"))
+    second = tmp_path / "HELDOUT2.json"
+    second.write_text(json.dumps({"c": pinned["a"]}))
+    lines = rt.heldout_table((("1", path), ("2", second), ("3", tmp_path / "missing.json")))
+    assert lines[0].startswith("| counter | held-out set |")
+    flushes = [x for x in lines if x.startswith("| KVM flushes |")]
+    assert flushes == [
+        "| KVM flushes | 1 (2 cells) | 15 / 17 (+13%) | 1 / 2 | +20% to +20% "
+        "| 15 / 17 (+13%) | 1 / 2 | +20% to +20% |",
+        "| KVM flushes | 2 (1 cells) | 10 / 12 (+20%) | 0 / 1 | +20% to +20% "
+        "| 10 / 12 (+20%) | 0 / 1 | +20% to +20% |",
+    ]
+    scans = next(x for x in lines if x.startswith("| scans | 1 "))
     assert "| 10 / 12 (+20%) | 0 / 1 | +20% to +20% |" in scans
+    assert rt.heldout_table((("1", tmp_path / "missing.json"),))[0].startswith("(no held-out")
 
 
 def test_readme_heldout_block_is_the_pinned_numbers() -> None:

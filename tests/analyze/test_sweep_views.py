@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pipeline.analyze.catalog import describe, run_view_docs
 from pipeline.analyze.query import public_views, run_audits
 from pipeline.analyze.report import write_report
-from pipeline.analyze.views import Run, connect
+from pipeline.analyze.views import Run, connect, connect_in_memory
 from pipeline.cli import app
 from pipeline.replay.runner import replay_frames
 from pipeline.schema import write_manifest, write_parquet, write_partitioned
@@ -27,7 +27,7 @@ from pipeline.sweep.runner import (
     point_params,
     run_sweep,
 )
-from tests.analyze.conftest import rows
+from tests.analyze.conftest import every_view_rows, rows
 from tests.analyze.results_builder import ep, full_rows
 from tests.sweep.test_sweep import GRID, SPEC
 
@@ -284,3 +284,17 @@ def test_plain_results_show_no_point(small_con: duckdb.DuckDBPyConnection, small
             assert "point" not in columns and "setting" not in columns, view.name
     for audit in run_audits(small_con):
         assert "point" not in audit.rows.column_names
+
+
+def test_in_memory_views_of_a_sweep_hold_the_same_rows(sweep: tuple[Path, Path, Path]) -> None:
+    """ADR 0427 on a sweep: the report's tables answer every view as the saved views do."""
+    results, _, _ = sweep
+    saved, _ = connect(results)
+    memory, _ = connect_in_memory(results)
+    try:
+        want, got = every_view_rows(saved), every_view_rows(memory)
+    finally:
+        saved.close()
+        memory.close()
+    assert "main.sweep_savings" in want
+    assert got == want

@@ -10,11 +10,19 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipeline.analyze.catalog import describe, run_view_docs
-from pipeline.analyze.views import SQL_DIR, Run, connect, sql_files
+from pipeline.analyze.catalog import describe, run_view_docs, sql_view_docs
+from pipeline.analyze.views import (
+    MATERIALISED,
+    MATERIALISED_SCHEMA,
+    SQL_DIR,
+    Run,
+    connect,
+    connect_in_memory,
+    sql_files,
+)
 from pipeline.errors import DatasetError
 from pipeline.schema import write_manifest
-from tests.analyze.conftest import build_small_run, rows
+from tests.analyze.conftest import build_small_run, every_view_rows, rows
 from tests.analyze.results_builder import ep, make_dataset, make_results, vm_row
 
 Con = Callable[[Path], duckdb.DuckDBPyConnection]
@@ -449,3 +457,38 @@ def test_not_a_results_dir(tmp_path: Path) -> None:
 def test_sql_dir_is_the_package_dir() -> None:
     assert SQL_DIR.name == "sql"
     assert (SQL_DIR / "audits").is_dir()
+
+
+def test_in_memory_views_hold_the_same_rows(
+    small_run: Path, small_con: duckdb.DuckDBPyConnection
+) -> None:
+    """ADR 0427: the report's connection (sources and views computed into tables) answers
+    every view as the saved catalog's views over Parquet do, row for row."""
+    con, _ = connect_in_memory(small_run)
+    try:
+        got = every_view_rows(con)
+        tables = rows(
+            con, f"SELECT count(*) FROM duckdb_tables() WHERE schema_name = '{MATERIALISED_SCHEMA}'"
+        )
+    finally:
+        con.close()
+    want = every_view_rows(small_con)
+    assert got.keys() == want.keys()
+    assert {"main.shootdowns", "main.observed_vs_simulated", "per_point.timeline"} <= got.keys()
+    for name, expected in want.items():
+        assert got[name] == expected, name
+    # every source of the RESULTS and every analysis view is a table, not a Parquet scan
+    assert tables[0][0] >= len(MATERIALISED) + len(sql_view_docs())
+
+
+def test_in_memory_views_are_locked_down(small_run: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.csv"
+    outside.write_text("a\n1\n")
+    con, _ = connect_in_memory(small_run)
+    try:
+        with pytest.raises(duckdb.Error):
+            con.sql(f"SELECT * FROM read_csv('{outside}')").fetchall()
+        with pytest.raises(duckdb.Error):
+            con.execute("SET enable_external_access = true")
+    finally:
+        con.close()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.analyze.views import connect
+from pipeline.analyze.views import MATERIALISED_SCHEMA, POINT_SCHEMA, connect, connect_in_memory
 from pipeline.cli import app
 from pipeline.errors import InputError
 from pipeline.ingest.fleet import run_fleet_ingest
@@ -21,6 +21,7 @@ from pipeline.replay.fleet import run_fleet_replay
 from pipeline.replay.params import ReplayParams
 from pipeline.replay.runner import run_replay
 from pipeline.schema import read_manifest
+from tests.analyze.conftest import every_view_rows
 from tests.cluster.conftest import FLEET_CAPTURES, Cluster, parquet_bytes
 
 POLICIES = ["linux-6.5", "linux-7.1", "notify-changed"]
@@ -166,3 +167,28 @@ def test_single_host_ingest_refuses_cluster_options(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "pass a directory, a glob or --fleet" in result.output
+
+
+@pytest.mark.slow
+def test_in_memory_views_of_a_fleet_keep_accesses_a_view(one_process: tuple[Path, Path]) -> None:
+    """ADR 0427 on a fleet: the report's connection answers every view as the saved views
+    do, and the fleet's keyed `accesses` (a row-level copy of the DATASET's) is not copied."""
+    _, results = one_process
+    saved, _ = connect(results)
+    memory, _ = connect_in_memory(results)
+    try:
+        want, got = every_view_rows(saved), every_view_rows(memory)
+        copied = {
+            name
+            for (name,) in memory.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = ?",
+                [MATERIALISED_SCHEMA],
+            ).fetchall()
+        }
+    finally:
+        saved.close()
+        memory.close()
+    assert "main.shootdowns" in want
+    assert got == want
+    assert "epochs" in copied and f"{POINT_SCHEMA}_shootdowns" in copied
+    assert not any(name.endswith("accesses") for name in copied)

@@ -125,12 +125,28 @@ def test_the_committed_regime_plan_and_its_split() -> None:
     assert all(20 <= c.seconds <= 60 for _, c in cells)
 
 
+def test_the_second_held_out_plan_is_new_against_the_first() -> None:
+    """traces/real/regimes2/SPLIT.toml (ADR 0512): every cell `held-out-2`, a valid `lab run`,
+    and no cell's regime (name) is one of the first plan's."""
+    from pipeline.lab.matrix import plan_configs
+
+    real = Path(__file__).resolve().parents[2] / "traces" / "real"
+    first = {c.regime_name for _, c in plan_configs(real / "regimes" / "SPLIT.toml")}
+    cells = plan_configs(real / "regimes2" / "SPLIT.toml")
+    assert {which for which, _ in cells} == {"held-out-2"}
+    names = [c.regime_name for _, c in cells]
+    assert len(set(names)) == len(names) == 5
+    assert not set(names) & first
+    assert {c.nb_from for _, c in cells} == {"after-population", "before-guest"}
+    assert all(c.mem_mib <= 1024 for _, c in cells if not c.thp)
+
+
 def test_a_plan_with_a_bad_cell_is_a_clear_error(tmp_path: Path) -> None:
     from pipeline.lab.matrix import plan_configs
 
     path = tmp_path / "plan.toml"
     path.write_text('[[cell]]\nset = "train"\n')
-    with pytest.raises(InputError, match="fit or held-out"):
+    with pytest.raises(InputError, match="held-out or held-out-2"):
         plan_configs(path)
     path.write_text('[[cell]]\nset = "fit"\nbacking = "anon"\n')
     with pytest.raises(InputError, match="lacks or mistypes"):

@@ -47,7 +47,8 @@ SELECT
     coalesce(sum(host_tlb_flushes), 0)::BIGINT,
     coalesce(sum(host_tlb_flush_ipis), 0)::BIGINT,
     coalesce(sum(ept_violations), 0)::BIGINT,
-    coalesce(sum(cost_us), 0)::DOUBLE
+    -- fsum (here and over cost_us below): the same total whatever the plan's row order
+    coalesce(fsum(cost_us), 0)::DOUBLE
 FROM _run_page_sizes AS g
 LEFT JOIN epochs AS e USING (point, policy, vm, page_size)
 GROUP BY g.point, g.policy, g.vm, g.page_size;
@@ -82,7 +83,7 @@ SELECT
     -- the counters of `shootdowns`, in its column order, cost_us last
     CAST(coalesce(sum(COLUMNS(* EXCLUDE (point, policy, vm, page_size, epochs, cost_us))), 0)
         AS BIGINT),
-    CAST(coalesce(sum(cost_us), 0) AS DOUBLE)
+    CAST(coalesce(fsum(cost_us), 0) AS DOUBLE)
 FROM (
     SELECT * FROM shootdowns
     UNION ALL BY NAME

@@ -109,7 +109,7 @@ WITH t AS (
         policy,
         count(*) AS vms,
         sum(remote_tlb_flushes) AS flushes,
-        sum(cost_us) AS cost
+        fsum(cost_us) AS cost
     FROM shootdowns_by_vm
     JOIN (SELECT DISTINCT point, setting FROM _run_points) USING (point)
     GROUP BY point, setting, policy

@@ -68,7 +68,7 @@ SELECT
     sum(numa_hint_faults) AS numa_hint_faults,
     sum(numa_pages_migrated) AS numa_pages_migrated,
     sum(host_tlb_flushes) AS host_tlb_flushes,
-    sum(cost_us) AS cost_us
+    fsum(cost_us) AS cost_us
 FROM epochs
 GROUP BY point, policy, vm, epoch;
 

@@ -1,7 +1,10 @@
-"""Write HELDOUT.json: the calibration of every held-out regime cell (SPLIT.toml), with
-capture.json and without it (`calibrate --no-hosting`), as tests/analyze/
-test_calibration_regimes.py pins it. Run from the repository root after an engine change
-has been reported: `.venv/bin/python traces/real/regimes/pin_heldout.py`."""
+"""Write HELDOUT.json: the calibration of every held-out regime cell, with capture.json and
+without it (`calibrate --no-hosting`), as tests/analyze/test_calibration_regimes.py pins it:
+set 1 (traces/real/regimes/SPLIT.toml, `held-out`) into traces/real/regimes/HELDOUT.json,
+set 2 (traces/real/regimes2/SPLIT.toml, `held-out-2`, ADR 0512) into
+traces/real/regimes2/HELDOUT.json. Run from the repository root after an engine change has
+been reported: `.venv/bin/python traces/real/regimes/pin_heldout.py` (both sets), or with
+`1` or `2` for one set."""
 
 from __future__ import annotations
 
@@ -16,18 +19,31 @@ from pipeline.ingest.runner import run_ingest
 from pipeline.lab.matrix import plan_configs
 
 HERE = Path(__file__).resolve().parent
+#: set number -> (directory of the plan and its captures, the plan's `set` of the cells)
+SETS = {"1": (HERE, "held-out"), "2": (HERE.parent / "regimes2", "held-out-2")}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    chosen = (sys.argv[1:] if argv is None else argv) or sorted(SETS)
+    for key in chosen:
+        if key not in SETS:
+            print(f"tlbreplay: error: pin_heldout.py: unknown set `{key}` (1 or 2)", file=sys.stderr)
+            return 1
+        pin(*SETS[key])
+    return 0
+
+
+def pin(here: Path, held: str) -> None:
+    """Calibrate every `held` cell of ``here``/SPLIT.toml; write ``here``/HELDOUT.json."""
     out: dict[str, dict[str, dict[str, list[float | None]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for which, cfg in plan_configs(HERE / "SPLIT.toml"):
+        for which, cfg in plan_configs(here / "SPLIT.toml"):
             name = cfg.regime_name
-            trace = HERE / f"{name}.trace.zst"
-            if which != "held-out" or not trace.is_file():
+            trace = here / f"{name}.trace.zst"
+            if which != held or not trace.is_file():
                 continue
             dataset = Path(tmp) / name
-            run_ingest([str(trace)], dataset, vm_config=HERE / f"{name}.toml")
+            run_ingest([str(trace)], dataset, vm_config=here / f"{name}.toml")
             out[name] = {}
             for mode, hosting in (("hosting", True), ("no_hosting", False)):
                 table = calibrate(dataset, hosting=hosting)
@@ -37,9 +53,8 @@ def main() -> int:
                         table["counter"], table["observed"], table["simulated"], strict=True
                     )
                 }
-    (HERE / "HELDOUT.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
-    print(f"{len(out)} held-out cells pinned", file=sys.stderr)
-    return 0
+    (here / "HELDOUT.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    print(f"{len(out)} {held} cells pinned in {here / 'HELDOUT.json'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
