@@ -83,6 +83,11 @@ def run_in_workers(
         spawned, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(), queue)
     )
     lock = threading.Lock()
+    # held while a dispatch thread submits: submit() may start a worker process, which is in
+    # the pool's list only once its start() returns. Stopping in between missed it: it was
+    # not killed, and when this process exited it printed a spawn traceback on the shared
+    # stderr (seen as test_sigterm_is_like_ctrl_c failing under load 9).
+    launching = threading.Lock()
     state = {"next": 0, "submitted": 0, "finished": 0}
     results: list[Any] = [None] * len(jobs)
     errors: list[BaseException] = []
@@ -99,7 +104,9 @@ def run_in_workers(
     def dispatch() -> None:  # one thread per spawned worker: it waits, the worker computes
         while (i := take(remote=True)) is not None:
             try:
-                results[i] = pool.submit(_call, fn, jobs[i]).result()
+                with launching:
+                    future = pool.submit(_call, fn, jobs[i])
+                results[i] = future.result()
             except BaseException as exc:  # handed to the main thread
                 with lock:
                     errors.append(exc)
@@ -140,7 +147,8 @@ def run_in_workers(
         with lock:
             errors.append(RuntimeError("stopped"))  # the dispatch threads take no more jobs
         threading.excepthook = lambda args: None
-        procs = list(getattr(pool, "_processes", {}).values())
+        with launching:  # no worker is half-started now, and none will start after
+            procs = list(getattr(pool, "_processes", {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in procs:
             proc.kill()
