@@ -88,9 +88,12 @@ ROWS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "< 45 s / < 3 s",
     ),
     (
-        '`tlbreplay query RESULTS "SELECT 1"`',
+        '`tlbreplay query RESULTS "SELECT 1"`: saved catalog / first call on a new RESULTS',
         "bench_pipeline",
-        ("tlbreplay query RESULTS",),
+        (
+            r'tlbreplay query RESULTS "SELECT 1", saved',
+            r'tlbreplay query RESULTS "SELECT 1", first',
+        ),
         "< 0.5 s",
     ),
     ("`tlbreplay report` over every RESULTS", "bench_pipeline", ("tlbreplay report",), ""),
