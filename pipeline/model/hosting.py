@@ -17,7 +17,7 @@ CPU, idle host).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # polars is imported where used: the lab's VMM process imports this module
@@ -298,19 +298,7 @@ def hosting_frame(rows: Sequence[VmHosting]) -> pl.DataFrame:
     data = {
         "vm": [h.vm for h in rows],
         "vcpu_cpu_share": [list(h.vcpu_cpu_share) for h in rows],
-        "vmm_areas": [
-            [
-                {
-                    "hva_start": a.hva_start,
-                    "size_bytes": a.size_bytes,
-                    "rss_bytes": a.rss_bytes,
-                    "kind": a.kind,
-                    "tls_vcpu": a.tls_vcpu,
-                }
-                for a in h.vmm_areas
-            ]
-            for h in rows
-        ],
+        "vmm_areas": [[asdict(a) for a in h.vmm_areas] for h in rows],
         "nr_threads": [h.nr_threads for h in rows],
         "host_runnable": [h.host_runnable for h in rows],
         "zap_ns_per_spte": [h.zap_ns_per_spte for h in rows],
@@ -319,18 +307,7 @@ def hosting_frame(rows: Sequence[VmHosting]) -> pl.DataFrame:
         "preempt_per_s": [h.preempt_per_s for h in rows],
         "scan_ns_per_spte_4k": [h.scan_ns_per_spte_4k for h in rows],
         "scan_ns_per_spte_2m": [h.scan_ns_per_spte_2m for h in rows],
-        "vmm_threads": [
-            [
-                {
-                    "tid": t.tid,
-                    "main": t.main,
-                    "runtime_start_ms": t.runtime_start_ms,
-                    "cpu_share": t.cpu_share,
-                }
-                for t in h.vmm_threads
-            ]
-            for h in rows
-        ],
+        "vmm_threads": [[asdict(t) for t in h.vmm_threads] for h in rows],
         "main_thread_share": [h.main_thread_share for h in rows],
         "main_thread_runtime_start_ms": [h.main_thread_runtime_start_ms for h in rows],
     }
