@@ -137,10 +137,12 @@ def run_in_workers(
             t.start()
         while (i := take(remote=False)) is not None:
             results[i] = fn(jobs[i], tick)
-        while not errors and (
-            any(t.is_alive() for t in threads) or state["finished"] < state["submitted"]
-        ):
+        # done when every dispatch thread has its results: a worker's closing None travels
+        # through its queue's feeder thread after the result, and waiting for it hung the
+        # replay about once in 25 runs (-j 2, soak dataset); late ticks only move the bar
+        while not errors and any(t.is_alive() for t in threads):
             forward(FAILURE_POLL_S)
+        forward(None)
         if errors:
             raise errors[0]
     except BaseException:
