@@ -15,6 +15,7 @@ import ctypes.util
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ def die_with_parent(parent_pid: int) -> None:
 #: the parent's progress queue in a worker (set by :func:`_start_worker`)
 _progress_queue: Any = None
 FAILURE_POLL_S = 0.2  # how often the parent looks for a failed job while no job reports
+LATE_TICKS_S = 5.0  # how long the parent waits for progress sent before the last results
 
 
 def _start_worker(parent_pid: int, queue: Any) -> None:
@@ -141,6 +143,9 @@ def run_in_workers(
         # through its queue's feeder thread after the result, and waiting for it hung the
         # replay about once in 25 runs (-j 2, soak dataset); late ticks only move the bar
         while not errors and any(t.is_alive() for t in threads):
+            forward(FAILURE_POLL_S)
+        deadline = time.monotonic() + LATE_TICKS_S  # the bar's last ticks, bounded
+        while state["finished"] < state["submitted"] and time.monotonic() < deadline:
             forward(FAILURE_POLL_S)
         forward(None)
         if errors:
