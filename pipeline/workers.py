@@ -139,9 +139,10 @@ def run_in_workers(
             t.start()
         while (i := take(remote=False)) is not None:
             results[i] = fn(jobs[i], tick)
-        # done when every dispatch thread has its results: a worker's closing None travels
-        # through its queue's feeder thread after the result, and waiting for it hung the
-        # replay about once in 25 runs (-j 2, soak dataset); late ticks only move the bar
+        # done when every dispatch thread has its results. Waiting instead for each worker's
+        # closing None (sent by its queue's feeder thread, after the result) hung the replay
+        # about once in 25 runs (-j 2, soak dataset): that None sometimes never came, for a
+        # reason not found. Late ticks only move the bar, so they get a bounded wait.
         while not errors and any(t.is_alive() for t in threads):
             forward(FAILURE_POLL_S)
         deadline = time.monotonic() + LATE_TICKS_S  # the bar's last ticks, bounded
